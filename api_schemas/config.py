@@ -1,0 +1,254 @@
+"""Every science setting of ris-jobs, as pydantic v2 models (DESIGN §2).
+
+Owns: SystemConfig, ModelConfig, DataConfig, LossWeights, PhaseConfig, DebugConfig, TrainingJobConfig,
+DiagnosticJobConfig and the named presets. Imports nothing of ours and no torch (DESIGN §1).
+
+Units: angles in the configs are degrees with a `_deg` suffix (people write configs); the science code
+converts once to radians. Ranges in meters (`_m`), SNR in dB (`_db`), frequencies in Hz (`_hz`).
+Every model forbids unknown fields and bounds every number, so that no config can ask for absurd memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: Parameter groups of the network; a phase may freeze any of them (DESIGN §2.5).
+PARAM_GROUPS: tuple[str, ...] = ("backbone", "cov_head", "k_head", "geom_head")
+ParamGroup = Literal["backbone", "cov_head", "k_head", "geom_head"]
+
+#: Upper bound on the bytes that one training batch's inputs may take (complex64 y, H, codes).
+MAX_BATCH_INPUT_BYTES = 2 * 1024**3
+#: Upper bound on the scenes a fixed (non-fresh) pool may hold on the device.
+MAX_POOL_SCENES = 200_000
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SystemConfig(_Frozen):
+    """The physical system and the scene distribution (DESIGN §2.1, §2.1a)."""
+
+    n_ris_h: int = Field(12, ge=2, le=64, description="RIS elements along x (N_H)")
+    n_ris_v: int = Field(12, ge=2, le=64, description="RIS elements along y (N_V)")
+    element_spacing_wavelengths: float = Field(0.5, gt=0.05, le=2.0, description="d_h = d_v, in wavelengths")
+    carrier_hz: float = Field(1e9, ge=1e8, le=1e11, description="carrier frequency")
+    n_bs_antennas: int = Field(16, ge=1, le=128, description="M, BS half-wavelength ULA")
+    n_snapshots: int = Field(16, ge=2, le=256, description="L, one RIS code per snapshot")
+    k_max: int = Field(5, ge=1, le=8, description="largest number of sources K")
+    azimuth_max_deg: float = Field(60.0, gt=0.0, le=89.0, description="phi in [-max, max]")
+    elevation_max_deg: float = Field(30.0, gt=0.0, le=89.0, description="theta in [-max, max]")
+    range_min_m: float = Field(0.5, gt=0.0, le=1000.0)
+    range_max_m: float = Field(10.0, gt=0.0, le=1000.0)
+    snr_min_db: float = Field(-5.0, ge=-40.0, le=60.0)
+    snr_max_db: float = Field(20.0, ge=-40.0, le=60.0)
+    rician_kappa_min: float = Field(0.5, ge=0.0, le=1000.0)
+    rician_kappa_max: float = Field(10.0, ge=0.0, le=1000.0)
+    power_min: float = Field(0.5, gt=0.0, le=1.0, description="relative source power, lower bound")
+    power_max: float = Field(1.0, gt=0.0, le=1.0, description="relative source power, upper bound")
+    min_separation_deg: float = Field(3.0, ge=0.0, le=30.0, description="in phi or theta")
+    min_separation_m: float = Field(0.5, ge=0.0, le=10.0, description="in r")
+    code_phase_bits: int | None = Field(None, ge=1, le=8, description="RIS phase quantization; None = off")
+    steering_model: Literal["exact", "fresnel"] = "exact"
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> SystemConfig:
+        pairs = [
+            ("range_min_m", "range_max_m"),
+            ("snr_min_db", "snr_max_db"),
+            ("rician_kappa_min", "rician_kappa_max"),
+            ("power_min", "power_max"),
+        ]
+        for lo, hi in pairs:
+            if getattr(self, lo) > getattr(self, hi):
+                raise ValueError(f"{lo} ({getattr(self, lo)}) must be <= {hi} ({getattr(self, hi)})")
+        if self.n_snapshots > self.n_ris:
+            raise ValueError(f"n_snapshots ({self.n_snapshots}) must be <= n_ris_h*n_ris_v ({self.n_ris})")
+        return self
+
+    @property
+    def n_ris(self) -> int:
+        """N, the number of RIS elements."""
+        return self.n_ris_h * self.n_ris_v
+
+    @property
+    def wavelength_m(self) -> float:
+        return 299_792_458.0 / self.carrier_hz
+
+    @property
+    def spacing_m(self) -> float:
+        return self.element_spacing_wavelengths * self.wavelength_m
+
+
+class ModelConfig(_Frozen):
+    """Network sizes (DESIGN §2.3). `architecture` picks the backbone."""
+
+    architecture: Literal["backprojection", "seed_cov"] = Field(
+        "backprojection",
+        description="backprojection: physics features (H·diag(c_l))^H·y_l + transformer; "
+        "seed_cov: the seed's covariance-factor network, kept for comparison",
+    )
+    d_model: int = Field(128, ge=8, le=1024)
+    n_layers: int = Field(3, ge=1, le=12)
+    n_heads: int = Field(4, ge=1, le=16)
+    dropout: float = Field(0.0, ge=0.0, le=0.5)
+    spectral_floor: float = Field(1e-3, gt=0.0, le=0.1, description="relative eigenvalue floor")
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
+        return self
+
+
+class DataConfig(_Frozen):
+    """How many scenes, in which batches, from which seed (DESIGN §2.2)."""
+
+    n_train: int = Field(5000, ge=1, le=100_000_000, description="train scenes per epoch")
+    n_val: int = Field(1000, ge=1, le=MAX_POOL_SCENES)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    fresh_train_each_epoch: bool = Field(
+        True, description="redraw the n_train scenes every epoch (False: a fixed pool, reproducible by index)"
+    )
+
+    @model_validator(mode="after")
+    def _check_pool(self) -> DataConfig:
+        if not self.fresh_train_each_epoch and self.n_train > MAX_POOL_SCENES:
+            raise ValueError(
+                f"n_train ({self.n_train}) must be <= {MAX_POOL_SCENES} when fresh_train_each_epoch is false "
+                "(a fixed pool lives on the device); set fresh_train_each_epoch=true for more scenes"
+            )
+        return self
+
+    @property
+    def n_batches_per_epoch(self) -> int:
+        return math.ceil(self.n_train / self.batch_size)
+
+
+class LossWeights(_Frozen):
+    """The weights of the loss terms (DESIGN §2.5). Set only through a PhaseConfig."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    lam_cov: float = Field(1.0, ge=0.0, le=100.0, description="covariance NMSE")
+    lam_k: float = Field(1.0, ge=0.0, le=100.0, alias="lam_K", description="K cross-entropy")
+    lam_aux: float = Field(1.0, ge=0.0, le=100.0, description="geometry set loss (phi, theta, r)")
+    lam_gap: float = Field(0.0, ge=0.0, le=100.0, description="eigengap hinge on Gram eigenvalues")
+    lam_margin: float = Field(0.0, ge=0.0, le=100.0, description="subspace margin on Gram eigenvalues")
+
+
+class PhaseConfig(_Frozen):
+    """One training phase: its epochs, optimizer, frozen groups and its only set of loss weights."""
+
+    name: str = Field(..., pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    epochs: int = Field(..., ge=1, le=1000)
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
+    schedule: Literal["constant", "cosine", "onecycle"] = "cosine"
+    warmup_fraction: float = Field(0.05, ge=0.0, le=0.5, description="linear warm-up, fraction of steps")
+    frozen_groups: tuple[ParamGroup, ...] = ()
+    loss_weights: LossWeights = LossWeights()  # the only place a loss weight is set (DESIGN §2.5)
+    amp: bool = Field(True, description="bf16 autocast on CUDA; ignored on CPU")
+    grad_clip_norm: float | None = Field(1.0, gt=0.0, le=1e6)
+    ema_decay: float | None = Field(None, ge=0.5, lt=1.0, description="None = no EMA")
+    max_consecutive_nonfinite: int = Field(20, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _check_trainable(self) -> PhaseConfig:
+        if len(set(self.frozen_groups)) == len(PARAM_GROUPS):
+            raise ValueError(f"phase {self.name!r} freezes every group; nothing would train")
+        return self
+
+
+class DebugConfig(_Frozen):
+    """Test-only switches (fault injection). Off by default; never needed in real use."""
+
+    nan_loss_term: str | None = Field(None, max_length=32, description="inject NaN into this loss term")
+    nan_from_step: int = Field(0, ge=0, le=10**9, description="first global step that gets the NaN")
+    nan_n_steps: int = Field(0, ge=0, le=10**9, description="how many steps get it (0 = every step)")
+    sleep_per_step_s: float = Field(0.0, ge=0.0, le=10.0, description="slow a job down for fault tests")
+    ignore_cancel: bool = Field(False, description="the trainer never polls should_stop")
+
+
+def _default_training_phases() -> tuple[PhaseConfig, ...]:
+    return (
+        PhaseConfig(
+            name="geom", epochs=4, lr=1e-3, frozen_groups=("k_head",),
+            loss_weights=LossWeights(lam_cov=1.0, lam_k=0.0, lam_aux=1.0),
+        ),
+        PhaseConfig(
+            name="k_only", epochs=3, lr=1e-3, frozen_groups=("backbone", "cov_head", "geom_head"),
+            loss_weights=LossWeights(lam_cov=0.0, lam_k=1.0, lam_aux=0.0),
+        ),
+        PhaseConfig(
+            name="joint", epochs=3, lr=3e-4, ema_decay=0.999,
+            loss_weights=LossWeights(lam_cov=0.5, lam_k=1.0, lam_aux=1.0, lam_gap=0.05, lam_margin=0.05),
+        ),
+    )
+
+
+def _seed_diagnostic_phases() -> tuple[PhaseConfig, ...]:
+    # The seed's diagnostic (seed report §3): k_only weights, backbone unfrozen, AMP off.
+    return (
+        PhaseConfig(
+            name="k_only", epochs=10, lr=1e-3, amp=False,
+            loss_weights=LossWeights(lam_cov=0.1, lam_k=1.5, lam_aux=0.5),
+        ),
+    )
+
+
+class TrainingJobConfig(_Frozen):
+    """A phase-training run: system, model, data and the phases in order (DESIGN §2.5)."""
+
+    system: SystemConfig = SystemConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig(n_train=20_000, n_val=2000, batch_size=256)
+    phases: tuple[PhaseConfig, ...] = Field(default_factory=_default_training_phases, min_length=1, max_length=8)
+    log_every_steps: int = Field(10, ge=1, le=100_000, description="sampled per-step metrics")
+    debug: DebugConfig = DebugConfig()
+
+    @model_validator(mode="after")
+    def _check_run(self) -> TrainingJobConfig:
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"phase names must be unique, got {names}")
+        s = self.system
+        per_scene = 8 * (s.n_snapshots * s.n_bs_antennas + s.n_bs_antennas * s.n_ris + s.n_snapshots * s.n_ris)
+        if per_scene * self.data.batch_size > MAX_BATCH_INPUT_BYTES:
+            raise ValueError(
+                f"data.batch_size ({self.data.batch_size}) makes one batch's inputs "
+                f"{per_scene * self.data.batch_size / 2**30:.1f} GiB > {MAX_BATCH_INPUT_BYTES / 2**30:.0f} GiB; "
+                "lower data.batch_size or the system size"
+            )
+        if self.data.n_val * per_scene > 4 * MAX_BATCH_INPUT_BYTES:
+            raise ValueError("data.n_val is too large for this system size; lower data.n_val")
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        return sum(p.epochs for p in self.phases) * self.data.n_batches_per_epoch
+
+    def sha256(self) -> str:
+        """sha256 of the canonical JSON of this config (stored in checkpoints)."""
+        text = json.dumps(self.model_dump(mode="json", by_alias=False), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+class DiagnosticJobConfig(TrainingJobConfig):
+    """The seed's diagnostic as a job (DESIGN §2.5): k_only, lam_K 1.5, lam_aux 0.5, lam_cov 0.1,
+    10 epochs, 5000 train / 1000 val scenes, batch 64."""
+
+    data: DataConfig = DataConfig(n_train=5000, n_val=1000, batch_size=64)
+    phases: tuple[PhaseConfig, ...] = Field(default_factory=_seed_diagnostic_phases, min_length=1, max_length=8)
+
+
+def quickstart_diagnostic() -> DiagnosticJobConfig:
+    """A diagnostic small enough to finish in about a minute on a 2-core CPU (README's first job)."""
+    phase = _seed_diagnostic_phases()[0].model_copy(update={"epochs": 3})
+    return DiagnosticJobConfig(data=DataConfig(n_train=1024, n_val=256, batch_size=64), phases=(phase,))

@@ -1,0 +1,136 @@
+"""Job wire types and the job state vocabulary (DESIGN §3.1, §3.2).
+
+Owns: JobKind, JobState, FailureReason, TERMINAL_STATES, JobCreate (+ per-kind bodies), JobPublic, JobsPage,
+Progress, NonfiniteSummary, Failure, JobEvent. Imports nothing of ours but api_schemas; no torch.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api_schemas.config import DiagnosticJobConfig, TrainingJobConfig
+
+
+class JobKind(StrEnum):
+    DIAGNOSTIC = "diagnostic"
+    TRAINING = "training"
+    EVALUATION = "evaluation"
+
+
+class JobState(StrEnum):
+    #: committed, waiting for a worker
+    QUEUED = "QUEUED"
+    #: claimed by a worker that holds the lease
+    RUNNING = "RUNNING"
+    #: cancel requested; the worker stops at its next step
+    CANCELLING = "CANCELLING"
+    #: finished, final checkpoint recorded
+    SUCCEEDED = "SUCCEEDED"
+    #: ended with a failure_reason
+    FAILED = "FAILED"
+    #: ended by a cancel request
+    CANCELLED = "CANCELLED"
+
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+#: States with no way out; DELETE is allowed only here.
+TERMINAL_STATES: frozenset[JobState] = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class FailureReason(StrEnum):
+    USER_CONFIG = "USER_CONFIG"
+    TRAINING_ERROR = "TRAINING_ERROR"
+    NONFINITE_ABORT = "NONFINITE_ABORT"
+    TIMEOUT = "TIMEOUT"
+    WORKER_LOST = "WORKER_LOST"
+    OOM = "OOM"
+    INTERNAL = "INTERNAL"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=200)
+    max_attempts: int = Field(2, ge=1, le=5, description="attempts before a lost worker fails the job")
+
+
+class DiagnosticJobCreate(_Body):
+    kind: Literal["diagnostic"]
+    config: DiagnosticJobConfig = DiagnosticJobConfig()
+
+
+class TrainingJobCreate(_Body):
+    kind: Literal["training"]
+    config: TrainingJobConfig = TrainingJobConfig()
+
+
+#: The body of POST /v1/jobs; `kind` selects the config model, so errors name `config.<field>`.
+JobCreate = Annotated[DiagnosticJobCreate | TrainingJobCreate, Field(discriminator="kind")]
+
+
+class Progress(BaseModel):
+    phase: str | None = None
+    epoch: int = 0
+    step: int = 0
+    fraction: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class NonfiniteEvent(BaseModel):
+    """The last skipped step: where, why, and what was involved (DESIGN §2.6)."""
+
+    phase: str
+    epoch: int
+    step: int
+    cause: str
+    loss_terms: list[str] = []
+    param_groups: list[str] = []
+
+
+class NonfiniteSummary(BaseModel):
+    total: int = 0
+    by_phase: dict[str, int] = {}
+    by_cause: dict[str, int] = {}
+    by_loss_term: dict[str, int] = {}
+    by_param_group: dict[str, int] = {}
+    last: NonfiniteEvent | None = None
+
+
+class Failure(BaseModel):
+    reason: FailureReason
+    message: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    kind: JobKind
+    name: str | None
+    state: JobState
+    attempt: int
+    max_attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: Progress
+    nonfinite_steps: NonfiniteSummary
+    latest_metrics: dict[str, float]
+    failure: Failure | None
+    config: dict
+    links: dict[str, str]
+
+
+class JobsPage(BaseModel):
+    items: list[JobPublic]
+    next_page_token: str | None = None
+
+
+class JobEvent(BaseModel):
+    from_state: JobState | None
+    to_state: JobState
+    at: datetime
+    message: str | None = None
