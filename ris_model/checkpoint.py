@@ -1,0 +1,84 @@
+"""The only checkpoint writer and reader (DESIGN §2.6, STYLE B3).
+
+A checkpoint is a dict of tensors and plain types under constant keys, loadable with
+`torch.load(path, weights_only=True)`. Writes go to a temp file in the same directory, are fsynced and
+renamed with os.replace, so a reader never sees a partial file; the sha256 is computed from the bytes written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ris_model.errors import CheckpointError
+
+FORMAT = "ris-jobs/checkpoint/v1"
+FORMAT_KEY = "format"
+MODEL_KEY = "model"
+EMA_KEY = "ema"
+OPTIMIZER_KEY = "optimizer"
+RNG_KEY = "rng"
+CONFIG_KEY = "config"
+CONFIG_SHA_KEY = "config_sha256"
+KIND_KEY = "kind"  # "training" | "diagnostic"
+POSITION_KEY = "position"  # phase_index, phase, epoch, batch, global_step
+COUNTERS_KEY = "counters"  # non-finite counts and epoch accumulators
+EVAL_WEIGHTS_KEY = "eval_weights"  # "model" or "ema": which weights were validated (and are served)
+REQUIRED_KEYS = (FORMAT_KEY, MODEL_KEY, CONFIG_KEY, CONFIG_SHA_KEY, POSITION_KEY)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> tuple[int, str]:
+    """Write `state` atomically to `path`; returns (size in bytes, sha256 hex)."""
+    buf = io.BytesIO()
+    torch.save({FORMAT_KEY: FORMAT, **state}, buf)
+    data = buf.getbuffer()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+def load_checkpoint(path: Path | str, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with `weights_only=True` and check that it is one of ours.
+
+    Raises:
+        CheckpointError: the file is missing, truncated, not a torch checkpoint, holds code
+            (refused by weights_only), or lacks our format marker or required keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path.name} cannot be loaded safely: {exc}".splitlines()[0]) from exc
+    if not isinstance(state, dict) or state.get(FORMAT_KEY) != FORMAT:
+        raise CheckpointError(f"checkpoint {path.name} is not a ris-jobs checkpoint (no '{FORMAT}' marker)")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path.name} lacks keys {missing}")
+    return state
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,122 @@
+"""Loss terms and their weighted sum (DESIGN §2.5).
+
+Owns: covariance NMSE (computed through K×K Gram products, never an N×N matrix), K cross-entropy, the
+permutation-invariant geometry set loss (with slot existence), and the eigengap hinge / subspace margin on
+Gram eigenvalues. The weights come only from the phase's LossWeights, passed in by the trainer.
+Term names are the LossWeights field names without `lam_`: cov, k, aux, gap, margin.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as nnf
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+from api_schemas import LossWeights, SystemConfig
+from ris_model.network import ModelOutput
+from ris_model.scenes import SceneBatch
+
+TERMS = ("cov", "k", "aux", "gap", "margin")
+_MAX_PERMUTATION_SLOTS = 6  # up to 6! = 720 permutations on the device; Hungarian (scipy) above
+
+
+@dataclass
+class LossResult:
+    total: Tensor  # scalar, the weighted sum
+    terms: dict[str, Tensor]  # unweighted scalar terms, by name
+    assignment: Tensor  # int64 [B, K_MAX]: predicted slot matched to true slot j (valid where mask)
+
+
+def compute_loss(out: ModelOutput, batch: SceneBatch, weights: LossWeights, system: SystemConfig,
+                 *, inject_nan: str | None = None) -> LossResult:
+    """All terms, weighted by `weights`. `inject_nan` (test-only) makes one named term NaN."""
+    assignment, geom = geometry_set_loss(out, batch, system)
+    terms = {
+        "cov": covariance_nmse(out.cov_factor, batch.covariance_factor()),
+        "k": nnf.cross_entropy(out.k_logits.float(), batch.k - 1),  # class i ↔ K = i + 1
+        "aux": geom,
+        "gap": eigengap_hinge(out.gram_eigs, batch.k),
+        "margin": subspace_margin(out.gram_eigs, batch.k),
+    }
+    if inject_nan is not None:
+        if inject_nan not in terms:
+            raise ValueError(f"debug.nan_loss_term must be one of {TERMS}, got {inject_nan!r}")
+        terms[inject_nan] = terms[inject_nan] * float("nan")
+    lam = {"cov": weights.lam_cov, "k": weights.lam_k, "aux": weights.lam_aux, "gap": weights.lam_gap,
+           "margin": weights.lam_margin}
+    # a zero weight drops the term from the graph, so a NaN in an unused term cannot poison the step
+    total = sum((lam[name] * t for name, t in terms.items() if lam[name] > 0), torch.zeros((), device=geom.device))
+    return LossResult(total=total, terms=terms, assignment=assignment)
+
+
+def covariance_nmse(F_hat: Tensor, F: Tensor) -> Tensor:
+    """mean_B ‖F̂F̂ᴴ − FFᴴ‖²_F / ‖FFᴴ‖²_F, through K×K products (no N×N matrix).
+
+    ‖R̂ − R‖² = ‖F̂ᴴF̂‖² + ‖FᴴF‖² − 2‖F̂ᴴF‖². Both sides trace-normalized alike."""
+    F_hat = F_hat.to(torch.complex64)
+    a = (F_hat.mH @ F_hat).abs().square().sum((1, 2))
+    b = (F.mH @ F).abs().square().sum((1, 2))
+    c = (F_hat.mH @ F).abs().square().sum((1, 2))
+    return ((a + b - 2 * c) / b.clamp_min(1e-12)).mean()
+
+
+def eigengap_hinge(eigs: Tensor, k: Tensor, margin: float = 0.5) -> Tensor:
+    """Hinge on the relative gap between eigenvalue K and K+1 of R̂ (Gram eigenvalues, descending)."""
+    p = (eigs / eigs.sum(-1, keepdim=True).clamp_min(1e-30)).float()
+    padded = torch.cat([p, torch.zeros_like(p[:, :1])], -1)
+    lam_k = padded.gather(1, (k - 1)[:, None]).squeeze(1)
+    lam_k1 = padded.gather(1, k[:, None]).squeeze(1)
+    return torch.relu(margin - (lam_k - lam_k1) / (lam_k + 1e-6)).mean()
+
+
+def subspace_margin(eigs: Tensor, k: Tensor) -> Tensor:
+    """Fraction of R̂'s energy outside its top-K eigenvalues (K = the true count)."""
+    p = (eigs / eigs.sum(-1, keepdim=True).clamp_min(1e-30)).float()
+    outside = torch.arange(p.shape[1], device=p.device)[None, :] >= k[:, None]
+    return (p * outside).sum(-1).mean()
+
+
+def geometry_cost(out: ModelOutput, batch: SceneBatch, system: SystemConfig) -> Tensor:
+    """Normalized squared errors, float [B, K_pred, K_true]: (Δφ/φmax)² + (Δθ/θmax)² + (Δr/(r_max − r_min))²."""
+    az_s, el_s = math.radians(system.azimuth_max_deg), math.radians(system.elevation_max_deg)
+    r_s = system.range_max_m - system.range_min_m
+    d_az = (out.azimuth[:, :, None] - batch.azimuth[:, None, :]) / az_s
+    d_el = (out.elevation[:, :, None] - batch.elevation[:, None, :]) / el_s
+    d_r = (out.range_m[:, :, None] - batch.range_m[:, None, :]) / r_s
+    return (d_az.square() + d_el.square() + d_r.square()).float()
+
+
+def geometry_set_loss(out: ModelOutput, batch: SceneBatch, system: SystemConfig) -> tuple[Tensor, Tensor]:
+    """Permutation-invariant set loss: the best matching of predicted slots to the true sources, plus
+    existence BCE (matched slots exist, the others don't). Returns (assignment [B, K], scalar loss)."""
+    cost = geometry_cost(out, batch, system)  # [B, Kp, Kt]
+    assignment = match_slots(cost.detach(), batch.mask)
+    matched = cost.gather(1, assignment[:, None, :]).squeeze(1)  # [B, Kt]
+    mask = batch.mask.float()
+    loc = (matched * mask).sum() / mask.sum().clamp_min(1.0)
+    exists = torch.zeros_like(out.exist_logits).scatter(1, assignment, mask)
+    bce = nnf.binary_cross_entropy_with_logits(out.exist_logits.float(), exists)
+    return assignment, loc + bce
+
+
+def match_slots(cost: Tensor, mask: Tensor) -> Tensor:
+    """For each true slot j, the predicted slot matched to it (int64 [B, K]); min total cost over valid j."""
+    B, K, _ = cost.shape
+    if K <= _MAX_PERMUTATION_SLOTS:
+        perms = torch.tensor(list(itertools.permutations(range(K))), device=cost.device)  # [P, K]
+        # total[b, p] = Σ_j mask[b, j]·cost[b, perms[p, j], j]
+        gathered = cost[:, perms, torch.arange(K, device=cost.device)]  # [B, P, K]
+        total = (gathered * mask[:, None, :]).sum(-1)
+        return perms[total.argmin(1)]
+    out = torch.empty((B, K), dtype=torch.long)
+    c = cost.cpu().numpy()
+    m = mask.cpu().numpy()
+    for b in range(B):
+        rows, cols = linear_sum_assignment(c[b] * m[b][None, :])
+        out[b, cols] = torch.from_numpy(rows)
+    return out.to(cost.device)

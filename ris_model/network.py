@@ -1,0 +1,171 @@
+"""The network: physics-informed features, a backbone, and the covariance, K and geometry heads (DESIGN §2.3).
+
+Owns RisNet and ModelOutput. Imports torch, api_schemas and ris_model.physics/spectral.
+Parameter groups (`RisNet.param_groups()`): backbone, cov_head, k_head, geom_head; a phase may freeze any.
+
+Architectures (`ModelConfig.architecture`):
+- "backprojection": the known sensing operator is built in. Each snapshot is back-projected,
+  z_l = (H·diag(c_l))ᴴ·y_l, and a matched-filter image P(g) = mean_l |a(g)ᴴ·z_l|² over a (φ, θ, 1/r) grid
+  feeds a 3D CNN; K_MAX slot queries cross-attend to the CNN tokens (DETR-style) and become sources.
+- "seed_cov": the seed's shape, kept for comparison: a transformer over per-snapshot back-projection tokens,
+  pooled, with the same heads.
+No N×N matrix is formed or decomposed; the K-head's spectral path uses eigenvalues of the K_MAX×K_MAX Gram
+matrix Aᴴ·A and of the M×M measurement covariance (eigenvalues only, float64, floored; DESIGN §2.4).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from api_schemas import ModelConfig, SystemConfig
+from ris_model.physics import steering
+from ris_model.spectral import feature_sizes, gram_eigen_features, measurement_eigen_features
+
+GRID_AZIMUTH, GRID_ELEVATION, GRID_INV_RANGE = 24, 12, 4
+
+
+@dataclass
+class ModelOutput:
+    """cov_factor: complex64 [B, N, K_MAX], R̂ = F·Fᴴ with trace 1; k_logits: [B, K_MAX] (class i ↔ K = i+1);
+    azimuth, elevation: radians [B, K_MAX]; range_m: meters [B, K_MAX]; exist_logits: [B, K_MAX];
+    gram_eigs: float [B, K_MAX], eigenvalues of Fᴴ·F (= the non-zero eigenvalues of R̂), descending."""
+
+    cov_factor: Tensor
+    k_logits: Tensor
+    k_logits_spectral: Tensor
+    k_logits_direct: Tensor
+    azimuth: Tensor
+    elevation: Tensor
+    range_m: Tensor
+    exist_logits: Tensor
+    gram_eigs: Tensor
+
+
+class RisNet(nn.Module):
+    def __init__(self, system: SystemConfig, model: ModelConfig) -> None:
+        super().__init__()
+        self.system, self.cfg = system, model
+        d, k_max, n = model.d_model, system.k_max, system.n_ris
+        if model.architecture == "backprojection":
+            self.backbone: nn.Module = _SpectrumBackbone(system, model)
+        else:
+            self.backbone = _SnapshotBackbone(system, model)
+        self.cov_head = nn.Linear(d, 2 * n)
+        self.geom_head = nn.Linear(d, 4)  # per slot: φ, θ, r (squashed to the FOV) and an existence logit
+        n_spec = feature_sizes(k_max, system.n_bs_antennas)
+        self.k_head = nn.ModuleDict({
+            "spectral": _mlp(n_spec, d, k_max),
+            "direct": _mlp(d + k_max, d, k_max),
+        })
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {
+            "backbone": list(self.backbone.parameters()),
+            "cov_head": list(self.cov_head.parameters()),
+            "k_head": list(self.k_head.parameters()),
+            "geom_head": list(self.geom_head.parameters()),
+        }
+
+    def forward(self, y: Tensor, H: Tensor, codes: Tensor, snr_db: Tensor | None = None) -> ModelOutput:
+        """y: complex64 [B, L, M] (axis 1 = snapshots); H: complex64 [B, M, N]; codes: complex64 [B, L, N].
+        snr_db is accepted for API symmetry and not used: the model must infer the noise level itself."""
+        y, H = _unit_rms(y), _unit_rms(H)
+        z = (H.mH @ y.transpose(1, 2)).transpose(1, 2) * codes.conj()  # [B, L, N]: (H·diag(c_l))ᴴ·y_l
+        z = _unit_rms(z)
+        pooled, slots = self.backbone(z)  # [B, d], [B, K, d]
+        s = self.system
+        # covariance head: one complex column per slot, trace-normalized
+        f = self.cov_head(slots)  # [B, K, 2N]
+        F = torch.complex(f[..., : s.n_ris], f[..., s.n_ris:]).transpose(1, 2)  # [B, N, K]
+        F = F / F.abs().square().sum((1, 2), keepdim=True).clamp_min(1e-12).sqrt()
+        # geometry head
+        g = self.geom_head(slots)  # [B, K, 4]
+        az = math.radians(s.azimuth_max_deg) * torch.tanh(g[..., 0])
+        el = math.radians(s.elevation_max_deg) * torch.tanh(g[..., 1])
+        rng = s.range_min_m + (s.range_max_m - s.range_min_m) * torch.sigmoid(g[..., 2])
+        exist = g[..., 3]
+        # K-head: spectral features (bounded) and a direct path, ensembled
+        gram_eigs, gram_feats = gram_eigen_features(F, floor=self.cfg.spectral_floor)
+        meas_feats = measurement_eigen_features(y, floor=self.cfg.spectral_floor)
+        k_spec = self.k_head["spectral"](torch.cat([gram_feats, meas_feats], -1).to(pooled.dtype))
+        exist_sorted = torch.sort(exist, dim=-1, descending=True).values
+        k_direct = self.k_head["direct"](torch.cat([pooled, exist_sorted], -1))
+        return ModelOutput(
+            cov_factor=F, k_logits=0.5 * (k_spec + k_direct), k_logits_spectral=k_spec, k_logits_direct=k_direct,
+            azimuth=az, elevation=el, range_m=rng, exist_logits=exist, gram_eigs=gram_eigs,
+        )
+
+
+def _mlp(n_in: int, d: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, d), nn.GELU(), nn.Linear(d, n_out))
+
+
+def _unit_rms(x: Tensor) -> Tensor:
+    """Scale each scene to unit mean power (models must not depend on the absolute scale; DESIGN §2.1a)."""
+    dims = tuple(range(1, x.ndim))
+    return x / x.abs().square().mean(dims, keepdim=True).clamp_min(1e-20).sqrt()
+
+
+class _SpectrumBackbone(nn.Module):
+    """Matched-filter image over a (φ, θ, 1/r) grid → 3D CNN tokens → slot queries by cross-attention."""
+
+    def __init__(self, system: SystemConfig, model: ModelConfig) -> None:
+        super().__init__()
+        d = model.d_model
+        az = torch.linspace(-1, 1, GRID_AZIMUTH, dtype=torch.float64) * math.radians(system.azimuth_max_deg)
+        el = torch.linspace(-1, 1, GRID_ELEVATION, dtype=torch.float64) * math.radians(system.elevation_max_deg)
+        inv_r = torch.linspace(1 / system.range_max_m, 1 / system.range_min_m, GRID_INV_RANGE, dtype=torch.float64)
+        rr, ee, aa = torch.meshgrid(1 / inv_r, el, az, indexing="ij")  # [Gr, Ge, Ga]
+        D = steering(system, aa.reshape(-1), ee.reshape(-1), rr.reshape(-1))  # [G, N]
+        self.register_buffer("dictionary", D.to(torch.complex64).T.conj().contiguous(), persistent=False)
+        c = max(8, d // 4)
+        self.cnn = nn.Sequential(
+            nn.Conv3d(2, c, 3, padding=1), nn.GELU(),
+            nn.Conv3d(c, c, 3, padding=1, stride=(1, 2, 2)), nn.GELU(),
+            nn.Conv3d(c, d, 3, padding=1), nn.GELU(),
+        )
+        n_tokens = GRID_INV_RANGE * math.ceil(GRID_ELEVATION / 2) * math.ceil(GRID_AZIMUTH / 2)
+        self.pos = nn.Parameter(torch.randn(n_tokens, d) * 0.02)
+        self.queries = nn.Parameter(torch.randn(system.k_max, d) * 0.02)
+        layer = nn.TransformerDecoderLayer(d, model.n_heads, 2 * d, model.dropout, batch_first=True, norm_first=True)
+        self.decoder = nn.TransformerDecoder(layer, model.n_layers)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        B = z.shape[0]
+        proj = z @ self.dictionary  # [B, L, G]: a(g)ᴴ·z_l
+        power = proj.abs().square()
+        p_mean = power.mean(1)  # [B, G] matched-filter image
+        p_coh = proj.mean(1).abs().square()  # [B, G] coherent part (constant symbols would inflate it)
+        img = torch.stack([p_mean, p_coh], 1) / p_mean.mean(-1, keepdim=True)[:, None].clamp_min(1e-20)
+        img = torch.log1p(img).reshape(B, 2, GRID_INV_RANGE, GRID_ELEVATION, GRID_AZIMUTH)
+        tokens = self.cnn(img).flatten(2).transpose(1, 2) + self.pos  # [B, T, d]
+        slots = self.decoder(self.queries.expand(B, -1, -1), tokens)  # [B, K, d]
+        pooled = self.norm(torch.cat([tokens.mean(1, keepdim=True), slots], 1).mean(1))
+        return pooled, self.norm(slots)
+
+
+class _SnapshotBackbone(nn.Module):
+    """The seed-like design: a transformer over per-snapshot back-projections z_l (real/imag stacked)."""
+
+    def __init__(self, system: SystemConfig, model: ModelConfig) -> None:
+        super().__init__()
+        d = model.d_model
+        self.embed = nn.Linear(2 * system.n_ris, d)
+        self.pos = nn.Parameter(torch.randn(system.n_snapshots, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, model.n_heads, 2 * d, model.dropout, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, model.n_layers, enable_nested_tensor=False)
+        self.to_slots = nn.Linear(d, system.k_max * d)
+        self.norm = nn.LayerNorm(d)
+        self.k_max = system.k_max
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        B = z.shape[0]
+        x = self.embed(torch.cat([z.real, z.imag], -1)) + self.pos  # [B, L, d]
+        pooled = self.norm(self.encoder(x).mean(1))  # [B, d]
+        slots = self.to_slots(pooled).reshape(B, self.k_max, -1)  # [B, K, d]
+        return pooled, self.norm(slots)

@@ -1,0 +1,231 @@
+"""Scene generation: batched, on the training device, from seeded independent per-split streams (DESIGN §2.2).
+
+Owns SceneBatch, generate_scenes and SceneSource. Every scene is a pure function of (seed, split, indices):
+- fresh train data: batch b of epoch e is drawn from the stream (seed, TRAIN, e, b);
+- a fixed pool (train when `fresh_train_each_epoch` is off, val, test) is drawn in chunks of POOL_CHUNK
+  scenes from (seed, split, chunk), so scene i is reproducible from its index alone.
+Splits use disjoint SeedSequence spawn keys, so no scene can appear in two splits. Resume needs no RNG state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from enum import IntEnum
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from api_schemas import DataConfig, SystemConfig
+from ris_model.physics import bs_response, dft_codebook, steering, steering_far
+
+POOL_CHUNK = 1024
+_SEPARATION_TRIES = 8
+
+
+class Split(IntEnum):
+    TRAIN = 0
+    VAL = 1
+    TEST = 2
+    TRAIN_POOL = 3  # the fixed train pool (fresh_train_each_epoch off)
+    PERMUTATION = 4  # per-epoch order of the fixed train pool
+
+
+@dataclass(frozen=True)
+class SceneBatch:
+    """A batch of B scenes. Axis 1 of y and codes is the snapshot axis (one RIS code per snapshot).
+
+    y: complex64 [B, L, M] measurements; H: complex64 [B, M, N] BS→RIS channel; codes: complex64 [B, L, N];
+    snr_db: float32 [B]; k: int64 [B] in 1..K_MAX; azimuth, elevation (radians), range_m (meters), power:
+    float32 [B, K_MAX], zero in absent slots; mask: bool [B, K_MAX], True for the first k slots;
+    A: complex64 [B, N, K_MAX] steering of the sources (zero columns where absent).
+    """
+
+    y: Tensor
+    H: Tensor
+    codes: Tensor
+    snr_db: Tensor
+    k: Tensor
+    azimuth: Tensor
+    elevation: Tensor
+    range_m: Tensor
+    power: Tensor
+    mask: Tensor
+    A: Tensor
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+    def covariance_factor(self) -> Tensor:
+        """F = A·diag(√p) / √Σp, complex64 [B, N, K_MAX]; the target R = F·Fᴴ has trace 1."""
+        p = self.power / self.power.sum(-1, keepdim=True)
+        return self.A * p.sqrt().unsqueeze(1)
+
+    def index(self, idx: Tensor) -> SceneBatch:
+        """The scenes at `idx` (int64 [B'] on the batch's device)."""
+        return SceneBatch(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+    @staticmethod
+    def cat(batches: list[SceneBatch]) -> SceneBatch:
+        return SceneBatch(**{f.name: torch.cat([getattr(b, f.name) for b in batches]) for f in fields(SceneBatch)})
+
+
+def stream_seed(seed: int, split: Split, *indices: int) -> int:
+    """A 63-bit seed for the stream (seed, split, *indices); distinct keys give independent streams."""
+    seq = np.random.SeedSequence(entropy=seed, spawn_key=(int(split), *indices))
+    return int(seq.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def make_generator(seed: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+def generate_scenes(system: SystemConfig, n: int, *, generator: torch.Generator,
+                    device: torch.device | str, symbols_constant: bool = False) -> SceneBatch:
+    """Draw `n` scenes per DESIGN §2.1a on `device`.
+
+    Args:
+        system: geometry, FOV, SNR and power ranges.
+        n: number of scenes B.
+        generator: a torch.Generator on `device`; the only source of randomness.
+        device: where the tensors are made.
+        symbols_constant: test-only; reproduces the seed's defect (the same symbols in every snapshot).
+    """
+    device = torch.device(device)
+    u = _Uniform(generator, device)
+    k_max, L = system.k_max, system.n_snapshots
+    k = torch.randint(1, k_max + 1, (n,), generator=generator, device=device)
+    mask = torch.arange(k_max, device=device) < k.unsqueeze(1)  # [B, K]
+    az, el, rng = _draw_positions(system, n, u)
+    power = u(n, k_max, lo=system.power_min, hi=system.power_max)
+    az, el, rng, power = (t * mask for t in (az, el, rng, power))
+    A = steering(system, az, el, torch.where(mask, rng, torch.ones_like(rng)))  # [B, K, N]
+    A = (A * mask.unsqueeze(-1)).transpose(1, 2).contiguous()  # [B, N, K]
+    H = _draw_channel(system, n, u, generator, device)  # [B, M, N]
+    codes = dft_codebook(system, device=device)  # [L, N]
+    # symbols s_l ~ CN(0, diag(p)), i.i.d. over snapshots l
+    s_shape = (n, 1 if symbols_constant else L, k_max)
+    s = torch.randn(s_shape, generator=generator, device=device, dtype=torch.complex64)
+    s = (s * power.sqrt().unsqueeze(1)).expand(n, L, k_max)  # [B, L, K]
+    x = (A @ s.transpose(1, 2)) * codes.T  # [B, N, L]: diag(c_l)·A·s_l
+    x = (H @ x).transpose(1, 2)  # [B, L, M]
+    snr_db = u(n, lo=system.snr_min_db, hi=system.snr_max_db)
+    signal_power = x.abs().square().sum(-1).mean(-1)  # [B]: mean_l ‖x_l‖²
+    sigma2 = signal_power / (system.n_bs_antennas * 10 ** (snr_db / 10))
+    noise = torch.randn(x.shape, generator=generator, device=device, dtype=torch.complex64)
+    y = x + noise * sigma2.sqrt()[:, None, None]
+    return SceneBatch(
+        y=y, H=H, codes=codes.expand(n, L, -1), snr_db=snr_db, k=k, azimuth=az, elevation=el,
+        range_m=rng, power=power, mask=mask, A=A,
+    )
+
+
+class _Uniform:
+    def __init__(self, generator: torch.Generator, device: torch.device) -> None:
+        self.generator, self.device = generator, device
+
+    def __call__(self, *shape: int, lo: float, hi: float) -> Tensor:
+        return lo + (hi - lo) * torch.rand(shape, generator=self.generator, device=self.device)
+
+
+def _draw_positions(system: SystemConfig, n: int, u: _Uniform) -> tuple[Tensor, Tensor, Tensor]:
+    """Uniform (φ, θ, r) per slot, redrawn until each source is separated from the earlier ones
+    by min_separation_deg in φ or θ, or min_separation_m in r (DESIGN §2.1a)."""
+    az_max, el_max = math.radians(system.azimuth_max_deg), math.radians(system.elevation_max_deg)
+    sep = math.radians(system.min_separation_deg)
+    cols: list[tuple[Tensor, Tensor, Tensor]] = []
+    for _ in range(system.k_max):
+        cand = (
+            u(n, _SEPARATION_TRIES, lo=-az_max, hi=az_max),
+            u(n, _SEPARATION_TRIES, lo=-el_max, hi=el_max),
+            u(n, _SEPARATION_TRIES, lo=system.range_min_m, hi=system.range_max_m),
+        )
+        ok = torch.ones_like(cand[0], dtype=torch.bool)
+        for a, e, r in cols:
+            ok &= ((cand[0] - a[:, None]).abs() >= sep) | ((cand[1] - e[:, None]).abs() >= sep) | (
+                (cand[2] - r[:, None]).abs() >= system.min_separation_m)
+        # first separated candidate; the last try if none is (probability ~1e-20 at the defaults)
+        pick = torch.where(ok.any(1), ok.int().argmax(1), torch.full_like(ok[:, 0], _SEPARATION_TRIES - 1,
+                                                                           dtype=torch.long))
+        cols.append(tuple(c.gather(1, pick[:, None]).squeeze(1) for c in cand))  # type: ignore[arg-type]
+    return tuple(torch.stack([c[i] for c in cols], dim=1) for i in range(3))  # type: ignore[return-value]
+
+
+def _draw_channel(system: SystemConfig, n: int, u: _Uniform, generator: torch.Generator,
+                  device: torch.device) -> Tensor:
+    """Rician BS→RIS channel H = √(κ/(κ+1))·√(MN)·b·a_farᴴ + √(1/(κ+1))·G, complex64 [B, M, N]."""
+    M, N = system.n_bs_antennas, system.n_ris
+    kappa = u(n, lo=system.rician_kappa_min, hi=system.rician_kappa_max)
+    psi = u(n, lo=-math.pi / 3, hi=math.pi / 3)
+    az_bs = u(n, lo=-math.pi / 3, hi=math.pi / 3)
+    el_bs = u(n, lo=-math.pi / 6, hi=math.pi / 6)
+    b = bs_response(M, psi)  # [B, M]
+    a_far = steering_far(system, az_bs, el_bs)  # [B, N]
+    los = math.sqrt(M * N) * b.unsqueeze(-1) * a_far.conj().unsqueeze(1)  # [B, M, N]
+    G = torch.randn((n, M, N), generator=generator, device=device, dtype=torch.complex64)
+    w_los = (kappa / (kappa + 1)).sqrt()[:, None, None]
+    w_nlos = (1 / (kappa + 1)).sqrt()[:, None, None]
+    return w_los * los + w_nlos * G
+
+
+class SceneSource:
+    """All scenes of one run: train batches by (epoch, batch), and the fixed val/test pools."""
+
+    def __init__(self, system: SystemConfig, data: DataConfig, device: torch.device | str,
+                 *, symbols_constant: bool = False, val_from_train: bool = False) -> None:
+        self.system, self.data, self.device = system, data, torch.device(device)
+        self._symbols_constant = symbols_constant
+        self._val_from_train = val_from_train  # test-only: the seed's leak, val drawn from the train stream
+        self._train_pool: SceneBatch | None = None
+        self._pools: dict[Split, SceneBatch] = {}
+
+    @property
+    def n_batches(self) -> int:
+        return self.data.n_batches_per_epoch
+
+    def train_batch(self, epoch: int, batch: int) -> SceneBatch:
+        """Batch `batch` of epoch `epoch` (both from 0); the last batch may be smaller."""
+        size = min(self.data.batch_size, self.data.n_train - batch * self.data.batch_size)
+        if self.data.fresh_train_each_epoch:
+            g = make_generator(stream_seed(self.data.seed, Split.TRAIN, epoch, batch), self.device)
+            return generate_scenes(self.system, size, generator=g, device=self.device,
+                                   symbols_constant=self._symbols_constant)
+        pool = self.pool(Split.TRAIN_POOL, self.data.n_train)
+        g = make_generator(stream_seed(self.data.seed, Split.PERMUTATION, epoch), self.device)
+        order = torch.randperm(self.data.n_train, generator=g, device=self.device)
+        start = batch * self.data.batch_size
+        return pool.index(order[start:start + size])
+
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[SceneBatch]:
+        for b in range(start, self.n_batches):
+            yield self.train_batch(epoch, b)
+
+    def pool(self, split: Split, n: int) -> SceneBatch:
+        """The first `n` scenes of a fixed pool, drawn in chunks so scene i depends on i alone."""
+        cached = self._pools.get(split)
+        if cached is None or len(cached) < n:
+            chunks = []
+            for c in range(math.ceil(n / POOL_CHUNK)):
+                g = make_generator(stream_seed(self.data.seed, split, c), self.device)
+                chunks.append(generate_scenes(self.system, POOL_CHUNK, generator=g, device=self.device,
+                                              symbols_constant=self._symbols_constant))
+            cached = SceneBatch.cat(chunks)
+            self._pools[split] = cached
+        return cached.index(torch.arange(n, device=self.device))
+
+    def val_batches(self, batch_size: int | None = None) -> Iterator[SceneBatch]:
+        """The val pool in batches (the same scenes every epoch)."""
+        if self._val_from_train:
+            val = self.train_batch(0, 0)  # the seed's defect: "val" scenes taken from the train stream
+        else:
+            val = self.pool(Split.VAL, self.data.n_val)
+        bs = batch_size or max(self.data.batch_size, 256)
+        for start in range(0, len(val), bs):
+            yield val.index(torch.arange(start, min(start + bs, len(val)), device=self.device))
+
+    def test_scenes(self, n: int) -> SceneBatch:
+        return self.pool(Split.TEST, n)

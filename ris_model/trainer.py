@@ -1,0 +1,475 @@
+"""The phase trainer (DESIGN §2.5, §2.6).
+
+Owns Trainer and FitResult. Reads top to bottom: fit → phases → _train_epoch → _train_step, _validate,
+_save_checkpoint. Knows nothing of Celery or HTTP: everything leaves through the MetricSink.
+Rules pinned by tests: one optimizer step per batch; the LR is a function of the step and is set every step;
+the epoch loss is the mean over the epoch's finite batches; validated weights == saved weights (EMA);
+non-finite steps are skipped, counted by cause and attributed, never zeroed (no nan_to_num).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from api_schemas import CheckpointInfo, MetricPoint, PhaseConfig, TrainingJobConfig
+from api_schemas import metrics as keys
+from ris_model import checkpoint as ckpt
+from ris_model.errors import CheckpointError, NonFiniteAbort, NonFiniteAttribution
+from ris_model.faults import Faults, eigenvector_alignment_loss
+from ris_model.losses import LossResult, compute_loss
+from ris_model.metrics import CountingTally, GeometryTally
+from ris_model.network import RisNet
+from ris_model.scenes import SceneBatch, SceneSource
+from ris_model.sinks import MetricSink
+
+StopReason = Literal["cancel", "timeout"]
+
+
+def never_stop() -> StopReason | None:
+    return None
+
+
+@dataclass
+class FitResult:
+    stopped: StopReason | None
+    global_step: int
+    nonfinite_total: int
+    final_checkpoint: CheckpointInfo | None
+    last_checkpoint: CheckpointInfo | None
+    never_updated: list[str] = field(default_factory=list)  # parameters that never received a gradient
+    report: dict[str, Any] | None = None
+
+
+@dataclass
+class _Position:
+    phase_index: int = 0
+    epoch: int = 0  # 0-based epoch within the phase
+    batch: int = 0  # next batch of the epoch
+    global_step: int = 0  # batches processed so far in the run (including skipped ones)
+
+
+@dataclass
+class _EpochStats:
+    loss_sum: float = 0.0
+    n_finite: int = 0
+    n_batches: int = 0
+    n_optimizer_steps: int = 0
+    n_skipped: int = 0
+    n_samples: int = 0
+    k_correct: int = 0
+
+
+class Trainer:
+    def __init__(self, config: TrainingJobConfig, model: RisNet, sink: MetricSink, device: torch.device | str,
+                 *, checkpoint_dir: Path, checkpoint_interval_s: float | None = None,
+                 kind: str = "training", faults: Faults | None = None) -> None:
+        self.config, self.model, self.sink = config, model.to(device), sink
+        self.device = torch.device(device)
+        self.checkpoint_dir, self.checkpoint_interval_s, self.kind = checkpoint_dir, checkpoint_interval_s, kind
+        self.faults = faults or Faults()
+        if self.faults.unused_head:  # plant a head that no loss uses (dead parameters)
+            model.k_head["unused"] = nn.Linear(config.model.d_model, 1).to(device)
+        self.scenes = SceneSource(config.system, config.data, self.device,
+                                  symbols_constant=self.faults.symbols_constant,
+                                  val_from_train=self.faults.val_from_train)
+        self.group_of = {id(p): g for g, ps in model.param_groups().items() for p in ps}
+        self.names = {id(p): n for n, p in model.named_parameters()}
+        self.pos = _Position()
+        self.nonfinite_total = 0
+        self.consecutive_nonfinite = 0
+        self.updated: set[str] = set()  # parameters that got a finite gradient in a taken step
+        self.last_checkpoint: CheckpointInfo | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.ema: dict[str, Tensor] | None = None
+        self.epoch_stats = _EpochStats()
+        self.epoch_start: dict[str, Tensor] = {}
+        self._last_interval_save = time.monotonic()
+        self._resume_state: dict[str, Any] | None = None
+
+    # ---------------------------------------------------------------- the run
+    def fit(self, should_stop: Callable[[], StopReason | None] = never_stop,
+            resume_from: Path | None = None) -> FitResult:
+        if resume_from is not None:
+            self._load_resume(resume_from)
+        phases = self.config.phases
+        while self.pos.phase_index < len(phases):
+            phase = phases[self.pos.phase_index]
+            self._setup_phase(phase)
+            while self.pos.epoch < phase.epochs:
+                # one epoch: train (may stop between steps), validate, checkpoint
+                stopped = self._train_epoch(phase, should_stop)
+                if stopped is not None:
+                    self._save_checkpoint(phase, f"{phase.name}-last")
+                    return self._result(stopped, final=None)
+                self._end_epoch(phase)
+            # the phase's final weights are the validated (EMA) ones; the next phase starts from them
+            self._apply_eval_weights()
+            self.pos = _Position(self.pos.phase_index + 1, 0, 0, self.pos.global_step)
+            self._save_checkpoint(phase, phase.name)
+        final = self._save_checkpoint(phases[-1], "final")
+        return self._result(None, final=final)
+
+    def _result(self, stopped: StopReason | None, final: CheckpointInfo | None) -> FitResult:
+        all_names = [n for n, p in self.model.named_parameters()]
+        return FitResult(
+            stopped=stopped, global_step=self.pos.global_step, nonfinite_total=self.nonfinite_total,
+            final_checkpoint=final, last_checkpoint=self.last_checkpoint,
+            never_updated=[n for n in all_names if n not in self.updated],
+        )
+
+    def _setup_phase(self, phase: PhaseConfig) -> None:
+        """Freeze the phase's groups, build its optimizer and EMA; restore them when resuming into it."""
+        frozen = set(phase.frozen_groups)
+        for group, params in self.model.param_groups().items():
+            for p in params:
+                p.requires_grad_(group not in frozen)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=phase.lr, weight_decay=phase.weight_decay)
+        self.model.zero_grad(set_to_none=True)
+        self.ema = ({n: p.detach().clone() for n, p in self.model.state_dict().items()}
+                    if phase.ema_decay is not None else None)
+        state, self._resume_state = self._resume_state, None
+        if state is not None:
+            self.optimizer.load_state_dict(state[ckpt.OPTIMIZER_KEY])
+            if self.ema is not None and state.get(ckpt.EMA_KEY) is not None:
+                self.ema = {k: v.to(self.device) for k, v in state[ckpt.EMA_KEY].items()}
+        if self.pos.batch == 0:
+            self.epoch_start = self._snapshot()
+
+    # ---------------------------------------------------------------- an epoch
+    def _train_epoch(self, phase: PhaseConfig, should_stop: Callable[[], StopReason | None]) -> StopReason | None:
+        debug = self.config.debug
+        n_batches = self.scenes.n_batches
+        data_epoch = sum(p.epochs for p in self.config.phases[: self.pos.phase_index]) + self.pos.epoch
+        started, stats_before = time.perf_counter(), self.epoch_stats.n_samples
+        for batch in self.scenes.train_batches(data_epoch, start=self.pos.batch):
+            # cooperative stop, polled between steps
+            reason = None if debug.ignore_cancel else should_stop()
+            if reason is not None:
+                return reason
+            # LR is a function of the step within the phase (set every step)
+            step_in_phase = self.pos.epoch * n_batches + self.pos.batch
+            lr = lr_at(phase, step_in_phase, phase.epochs * n_batches)
+            for g in self.optimizer.param_groups:  # type: ignore[union-attr]
+                g["lr"] = lr
+            # forward / backward / (skip or step)
+            take_step = (not self.faults.one_step_per_epoch) or self.pos.batch == n_batches - 1
+            loss, res = self._train_step(phase, batch, take_step=take_step)
+            self.pos.batch += 1
+            self.pos.global_step += 1
+            if self.pos.global_step % self.config.log_every_steps == 0:
+                self._log_step(phase, loss, res, lr)
+            if debug.sleep_per_step_s:
+                time.sleep(debug.sleep_per_step_s)
+            self._maybe_interval_checkpoint(phase)
+        elapsed = time.perf_counter() - started
+        self._samples_per_s = (self.epoch_stats.n_samples - stats_before) / max(elapsed, 1e-9)
+        return None
+
+    def _train_step(self, phase: PhaseConfig, batch: SceneBatch, *, take_step: bool) -> tuple[float, LossResult]:
+        """One batch: forward, loss, backward; then one optimizer step, or a counted, attributed skip."""
+        model, opt = self.model, self.optimizer
+        assert opt is not None  # set by _setup_phase (internal invariant, not input)
+        model.train()
+        with self._autocast(phase):
+            out = model(batch.y, batch.H, batch.codes, batch.snr_db)
+            res = self._loss(out, batch, phase)
+        stats = self.epoch_stats
+        stats.n_batches += 1
+        stats.n_samples += len(batch)
+        loss_ok = bool(torch.isfinite(res.total))
+        grad_norm = torch.tensor(float("nan"))
+        if loss_ok:
+            res.total.backward()
+            trainable = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
+            max_norm = phase.grad_clip_norm if phase.grad_clip_norm is not None else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
+        if not loss_ok or not bool(torch.isfinite(grad_norm)):
+            self._skip(phase, batch, res, cause="loss" if not loss_ok else "grad")
+            return float("nan"), res
+        self.consecutive_nonfinite = 0
+        loss = float(res.total.detach())
+        stats.loss_sum += loss
+        stats.n_finite += 1
+        stats.k_correct += int((res_k_pred(out.k_logits) == batch.k).sum())
+        if take_step:
+            self._mark_updated()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            stats.n_optimizer_steps += 1
+            if self.faults.frozen_still_moves is not None:
+                self._plant_frozen_update(self.faults.frozen_still_moves)
+            self._update_ema(phase)
+        self._last_grad_norm = float(grad_norm)
+        return loss, res
+
+    def _loss(self, out: Any, batch: SceneBatch, phase: PhaseConfig) -> LossResult:
+        debug = self.config.debug
+        inject = None
+        if debug.nan_loss_term is not None and self.pos.global_step >= debug.nan_from_step:
+            if debug.nan_n_steps == 0 or self.pos.global_step < debug.nan_from_step + debug.nan_n_steps:
+                inject = debug.nan_loss_term
+        res = compute_loss(out, batch, phase.loss_weights, self.config.system, inject_nan=inject)
+        if self.faults.eigvec_loss:
+            term = eigenvector_alignment_loss(out.cov_factor, batch)
+            res.terms["eigvec_align"] = term
+            res.total = res.total + 0.1 * term
+        return res
+
+    # ---------------------------------------------------------------- non-finite guard
+    def _skip(self, phase: PhaseConfig, batch: SceneBatch, res: LossResult, *, cause: str) -> None:
+        """Count and attribute a skipped step; abort after too many in a row (DESIGN §2.6)."""
+        assert self.optimizer is not None
+        weights = phase.loss_weights.model_dump()
+        active = {n: t for n, t in res.terms.items() if weights.get(f"lam_{n}", 1.0) > 0}
+        terms = [n for n, t in active.items() if not bool(torch.isfinite(t))]
+        groups: list[str] = []
+        if cause == "grad":
+            groups = sorted({self.group_of[id(p)] for p in self.model.parameters()
+                             if p.grad is not None and not bool(torch.isfinite(p.grad).all())})
+            terms = self._attribute_grad_terms(phase, batch)
+            if phase.amp and self.device.type == "cuda" and not terms:
+                cause = "amp_overflow"
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_total += 1
+        self.consecutive_nonfinite += 1
+        self.epoch_stats.n_skipped += 1
+        where = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step)
+        points = [MetricPoint(**where, key=keys.NONFINITE_CAUSE_PREFIX + cause, value=1.0)]
+        points += [MetricPoint(**where, key=keys.NONFINITE_TERM_PREFIX + t, value=1.0) for t in terms]
+        points += [MetricPoint(**where, key=keys.NONFINITE_GROUP_PREFIX + g, value=1.0) for g in groups]
+        self.sink.log_metrics(points)
+        if self.consecutive_nonfinite >= phase.max_consecutive_nonfinite:
+            attribution = NonFiniteAttribution(**where, cause=cause, loss_terms=terms, param_groups=groups)
+            raise NonFiniteAbort(
+                f"{self.consecutive_nonfinite} consecutive non-finite steps in phase {phase.name!r} "
+                f"(last at step {self.pos.global_step}: cause {cause}, loss terms {terms or '-'}, "
+                f"parameter groups {groups or '-'})", attribution)
+
+    def _attribute_grad_terms(self, phase: PhaseConfig, batch: SceneBatch) -> list[str]:
+        """Which weighted loss terms give non-finite gradients: recompute in fp32, one backward per term.
+        Runs only on a skipped step, so it costs nothing on the normal path."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        out = self.model(batch.y, batch.H, batch.codes, batch.snr_db)
+        res = self._loss(out, batch, phase)
+        weights = phase.loss_weights.model_dump()
+        bad = []
+        for name, term in res.terms.items():
+            if weights.get(f"lam_{name}", 1.0) <= 0 or not term.requires_grad:
+                continue
+            grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+            if any(g is not None and not bool(torch.isfinite(g).all()) for g in grads):
+                bad.append(name)
+        return bad
+
+    # ---------------------------------------------------------------- epoch end
+    def _end_epoch(self, phase: PhaseConfig) -> None:
+        stats = self.epoch_stats
+        val = self._validate(phase)
+        delta_total, delta_groups = self._delta_params()
+        where = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step)
+        values = {
+            keys.TRAIN_EPOCH_LOSS: stats.loss_sum / max(stats.n_finite, 1),
+            keys.TRAIN_K_ACC: stats.k_correct / max(stats.n_samples, 1),
+            keys.TRAIN_BATCHES: float(stats.n_batches),
+            keys.TRAIN_OPTIMIZER_STEPS: float(stats.n_optimizer_steps),
+            keys.TRAIN_NONFINITE_SKIPPED: float(stats.n_skipped),
+            keys.TRAIN_SAMPLES_PER_S: getattr(self, "_samples_per_s", 0.0),
+            keys.TRAIN_DELTA_PARAM: delta_total,
+            keys.PROGRESS_FRACTION: self._progress(),
+            **{keys.TRAIN_DELTA_PARAM_GROUP_PREFIX + g: v for g, v in delta_groups.items()},
+            **val,
+        }
+        self.sink.log_metrics([MetricPoint(**where, key=k, value=float(v)) for k, v in values.items()])
+        self.pos.epoch += 1
+        self.pos.batch = 0
+        self.epoch_stats = _EpochStats()
+        self._save_checkpoint(phase, f"{phase.name}-last")
+        self.epoch_start = self._snapshot()
+
+    @torch.no_grad()
+    def _validate(self, phase: PhaseConfig) -> dict[str, float]:
+        """Val loss, K accuracy/under/over, matched RMSE (deg, m), covariance NMSE — on the weights that
+        will be saved as the phase's result (the EMA weights when EMA is on)."""
+        counting = CountingTally(self.config.system.k_max)
+        geometry = GeometryTally()
+        loss_sum, nmse_sum, n = 0.0, 0.0, 0
+        with self._eval_weights():
+            self.model.eval()
+            for batch in self.scenes.val_batches():
+                with self._autocast(phase):
+                    out = self.model(batch.y, batch.H, batch.codes, batch.snr_db)
+                    res = compute_loss(out, batch, phase.loss_weights, self.config.system)
+                counting.update(batch.k, res_k_pred(out.k_logits))
+                a = res.assignment
+                geometry.update(out.azimuth.gather(1, a).float() - batch.azimuth,
+                                out.elevation.gather(1, a).float() - batch.elevation,
+                                out.range_m.gather(1, a).float() - batch.range_m, batch.mask)
+                loss_sum += float(res.total) * len(batch)
+                nmse_sum += float(res.terms["cov"]) * len(batch)
+                n += len(batch)
+        rates, rmse = counting.rates(), geometry.rmse()
+        self.last_confusion = counting.confusion
+        return {
+            keys.VAL_LOSS: loss_sum / n, keys.VAL_K_ACC: rates["k_acc"], keys.VAL_K_UNDER: rates["k_under"],
+            keys.VAL_K_OVER: rates["k_over"], keys.VAL_RMSE_AZIMUTH_DEG: rmse["rmse_azimuth_deg"],
+            keys.VAL_RMSE_ELEVATION_DEG: rmse["rmse_elevation_deg"], keys.VAL_RMSE_RANGE_M: rmse["rmse_range_m"],
+            keys.VAL_COV_NMSE: nmse_sum / n,
+        }
+
+    # ---------------------------------------------------------------- helpers
+    def _log_step(self, phase: PhaseConfig, loss: float, res: LossResult, lr: float) -> None:
+        where = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step)
+        values = {keys.TRAIN_LOSS: loss, keys.TRAIN_LR: lr, keys.PROGRESS_FRACTION: self._progress(),
+                  keys.TRAIN_GRAD_NORM: getattr(self, "_last_grad_norm", float("nan"))}
+        values.update({keys.TRAIN_LOSS_TERM_PREFIX + n: float(t.detach()) for n, t in res.terms.items()})
+        # non-finite values are reported by the guard as events; the sampled series keeps finite points only
+        self.sink.log_metrics([MetricPoint(**where, key=k, value=v) for k, v in values.items() if math.isfinite(v)])
+
+    def _progress(self) -> float:
+        return min(1.0, self.pos.global_step / max(self.config.total_steps, 1))
+
+    @contextmanager
+    def _autocast(self, phase: PhaseConfig) -> Iterator[None]:
+        use = phase.amp and self.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16) if use else nullcontext():
+            yield
+
+    def _mark_updated(self) -> None:
+        for p in self.model.parameters():
+            if p.requires_grad and p.grad is not None:
+                self.updated.add(self.names[id(p)])
+
+    def _plant_frozen_update(self, group: str) -> None:
+        with torch.no_grad():
+            for p in self.model.param_groups()[group]:
+                p.add_(1e-3)
+
+    def _update_ema(self, phase: PhaseConfig) -> None:
+        if self.ema is None or phase.ema_decay is None:
+            return
+        d = phase.ema_decay
+        with torch.no_grad():
+            for name, value in self.model.state_dict().items():
+                if value.dtype.is_floating_point:
+                    self.ema[name].lerp_(value, 1 - d)
+                else:
+                    self.ema[name].copy_(value)
+
+    @contextmanager
+    def _eval_weights(self) -> Iterator[None]:
+        """Swap the EMA weights in (if any) for validation and saving."""
+        if self.ema is None:
+            yield
+            return
+        raw = {n: v.detach().clone() for n, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.ema)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(raw)
+
+    def _apply_eval_weights(self) -> None:
+        if self.ema is not None:
+            self.model.load_state_dict(self.ema)
+
+    def _snapshot(self) -> dict[str, Tensor]:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters()}
+
+    def _delta_params(self) -> tuple[float, dict[str, float]]:
+        """‖Δparam‖₂ over the epoch, in total and per group (raw weights, not EMA)."""
+        sq: dict[str, float] = {g: 0.0 for g in self.model.param_groups()}
+        for n, p in self.model.named_parameters():
+            if n in self.epoch_start:
+                sq[self.group_of[id(p)]] += float((p.detach() - self.epoch_start[n]).float().square().sum())
+        return math.sqrt(sum(sq.values())), {g: math.sqrt(v) for g, v in sq.items()}
+
+    def _maybe_interval_checkpoint(self, phase: PhaseConfig) -> None:
+        if self.checkpoint_interval_s is None:
+            return
+        if time.monotonic() - self._last_interval_save >= self.checkpoint_interval_s:
+            self._save_checkpoint(phase, f"{phase.name}-last")
+
+    # ---------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self, phase: PhaseConfig, name: str) -> CheckpointInfo:
+        """Write the full training state under `name` and report it to the sink."""
+        assert self.optimizer is not None
+        eval_state = self.ema if self.ema is not None else self.model.state_dict()
+        state = {
+            ckpt.KIND_KEY: self.kind,
+            ckpt.MODEL_KEY: {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            ckpt.EMA_KEY: {k: v.detach().cpu() for k, v in self.ema.items()} if self.ema is not None else None,
+            ckpt.EVAL_WEIGHTS_KEY: "ema" if self.ema is not None else "model",
+            ckpt.OPTIMIZER_KEY: self.optimizer.state_dict(),
+            ckpt.RNG_KEY: {"torch": torch.get_rng_state(),
+                           "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
+            ckpt.CONFIG_KEY: self.config.model_dump(mode="json"),
+            ckpt.CONFIG_SHA_KEY: self.config.sha256(),
+            ckpt.POSITION_KEY: {"phase_index": self.pos.phase_index, "phase": phase.name, "epoch": self.pos.epoch,
+                                "batch": self.pos.batch, "global_step": self.pos.global_step},
+            ckpt.COUNTERS_KEY: {"nonfinite_total": self.nonfinite_total,
+                                "consecutive_nonfinite": self.consecutive_nonfinite,
+                                "updated": sorted(self.updated), "epoch_stats": vars(self.epoch_stats).copy()},
+            "epoch_start": {k: v.cpu() for k, v in self.epoch_start.items()},
+            "eval_model": {k: v.detach().cpu() for k, v in eval_state.items()},
+        }
+        path = self.checkpoint_dir / f"{name}.pt"
+        size, sha = ckpt.save_checkpoint(path, state)
+        info = CheckpointInfo(name=name, phase=phase.name, epoch=self.pos.epoch, step=self.pos.global_step,
+                              path=str(path), size=size, sha256=sha, is_final=name == "final")
+        self.sink.log_checkpoint(info)
+        self.last_checkpoint = info
+        self._last_interval_save = time.monotonic()
+        return info
+
+    def _load_resume(self, path: Path) -> None:
+        """Restore weights, position, counters and RNG; the optimizer/EMA are restored in _setup_phase."""
+        state = ckpt.load_checkpoint(path, map_location=self.device)
+        if state[ckpt.CONFIG_SHA_KEY] != self.config.sha256():
+            raise CheckpointError(f"checkpoint {path.name} was written for another config; cannot resume")
+        self.model.load_state_dict(state[ckpt.MODEL_KEY])
+        p = state[ckpt.POSITION_KEY]
+        self.pos = _Position(p["phase_index"], p["epoch"], p["batch"], p["global_step"])
+        counters = state[ckpt.COUNTERS_KEY]
+        self.nonfinite_total = counters["nonfinite_total"]
+        self.consecutive_nonfinite = counters["consecutive_nonfinite"]
+        self.updated = set(counters["updated"])
+        self.epoch_stats = _EpochStats(**counters["epoch_stats"])
+        self.epoch_start = {k: v.to(self.device) for k, v in state["epoch_start"].items()}
+        torch.set_rng_state(state[ckpt.RNG_KEY]["torch"].cpu())
+        if self.device.type == "cuda" and state[ckpt.RNG_KEY]["cuda"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state[ckpt.RNG_KEY]["cuda"]])
+        if self.pos.phase_index < len(self.config.phases):
+            self._resume_state = state
+
+
+def res_k_pred(k_logits: Tensor) -> Tensor:
+    """Predicted K in 1..K_MAX from logits [B, K_MAX] (class i ↔ K = i + 1, as the labels)."""
+    return k_logits.argmax(-1) + 1
+
+
+def lr_at(phase: PhaseConfig, step: int, total_steps: int) -> float:
+    """Learning rate at optimizer step `step` (0-based) of a phase of `total_steps` steps.
+
+    1) linear warm-up over warmup_fraction·total; 2) then constant, cosine to 10 %, or one-cycle cosine to 0."""
+    warmup = int(phase.warmup_fraction * total_steps)
+    if step < warmup:
+        return phase.lr * (step + 1) / warmup
+    if phase.schedule == "constant":
+        return phase.lr
+    progress = (step - warmup) / max(total_steps - warmup, 1)
+    floor = 0.1 if phase.schedule == "cosine" else 0.0
+    return phase.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def build_model(config: TrainingJobConfig) -> nn.Module:
+    return RisNet(config.system, config.model)
