@@ -1,0 +1,3 @@
+from ris_model.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""Command line: `python -m ris_model train|diagnose --config FILE.json --out DIR [--device cuda]`.
+
+Writes metrics (JSON lines) and checkpoints to DIR with a progress bar; `--print-default-config` prints a
+valid config to edit. Owns only argument parsing and printing; the work is ris_model.jobs.run_training_job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from api_schemas import CheckpointInfo, DiagnosticJobConfig, MetricPoint, TrainingJobConfig, quickstart_diagnostic
+from api_schemas import metrics as keys
+from ris_model.errors import RisModelError
+from ris_model.jobs import run_training_job
+from ris_model.sinks import JsonlSink
+
+_EPOCH_KEYS = (keys.TRAIN_EPOCH_LOSS, keys.VAL_K_ACC, keys.VAL_K_UNDER, keys.VAL_K_OVER,
+               keys.VAL_RMSE_AZIMUTH_DEG, keys.VAL_RMSE_RANGE_M, keys.TRAIN_NONFINITE_SKIPPED,
+               keys.TRAIN_SAMPLES_PER_S)
+
+
+class ProgressSink:
+    """JSON lines to DIR plus a tqdm bar driven by `progress/fraction`, and one line per epoch."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.jsonl = JsonlSink(out_dir)
+        self.bar = tqdm(total=1000, unit="‰", dynamic_ncols=True, file=sys.stderr)
+        self.nonfinite = 0
+
+    def log_metrics(self, points: Sequence[MetricPoint]) -> None:
+        self.jsonl.log_metrics(points)
+        epoch_values = {}
+        for p in points:
+            if p.key == keys.PROGRESS_FRACTION:
+                self.bar.update(int(p.value * 1000) - self.bar.n)
+            elif p.key.startswith(keys.NONFINITE_CAUSE_PREFIX):
+                self.nonfinite += 1
+                self.bar.set_postfix(nonfinite=self.nonfinite)
+            if p.key in _EPOCH_KEYS:
+                epoch_values[p.key] = p.value
+        if keys.VAL_K_ACC in epoch_values:
+            p0 = points[0]
+            line = " ".join(f"{k}={v:.4g}" for k, v in epoch_values.items())
+            self.bar.write(f"[{p0.phase} epoch {p0.epoch} step {p0.step}] {line}")
+
+    def log_checkpoint(self, info: CheckpointInfo) -> None:
+        self.jsonl.log_checkpoint(info)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.jsonl.close()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ris_model", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("train", "run a phase-training job"), ("diagnose", "run the seed's diagnostic")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", type=Path, help="JSON config (default: the job's defaults)")
+        p.add_argument("--out", type=Path, help="output directory for metrics.jsonl and checkpoints")
+        p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+        p.add_argument("--resume", type=Path, default=None, help="resume from this checkpoint")
+        p.add_argument("--preset", choices=["quickstart"], default=None,
+                       help="quickstart: a diagnostic small enough for about a minute on a 2-core CPU")
+        p.add_argument("--print-default-config", action="store_true", help="print a valid config and exit")
+    return parser
+
+
+def _load_config(args: argparse.Namespace) -> TrainingJobConfig:
+    model = DiagnosticJobConfig if args.command == "diagnose" else TrainingJobConfig
+    if args.preset == "quickstart":
+        return quickstart_diagnostic()
+    if args.config is None:
+        return model()
+    return model.model_validate_json(args.config.read_text())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = _load_config(args)
+    except ValidationError as exc:
+        print(f"invalid config: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"cannot read config: {exc}", file=sys.stderr)
+        return 2
+    if args.print_default_config:
+        print(json.dumps(config.model_dump(mode="json"), indent=2))
+        return 0
+    if args.out is None:
+        print("--out DIR is required", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
+    sink = ProgressSink(args.out)
+    try:
+        result = run_training_job(config, sink=sink, checkpoint_dir=args.out / "checkpoints", device=args.device,
+                                  resume_from=args.resume)
+    except RisModelError as exc:
+        print(f"failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        sink.close()
+    final = result.final_checkpoint
+    print(f"done: {result.global_step} steps, {result.nonfinite_total} non-finite steps skipped; "
+          f"final checkpoint {final.path if final else '-'}")
+    if result.report is not None:
+        (args.out / "report.json").write_text(json.dumps(result.report, indent=2))
+        print(f"report: {args.out / 'report.json'}")
+    return 0
