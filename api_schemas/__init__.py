@@ -31,9 +31,10 @@ from api_schemas.jobs import (
 )
 from api_schemas.metrics import MetricPoint, MetricsPage, StoredMetricPoint, fold_nonfinite
 from api_schemas.problems import FieldError, Problem
+from api_schemas.reports import CheckResult, CheckStatus, DiagnosticReport, Verdict
 
 __all__ = [
-    "PARAM_GROUPS", "TERMINAL_STATES", "CheckpointInfo", "CheckpointPublic", "DataConfig", "DebugConfig",
+    "PARAM_GROUPS", "TERMINAL_STATES", "CheckResult", "CheckStatus", "CheckpointInfo", "CheckpointPublic", "DiagnosticReport", "Verdict", "DataConfig", "DebugConfig",
     "DiagnosticJobConfig", "DiagnosticJobCreate", "Failure", "FailureReason", "FieldError", "JobCreate",
     "JobEvent", "JobKind", "JobPublic", "JobState", "JobsPage", "LossWeights", "MetricPoint", "MetricsPage",
     "ModelConfig", "NonfiniteEvent", "NonfiniteSummary", "PhaseConfig", "Problem", "Progress",

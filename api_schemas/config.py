@@ -93,6 +93,11 @@ class ModelConfig(_Frozen):
         description="backprojection: physics features (H·diag(c_l))^H·y_l + transformer; "
         "seed_cov: the seed's covariance-factor network, kept for comparison",
     )
+    backprojection: Literal["whitened", "matched"] = Field(
+        "whitened",
+        description="z_l = (H·diag(c_l))ᴴ·W·y_l with W = (H·Hᴴ + εI)⁻¹ (whitened: undoes the Rician channel's "
+        "colouring, the same for every snapshot since |c_l| = 1) or W = I (matched filter)",
+    )
     d_model: int = Field(128, ge=8, le=1024)
     n_layers: int = Field(3, ge=1, le=12)
     n_heads: int = Field(4, ge=1, le=16)
@@ -240,15 +245,27 @@ class TrainingJobConfig(_Frozen):
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+class DiagnosticChecksConfig(_Frozen):
+    """Budgets of the diagnostic's own probes (issue 5); they run after training."""
+
+    overfit_scenes: int = Field(64, ge=8, le=4096, description="scenes the overfit probe must fit")
+    overfit_steps: int = Field(200, ge=0, le=20_000, description="optimizer steps of the overfit probe (0 = off)")
+    overfit_lr: float = Field(3e-3, gt=0.0, le=1.0)
+    identifiability_scenes: int = Field(1000, ge=50, le=50_000, description="scenes for the identifiability check")
+    leakage_train_batches: int = Field(8, ge=1, le=1000, description="train batches hashed for the leakage check")
+
+
 class DiagnosticJobConfig(TrainingJobConfig):
     """The seed's diagnostic as a job (DESIGN §2.5): k_only, lam_K 1.5, lam_aux 0.5, lam_cov 0.1,
-    10 epochs, 5000 train / 1000 val scenes, batch 64."""
+    10 epochs, 5000 train / 1000 val scenes, batch 64; then the automatic checks."""
 
     data: DataConfig = DataConfig(n_train=5000, n_val=1000, batch_size=64)
+    checks: DiagnosticChecksConfig = DiagnosticChecksConfig()
     phases: tuple[PhaseConfig, ...] = Field(default_factory=_seed_diagnostic_phases, min_length=1, max_length=8)
 
 
 def quickstart_diagnostic() -> DiagnosticJobConfig:
     """A diagnostic small enough to finish in about a minute on a 2-core CPU (README's first job)."""
     phase = _seed_diagnostic_phases()[0].model_copy(update={"epochs": 3})
-    return DiagnosticJobConfig(data=DataConfig(n_train=1024, n_val=256, batch_size=64), phases=(phase,))
+    return DiagnosticJobConfig(data=DataConfig(n_train=1024, n_val=256, batch_size=64), phases=(phase,),
+                               checks=DiagnosticChecksConfig(overfit_steps=50, identifiability_scenes=300))

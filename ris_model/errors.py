@@ -27,6 +27,7 @@ class NonFiniteAbort(RisModelError):
     def __init__(self, message: str, attribution: NonFiniteAttribution) -> None:
         super().__init__(message)
         self.attribution = attribution
+        self.report: dict | None = None  # a diagnostic job's verdict, when it aborted
 
 
 class CheckpointError(RisModelError):

@@ -5,12 +5,15 @@ Owns run_training_job. Imports no Celery, HTTP, SQL or Redis: the caller passes 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from api_schemas import DiagnosticJobConfig, TrainingJobConfig
+from api_schemas import CheckpointInfo, DiagnosticJobConfig, MetricPoint, TrainingJobConfig
+from ris_model.diagnostics import diagnose
+from ris_model.errors import NonFiniteAbort
 from ris_model.faults import Faults
 from ris_model.network import RisNet
 from ris_model.sinks import MetricSink
@@ -26,18 +29,57 @@ def pick_device(device: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+class _TeeSink:
+    """Forwards to the caller's sink and keeps the points for the diagnostic checks."""
+
+    def __init__(self, sink: MetricSink) -> None:
+        self.sink, self.points = sink, []  # type: list[MetricPoint]
+
+    def log_metrics(self, points: Sequence[MetricPoint]) -> None:
+        self.points.extend(points)
+        self.sink.log_metrics(points)
+
+    def log_checkpoint(self, info: CheckpointInfo) -> None:
+        self.sink.log_checkpoint(info)
+
+    def close(self) -> None:
+        self.sink.close()
+
+
 def run_training_job(config: TrainingJobConfig, *, sink: MetricSink, checkpoint_dir: Path,
                      device: str | None = None, resume_from: Path | None = None,
                      should_stop: Callable[[], StopReason | None] = never_stop,
                      checkpoint_interval_s: float | None = None, faults: Faults | None = None) -> FitResult:
     """Build the model, run every phase through the Trainer, and return the result.
 
-    A DiagnosticJobConfig also gets its verdict in `FitResult.report`. The sink is not closed here.
+    A DiagnosticJobConfig also gets its verdict (api_schemas.DiagnosticReport as JSON) in `FitResult.report`;
+    when the run aborts on non-finite steps, the report rides on the NonFiniteAbort as `.report`.
+    The sink is not closed here.
     """
     dev = pick_device(device)
     torch.manual_seed(config.data.seed)
     model = RisNet(config.system, config.model)
-    kind = "diagnostic" if isinstance(config, DiagnosticJobConfig) else "training"
-    trainer = Trainer(config, model, sink, dev, checkpoint_dir=checkpoint_dir,
-                      checkpoint_interval_s=checkpoint_interval_s, kind=kind, faults=faults)
-    return trainer.fit(should_stop, resume_from=resume_from)
+    is_diagnostic = isinstance(config, DiagnosticJobConfig)
+    tee = _TeeSink(sink)
+    trainer = Trainer(config, model, tee, dev, checkpoint_dir=checkpoint_dir,
+                      checkpoint_interval_s=checkpoint_interval_s,
+                      kind="diagnostic" if is_diagnostic else "training", faults=faults)
+    started = time.perf_counter()
+    try:
+        result = trainer.fit(should_stop, resume_from=resume_from)
+    except NonFiniteAbort as exc:
+        if is_diagnostic:
+            aborted = trainer.result_so_far()
+            exc.report = _report(config, trainer, aborted, tee, time.perf_counter() - started)
+        raise
+    if is_diagnostic and result.stopped is None:
+        result.report = _report(config, trainer, result, tee, time.perf_counter() - started)
+    return result
+
+
+def _report(config: TrainingJobConfig, trainer: Trainer, result: FitResult, tee: _TeeSink,
+            train_seconds: float) -> dict:
+    assert isinstance(config, DiagnosticJobConfig)
+    report = diagnose(config, trainer.model, result, tee.points, trainer.scenes,  # type: ignore[arg-type]
+                      confusion=trainer.last_confusion, train_seconds=train_seconds)
+    return report.model_dump(mode="json")

@@ -74,8 +74,7 @@ class RisNet(nn.Module):
         """y: complex64 [B, L, M] (axis 1 = snapshots); H: complex64 [B, M, N]; codes: complex64 [B, L, N].
         snr_db is accepted for API symmetry and not used: the model must infer the noise level itself."""
         y, H = _unit_rms(y), _unit_rms(H)
-        z = (H.mH @ y.transpose(1, 2)).transpose(1, 2) * codes.conj()  # [B, L, N]: (H·diag(c_l))ᴴ·y_l
-        z = _unit_rms(z)
+        z = _unit_rms(back_project(y, H, codes, whiten=self.cfg.backprojection == "whitened"))  # [B, L, N]
         pooled, slots = self.backbone(z)  # [B, d], [B, K, d]
         s = self.system
         # covariance head: one complex column per slot, trace-normalized
@@ -98,6 +97,21 @@ class RisNet(nn.Module):
             cov_factor=F, k_logits=0.5 * (k_spec + k_direct), k_logits_spectral=k_spec, k_logits_direct=k_direct,
             azimuth=az, elevation=el, range_m=rng, exist_logits=exist, gram_eigs=gram_eigs,
         )
+
+
+def back_project(y: Tensor, H: Tensor, codes: Tensor, *, whiten: bool, eps: float = 1e-2) -> Tensor:
+    """z_l = (H·diag(c_l))ᴴ·W·y_l, complex [B, L, N]; axis 1 is the snapshot axis.
+
+    Since |c_n| = 1, (H·diag(c_l))·(H·diag(c_l))ᴴ = H·Hᴴ for every l, so one M×M Cholesky per scene whitens
+    all snapshots: W = (H·Hᴴ + ε·tr(H·Hᴴ)/M·I)⁻¹ (input-only, no parameters upstream)."""
+    yt = y.transpose(1, 2)  # [B, M, L]
+    if whiten:
+        hh = H @ H.mH  # [B, M, M]
+        m = hh.shape[-1]
+        load = eps * hh.diagonal(dim1=-2, dim2=-1).real.sum(-1) / m
+        chol = torch.linalg.cholesky(hh + load[:, None, None] * torch.eye(m, dtype=hh.dtype, device=hh.device))
+        yt = torch.cholesky_solve(yt, chol)
+    return (H.mH @ yt).transpose(1, 2) * codes.conj()
 
 
 def _mlp(n_in: int, d: int, n_out: int) -> nn.Sequential:

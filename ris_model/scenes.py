@@ -184,6 +184,10 @@ class SceneSource:
         self._pools: dict[Split, SceneBatch] = {}
 
     @property
+    def symbols_constant(self) -> bool:
+        return self._symbols_constant
+
+    @property
     def n_batches(self) -> int:
         return self.data.n_batches_per_epoch
 

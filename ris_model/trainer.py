@@ -88,6 +88,7 @@ class Trainer:
         self.consecutive_nonfinite = 0
         self.updated: set[str] = set()  # parameters that got a finite gradient in a taken step
         self.last_checkpoint: CheckpointInfo | None = None
+        self.last_confusion: list[list[int]] | None = None  # of the last validation, true × predicted
         self.optimizer: torch.optim.Optimizer | None = None
         self.ema: dict[str, Tensor] | None = None
         self.epoch_stats = _EpochStats()
@@ -117,6 +118,10 @@ class Trainer:
             self._save_checkpoint(phase, phase.name)
         final = self._save_checkpoint(phases[-1], "final")
         return self._result(None, final=final)
+
+    def result_so_far(self) -> FitResult:
+        """What the run has done until now (for a report on an aborted run)."""
+        return self._result(None, final=None)
 
     def _result(self, stopped: StopReason | None, final: CheckpointInfo | None) -> FitResult:
         all_names = [n for n, p in self.model.named_parameters()]

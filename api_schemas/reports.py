@@ -1,0 +1,58 @@
+"""The diagnostic verdict as a wire type, and its Markdown rendering (issue 5; DESIGN §3.2 /report).
+
+Owns CheckStatus, CheckResult, Verdict, DiagnosticReport. Pure Python (no torch), so the API can render it.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class CheckStatus(StrEnum):
+    PASS = "PASS"
+    WARN = "WARN"
+    FAIL = "FAIL"
+
+
+class CheckResult(BaseModel):
+    id: int
+    name: str
+    status: CheckStatus
+    summary: str
+    evidence: dict[str, Any] = {}
+    next_step: str = ""
+
+
+class Verdict(BaseModel):
+    status: CheckStatus
+    decision: str  # "proceed to three-phase training" or the specific next step
+    reasons: list[str] = []
+
+
+class DiagnosticReport(BaseModel):
+    kind: str = "diagnostic"
+    verdict: Verdict
+    checks: list[CheckResult]
+    timing_s: dict[str, float] = {}
+
+    def to_markdown(self) -> str:
+        lines = [
+            "# Diagnostic report", "",
+            f"**Verdict: {self.verdict.status}** — {self.verdict.decision}", "",
+        ]
+        lines += [f"- {r}" for r in self.verdict.reasons]
+        lines += ["", "| # | check | status | summary |", "|---|---|---|---|"]
+        lines += [f"| {c.id} | {c.name} | {c.status} | {c.summary} |" for c in self.checks]
+        for c in self.checks:
+            lines += ["", f"## {c.id}. {c.name} — {c.status}", "", c.summary]
+            if c.next_step:
+                lines += ["", f"*Next:* {c.next_step}"]
+            if c.evidence:
+                lines += ["", "```json", json.dumps(c.evidence, indent=2, default=str), "```"]
+        if self.timing_s:
+            lines += ["", "## Timing (s)", ""] + [f"- {k}: {v:.3f}" for k, v in self.timing_s.items()]
+        return "\n".join(lines) + "\n"
