@@ -1,0 +1,87 @@
+"""Checkpoint routes (DESIGN §3.2, jobserver_notes §3 "File download", §6.5): list and download.
+
+Downloads: `final`/`latest` aliases, names checked against CHECKPOINT_NAME_PATTERN (else 404), files resolved
+inside the job's artifact directory with symlinks refused, `ETag: "<sha256>"` with 304 on If-None-Match,
+`Repr-Digest` (RFC 9530), and Range / If-Range (206, 416) served by Starlette's FileResponse.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Response
+from fastapi.responses import FileResponse
+
+from api_schemas import CheckpointPublic, Problem
+from server.deps import ArtifactsDep, SessionDep
+from server.store import get_checkpoint, list_checkpoints
+from server.store.artifacts import checkpoint_file
+from server.store.models import CheckpointRow
+
+router = APIRouter(prefix="/v1/jobs", tags=["checkpoints"])
+_PROBLEMS: dict[int | str, dict[str, Any]] = {code: {"model": Problem} for code in (401, 404)}
+
+
+def checkpoint_url(row: CheckpointRow) -> str:
+    return f"/v1/jobs/{row.job_id}/checkpoints/{row.name}"
+
+
+def to_checkpoint_public(row: CheckpointRow) -> CheckpointPublic:
+    return CheckpointPublic(
+        name=row.name, phase=row.phase, epoch=row.epoch, step=row.step, size=row.size, sha256=row.sha256,
+        created_at=row.created_at, url=checkpoint_url(row),
+    )
+
+
+@router.get("/{job_id}/checkpoints", operation_id="read_checkpoints", responses=_PROBLEMS)
+def read_checkpoints(job_id: str, session: SessionDep) -> list[CheckpointPublic]:
+    """The job's checkpoints by step (available while it runs)."""
+    return [to_checkpoint_public(row) for row in list_checkpoints(session, job_id)]
+
+
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if if_none_match is None:
+        return False
+    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in candidates or etag in candidates
+
+
+_DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_PROBLEMS,
+    200: {"content": {"application/octet-stream": {}}, "description": "the checkpoint file"},
+    206: {"description": "the requested byte range"},
+    304: {"description": "If-None-Match matched the ETag"},
+    416: {"description": "unsatisfiable Range"},
+}
+
+
+@router.get(
+    "/{job_id}/checkpoints/{name}", operation_id="download_checkpoint", response_class=FileResponse,
+    responses=_DOWNLOAD_RESPONSES,
+)
+@router.head(
+    "/{job_id}/checkpoints/{name}", operation_id="head_checkpoint", response_class=FileResponse,
+    responses=_DOWNLOAD_RESPONSES,
+)
+def download_checkpoint(
+    job_id: str,
+    name: str,
+    session: SessionDep,
+    artifacts: ArtifactsDep,
+    if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+) -> Response:
+    """The checkpoint file (`final` and `latest` are aliases); resumable with Range."""
+    row = get_checkpoint(session, job_id, name)
+    path = checkpoint_file(artifacts, row)
+    etag = f'"{row.sha256}"'
+    headers = {
+        "ETag": etag,
+        "Repr-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(row.sha256)).decode()}:",
+        "Cache-Control": "private, no-cache",
+    }
+    if _etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    return FileResponse(
+        path, media_type="application/octet-stream", filename=f"{row.job_id}-{row.name}.pt", headers=headers
+    )

@@ -1,0 +1,269 @@
+"""Job routes (DESIGN §3.2): create, list, read, events, logs, report, cancel, delete.
+
+Routes parse, call `server.store`, and shape the response; no SQL here and no error responses (domain errors
+propagate to `server.errors`). POST /v1/jobs commits the QUEUED row first, then enqueues the id alone
+(STYLE B7); if the broker is down it answers 503 and leaves the job QUEUED for the dispatch sweep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from typing import Annotated, Any, Literal
+
+import redis
+from fastapi import APIRouter, Body, Header, Query, Response, status
+from fastapi.responses import PlainTextResponse
+
+from api_schemas import (
+    Failure,
+    FailureReason,
+    JobCreate,
+    JobEvent,
+    JobKind,
+    JobPublic,
+    JobsPage,
+    JobState,
+    NonfiniteSummary,
+    Problem,
+    Progress,
+)
+from server import dispatch
+from server.deps import ArtifactsDep, PrincipalDep, ProducerDep, RedisDep, SessionDep, SettingsDep
+from server.errors import JobNotDispatched, QueueLimitExceeded
+from server.store import jobs as store_jobs
+from server.store import live
+from server.store.artifacts import read_log
+from server.store.models import JobRow
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+log = logging.getLogger(__name__)
+
+#: Largest log chunk one request returns, bytes.
+MAX_LOG_CHUNK_BYTES = 8 * 1024 * 1024
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "content": {"application/problem+json": {}}} for code in (401, 404, 409, 422)
+}
+
+
+# ---------------------------------------------------------------------------------------------- shaping
+
+
+def job_links(job_id: str) -> dict[str, str]:
+    base = f"/v1/jobs/{job_id}"
+    return {
+        "self": base, "events": f"{base}/events", "metrics": f"{base}/metrics",
+        "metrics_stream": f"{base}/metrics/stream", "logs": f"{base}/logs", "report": f"{base}/report",
+        "checkpoints": f"{base}/checkpoints", "cancel": f"{base}/cancel",
+    }
+
+
+def to_job_public(job: JobRow) -> JobPublic:
+    """The wire form of a job row (non-finite latest values, stored as null, become NaN → JSON null)."""
+    failure = None
+    if job.failure_reason is not None:
+        failure = Failure(reason=FailureReason(job.failure_reason), message=job.failure_message or "")
+    return JobPublic(
+        id=job.id, kind=JobKind(job.kind), name=job.name, state=JobState(job.state), attempt=job.attempt,
+        max_attempts=job.max_attempts, created_at=job.created_at, started_at=job.started_at,
+        finished_at=job.finished_at,
+        progress=Progress(phase=job.phase, epoch=job.epoch, step=job.step, fraction=job.progress_fraction),
+        nonfinite_steps=NonfiniteSummary.model_validate(job.nonfinite or {}),
+        latest_metrics={k: (math.nan if v is None else float(v)) for k, v in (job.latest_metrics or {}).items()},
+        failure=failure, config=job.config, links=job_links(job.id),
+    )
+
+
+def _body_sha256(body: Any) -> str:
+    """sha256 of the validated body's canonical JSON: the same job spec hashes the same however it was written."""
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _dispatch_or_503(session: SessionDep, producer: ProducerDep, job: JobRow, queue: str) -> None:
+    try:
+        dispatch.dispatch_job(session, producer, job.id, queue)
+    except dispatch.DispatchError as exc:
+        log.warning("job %s stays QUEUED undispatched: %s", job.id, exc)
+        raise JobNotDispatched(job.id, exc) from exc
+
+
+# ---------------------------------------------------------------------------------------------- routes
+
+
+@router.post(
+    "", status_code=status.HTTP_202_ACCEPTED, operation_id="create_job",
+    responses={**_PROBLEMS, 400: _PROBLEMS[422], 413: _PROBLEMS[422], 415: _PROBLEMS[422], 429: _PROBLEMS[422],
+               503: _PROBLEMS[422]},
+)
+def create_job(
+    body: Annotated[JobCreate, Body()],
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    producer: ProducerDep,
+    principal: PrincipalDep,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")
+    ] = None,
+) -> JobPublic:
+    """Submit a job: 202 + Location; the same Idempotency-Key and body returns the same job."""
+    body_sha256 = _body_sha256(body) if idempotency_key else None
+    if idempotency_key and body_sha256:
+        existing = store_jobs.find_idempotent_job(
+            session, principal=principal, key=idempotency_key, body_sha256=body_sha256
+        )
+        if existing is not None:
+            if existing.state == JobState.QUEUED and existing.celery_task_id is None:
+                _dispatch_or_503(session, producer, existing, settings.job_queue)
+            response.headers["Location"] = f"/v1/jobs/{existing.id}"
+            response.headers["Idempotent-Replayed"] = "true"
+            return to_job_public(store_jobs.get_job(session, existing.id))
+    if store_jobs.count_queued(session, principal=principal) >= settings.max_queued_jobs_per_key:
+        raise QueueLimitExceeded(
+            f"{settings.max_queued_jobs_per_key} jobs are already QUEUED for this API key; wait or cancel some"
+        )
+    job = store_jobs.create_job(
+        session, kind=JobKind(body.kind), name=body.name, config=body.config.model_dump(mode="json"),
+        max_attempts=body.max_attempts, principal=principal, idempotency_key=idempotency_key,
+        body_sha256=body_sha256,
+    )
+    if job.celery_task_id is None:  # an idempotent race may hand back a job that is already dispatched
+        _dispatch_or_503(session, producer, job, settings.job_queue)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return to_job_public(store_jobs.get_job(session, job.id))
+
+
+@router.get("", operation_id="read_jobs", responses=_PROBLEMS)
+def read_jobs(
+    session: SessionDep,
+    state: JobState | None = None,
+    kind: JobKind | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    page_token: Annotated[str | None, Query(max_length=512)] = None,
+) -> JobsPage:
+    """Jobs newest first, filtered by state and kind, paged by `next_page_token`."""
+    listing = store_jobs.list_jobs(session, state=state, kind=kind, limit=limit, page_token=page_token)
+    return JobsPage(items=[to_job_public(j) for j in listing.jobs], next_page_token=listing.next_page_token)
+
+
+@router.get("/{job_id}", operation_id="read_job", responses=_PROBLEMS)
+def read_job(job_id: str, session: SessionDep) -> JobPublic:
+    """One job: state, progress, non-finite steps, latest metrics, failure, attempt, links."""
+    return to_job_public(store_jobs.get_job(session, job_id))
+
+
+@router.get("/{job_id}/events", operation_id="read_job_events", responses=_PROBLEMS)
+def read_job_events(job_id: str, session: SessionDep) -> list[JobEvent]:
+    """The job's state transitions, oldest first."""
+    return [
+        JobEvent(
+            from_state=JobState(e.from_state) if e.from_state else None, to_state=JobState(e.to_state), at=e.at,
+            message=e.message,
+        )
+        for e in store_jobs.list_events(session, job_id)
+    ]
+
+
+@router.get(
+    "/{job_id}/logs", operation_id="read_job_logs", response_class=PlainTextResponse,
+    responses={
+        **_PROBLEMS, 416: _PROBLEMS[404],
+        200: {"content": {"text/plain": {}}, "headers": {"X-Next-Offset": {"schema": {"type": "integer"}}}},
+    },
+)
+def read_job_logs(
+    job_id: str,
+    session: SessionDep,
+    artifacts: ArtifactsDep,
+    offset: Annotated[int, Query(ge=0, description="byte offset")] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_LOG_CHUNK_BYTES, description="bytes")] = 1024 * 1024,
+) -> Response:
+    """Log bytes from `offset`; pass `X-Next-Offset` back as `offset` to continue."""
+    job = store_jobs.get_job(session, job_id)
+    chunk = read_log(artifacts, job.id, offset=offset, limit=limit)
+    return Response(
+        content=chunk.data, media_type="text/plain; charset=utf-8", headers={"X-Next-Offset": str(chunk.next_offset)}
+    )
+
+
+@router.get(
+    "/{job_id}/report", operation_id="read_job_report",
+    responses={**_PROBLEMS, 200: {"content": {"application/json": {}, "text/markdown": {}}}},
+)
+def read_job_report(
+    job_id: str, session: SessionDep, fmt: Annotated[Literal["json", "md"], Query(alias="format")] = "json"
+) -> Response:
+    """The job's report (a dict of sections) as JSON, or rendered as Markdown with `?format=md`."""
+    report = store_jobs.get_report(session, job_id)
+    if fmt == "md":
+        return Response(render_markdown(report, title=f"Report of job {job_id}"), media_type="text/markdown")
+    return Response(json.dumps(report), media_type="application/json")
+
+
+@router.post(
+    "/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, operation_id="cancel_job", responses=_PROBLEMS
+)
+def cancel_job(job_id: str, session: SessionDep, redis_client: RedisDep) -> JobPublic:
+    """Cooperative cancel: QUEUED → CANCELLED now, RUNNING → CANCELLING (the worker stops at its next step)."""
+    job = store_jobs.request_cancel(session, job_id)
+    try:
+        if job.state == JobState.CANCELLING:
+            live.set_cancel_flag(redis_client, job.id)  # the worker also sees CANCELLING in its heartbeat
+        live.publish_state(redis_client, job.id, JobState(job.state))
+    except redis.RedisError as exc:
+        log.warning("cancel of job %s recorded in the database; Redis signal failed: %s", job.id, exc)
+    return to_job_public(job)
+
+
+@router.delete(
+    "/{job_id}", status_code=status.HTTP_204_NO_CONTENT, operation_id="delete_job", responses=_PROBLEMS
+)
+def delete_job(job_id: str, session: SessionDep, artifacts: ArtifactsDep) -> Response:
+    """Delete a finished job with its metrics, checkpoints and logs (409 while it is not terminal)."""
+    store_jobs.delete_job(session, job_id, artifacts=artifacts)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# ---------------------------------------------------------------------------------------------- markdown
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _render(value: Any, level: int) -> list[str]:
+    """Markdown lines for one report value: scalars as text, flat dicts as key/value tables, lists of flat
+    dicts as tables, lists of scalars as bullets, nested dicts as sub-sections."""
+    if _is_scalar(value):
+        return [_cell(value), ""]
+    if isinstance(value, dict) and all(_is_scalar(v) for v in value.values()):
+        return ["| key | value |", "|---|---|", *(f"| {_cell(k)} | {_cell(v)} |" for k, v in value.items()), ""]
+    if isinstance(value, dict):
+        lines: list[str] = []
+        for key, sub in value.items():
+            lines += [f"{'#' * min(level, 6)} {key}", "", *_render(sub, level + 1)]
+        return lines
+    if value and all(isinstance(v, dict) and all(_is_scalar(x) for x in v.values()) for v in value):
+        columns = list(dict.fromkeys(k for row in value for k in row))
+        head = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        return [*head, *("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in value), ""]
+    return [*(f"- {_cell(v)}" for v in value), ""]
+
+
+def render_markdown(report: dict[str, Any], *, title: str) -> str:
+    """A report (dict of sections) as Markdown; generic, knows nothing of any section's meaning."""
+    lines = [f"# {title}", ""]
+    for section, content in report.items():
+        lines += [f"## {section}", "", *_render(content, 3)]
+    return "\n".join(lines).rstrip() + "\n"

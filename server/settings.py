@@ -1,0 +1,130 @@
+"""Service settings: one `Settings(BaseSettings)` read from the environment, shared by API, worker and reaper.
+
+Owns every environment variable of ris-jobs (DESIGN §3.5, STYLE B5); no other module reads `os.environ`.
+Variables have no prefix (`DATABASE_URL`, `REDIS_URL`, ...). Bad values fail at startup with a message that
+names the variable. Must not import FastAPI, torch or anything of ours but the standard library.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Default hard time limit of one job attempt: 6 h.
+_DEFAULT_HARD_LIMIT_S = 6 * 3600
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; the README documents each from its `description`."""
+
+    # hide_input_in_errors: a validation error must never print API_KEYS.
+    model_config = SettingsConfigDict(
+        env_prefix="", extra="ignore", frozen=True, case_sensitive=False, hide_input_in_errors=True
+    )
+
+    database_url: str = Field(
+        "sqlite:///./var/ris-jobs.sqlite",
+        description="SQLAlchemy URL of the job store: sqlite:///path (WAL mode) or postgresql+psycopg://user@host/db",
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis URL: Celery broker, live metric pub/sub and cancel flags (nothing durable)",
+    )
+    artifact_dir: Path = Field(
+        Path("./var/artifacts"),
+        description="root of checkpoints and logs: <ARTIFACT_DIR>/jobs/<job id>/{checkpoints/,log.txt}",
+    )
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (),
+        description="comma-separated API keys accepted in X-API-Key; empty = authentication off",
+    )
+    job_queue: str = Field("jobs", min_length=1, max_length=100, description="Celery queue that GPU workers consume")
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="largest request body, bytes")
+    max_queued_jobs_per_key: int = Field(
+        100, ge=1, le=1_000_000, description="QUEUED jobs one API key (or the anonymous user) may have; more → 429"
+    )
+    lease_timeout_s: float = Field(
+        60.0, gt=0, le=86_400, description="seconds without a heartbeat after which the reaper treats a worker as lost"
+    )
+    heartbeat_interval_s: float = Field(10.0, gt=0, le=3600, description="seconds between worker heartbeats")
+    reaper_interval_s: float = Field(
+        15.0, gt=0, le=3600, description="seconds between reaper sweeps (expired leases, undispatched QUEUED jobs)"
+    )
+    cancel_grace_s: float = Field(
+        60.0, gt=0, le=86_400, description="seconds a CANCELLING job may keep running before the reaper escalates"
+    )
+    job_soft_time_limit_s: float = Field(
+        _DEFAULT_HARD_LIMIT_S - 120,
+        gt=0,
+        le=30 * 86_400,
+        description="Celery soft time limit of one attempt, seconds: the job checkpoints and ends FAILED(TIMEOUT)",
+    )
+    job_hard_time_limit_s: float = Field(
+        _DEFAULT_HARD_LIMIT_S,
+        gt=0,
+        le=30 * 86_400,
+        description="Celery hard time limit of one attempt, seconds: the worker child is killed",
+    )
+    checkpoint_interval_s: float = Field(
+        300.0, gt=0, le=86_400, description="a running job checkpoints mid-epoch at most this often, seconds"
+    )
+    metrics_flush_interval_s: float = Field(
+        1.0, gt=0, le=60, description="the worker flushes buffered metric points at least this often, seconds"
+    )
+    metrics_flush_max_points: int = Field(
+        200, ge=1, le=10_000, description="the worker flushes when this many metric points are buffered"
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(k.strip() for k in value.split(",") if k.strip())
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
+            raise ValueError(f"DATABASE_URL must be sqlite:///… or postgresql+psycopg://…, got {value.split(':')[0]}:…")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _check_timing(self) -> Settings:
+        if self.heartbeat_interval_s * 2 > self.lease_timeout_s:
+            raise ValueError(
+                f"LEASE_TIMEOUT_S ({self.lease_timeout_s}) must be at least twice HEARTBEAT_INTERVAL_S "
+                f"({self.heartbeat_interval_s}), or a slow heartbeat loses the lease"
+            )
+        if self.job_soft_time_limit_s >= self.job_hard_time_limit_s:
+            raise ValueError(
+                f"JOB_SOFT_TIME_LIMIT_S ({self.job_soft_time_limit_s}) must be < JOB_HARD_TIME_LIMIT_S "
+                f"({self.job_hard_time_limit_s}) so that a job can checkpoint before it is killed"
+            )
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    @property
+    def broker_visibility_timeout_s(self) -> float:
+        """Redis visibility timeout, seconds: longer than the longest job, so Redis never redelivers a live one."""
+        return self.job_hard_time_limit_s + 3600.0
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment (raises on bad values)."""
+    return Settings()

@@ -1,0 +1,66 @@
+"""Shared test builders (STYLE B8): jobs in any state through the store's own functions, and tiny configs."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from api_schemas import DataConfig, DiagnosticJobConfig, FailureReason, JobKind, JobState, ModelConfig, SystemConfig
+from api_schemas.config import LossWeights, PhaseConfig
+from server.store import claim_job, create_job, request_cancel, transition
+from server.store.models import JobRow
+
+
+def tiny_config() -> dict[str, Any]:
+    """A DiagnosticJobConfig small enough for a CPU test run, as the JSON a client would POST."""
+    config = DiagnosticJobConfig(
+        system=SystemConfig(n_ris_h=4, n_ris_v=4, n_bs_antennas=4, n_snapshots=4, k_max=2),
+        model=ModelConfig(d_model=16, n_layers=1, n_heads=2),
+        data=DataConfig(n_train=64, n_val=32, batch_size=16),
+        phases=(PhaseConfig(name="k_only", epochs=1, amp=False, loss_weights=LossWeights(lam_cov=0.1, lam_k=1.5)),),
+        log_every_steps=1,
+    )
+    return config.model_dump(mode="json")
+
+
+def new_lease() -> str:
+    return f"lease-{uuid.uuid4().hex}"
+
+
+def make_job(
+    session: Session,
+    state: JobState = JobState.QUEUED,
+    *,
+    kind: JobKind = JobKind.DIAGNOSTIC,
+    max_attempts: int = 2,
+    principal: str | None = None,
+    lease_token: str | None = None,
+    name: str | None = "test job",
+) -> JobRow:
+    """A job in `state`, reached through the real transitions (so events and timestamps are real).
+
+    RUNNING and CANCELLING jobs hold `lease_token` (a fresh one if None); read it from `row.lease_token`.
+    """
+    job = create_job(
+        session, kind=kind, name=name, config=tiny_config(), max_attempts=max_attempts, principal=principal
+    )
+    if state is JobState.QUEUED:
+        return job
+    if state is JobState.CANCELLED:
+        return request_cancel(session, job.id)
+    lease = lease_token or new_lease()
+    claimed = claim_job(session, job.id, worker="test-worker", lease_token=lease)
+    if claimed is None:
+        raise RuntimeError("claim of a fresh job failed")
+    if state is JobState.RUNNING:
+        return claimed
+    if state is JobState.CANCELLING:
+        return transition(session, job.id, JobState.CANCELLING)
+    if state is JobState.FAILED:
+        return transition(
+            session, job.id, JobState.FAILED, lease_token=lease, failure_reason=FailureReason.TRAINING_ERROR,
+            message="boom",
+        )
+    return transition(session, job.id, state, lease_token=lease)

@@ -1,0 +1,99 @@
+"""classify_failure: the one place that maps an exception to a FailureReason (STYLE B6)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
+
+from api_schemas import FailureReason, TrainingJobConfig
+from ris_model.errors import CheckpointError, NonFiniteAbort, NonFiniteAttribution
+from server.store.errors import LeaseLost
+from worker.failures import TrainerFailed, classify_failure, failure_message, traceback_tail
+
+
+def _validation_error() -> ValidationError:
+    try:
+        TrainingJobConfig.model_validate({"data": {"batch_size": 0}})
+    except ValidationError as exc:
+        return exc
+    raise AssertionError("config should not validate")
+
+
+def _nonfinite_abort() -> NonFiniteAbort:
+    return NonFiniteAbort("20 consecutive non-finite steps", NonFiniteAttribution("k_only", 0, 20, "loss", ["k"]))
+
+
+def _wrapped(exc: BaseException) -> TrainerFailed:
+    """As the task wraps an exception that escaped run_training_job."""
+    try:
+        raise TrainerFailed(exc) from exc
+    except TrainerFailed as wrapped:
+        return wrapped
+
+
+def test_classify_nonfinite_abort_from_trainer_is_nonfinite_abort() -> None:
+    assert classify_failure(_wrapped(_nonfinite_abort())) is FailureReason.NONFINITE_ABORT
+
+
+def test_classify_torch_out_of_memory_is_oom() -> None:
+    assert classify_failure(_wrapped(torch.OutOfMemoryError("CUDA out of memory"))) is FailureReason.OOM
+
+
+def test_classify_cuda_out_of_memory_alias_is_oom() -> None:
+    assert classify_failure(_wrapped(torch.cuda.OutOfMemoryError("CUDA out of memory"))) is FailureReason.OOM
+
+
+def test_classify_host_memory_error_is_oom() -> None:
+    assert classify_failure(MemoryError()) is FailureReason.OOM
+
+
+def test_classify_stored_config_validation_error_is_user_config() -> None:
+    assert classify_failure(_validation_error()) is FailureReason.USER_CONFIG
+
+
+def test_classify_validation_error_inside_trainer_is_training_error() -> None:
+    assert classify_failure(_wrapped(_validation_error())) is FailureReason.TRAINING_ERROR
+
+
+def test_classify_checkpoint_error_is_training_error() -> None:
+    assert classify_failure(_wrapped(CheckpointError("truncated"))) is FailureReason.TRAINING_ERROR
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("shape mismatch"), ValueError("bad"), ZeroDivisionError()])
+def test_classify_other_trainer_exception_is_training_error(exc: Exception) -> None:
+    assert classify_failure(_wrapped(exc)) is FailureReason.TRAINING_ERROR
+
+
+def test_classify_soft_time_limit_is_timeout() -> None:
+    assert classify_failure(SoftTimeLimitExceeded()) is FailureReason.TIMEOUT
+    assert classify_failure(_wrapped(SoftTimeLimitExceeded())) is FailureReason.TIMEOUT
+
+
+def test_classify_store_failure_inside_trainer_is_internal() -> None:
+    db_error = OperationalError("INSERT", {}, Exception("disk I/O error"))
+    assert classify_failure(_wrapped(db_error)) is FailureReason.INTERNAL
+    assert classify_failure(_wrapped(LeaseLost("j1"))) is FailureReason.INTERNAL
+
+
+def test_classify_exception_outside_trainer_is_internal() -> None:
+    assert classify_failure(RuntimeError("bug in the task body")) is FailureReason.INTERNAL
+
+
+def test_failure_message_names_the_trainer_exception() -> None:
+    assert failure_message(_wrapped(CheckpointError("truncated file"))) == "CheckpointError: truncated file"
+
+
+def test_failure_message_of_config_error_lists_field_paths() -> None:
+    message = failure_message(_validation_error())
+    assert message.startswith("ValidationError: invalid stored config: data.batch_size")
+
+
+def test_traceback_tail_is_bounded() -> None:
+    assert len(traceback_tail(_wrapped(RuntimeError("deep " * 5000)))) <= 4000
+
+
+def test_traceback_tail_shows_the_trainer_exception() -> None:
+    assert traceback_tail(_wrapped(RuntimeError("boom"))).rstrip().endswith("RuntimeError: boom")

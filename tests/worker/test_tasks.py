@@ -1,0 +1,115 @@
+"""execute_job (the body of the run_job task) on a real SQLite store and the real tiny trainer, without Celery.
+
+Redis points at a closed port: publishing and the cancel flag must fail softly (SQL is the truth).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+
+from api_schemas import FailureReason, JobKind, JobState
+from server.settings import Settings
+from server.store import ArtifactStore, create_job, get_job, list_checkpoints
+from tests.factories import tiny_config
+from worker.tasks import execute_job, worker_deadline_s
+
+CLOSED_REDIS = "redis://127.0.0.1:1/0"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, sessions: sessionmaker[Session]) -> Settings:
+    return Settings(
+        database_url=f"sqlite:///{tmp_path / 'store.sqlite'}", redis_url=CLOSED_REDIS,
+        artifact_dir=tmp_path / "artifacts", heartbeat_interval_s=0.2, lease_timeout_s=5.0,
+    )
+
+
+def _submit(sessions: sessionmaker[Session], config: dict[str, Any], *, kind: JobKind = JobKind.DIAGNOSTIC) -> str:
+    with sessions() as s:
+        return create_job(s, kind=kind, name="t", config=config, max_attempts=2).id
+
+
+def _with(config: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
+    out = dict(config)
+    for name, values in sections.items():
+        out[name] = {**out.get(name, {}), **values}
+    return out
+
+
+def test_execute_job_tiny_diagnostic_succeeds_with_final_checkpoint(sessions, settings) -> None:
+    job_id = _submit(sessions, tiny_config())
+    assert execute_job(job_id, worker="w1", settings=settings) is JobState.SUCCEEDED
+    with sessions() as s:
+        job = get_job(s, job_id)
+        names = [c.name for c in list_checkpoints(s, job_id)]
+    assert job.state == JobState.SUCCEEDED
+    assert "final" in names
+    assert job.latest_metrics.get("val/k_acc") is not None
+
+
+def test_execute_job_diagnostic_stores_the_report(sessions, settings) -> None:
+    job_id = _submit(sessions, tiny_config())
+    execute_job(job_id, worker="w1", settings=settings)
+    with sessions() as s:
+        assert get_job(s, job_id).report
+
+
+def test_execute_job_writes_the_job_log(sessions, settings) -> None:
+    job_id = _submit(sessions, tiny_config())
+    execute_job(job_id, worker="w1", settings=settings)
+    log_text = ArtifactStore(settings.artifact_dir).log_path(job_id).read_text()
+    assert "claimed job" in log_text
+    assert "finished: SUCCEEDED" in log_text
+
+
+def test_execute_job_second_delivery_is_dropped(sessions, settings) -> None:
+    job_id = _submit(sessions, tiny_config())
+    execute_job(job_id, worker="w1", settings=settings)
+    assert execute_job(job_id, worker="w2", settings=settings) is None
+    with sessions() as s:
+        job = get_job(s, job_id)
+    assert (job.state, job.attempt, job.worker) == (JobState.SUCCEEDED, 1, "w1")
+
+
+def test_execute_job_unknown_job_is_dropped(settings) -> None:
+    assert execute_job("00000000-0000-0000-0000-000000000000", worker="w1", settings=settings) is None
+
+
+def test_execute_job_invalid_stored_config_fails_user_config(sessions, settings) -> None:
+    job_id = _submit(sessions, _with(tiny_config(), data={"batch_size": 0}))
+    assert execute_job(job_id, worker="w1", settings=settings) is JobState.FAILED
+    with sessions() as s:
+        job = get_job(s, job_id)
+    assert job.failure_reason == FailureReason.USER_CONFIG
+    assert "data.batch_size" in (job.failure_message or "")
+
+
+def test_execute_job_endless_nan_fails_nonfinite_abort(sessions, settings) -> None:
+    config = tiny_config()
+    config["phases"][0]["max_consecutive_nonfinite"] = 2
+    job_id = _submit(sessions, _with(config, debug={"nan_loss_term": "k"}))
+    assert execute_job(job_id, worker="w1", settings=settings) is JobState.FAILED
+    with sessions() as s:
+        job = get_job(s, job_id)
+    assert job.failure_reason == FailureReason.NONFINITE_ABORT
+    assert job.nonfinite_total >= 2
+    assert job.nonfinite["by_cause"].get("loss", 0) >= 2
+
+
+def test_execute_job_worker_deadline_fails_timeout_with_a_stop_checkpoint(sessions, settings) -> None:
+    fast = settings.model_copy(update={"job_soft_time_limit_s": 1.0, "job_hard_time_limit_s": 5.0})
+    assert worker_deadline_s(fast) == pytest.approx(0.9)
+    job_id = _submit(sessions, _with(tiny_config(), debug={"sleep_per_step_s": 0.2}, data={"n_train": 256}))
+    assert execute_job(job_id, worker="w1", settings=fast) is JobState.FAILED
+    with sessions() as s:
+        job = get_job(s, job_id)
+        checkpoints = list_checkpoints(s, job_id)
+    assert job.failure_reason == FailureReason.TIMEOUT
+    assert checkpoints, "the stop checkpoint must stay downloadable"
+    path = ArtifactStore(settings.artifact_dir).resolve(job_id, checkpoints[-1].path)
+    assert isinstance(torch.load(path, weights_only=True), dict)

@@ -1,0 +1,256 @@
+"""The `ris-jobs` command: `serve` (the README's one-command run), `api`, `worker`, `reaper` (DESIGN §3).
+
+Owns process supervision only: starting, watching and stopping child processes. It imports no torch and never
+initialises CUDA: GPUs are counted from CUDA_VISIBLE_DEVICES or `nvidia-smi -L`, and each GPU gets its own
+Celery worker child with CUDA_VISIBLE_DEVICES=<i>, `-c 1 -P prefork --max-tasks-per-child=1` (DESIGN §3.4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from server.settings import Settings, get_settings
+
+#: Seconds a child gets to exit after SIGTERM before it is killed.
+STOP_GRACE_S = 20.0
+REDIS_INSTALL_HINT = (
+    "Redis is not reachable at {url} and no redis-server binary was found.\n"
+    "Install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis),\n"
+    "or point REDIS_URL at a running Redis."
+)
+
+
+# -- GPU discovery (no CUDA in this process) --
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids a worker may use: CUDA_VISIBLE_DEVICES if set, else `nvidia-smi -L`; [] when there is none."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")  # device visibility, not a service setting (B5)
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return []
+    return [str(i) for i, line in enumerate(ln for ln in out.splitlines() if ln.startswith("GPU "))]
+
+
+def worker_command(settings: Settings, *, name: str, loglevel: str = "INFO") -> list[str]:
+    """The Celery worker command line of one GPU (or the CPU): one process, one job at a time."""
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.app", "worker",
+        "-c", "1", "-P", "prefork", "--max-tasks-per-child=1", "-n", f"{name}@%h",
+        "-Q", settings.job_queue, "-E", "--loglevel", loglevel,
+    ]
+
+
+# -- child process supervision --
+
+
+@dataclass
+class Supervisor:
+    """Starts named children, notices when one dies, and stops them all in reverse start order."""
+
+    children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def start(self, name: str, cmd: Sequence[str], *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(list(cmd), env=env)
+        self.children.append((name, proc))
+        return proc
+
+    def install_signal_handlers(self) -> None:
+        """Ctrl-C and SIGTERM ask for a clean shutdown (handled by `wait`)."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.stopping.set())
+
+    def wait(self) -> int:
+        """Block until a stop is requested or a child exits; then stop everything. Returns an exit code."""
+        code = 0
+        while not self.stopping.wait(0.5):
+            dead = [(n, p) for n, p in self.children if p.poll() is not None]
+            if dead:
+                name, proc = dead[0]
+                print(f"ris-jobs: {name} exited with code {proc.returncode}; stopping the rest", file=sys.stderr)
+                code = proc.returncode or 1
+                break
+        self.stop_all()
+        return code
+
+    def stop_all(self) -> None:
+        for _, proc in reversed(self.children):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for name, proc in reversed(self.children):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"ris-jobs: {name} did not stop in {STOP_GRACE_S:.0f} s; killing it", file=sys.stderr)
+                proc.kill()
+                proc.wait()
+
+
+# -- Redis --
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        client = Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (RedisError, OSError):
+        return False
+
+
+def ensure_redis(url: str, supervisor: Supervisor) -> None:
+    """Make Redis answer at `url`: use a running one, else start a child redis-server (ephemeral), else exit."""
+    if redis_answers(url):
+        return
+    parts = urlsplit(url)
+    binary = shutil.which("redis-server")
+    local = parts.scheme == "redis" and parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if binary is None or not local:
+        raise SystemExit(REDIS_INSTALL_HINT.format(url=url))
+    port = str(parts.port or 6379)
+    print(f"ris-jobs: starting redis-server on port {port} (no persistence: Redis holds nothing durable)")
+    supervisor.start("redis", [binary, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+    deadline = time.monotonic() + 15.0
+    while not redis_answers(url):
+        if time.monotonic() > deadline:
+            supervisor.stop_all()
+            raise SystemExit(f"redis-server did not answer at {url} within 15 s")
+        time.sleep(0.2)
+
+
+# -- subcommands --
+
+
+def create_schema(settings: Settings) -> None:
+    """Create the job store's tables (idempotent) and the artifact directory."""
+    from server.store.db import create_schema as create
+    from server.store.db import make_engine
+
+    if settings.database_url.startswith("sqlite:///"):
+        Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    Path(settings.artifact_dir).mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url)
+    try:
+        create(engine)
+    finally:
+        engine.dispose()
+
+
+def curl_lines(base: str) -> list[str]:
+    """The README's three curl lines: submit a diagnostic, poll it, download its final checkpoint."""
+    return [
+        f"ID=$(curl -s -X POST {base}/v1/jobs -H 'Content-Type: application/json' "
+        "-d '{\"kind\": \"diagnostic\", \"config\": {\"data\": {\"n_train\": 1024, \"n_val\": 256}, "
+        "\"phases\": [{\"name\": \"k_only\", \"epochs\": 3, \"amp\": false, "
+        "\"loss_weights\": {\"lam_cov\": 0.1, \"lam_K\": 1.5, \"lam_aux\": 0.5}}]}}' "
+        "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"id\"])')",
+        f"curl -s {base}/v1/jobs/$ID | python3 -m json.tool",
+        f"curl -s -OJ {base}/v1/jobs/$ID/checkpoints/final",
+    ]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Redis (if needed) + schema + API + one worker + reaper, until Ctrl-C."""
+    settings = get_settings()
+    sup = Supervisor()
+    sup.install_signal_handlers()
+    ensure_redis(settings.redis_url, sup)
+    create_schema(settings)
+    here = [sys.executable, "-m", "worker.cli"]
+    sup.start("api", here + ["api", "--host", args.host, "--port", str(args.port)])
+    sup.start("worker", here + ["worker"])
+    sup.start("reaper", here + ["reaper"])
+    base = f"http://{args.host}:{args.port}"
+    print(f"ris-jobs: API on {base} (docs: {base}/docs). Try:\n")
+    print("\n".join(curl_lines(base)) + "\n", flush=True)
+    return sup.wait()
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    """Create the schema (idempotent), then one uvicorn process serving `server.main:create_app`."""
+    import uvicorn
+
+    create_schema(get_settings())
+    uvicorn.run("server.main:create_app", factory=True, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """One Celery worker per visible GPU (CUDA_VISIBLE_DEVICES=i), or one CPU worker."""
+    settings = get_settings()
+    sup = Supervisor()
+    sup.install_signal_handlers()
+    gpus = [] if args.cpu else visible_gpus()
+    if not gpus:
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # a CPU worker must not grab a GPU by accident
+        sup.start("worker-cpu", worker_command(settings, name="cpu", loglevel=args.loglevel), env=env)
+    for gpu in gpus:
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu)
+        sup.start(f"worker-gpu{gpu}", worker_command(settings, name=f"gpu{gpu}", loglevel=args.loglevel), env=env)
+    return sup.wait()
+
+
+def cmd_reaper(args: argparse.Namespace) -> int:
+    """The reaper loop until SIGTERM / Ctrl-C."""
+    from worker.reaper import run_reaper
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    run_reaper(get_settings(), stop=stop)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ris-jobs", description=__doc__.split("\n", 1)[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, help_text in (
+        ("serve", cmd_serve, "run everything on this machine: Redis if needed, API, one worker, reaper"),
+        ("api", cmd_api, "run the HTTP API (one uvicorn process)"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8000)
+        p.set_defaults(func=func)
+    p = sub.add_parser("worker", help="one Celery worker per visible GPU, or one CPU worker")
+    p.add_argument("--cpu", action="store_true", help="one CPU worker even if GPUs are visible")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=cmd_worker)
+    p = sub.add_parser("reaper", help="requeue or fail jobs whose worker died; re-dispatch lost messages")
+    p.set_defaults(func=cmd_reaper)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Exception → FailureReason: the one place that picks a job's failure reason (STYLE B6, DESIGN §3.1).
+
+Owns: `TrainerFailed` (marks an exception that escaped `ris_model.jobs.run_training_job`), `classify_failure`
+and `failure_message`. Imports no torch: a torch OOM can only exist if torch was already imported, so the
+check looks the class up in `sys.modules` instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from pydantic import ValidationError
+
+from api_schemas import FailureReason
+from ris_model.errors import NonFiniteAbort
+
+#: Characters of traceback kept in a job's log for a failure.
+TRACEBACK_TAIL_CHARS = 4000
+
+
+class TrainerFailed(Exception):
+    """Wraps an exception raised inside the trainer, so that it is told apart from one of our own.
+
+    `__cause__` is the trainer's exception. Anything the trainer raises that is not a known kind is a
+    TRAINING_ERROR; anything raised outside it (store, Redis, our own bugs) is INTERNAL.
+    """
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.__cause__ = cause
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """True for host MemoryError and torch's (CUDA) OutOfMemoryError."""
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    oom_types = tuple(
+        t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t
+    )
+    return bool(oom_types) and isinstance(exc, oom_types)
+
+
+def _is_store_failure(exc: BaseException) -> bool:
+    """True for database errors and our store's own errors (the job store failing is never the model's fault)."""
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+    if sqlalchemy_exc is not None and isinstance(exc, sqlalchemy_exc.SQLAlchemyError):
+        return True
+    store_errors = sys.modules.get("server.store.errors")
+    return store_errors is not None and isinstance(exc, store_errors.StoreError)
+
+
+def classify_failure(exc: BaseException) -> FailureReason:
+    """The failure reason for an exception that ended a job.
+
+    Args:
+        exc: the exception caught at the task boundary; a `TrainerFailed` wraps one raised by the trainer.
+
+    Returns:
+        NONFINITE_ABORT for `NonFiniteAbort`; OOM for torch's OutOfMemoryError and MemoryError; TIMEOUT for
+        Celery's time limits; USER_CONFIG for a pydantic ValidationError of the stored config (outside the
+        trainer); TRAINING_ERROR for any other trainer exception (CheckpointError included) unless it is a
+        store failure; INTERNAL for everything else.
+    """
+    in_trainer = isinstance(exc, TrainerFailed)
+    inner = exc.__cause__ if in_trainer and exc.__cause__ is not None else exc
+    if isinstance(inner, NonFiniteAbort):
+        return FailureReason.NONFINITE_ABORT
+    if _is_out_of_memory(inner):
+        return FailureReason.OOM
+    if isinstance(inner, SoftTimeLimitExceeded | TimeLimitExceeded):
+        return FailureReason.TIMEOUT
+    if _is_store_failure(inner):
+        return FailureReason.INTERNAL
+    if in_trainer:
+        return FailureReason.TRAINING_ERROR
+    if isinstance(inner, ValidationError):
+        return FailureReason.USER_CONFIG
+    return FailureReason.INTERNAL
+
+
+def failure_message(exc: BaseException) -> str:
+    """A one-line message for the job's `failure.message` (the trainer's own exception, when wrapped)."""
+    inner = exc.__cause__ if isinstance(exc, TrainerFailed) and exc.__cause__ is not None else exc
+    text = str(inner).strip() or type(inner).__name__
+    if isinstance(inner, ValidationError):
+        text = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in inner.errors())
+        text = f"invalid stored config: {text}"
+    return f"{type(inner).__name__}: {text}"[:2000]
+
+
+def traceback_tail(exc: BaseException) -> str:
+    """The last TRACEBACK_TAIL_CHARS characters of the traceback of `exc` (of the trainer's own, when wrapped)."""
+    inner = exc.__cause__ if isinstance(exc, TrainerFailed) and exc.__cause__ is not None else exc
+    text = "".join(traceback.format_exception(inner))
+    return text[-TRACEBACK_TAIL_CHARS:]

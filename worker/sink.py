@@ -1,0 +1,145 @@
+"""StoreSink: the worker's MetricSink — SQL first (the truth), then Redis pub/sub (DESIGN §3.3, STYLE B9 hop 3).
+
+Owns: buffering metric points, flushing them through `server.store.metrics.append_points` (fenced by the
+lease, one transaction per flush), publishing the stored points (with their seq) on `job:{id}:live`, and
+registering checkpoints. Imports no torch and no ris_model (it only has to satisfy the MetricSink protocol).
+
+When a flush happens: every `flush_interval_s` (checked on each `log_metrics` call and by the task's
+heartbeat thread through `flush_if_due`), when `flush_max_points` are buffered, immediately for non-finite
+event points (so `GET /v1/jobs/{id}` shows skipped steps while the job runs), before every checkpoint
+registration and at close. SQL failures raise (they fail the job, or LeaseLost stops it); a failed Redis
+publish is logged and dropped, because SSE clients replay from SQL.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.orm import Session, sessionmaker
+
+from api_schemas import CheckpointInfo, MetricPoint, StoredMetricPoint
+from api_schemas.metrics import NONFINITE_PREFIX
+from server.store import live
+from server.store.artifacts import ArtifactStore, register_checkpoint
+from server.store.metrics import append_points
+
+log = logging.getLogger(__name__)
+
+
+class StoreSink:
+    """Writes a job's metric points and checkpoints to the store, then publishes them live.
+
+    Thread-safe: the trainer calls `log_metrics`/`log_checkpoint` and the heartbeat thread calls
+    `flush_if_due`. An error from a background flush is re-raised on the trainer's next call.
+    """
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        job_id: str,
+        *,
+        lease_token: str,
+        artifacts: ArtifactStore,
+        redis: Redis | None,
+        flush_interval_s: float = 1.0,
+        flush_max_points: int = 200,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sessions = session_factory
+        self._job_id = job_id
+        self._lease_token = lease_token
+        self._artifacts = artifacts
+        self._redis = redis
+        self._flush_interval_s = flush_interval_s
+        self._flush_max_points = flush_max_points
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._buffer: list[MetricPoint] = []
+        self._last_flush = clock()
+        self._background_error: BaseException | None = None
+        self._closed = False
+
+    # -- the MetricSink protocol (called by the trainer) --
+
+    def log_metrics(self, points: Sequence[MetricPoint]) -> None:
+        """Buffer `points`; flush now if a non-finite event is among them, or if the buffer is due."""
+        self._raise_background_error()
+        with self._lock:
+            self._buffer.extend(points)
+            urgent = any(p.key.startswith(NONFINITE_PREFIX) for p in points)
+            if urgent or self._due():
+                self._flush_locked()
+
+    def log_checkpoint(self, info: CheckpointInfo) -> None:
+        """Flush buffered points, then register the checkpoint (fenced by the lease) in one transaction."""
+        self._raise_background_error()
+        with self._lock:
+            self._flush_locked()
+            with self._sessions() as session:
+                register_checkpoint(session, self._job_id, info, lease_token=self._lease_token, store=self._artifacts)
+                session.commit()
+        log.info("checkpoint %s registered (phase=%s epoch=%d step=%d)", info.name, info.phase, info.epoch, info.step)
+
+    def close(self) -> None:
+        """Flush what is left. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._flush_locked()
+            self._closed = True
+
+    # -- called by the heartbeat thread --
+
+    def flush_if_due(self) -> None:
+        """Flush if the oldest buffered point waited `flush_interval_s`; keep an error for the trainer."""
+        with self._lock:
+            if self._closed or not self._due():
+                return
+            try:
+                self._flush_locked()
+            except Exception as exc:  # re-raised on the trainer's thread by its next sink call
+                self._background_error = exc
+
+    def flush(self) -> None:
+        """Flush now (tests and the task's finish path)."""
+        with self._lock:
+            self._flush_locked()
+
+    # -- internals --
+
+    def _due(self) -> bool:
+        if not self._buffer:
+            return False
+        return len(self._buffer) >= self._flush_max_points or self._clock() - self._last_flush >= self._flush_interval_s
+
+    def _flush_locked(self) -> None:
+        """Append the buffer in one transaction, then publish; the caller holds the lock."""
+        self._raise_background_error()
+        self._last_flush = self._clock()
+        if not self._buffer:
+            return
+        with self._sessions() as session:
+            stored = append_points(session, self._job_id, list(self._buffer), lease_token=self._lease_token)
+            session.commit()
+        self._buffer.clear()
+        self._publish(stored)
+
+    def _publish(self, stored: Sequence[StoredMetricPoint]) -> None:
+        if self._redis is None or not stored:
+            return
+        try:
+            live.publish_points(self._redis, self._job_id, stored)
+        except RedisError as exc:
+            log.warning("live publish of %d points failed (SQL has them): %s", len(stored), exc)
+
+    def _raise_background_error(self) -> None:
+        err: Any = self._background_error
+        if err is not None:
+            self._background_error = None
+            raise err

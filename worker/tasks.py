@@ -1,0 +1,302 @@
+"""The `run_job` task: claim, run the trainer, finish with one fenced terminal transition (DESIGN §3.1, §3.4).
+
+Owns: `run_job` (registered as `server.dispatch.RUN_JOB_TASK`) and its body `execute_job`, which tests call
+without Celery. The task gets a job id, never an object, and re-reads the row (STYLE B7, A3):
+
+1. claim QUEUED → RUNNING with a fresh lease token; None means the message was a duplicate delivery (the
+   job already runs, ran, or was cancelled): log and return, and Celery acks the message;
+2. attach the per-job log file, start the monitor thread (heartbeat, cancel flag, timed metric flushes);
+3. build the config from the row, find the checkpoint of an earlier attempt to resume from;
+4. call `ris_model.jobs.run_training_job` (imported here, never in the prefork parent: no CUDA before fork);
+5. finish: SUCCEEDED (+ report) | CANCELLED | FAILED TIMEOUT | FAILED <classify_failure(exc)>, one fenced
+   transition, then publish the state on Redis.
+
+If the lease is lost (the reaper gave the job to another attempt), the attempt writes nothing more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from celery import Task
+from pydantic import BaseModel
+from redis import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from api_schemas import DiagnosticJobConfig, FailureReason, JobKind, JobState, TrainingJobConfig
+from server.dispatch import RUN_JOB_TASK
+from server.settings import Settings, get_settings
+from server.store import jobs as store_jobs
+from server.store import live
+from server.store.artifacts import ArtifactStore
+from server.store.db import make_engine, make_session_factory
+from server.store.errors import InvalidTransition, JobNotFound, LeaseLost
+from worker.app import app
+from worker.failures import TrainerFailed, classify_failure, failure_message, traceback_tail
+from worker.heartbeat import JobMonitor, make_should_stop
+from worker.sink import StoreSink
+
+log = logging.getLogger(__name__)
+
+#: Loggers whose INFO records go to the job's log file.
+JOB_LOGGERS = ("worker", "ris_model")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ends: the terminal state to write, why, and the diagnostic report if any."""
+
+    state: JobState
+    failure_reason: FailureReason | None = None
+    message: str | None = None
+    report: dict[str, Any] | None = None
+
+
+@dataclass
+class JobResources:
+    """What one task execution opens and must close: DB engine, sessions, Redis, artifact store."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    redis: Redis
+    artifacts: ArtifactStore
+
+    @classmethod
+    def open(cls, settings: Settings) -> JobResources:
+        engine = make_engine(settings.database_url)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=make_session_factory(engine),
+            redis=Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0),
+            artifacts=ArtifactStore(Path(settings.artifact_dir)),
+        )
+
+    def close(self) -> None:
+        self.redis.close()
+        self.engine.dispose()
+
+
+@app.task(name=RUN_JOB_TASK, bind=True)
+def run_job(self: Task, job_id: str) -> str | None:
+    """Celery entry point; see the module docstring. Returns the terminal state written, or None."""
+    worker = self.request.hostname or socket.gethostname()
+    state = execute_job(job_id, worker=worker)
+    return state.value if state is not None else None
+
+
+def execute_job(job_id: str, *, worker: str, settings: Settings | None = None) -> JobState | None:
+    """Run one delivery of `job_id`. Returns the terminal state written, or None (duplicate / lease lost)."""
+    res = JobResources.open(settings or get_settings())
+    try:
+        lease_token = uuid.uuid4().hex
+        row = _claim(res, job_id, worker=worker, lease_token=lease_token)
+        if row is None:
+            return None
+        with job_log(res.artifacts.log_path(job_id)):
+            log.info("claimed job %s (attempt %s) on %s", job_id, row.attempt, worker)
+            return _run_claimed(res, row, lease_token=lease_token)
+    finally:
+        res.close()
+
+
+def _claim(res: JobResources, job_id: str, *, worker: str, lease_token: str) -> Any:
+    """Claim the job; None when this delivery is a duplicate or the job no longer exists."""
+    try:
+        with res.sessions() as session:
+            row = store_jobs.claim_job(session, job_id, worker=worker, lease_token=lease_token)
+            session.commit()
+    except JobNotFound:
+        log.warning("job %s does not exist (deleted?); dropping the message", job_id)
+        return None
+    if row is None:
+        log.warning("duplicate delivery of job %s (no longer QUEUED); dropping the message", job_id)
+        return None
+    _publish_state(res, job_id, JobState.RUNNING)
+    return row
+
+
+def _run_claimed(res: JobResources, row: Any, *, lease_token: str) -> JobState | None:
+    """Train under a lease and finish; the monitor thread runs for exactly this call."""
+    job_id = str(row.id)
+    s = res.settings
+    sink = StoreSink(
+        res.sessions, job_id, lease_token=lease_token, artifacts=res.artifacts, redis=res.redis,
+        flush_interval_s=s.metrics_flush_interval_s, flush_max_points=s.metrics_flush_max_points,
+    )
+    monitor = JobMonitor(
+        res.sessions, job_id, lease_token=lease_token, redis=res.redis,
+        heartbeat_interval_s=s.heartbeat_interval_s, on_poll=sink.flush_if_due,
+    )
+    monitor.start()
+    try:
+        outcome = _train(res, row, sink=sink, monitor=monitor)
+    finally:
+        monitor.stop()
+    if outcome is None or monitor.lease_lost.is_set():
+        log.error("lease lost: this attempt writes nothing more")
+        return None
+    return _finish(res, job_id, outcome, lease_token=lease_token)
+
+
+def _train(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor) -> Outcome | None:
+    """Run the trainer; map its result or exception to an Outcome (None = the lease was lost)."""
+    job_id = str(row.id)
+    try:
+        config = build_config(row.kind, row.config)
+        resume_from = _resume_path(res, job_id)
+        from ris_model.jobs import run_training_job  # lazy: torch is imported in the child, never before fork
+
+        deadline = time.monotonic() + worker_deadline_s(res.settings)
+        try:
+            result = run_training_job(
+                config,
+                sink=sink,
+                checkpoint_dir=res.artifacts.checkpoint_dir(job_id),
+                device=None,
+                resume_from=resume_from,
+                should_stop=make_should_stop(monitor, deadline=deadline),
+                checkpoint_interval_s=res.settings.checkpoint_interval_s,
+            )
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            raise TrainerFailed(exc) from exc
+        sink.close()
+        return outcome_from_result(result)
+    except Exception as exc:  # process boundary: every failure becomes a FAILED row (STYLE B6)
+        if _is_lease_lost(exc) or monitor.lease_lost.is_set():
+            return None
+        return _failed_outcome(exc, sink)
+
+
+def _failed_outcome(exc: BaseException, sink: StoreSink) -> Outcome:
+    """Log the failure with its traceback tail, flush what the sink still holds, and build the Outcome."""
+    reason = classify_failure(exc)
+    message = failure_message(exc)
+    log.error("job failed (%s): %s\n%s", reason.value, message, traceback_tail(exc))
+    try:
+        sink.close()
+    except Exception as close_exc:  # the failure we report is the first one
+        log.warning("could not flush the last metric points: %s", close_exc)
+    return Outcome(JobState.FAILED, reason, message)
+
+
+def _is_lease_lost(exc: BaseException) -> bool:
+    return isinstance(exc, LeaseLost) or isinstance(exc.__cause__, LeaseLost)
+
+
+def build_config(kind: str, config: dict[str, Any]) -> TrainingJobConfig:
+    """The config model of a stored job; raises pydantic ValidationError (→ USER_CONFIG) or ValueError."""
+    if kind == JobKind.DIAGNOSTIC:
+        return DiagnosticJobConfig.model_validate(config)
+    if kind == JobKind.TRAINING:
+        return TrainingJobConfig.model_validate(config)
+    raise ValueError(f"job kind {kind!r} cannot run on a training worker")
+
+
+def worker_deadline_s(settings: Settings) -> float:
+    """Seconds after the task starts when the trainer is asked to stop ("timeout").
+
+    The margin before Celery's soft limit leaves time for the stop checkpoint; the soft limit stays a backstop.
+    """
+    soft_s = float(settings.job_soft_time_limit_s)
+    margin_s = min(60.0, 0.1 * soft_s)
+    return soft_s - margin_s
+
+
+def outcome_from_result(result: Any) -> Outcome:
+    """SUCCEEDED / CANCELLED / FAILED TIMEOUT from a FitResult."""
+    if result.stopped == "cancel":
+        return Outcome(JobState.CANCELLED, message="cancelled by request")
+    if result.stopped == "timeout":
+        step = result.last_checkpoint.step if result.last_checkpoint is not None else None
+        message = f"stopped at the worker's time limit; stop checkpoint at step {step} is downloadable"
+        return Outcome(JobState.FAILED, FailureReason.TIMEOUT, message)
+    report = result.report
+    if isinstance(report, BaseModel):
+        report = report.model_dump(mode="json")
+    return Outcome(JobState.SUCCEEDED, report=report)
+
+
+def _resume_path(res: JobResources, job_id: str) -> Path | None:
+    """The latest checkpoint file of an earlier attempt, if any."""
+    with res.sessions() as session:
+        ckpt = store_jobs.latest_resume_checkpoint(session, job_id)
+        if ckpt is None:
+            return None
+        path = res.artifacts.resolve(job_id, ckpt.path)  # recorded relative to the job directory
+    log.info("resuming from checkpoint %s", path)
+    return path
+
+
+def _finish(res: JobResources, job_id: str, outcome: Outcome, *, lease_token: str) -> JobState | None:
+    """Write the terminal state (and report) in one fenced transaction, then publish it."""
+    try:
+        _write_outcome(res, job_id, outcome, lease_token=lease_token)
+    except (InvalidTransition, LeaseLost) as exc:
+        log.warning("terminal transition to %s refused (%s): the reaper or a cancel decided first", outcome.state, exc)
+        return None
+    except Exception as exc:  # process boundary: never leave the job RUNNING (STYLE B6)
+        log.error("writing the outcome failed; marking the job FAILED INTERNAL\n%s", traceback_tail(exc))
+        outcome = Outcome(JobState.FAILED, classify_failure(exc), failure_message(exc))
+        try:
+            _write_outcome(res, job_id, outcome, lease_token=lease_token)
+        except Exception as second:  # noqa: BLE001 - last resort
+            log.error("could not record the failure either (%s); the reaper will reap the lease", second)
+            return None
+    log.info("job %s finished: %s %s", job_id, outcome.state.value, outcome.failure_reason or "")
+    _publish_state(res, job_id, outcome.state)
+    return outcome.state
+
+
+def _write_outcome(res: JobResources, job_id: str, outcome: Outcome, *, lease_token: str) -> None:
+    with res.sessions() as session:
+        if outcome.report is not None:
+            store_jobs.set_report(session, job_id, outcome.report, lease_token=lease_token)
+        store_jobs.transition(
+            session, job_id, outcome.state, lease_token=lease_token,
+            failure_reason=outcome.failure_reason, message=outcome.message,
+        )
+        session.commit()
+
+
+def _publish_state(res: JobResources, job_id: str, state: JobState) -> None:
+    try:
+        live.publish_state(res.redis, job_id, state)
+    except RedisError as exc:  # SSE clients also poll the row; Redis is never the truth
+        log.warning("live publish of state %s failed: %s", state.value, exc)
+
+
+@contextlib.contextmanager
+def job_log(path: Path) -> Iterator[None]:
+    """Send INFO records of the worker and ris_model loggers to the job's log file for the block's duration."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    loggers = [logging.getLogger(name) for name in JOB_LOGGERS]
+    saved_levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        if lg.getEffectiveLevel() > logging.INFO:
+            lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, saved_levels, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+        handler.close()
