@@ -8,6 +8,7 @@ Celery worker child with CUDA_VISIBLE_DEVICES=<i>, `-c 1 -P prefork --max-tasks-
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -162,12 +163,12 @@ def create_schema(settings: Settings) -> None:
 
 
 def curl_lines(base: str) -> list[str]:
-    """The README's three curl lines: submit a diagnostic, poll it, download its final checkpoint."""
+    """The README's three curl lines: submit the quick-start diagnostic, poll it, download its final checkpoint."""
+    from api_schemas import quickstart_diagnostic
+
+    body = {"kind": "diagnostic", "config": quickstart_diagnostic().model_dump(mode="json", exclude_defaults=True)}
     return [
-        f"ID=$(curl -s -X POST {base}/v1/jobs -H 'Content-Type: application/json' "
-        "-d '{\"kind\": \"diagnostic\", \"config\": {\"data\": {\"n_train\": 1024, \"n_val\": 256}, "
-        "\"phases\": [{\"name\": \"k_only\", \"epochs\": 3, \"amp\": false, "
-        "\"loss_weights\": {\"lam_cov\": 0.1, \"lam_K\": 1.5, \"lam_aux\": 0.5}}]}}' "
+        f"ID=$(curl -s -X POST {base}/v1/jobs -H 'Content-Type: application/json' -d '{json.dumps(body)}' "
         "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"id\"])')",
         f"curl -s {base}/v1/jobs/$ID | python3 -m json.tool",
         f"curl -s -OJ {base}/v1/jobs/$ID/checkpoints/final",

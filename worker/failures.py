@@ -1,8 +1,8 @@
 """Exception → FailureReason: the one place that picks a job's failure reason (STYLE B6, DESIGN §3.1).
 
 Owns: `TrainerFailed` (marks an exception that escaped `ris_model.jobs.run_training_job`), `classify_failure`
-and `failure_message`. Imports no torch: a torch OOM can only exist if torch was already imported, so the
-check looks the class up in `sys.modules` instead.
+and `failure_message`. Imports neither torch nor ris_model (the prefork parent imports this module): an
+exception of theirs can only exist once they were imported, so the checks look the classes up in `sys.modules`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from pydantic import ValidationError
 
 from api_schemas import FailureReason
-from ris_model.errors import NonFiniteAbort
 
 #: Characters of traceback kept in a job's log for a failure.
 TRACEBACK_TAIL_CHARS = 4000
@@ -30,6 +29,11 @@ class TrainerFailed(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(f"{type(cause).__name__}: {cause}")
         self.__cause__ = cause
+
+
+def _is_nonfinite_abort(exc: BaseException) -> bool:
+    errors = sys.modules.get("ris_model.errors")
+    return errors is not None and isinstance(exc, errors.NonFiniteAbort)
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -68,7 +72,7 @@ def classify_failure(exc: BaseException) -> FailureReason:
     """
     in_trainer = isinstance(exc, TrainerFailed)
     inner = exc.__cause__ if in_trainer and exc.__cause__ is not None else exc
-    if isinstance(inner, NonFiniteAbort):
+    if _is_nonfinite_abort(inner):
         return FailureReason.NONFINITE_ABORT
     if _is_out_of_memory(inner):
         return FailureReason.OOM

@@ -84,7 +84,9 @@ class Reaper:
         self._producer = producer
         self._redis = redis
         #: a live worker claims a delivered job within seconds; this is generous on purpose
-        self._redispatch_after_s = redispatch_after_s or max(30.0, 2 * settings.reaper_interval_s)
+        self._redispatch_after_s = (
+            max(30.0, 2 * settings.reaper_interval_s) if redispatch_after_s is None else redispatch_after_s
+        )
         #: job id -> monotonic time the sweep escalated its cancel (for the last-resort terminate)
         self._escalated: dict[str, float] = {}
 

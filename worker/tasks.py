@@ -148,7 +148,7 @@ def _run_claimed(res: JobResources, row: Any, *, lease_token: str) -> JobState |
     if outcome is None or monitor.lease_lost.is_set():
         log.error("lease lost: this attempt writes nothing more")
         return None
-    return _finish(res, job_id, outcome, lease_token=lease_token)
+    return _finish(res, job_id, outcome=outcome, lease_token=lease_token)
 
 
 def _train(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor) -> Outcome | None:
@@ -242,10 +242,10 @@ def _resume_path(res: JobResources, job_id: str) -> Path | None:
     return path
 
 
-def _finish(res: JobResources, job_id: str, outcome: Outcome, *, lease_token: str) -> JobState | None:
+def _finish(res: JobResources, job_id: str, *, outcome: Outcome, lease_token: str) -> JobState | None:
     """Write the terminal state (and report) in one fenced transaction, then publish it."""
     try:
-        _write_outcome(res, job_id, outcome, lease_token=lease_token)
+        _write_outcome(res, job_id, outcome=outcome, lease_token=lease_token)
     except (InvalidTransition, LeaseLost) as exc:
         log.warning("terminal transition to %s refused (%s): the reaper or a cancel decided first", outcome.state, exc)
         return None
@@ -253,7 +253,7 @@ def _finish(res: JobResources, job_id: str, outcome: Outcome, *, lease_token: st
         log.error("writing the outcome failed; marking the job FAILED INTERNAL\n%s", traceback_tail(exc))
         outcome = Outcome(JobState.FAILED, classify_failure(exc), failure_message(exc))
         try:
-            _write_outcome(res, job_id, outcome, lease_token=lease_token)
+            _write_outcome(res, job_id, outcome=outcome, lease_token=lease_token)
         except Exception as second:  # noqa: BLE001 - last resort
             log.error("could not record the failure either (%s); the reaper will reap the lease", second)
             return None
@@ -262,7 +262,7 @@ def _finish(res: JobResources, job_id: str, outcome: Outcome, *, lease_token: st
     return outcome.state
 
 
-def _write_outcome(res: JobResources, job_id: str, outcome: Outcome, *, lease_token: str) -> None:
+def _write_outcome(res: JobResources, job_id: str, *, outcome: Outcome, lease_token: str) -> None:
     with res.sessions() as session:
         if outcome.report is not None:
             store_jobs.set_report(session, job_id, outcome.report, lease_token=lease_token)

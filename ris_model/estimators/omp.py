@@ -28,7 +28,8 @@ from ris_model.estimators.grid import SearchGrid, SourceEstimate
 from ris_model.estimators.spectra import _stencil
 from ris_model.physics import steering
 
-DEFAULT_GAIN_THRESHOLD = 4.0  # ×L·σ̂²: calibrated on train-stream scenes of the default system (see `somp`)
+_STENCIL = _stencil(torch.device("cpu"))
+DEFAULT_GAIN_THRESHOLD = 3.0  # ×L·σ̂²: calibrated on train-stream scenes of the default system (see `somp`)
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class SompResult:
 
 def somp(y: Tensor, H: Tensor, codes: Tensor, grid: SearchGrid, *, snr_db: Tensor | None = None,
          max_sources: int = 5, min_sources: int = 1, gain_threshold: float = DEFAULT_GAIN_THRESHOLD,
-         refine_iters: int = 8, n_cyclic: int = 1, chunk_size: int = 32) -> SompResult:
+         refine_iters: int = 6, n_cyclic: int = 1, chunk_size: int = 32) -> SompResult:
     """Grid-based simultaneous OMP with off-grid refinement and a noise-referenced stopping rule.
 
     Stopping rule (K̂ is decided after max_sources greedy steps; the picks are nested, so this equals stopping
@@ -117,7 +118,8 @@ def _somp_chunk(y: Tensor, H: Tensor, codes: Tensor, grid: SearchGrid, n_atoms: 
     box = _box(grid, y.device)
     for _ in range(n_atoms):
         # joint selection: the energy a grid atom captures by per-snapshot LS, summed over snapshots
-        corr = (residual.to(torch.complex64).unsqueeze(2) @ dictionary.conj()).squeeze(2)  # [b, L, G]
+        # (rᴴ·D)* = Dᴴ·r: conjugating the small residual instead of the large dictionary
+        corr = (residual.conj().to(torch.complex64).unsqueeze(2) @ dictionary).squeeze(2)  # [b, L, G]
         score = (corr.abs().square() / atom_norm2).sum(1).masked_fill(taken, -torch.inf)  # [b, G]
         g = score.argmax(1)
         taken[torch.arange(b, device=y.device), g] = True
@@ -142,13 +144,13 @@ def _somp_chunk(y: Tensor, H: Tensor, codes: Tensor, grid: SearchGrid, n_atoms: 
 def _refine_atom(ops: Tensor, target: Tensor, p: Tensor, steps: Tensor, box: tuple[Tensor, Tensor],
                  grid: SearchGrid, n_iter: int) -> Tensor:
     """Pattern search of one atom's (φ, θ, 1/r) [b, 3] maximizing Σ_l |b_lᴴ t_l|²/‖b_l‖² for targets t [b,L,M]."""
-    offsets = _stencil(p.device)  # [27, 3], centre first
+    offsets = _STENCIL.to(p.device)  # [P, 3], centre first
     step = (steps / 2).expand_as(p).clone()
     target = target.to(torch.complex64)
     for _ in range(n_iter):
         cand = torch.minimum(torch.maximum(p[:, None] + offsets * step[:, None], box[0]), box[1])  # [b, 27, 3]
         resp = _responses(ops, grid, cand)  # [b, L, M, 27]
-        corr = (target.unsqueeze(2) @ resp.conj()).squeeze(2)  # [b, L, 27]
+        corr = (target.conj().unsqueeze(2) @ resp).squeeze(2)  # [b, L, 27], conjugate of b_lᴴ·t_l
         score = (corr.abs().square() / resp.abs().square().sum(2).clamp_min(1e-30)).sum(1)  # [b, 27]
         best = score.argmax(1)
         p = cand[torch.arange(p.shape[0], device=p.device), best]

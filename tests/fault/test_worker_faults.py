@@ -11,15 +11,15 @@ from api_schemas import JobKind, JobState
 from server.dispatch import dispatch_job, enqueue_job, make_producer
 from server.store import ArtifactStore, create_job, get_job, list_checkpoints, read_points
 from server.store.jobs import list_events
-from tests.factories import tiny_config
 from tests.fault.conftest import Service, wait_for
+from tests.worker.configs import quick_diagnostic_config
 
 pytestmark = pytest.mark.fault
 
 
 def _slow_config() -> dict[str, Any]:
     """~6 s of training (128 steps of 50 ms) with mid-epoch checkpoints every CHECKPOINT_INTERVAL_S."""
-    config = tiny_config()
+    config = quick_diagnostic_config()
     config["data"]["n_train"] = 2048
     config["debug"] = {"sleep_per_step_s": 0.05}
     return config
@@ -95,7 +95,7 @@ def test_sigkilled_worker_with_one_attempt_fails_worker_lost(service: Service) -
 
 def test_duplicate_delivery_executes_the_job_once(service: Service) -> None:
     producer = make_producer(service.settings)
-    config = tiny_config()
+    config = quick_diagnostic_config()
     config["debug"] = {"sleep_per_step_s": 0.05}
     job_id = _submit(service, producer, config)
     enqueue_job(producer, job_id, service.settings.job_queue)  # the same job id, a second message

@@ -11,22 +11,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from api_schemas import TrainingJobConfig
 from api_schemas.metrics import VAL_K_ACC
-from tests.factories import tiny_config
 from tests.integration.conftest import all_points, diagnostic, is_terminal, poll, submit
+from tests.worker.configs import quick_diagnostic_config, two_phase_training_config
 
 pytestmark = pytest.mark.integration
-
-
-def _training_config() -> dict[str, Any]:
-    """tiny_config() as a two-phase training job (geom, then k_only)."""
-    config = {k: v for k, v in tiny_config().items() if k in TrainingJobConfig.model_fields}
-    k_only = config["phases"][0]
-    geom = {**k_only, "name": "geom", "frozen_groups": ["k_head"],
-            "loss_weights": {"lam_cov": 1.0, "lam_K": 0.0, "lam_aux": 1.0}}
-    config["phases"] = [geom, k_only]
-    return config
 
 
 def _sse_events(client: TestClient, job_id: str) -> list[dict[str, str]]:
@@ -54,14 +43,14 @@ def _sse_events(client: TestClient, job_id: str) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def finished_diagnostic(client: TestClient) -> dict[str, Any]:
     """One tiny diagnostic run to completion; several tests read it."""
-    job_id, response = submit(client, diagnostic(tiny_config()))
+    job_id, response = submit(client, diagnostic(quick_diagnostic_config()))
     assert response.headers["location"].endswith(f"/v1/jobs/{job_id}")
     return poll(client, f"/v1/jobs/{job_id}", is_terminal)
 
 
 def test_post_diagnostic_returns_202_with_location(client: TestClient) -> None:
-    job_id, response = submit(client, diagnostic(tiny_config()))
-    assert response.json()["state"] == "QUEUED"
+    job_id, response = submit(client, diagnostic(quick_diagnostic_config()))
+    assert response.json()["state"] in ("QUEUED", "RUNNING")  # the API re-reads the row after enqueueing
     assert response.headers["location"].endswith(f"/v1/jobs/{job_id}")
     poll(client, f"/v1/jobs/{job_id}", is_terminal)
 
@@ -112,7 +101,7 @@ def test_sse_stream_replays_metrics_and_closes_after_terminal_state(
 
 
 def test_training_job_with_two_phases_shows_both_in_metrics_and_checkpoints(client: TestClient) -> None:
-    job_id, _ = submit(client, {"kind": "training", "config": _training_config()})
+    job_id, _ = submit(client, {"kind": "training", "config": two_phase_training_config()})
     body = poll(client, f"/v1/jobs/{job_id}", is_terminal)
     assert body["state"] == "SUCCEEDED", body.get("failure")
     phases_in_metrics = {p["phase"] for p in all_points(client, job_id) if p["key"] == VAL_K_ACC}
@@ -123,7 +112,7 @@ def test_training_job_with_two_phases_shows_both_in_metrics_and_checkpoints(clie
 
 
 def test_delete_terminal_job_returns_204_then_404(client: TestClient) -> None:
-    job_id, _ = submit(client, diagnostic(tiny_config()))
+    job_id, _ = submit(client, diagnostic(quick_diagnostic_config()))
     poll(client, f"/v1/jobs/{job_id}", is_terminal)
     assert client.delete(f"/v1/jobs/{job_id}").status_code == 204
     assert client.get(f"/v1/jobs/{job_id}").status_code == 404

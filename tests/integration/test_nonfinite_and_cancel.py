@@ -7,14 +7,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.factories import tiny_config
 from tests.integration.conftest import diagnostic, is_terminal, poll, submit
+from tests.worker.configs import quick_diagnostic_config
 
 pytestmark = pytest.mark.integration
 
 
 def _slow_config(*, sleep_per_step_s: float = 0.05, n_train: int = 1024, **debug: Any) -> dict[str, Any]:
-    config = tiny_config()
+    config = quick_diagnostic_config()
     config["data"]["n_train"] = n_train
     config["debug"] = {"sleep_per_step_s": sleep_per_step_s, **debug}
     return config
@@ -41,7 +41,7 @@ def test_endless_nan_is_counted_by_cause_while_running_then_aborts(client: TestC
 def test_cancel_queued_then_running_job(client: TestClient) -> None:
     # The one worker takes the first (slow) job; the second waits QUEUED behind it.
     running_id, _ = submit(client, diagnostic(_slow_config(n_train=4096)))
-    queued_id, _ = submit(client, diagnostic(tiny_config()))
+    queued_id, _ = submit(client, diagnostic(quick_diagnostic_config()))
     poll(client, f"/v1/jobs/{running_id}", lambda b: b["state"] == "RUNNING" and b["progress"]["step"] >= 1)
     assert client.get(f"/v1/jobs/{queued_id}").json()["state"] == "QUEUED"
 
@@ -64,6 +64,6 @@ def test_cancel_queued_then_running_job(client: TestClient) -> None:
 
 
 def test_cancel_finished_job_returns_409(client: TestClient) -> None:
-    job_id, _ = submit(client, diagnostic(tiny_config()))
+    job_id, _ = submit(client, diagnostic(quick_diagnostic_config()))
     poll(client, f"/v1/jobs/{job_id}", is_terminal)
     assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 409

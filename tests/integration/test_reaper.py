@@ -14,8 +14,8 @@ from api_schemas import JobKind
 from server.dispatch import enqueue_job, make_producer
 from server.settings import Settings
 from server.store import create_job, create_schema, make_engine, make_session_factory
-from tests.factories import tiny_config
 from tests.integration.conftest import REDIS_TEST_URL, is_terminal, poll
+from tests.worker.configs import quick_diagnostic_config
 from worker.reaper import Reaper, ReapReport
 
 pytestmark = pytest.mark.integration
@@ -26,8 +26,14 @@ def _reaper(settings: Settings) -> Reaper:
     create_schema(engine)
     return Reaper(
         settings, sessions=make_session_factory(engine), producer=make_producer(settings),
-        redis=Redis.from_url(settings.redis_url), redispatch_after_s=0.3,
+        redis=Redis.from_url(settings.redis_url), redispatch_after_s=0.0,
     )
+
+
+def _create_queued_job(reaper: Reaper, name: str) -> str:
+    """A committed QUEUED job, with no message sent for it."""
+    with reaper._sessions() as s:
+        return create_job(s, kind=JobKind.DIAGNOSTIC, name=name, config=quick_diagnostic_config(), max_attempts=2).id
 
 
 def _sweep_until(reaper: Reaper, job_id: str, *, deadline_s: float = 10.0) -> ReapReport:
@@ -42,8 +48,7 @@ def _sweep_until(reaper: Reaper, job_id: str, *, deadline_s: float = 10.0) -> Re
 
 def test_reaper_redispatches_queued_job_whose_enqueue_failed(client: TestClient, service_env: Settings) -> None:
     reaper = _reaper(service_env)
-    with reaper._sessions() as s:  # a committed QUEUED job whose message never reached Redis
-        job_id = create_job(s, kind=JobKind.DIAGNOSTIC, name="lost", config=tiny_config(), max_attempts=2).id
+    job_id = _create_queued_job(reaper, "lost")  # as if the API's enqueue failed while Redis was down
     _sweep_until(reaper, job_id)
     body = poll(client, f"/v1/jobs/{job_id}", is_terminal)
     assert body["state"] == "SUCCEEDED"
@@ -56,10 +61,9 @@ def test_reaper_leaves_queued_job_with_a_waiting_message_alone(tmp_path: Path, s
         "database_url": f"sqlite:///{tmp_path / 'own.sqlite'}", "job_queue": f"nobody-{uuid.uuid4().hex[:8]}",
     })
     reaper = _reaper(settings)
-    with reaper._sessions() as s:
-        job_id = create_job(s, kind=JobKind.DIAGNOSTIC, name="waiting", config=tiny_config(), max_attempts=2).id
+    job_id = _create_queued_job(reaper, "waiting")
     enqueue_job(make_producer(settings), job_id, settings.job_queue)
-    time.sleep(0.4)  # older than redispatch_after_s (0.3 s): only the live message keeps it from a re-send
+    # redispatch_after_s is 0: the job is overdue at once, so only its waiting message keeps it from a re-send
     try:
         assert job_id not in reaper.reap_once().redispatched
     finally:

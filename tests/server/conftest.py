@@ -115,10 +115,10 @@ def redis_client() -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="session")
 def job_queue(redis_client: redis.Redis) -> Iterator[str]:
-    """A queue name of this test session alone, deleted at the end."""
+    """A queue name of this test session alone, deleted at the end (with kombu's binding keys)."""
     name = f"test-jobs-{uuid.uuid4().hex[:12]}"
     yield name
-    redis_client.delete(name)
+    redis_client.delete(name, f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}")
 
 
 def make_settings(tmp_path: Path, job_queue: str, **overrides: object) -> Settings:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api_schemas import FailureReason, JobKind, JobState
 from server.settings import Settings
 from server.store import ArtifactStore, create_job, get_job, list_checkpoints
-from tests.factories import tiny_config
+from tests.worker.configs import quick_diagnostic_config
 from worker.tasks import execute_job, worker_deadline_s
 
 CLOSED_REDIS = "redis://127.0.0.1:1/0"
@@ -42,7 +42,7 @@ def _with(config: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_execute_job_tiny_diagnostic_succeeds_with_final_checkpoint(sessions, settings) -> None:
-    job_id = _submit(sessions, tiny_config())
+    job_id = _submit(sessions, quick_diagnostic_config())
     assert execute_job(job_id, worker="w1", settings=settings) is JobState.SUCCEEDED
     with sessions() as s:
         job = get_job(s, job_id)
@@ -53,14 +53,14 @@ def test_execute_job_tiny_diagnostic_succeeds_with_final_checkpoint(sessions, se
 
 
 def test_execute_job_diagnostic_stores_the_report(sessions, settings) -> None:
-    job_id = _submit(sessions, tiny_config())
+    job_id = _submit(sessions, quick_diagnostic_config())
     execute_job(job_id, worker="w1", settings=settings)
     with sessions() as s:
         assert get_job(s, job_id).report
 
 
 def test_execute_job_writes_the_job_log(sessions, settings) -> None:
-    job_id = _submit(sessions, tiny_config())
+    job_id = _submit(sessions, quick_diagnostic_config())
     execute_job(job_id, worker="w1", settings=settings)
     log_text = ArtifactStore(settings.artifact_dir).log_path(job_id).read_text()
     assert "claimed job" in log_text
@@ -68,7 +68,7 @@ def test_execute_job_writes_the_job_log(sessions, settings) -> None:
 
 
 def test_execute_job_second_delivery_is_dropped(sessions, settings) -> None:
-    job_id = _submit(sessions, tiny_config())
+    job_id = _submit(sessions, quick_diagnostic_config())
     execute_job(job_id, worker="w1", settings=settings)
     assert execute_job(job_id, worker="w2", settings=settings) is None
     with sessions() as s:
@@ -81,7 +81,7 @@ def test_execute_job_unknown_job_is_dropped(settings) -> None:
 
 
 def test_execute_job_invalid_stored_config_fails_user_config(sessions, settings) -> None:
-    job_id = _submit(sessions, _with(tiny_config(), data={"batch_size": 0}))
+    job_id = _submit(sessions, _with(quick_diagnostic_config(), data={"batch_size": 0}))
     assert execute_job(job_id, worker="w1", settings=settings) is JobState.FAILED
     with sessions() as s:
         job = get_job(s, job_id)
@@ -90,7 +90,7 @@ def test_execute_job_invalid_stored_config_fails_user_config(sessions, settings)
 
 
 def test_execute_job_endless_nan_fails_nonfinite_abort(sessions, settings) -> None:
-    config = tiny_config()
+    config = quick_diagnostic_config()
     config["phases"][0]["max_consecutive_nonfinite"] = 2
     job_id = _submit(sessions, _with(config, debug={"nan_loss_term": "k"}))
     assert execute_job(job_id, worker="w1", settings=settings) is JobState.FAILED
@@ -104,7 +104,7 @@ def test_execute_job_endless_nan_fails_nonfinite_abort(sessions, settings) -> No
 def test_execute_job_worker_deadline_fails_timeout_with_a_stop_checkpoint(sessions, settings) -> None:
     fast = settings.model_copy(update={"job_soft_time_limit_s": 1.0, "job_hard_time_limit_s": 5.0})
     assert worker_deadline_s(fast) == pytest.approx(0.9)
-    job_id = _submit(sessions, _with(tiny_config(), debug={"sleep_per_step_s": 0.2}, data={"n_train": 256}))
+    job_id = _submit(sessions, _with(quick_diagnostic_config(), debug={"sleep_per_step_s": 0.2}, data={"n_train": 256}))
     assert execute_job(job_id, worker="w1", settings=fast) is JobState.FAILED
     with sessions() as s:
         job = get_job(s, job_id)

@@ -1,0 +1,81 @@
+"""Training throughput of the `joint` phase (issue 4): samples/s of the real train step (scene generation on
+the device + forward + loss + backward + clip + AdamW + EMA) at several batch sizes; bf16 autocast on CUDA.
+
+    python3 bench/train.py [--device cuda] [--batches 64 256 2048] [--steps 30] [--out var/bench-train.json]
+
+Prints a table and writes JSON. Not a test. Also reports the share of each step spent generating scenes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from api_schemas import DataConfig, LossWeights, PhaseConfig, TrainingJobConfig  # noqa: E402
+from ris_model.network import RisNet  # noqa: E402
+from ris_model.sinks import NullSink  # noqa: E402
+from ris_model.trainer import Trainer  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(batch_size: int, steps: int, device: torch.device, architecture: str) -> dict:
+    phase = PhaseConfig(name="joint", epochs=1, ema_decay=0.999, amp=True,
+                        loss_weights=LossWeights(lam_cov=0.5, lam_k=1.0, lam_aux=1.0, lam_gap=0.05, lam_margin=0.05))
+    config = TrainingJobConfig(data=DataConfig(n_train=batch_size * (steps + 5), n_val=64, batch_size=batch_size),
+                               phases=(phase,), model={"architecture": architecture})
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(config, RisNet(config.system, config.model), NullSink(), device, checkpoint_dir=Path(tmp))
+        trainer._setup_phase(phase)
+        for b in range(5):  # warm-up
+            trainer._train_step(phase, trainer.scenes.train_batch(0, b), take_step=True)
+        _sync(device)
+        t0 = time.perf_counter()
+        for b in range(5, 5 + steps):
+            trainer._train_step(phase, trainer.scenes.train_batch(0, b), take_step=True)
+        _sync(device)
+        step_s = (time.perf_counter() - t0) / steps
+        t0 = time.perf_counter()
+        for b in range(5, 5 + steps):
+            trainer.scenes.train_batch(0, b)
+        _sync(device)
+        gen_s = (time.perf_counter() - t0) / steps
+    return {"batch_size": batch_size, "architecture": architecture, "step_ms": 1e3 * step_s,
+            "samples_per_s": batch_size / step_s, "generation_ms": 1e3 * gen_s,
+            "generation_share": gen_s / step_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batches", type=int, nargs="+", default=None)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--architecture", default="backprojection")
+    parser.add_argument("--out", type=Path, default=Path("var/bench-train.json"))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    default_batch = TrainingJobConfig().data.batch_size
+    batches = args.batches or ([64, 256, default_batch] if device.type == "cuda" else [64, 256])
+    rows = [measure(b, args.steps, device, args.architecture) for b in dict.fromkeys(batches)]
+    print(f"{'batch':>7} {'step ms':>9} {'samples/s':>11} {'gen ms':>8} {'gen share':>9}")
+    for r in rows:
+        print(f"{r['batch_size']:>7} {r['step_ms']:>9.2f} {r['samples_per_s']:>11.0f} {r['generation_ms']:>8.2f} "
+              f"{r['generation_share']:>9.2f}")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"device": name, "torch": torch.__version__, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

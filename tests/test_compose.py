@@ -1,0 +1,97 @@
+"""docker-compose.yml and the Dockerfile, checked without a Docker engine: every command our image runs names
+something that exists in this project (a console script and its subcommand, a module, a file)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from worker.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def _console_scripts() -> dict[str, str]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def _subcommands() -> set[str]:
+    parser = build_parser()
+    [sub] = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+    return set(sub.choices)  # type: ignore[attr-defined]
+
+
+def _argv(command: str | list[str]) -> list[str]:
+    return shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
+
+
+def _built_services() -> list[tuple[str, dict[str, Any]]]:
+    """Services built from this repository (the others run upstream images with their own binaries)."""
+    return [(name, svc) for name, svc in _compose()["services"].items() if "build" in svc]
+
+
+def assert_runs_project_code(argv: list[str]) -> None:
+    """`argv` starts a console script of ours with a known subcommand, `python -m <our module>`, or a file."""
+    head = argv[0]
+    if head in _console_scripts():
+        target = _console_scripts()[head].split(":")[0]
+        assert importlib.util.find_spec(target) is not None, f"{head} -> {target} is not importable"
+        assert argv[1] in _subcommands(), f"{head} has no subcommand {argv[1]!r}"
+    elif head in ("python", "python3") and argv[1] == "-m":
+        assert importlib.util.find_spec(argv[2]) is not None, f"module {argv[2]} does not exist"
+    else:
+        assert (ROOT / head).is_file(), f"{head} is neither a console script, a module nor a project file"
+
+
+def test_compose_has_every_service() -> None:
+    assert {"redis", "postgres", "api", "worker", "reaper"} <= set(_compose()["services"])
+
+
+@pytest.mark.parametrize("name", ["api", "worker", "reaper"])
+def test_compose_service_command_exists_in_project(name: str) -> None:
+    svc = _compose()["services"][name]
+    for key in ("entrypoint", "command"):
+        if key in svc:
+            assert_runs_project_code(_argv(svc[key]))
+
+
+def test_compose_built_services_use_the_dockerfile() -> None:
+    for name, svc in _built_services():
+        context = svc["build"] if isinstance(svc["build"], str) else svc["build"].get("context", ".")
+        assert (ROOT / context / "Dockerfile").is_file(), f"{name}: no Dockerfile in {context}"
+
+
+def test_compose_worker_reserves_gpus() -> None:
+    devices = _compose()["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert any("gpu" in d.get("capabilities", []) for d in devices)
+
+
+def test_compose_services_share_the_artifact_volume_and_env() -> None:
+    for name, svc in _built_services():
+        assert any(str(v).endswith(":/data/artifacts") for v in svc["volumes"]), name
+        assert {"DATABASE_URL", "REDIS_URL", "ARTIFACT_DIR"} <= set(svc["environment"]), name
+
+
+def test_dockerfile_cmd_exists_in_project() -> None:
+    cmd_lines = [ln for ln in (ROOT / "Dockerfile").read_text().splitlines() if ln.startswith("CMD ")]
+    assert cmd_lines, "the Dockerfile has a CMD"
+    assert_runs_project_code(json.loads(cmd_lines[-1].removeprefix("CMD ")))
+
+
+def test_run_service_script_execs_the_serve_command() -> None:
+    script = ROOT / "scripts" / "run-service"
+    assert script.stat().st_mode & 0o111, "scripts/run-service is executable"
+    text = script.read_text()
+    assert "_venv.sh" in text
+    assert 'exec "$VENV/bin/ris-jobs" serve "$@"' in text
