@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +64,11 @@ def load_checkpoint(path: Path | str, *, map_location: str | torch.device = "cpu
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise CheckpointError(f"checkpoint {path.name} cannot be loaded safely: {exc}".splitlines()[0]) from exc
+    except Exception as exc:  # an untrusted file: any failure inside the unpickler is a bad checkpoint
+        reason = str(exc).split(".")[0].splitlines()[0][:200] if str(exc) else ""
+        raise CheckpointError(
+            f"checkpoint {path.name} cannot be loaded safely: it is truncated, corrupt, or holds objects that "
+            f"weights_only loading refuses ({type(exc).__name__}: {reason})") from exc
     if not isinstance(state, dict) or state.get(FORMAT_KEY) != FORMAT:
         raise CheckpointError(f"checkpoint {path.name} is not a ris-jobs checkpoint (no '{FORMAT}' marker)")
     missing = [k for k in REQUIRED_KEYS if k not in state]

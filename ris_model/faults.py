@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as nnf
 from torch import Tensor
 
 from ris_model.scenes import SceneBatch
@@ -24,9 +25,13 @@ class Faults:
 def eigenvector_alignment_loss(F: Tensor, batch: SceneBatch) -> Tensor:
     """The seed's `_subspace_align`: a projector from the eigenvectors of R̂ = F·Fᴴ (N×N, rank ≤ K_MAX).
     Its backward divides by eigenvalue differences of the ~N−K_MAX equal zero eigenvalues → NaN."""
-    R = F @ F.mH  # [B, N, N], rank-deficient on purpose
+    K, N = F.shape[-1], F.shape[-2]
+    # K zero rows make the null space exactly degenerate, as in the seed's loaded R̂ (measured: without
+    # them float noise separates the zero eigenvalues and the backward can stay finite)
+    Fp = nnf.pad(F, (0, 0, 0, K))
+    R = Fp @ Fp.mH  # [B, N+K, N+K], rank-deficient on purpose
     _, vecs = torch.linalg.eigh(R)
-    top = vecs[..., -F.shape[-1]:]  # [B, N, K]
+    top = vecs[..., -K:][..., :N, :]  # [B, N, K]
     P = top @ top.mH
     T = batch.covariance_factor()
     return (T.mH @ (torch.eye(P.shape[-1], dtype=P.dtype, device=P.device) - P) @ T).diagonal(

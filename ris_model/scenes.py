@@ -22,7 +22,7 @@ from api_schemas import DataConfig, SystemConfig
 from ris_model.physics import bs_response, dft_codebook, steering, steering_far
 
 POOL_CHUNK = 1024
-_SEPARATION_TRIES = 8
+_MAX_SEPARATION_ROUNDS = 64
 
 
 class Split(IntEnum):
@@ -133,25 +133,36 @@ class _Uniform:
 
 
 def _draw_positions(system: SystemConfig, n: int, u: _Uniform) -> tuple[Tensor, Tensor, Tensor]:
-    """Uniform (φ, θ, r) per slot, redrawn until each source is separated from the earlier ones
-    by min_separation_deg in φ or θ, or min_separation_m in r (DESIGN §2.1a)."""
+    """Uniform (φ, θ, r) per slot; a source is redrawn until it is separated from the earlier ones by
+    min_separation_deg in φ or θ, or min_separation_m in r (DESIGN §2.1a).
+
+    Raises:
+        ValueError: after _MAX_SEPARATION_ROUNDS rounds some scene still cannot place its source
+            (the separation is infeasible for this FOV and K_MAX).
+    """
     az_max, el_max = math.radians(system.azimuth_max_deg), math.radians(system.elevation_max_deg)
     sep = math.radians(system.min_separation_deg)
     cols: list[tuple[Tensor, Tensor, Tensor]] = []
-    for _ in range(system.k_max):
-        cand = (
-            u(n, _SEPARATION_TRIES, lo=-az_max, hi=az_max),
-            u(n, _SEPARATION_TRIES, lo=-el_max, hi=el_max),
-            u(n, _SEPARATION_TRIES, lo=system.range_min_m, hi=system.range_max_m),
-        )
-        ok = torch.ones_like(cand[0], dtype=torch.bool)
-        for a, e, r in cols:
-            ok &= ((cand[0] - a[:, None]).abs() >= sep) | ((cand[1] - e[:, None]).abs() >= sep) | (
-                (cand[2] - r[:, None]).abs() >= system.min_separation_m)
-        # first separated candidate; the last try if none is (probability ~1e-20 at the defaults)
-        pick = torch.where(ok.any(1), ok.int().argmax(1), torch.full_like(ok[:, 0], _SEPARATION_TRIES - 1,
-                                                                           dtype=torch.long))
-        cols.append(tuple(c.gather(1, pick[:, None]).squeeze(1) for c in cand))  # type: ignore[arg-type]
+    for slot in range(system.k_max):
+        placed = torch.zeros(n, dtype=torch.bool, device=u.device)
+        az = torch.zeros(n, device=u.device)
+        el, rng = torch.zeros_like(az), torch.zeros_like(az)
+        for _ in range(_MAX_SEPARATION_ROUNDS):
+            cand = (u(n, lo=-az_max, hi=az_max), u(n, lo=-el_max, hi=el_max),
+                    u(n, lo=system.range_min_m, hi=system.range_max_m))
+            ok = ~placed
+            for a, e, r in cols:
+                ok &= ((cand[0] - a).abs() >= sep) | ((cand[1] - e).abs() >= sep) | (
+                    (cand[2] - r).abs() >= system.min_separation_m)
+            az, el, rng = (torch.where(ok, c, old) for c, old in zip(cand, (az, el, rng), strict=True))
+            placed |= ok
+            if bool(placed.all()):
+                break
+        else:
+            raise ValueError(
+                f"cannot place source {slot + 1} at min_separation_deg={system.min_separation_deg}, "
+                f"min_separation_m={system.min_separation_m} within the field of view; lower them or k_max")
+        cols.append((az, el, rng))
     return tuple(torch.stack([c[i] for c in cols], dim=1) for i in range(3))  # type: ignore[return-value]
 
 

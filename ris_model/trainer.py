@@ -116,6 +116,8 @@ class Trainer:
             self._apply_eval_weights()
             self.pos = _Position(self.pos.phase_index + 1, 0, 0, self.pos.global_step)
             self._save_checkpoint(phase, phase.name)
+        if self.optimizer is None:  # resumed from the last phase's end checkpoint
+            self._setup_phase(phases[-1])
         final = self._save_checkpoint(phases[-1], "final")
         return self._result(None, final=final)
 
@@ -143,7 +145,7 @@ class Trainer:
         self.ema = ({n: p.detach().clone() for n, p in self.model.state_dict().items()}
                     if phase.ema_decay is not None else None)
         state, self._resume_state = self._resume_state, None
-        if state is not None:
+        if state is not None and state[ckpt.POSITION_KEY].get("optimizer_phase") == phase.name:
             self.optimizer.load_state_dict(state[ckpt.OPTIMIZER_KEY])
             if self.ema is not None and state.get(ckpt.EMA_KEY) is not None:
                 self.ema = {k: v.to(self.device) for k, v in state[ckpt.EMA_KEY].items()}
@@ -248,7 +250,8 @@ class Trainer:
         self.nonfinite_total += 1
         self.consecutive_nonfinite += 1
         self.epoch_stats.n_skipped += 1
-        where = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step)
+        # the skipped batch is step global_step + 1, as in the sampled train/* points of that batch
+        where = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step + 1)
         points = [MetricPoint(**where, key=keys.NONFINITE_CAUSE_PREFIX + cause, value=1.0)]
         points += [MetricPoint(**where, key=keys.NONFINITE_TERM_PREFIX + t, value=1.0) for t in terms]
         points += [MetricPoint(**where, key=keys.NONFINITE_GROUP_PREFIX + g, value=1.0) for g in groups]
@@ -420,7 +423,9 @@ class Trainer:
             ckpt.CONFIG_KEY: self.config.model_dump(mode="json"),
             ckpt.CONFIG_SHA_KEY: self.config.sha256(),
             ckpt.POSITION_KEY: {"phase_index": self.pos.phase_index, "phase": phase.name, "epoch": self.pos.epoch,
-                                "batch": self.pos.batch, "global_step": self.pos.global_step},
+                                "batch": self.pos.batch, "global_step": self.pos.global_step,
+                                # the phase that owns the optimizer/EMA state (one behind after a phase end)
+                                "optimizer_phase": phase.name},
             ckpt.COUNTERS_KEY: {"nonfinite_total": self.nonfinite_total,
                                 "consecutive_nonfinite": self.consecutive_nonfinite,
                                 "updated": sorted(self.updated), "epoch_stats": vars(self.epoch_stats).copy()},
@@ -453,8 +458,7 @@ class Trainer:
         torch.set_rng_state(state[ckpt.RNG_KEY]["torch"].cpu())
         if self.device.type == "cuda" and state[ckpt.RNG_KEY]["cuda"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in state[ckpt.RNG_KEY]["cuda"]])
-        if self.pos.phase_index < len(self.config.phases):
-            self._resume_state = state
+        self._resume_state = state
 
 
 def res_k_pred(k_logits: Tensor) -> Tensor:
@@ -471,7 +475,7 @@ def lr_at(phase: PhaseConfig, step: int, total_steps: int) -> float:
         return phase.lr * (step + 1) / warmup
     if phase.schedule == "constant":
         return phase.lr
-    progress = (step - warmup) / max(total_steps - warmup, 1)
+    progress = (step - warmup + 1) / max(total_steps - warmup, 1)  # the peak is the last warm-up step
     floor = 0.1 if phase.schedule == "cosine" else 0.0
     return phase.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 

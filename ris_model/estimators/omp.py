@@ -3,9 +3,9 @@
 Owns `somp` and SompResult: the classical compressive baseline on the same y, H, codes the network sees.
 For scene b and snapshot l the effective atom of a grid point g is b_l(g) = H_b·diag(c_l)·a(g) ∈ C^M; each
 snapshot has its own operator and its own symbols, so atoms are selected jointly over the L snapshots and the
-amplitudes are re-fitted by least squares per snapshot. Each new atom is refined off the grid (a 27-point
-pattern search in (φ, θ, 1/r), as `refine_peaks`), and all atoms are then re-refined cyclically, in the spirit
-of Newtonized OMP; without it, the off-grid leakage of a strong source looks like another source.
+amplitudes are re-fitted by least squares per snapshot. Each new atom is refined off the grid (a shrinking
+27-point stencil in (φ, θ, 1/r)), and all atoms are then re-refined cyclically, in the spirit of Newtonized
+OMP; without it, the off-grid leakage of a strong source looks like another source at high SNR.
 Batched torch over scenes, in chunks to bound memory. Imports torch, api_schemas, ris_model.physics and the
 estimators' grid.
 
@@ -50,7 +50,7 @@ class SompResult:
 
 def somp(y: Tensor, H: Tensor, codes: Tensor, grid: SearchGrid, *, snr_db: Tensor | None = None,
          max_sources: int = 5, min_sources: int = 1, gain_threshold: float = DEFAULT_GAIN_THRESHOLD,
-         refine_iters: int = 6, n_cyclic: int = 1, chunk_size: int = 32) -> SompResult:
+         refine_iters: int = 8, n_cyclic: int = 2, chunk_size: int = 32) -> SompResult:
     """Grid-based simultaneous OMP with off-grid refinement and a noise-referenced stopping rule.
 
     Stopping rule (K̂ is decided after max_sources greedy steps; the picks are nested, so this equals stopping
@@ -71,8 +71,11 @@ def somp(y: Tensor, H: Tensor, codes: Tensor, grid: SearchGrid, *, snr_db: Tenso
         max_sources: greedy steps (≤ M − 1).
         min_sources: the smallest K̂ returned (1: our scenes always hold a source).
         gain_threshold: the stopping threshold in units of L·σ̂² (see above).
-        refine_iters: pattern-search iterations per atom refinement (0: stay on the grid).
-        n_cyclic: passes of cyclic re-refinement over all atoms after each new atom.
+        refine_iters: stencil halvings per atom refinement (0: stay on the grid); the first search starts at
+            half a grid step and reaches one step, so the resolution is 2^-refine_iters of a grid step.
+        n_cyclic: passes of cyclic re-refinement over all atoms after each new atom (each starts at 1/8 of a
+            grid step). Close sources bias each other's first refinement; more passes remove more of that bias
+            (and more of the leakage that the stopping rule would read as a source) at a linear cost.
         chunk_size: scenes per chunk; memory is about chunk·L·M·G·8 bytes for the dictionary.
 
     Returns:
@@ -143,7 +146,8 @@ def _somp_chunk(y: Tensor, H: Tensor, codes: Tensor, grid: SearchGrid, n_atoms: 
 
 def _refine_atom(ops: Tensor, target: Tensor, p: Tensor, steps: Tensor, box: tuple[Tensor, Tensor],
                  grid: SearchGrid, n_iter: int) -> Tensor:
-    """Pattern search of one atom's (φ, θ, 1/r) [b, 3] maximizing Σ_l |b_lᴴ t_l|²/‖b_l‖² for targets t [b,L,M]."""
+    """Shrinking-stencil search of one atom's (φ, θ, 1/r) [b, 3] maximizing Σ_l |b_lᴴ t_l|²/‖b_l‖² for the
+    targets t [b, L, M]: 27 points at ± step per axis, move to the best, halve the step, n_iter times."""
     offsets = _STENCIL.to(p.device)  # [P, 3], centre first
     step = (steps / 2).expand_as(p).clone()
     target = target.to(torch.complex64)
@@ -154,7 +158,7 @@ def _refine_atom(ops: Tensor, target: Tensor, p: Tensor, steps: Tensor, box: tup
         score = (corr.abs().square() / resp.abs().square().sum(2).clamp_min(1e-30)).sum(1)  # [b, 27]
         best = score.argmax(1)
         p = cand[torch.arange(p.shape[0], device=p.device), best]
-        step = torch.where((best == 0)[:, None], step / 2, step)
+        step = step / 2  # a shrinking stencil: resolution 2^-n of the start, reach twice the start
     return p
 
 

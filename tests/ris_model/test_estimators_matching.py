@@ -19,7 +19,7 @@ def estimate(rows: list[list[tuple[float, float, float]]], width: int = 3) -> So
     valid = torch.zeros(B, width, dtype=torch.bool)
     for b, row in enumerate(rows):
         for j, (az, el, r) in enumerate(row):
-            vals[b, j] = torch.tensor([rad(az), rad(el), r])
+            vals[b, j] = torch.tensor([rad(az), rad(el), r], dtype=torch.float64)
             valid[b, j] = True
     return SourceEstimate(k=valid.sum(1), azimuth=vals[..., 0], elevation=vals[..., 1], range_m=vals[..., 2],
                           valid=valid)
