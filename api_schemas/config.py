@@ -88,16 +88,22 @@ class SystemConfig(_Frozen):
 class ModelConfig(_Frozen):
     """Network sizes (DESIGN §2.3). `architecture` picks the backbone."""
 
-    architecture: Literal["backprojection", "seed_cov"] = Field(
-        "backprojection",
-        description="backprojection: physics features (H·diag(c_l))^H·y_l + transformer; "
-        "seed_cov: the seed's covariance-factor network, kept for comparison",
+    architecture: Literal["unrolled_omp", "backprojection", "seed_cov"] = Field(
+        "unrolled_omp",
+        description="unrolled_omp: K_MAX greedy look-cancel-look-again iterations through the known operator "
+        "H·diag(c_l), a transformer over the looks (learned stopping rule and refinement); "
+        "backprojection: matched-filter image of (H·diag(c_l))^H·y_l + 3D CNN + slot decoder; "
+        "seed_cov: the seed-like transformer over per-snapshot back-projections, kept for comparison",
     )
     backprojection: Literal["whitened", "matched"] = Field(
         "whitened",
         description="z_l = (H·diag(c_l))ᴴ·W·y_l with W = (H·Hᴴ + εI)⁻¹ (whitened: undoes the Rician channel's "
         "colouring, the same for every snapshot since |c_l| = 1) or W = I (matched filter)",
     )
+    grid_azimuth: int = Field(24, ge=2, le=256, description="search grid points in φ (unrolled_omp)")
+    grid_elevation: int = Field(12, ge=2, le=128, description="search grid points in θ (unrolled_omp)")
+    grid_inv_range: int = Field(6, ge=1, le=64, description="search grid points in 1/r (unrolled_omp)")
+    normalize_atoms: bool = Field(True, description="divide matched-filter scores by ‖H_w·diag(c_l)·a(g)‖²")
     d_model: int = Field(128, ge=8, le=1024)
     n_layers: int = Field(3, ge=1, le=12)
     n_heads: int = Field(4, ge=1, le=16)

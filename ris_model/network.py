@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from api_schemas import ModelConfig, SystemConfig
 from ris_model.physics import steering
 from ris_model.spectral import feature_sizes, gram_eigen_features, measurement_eigen_features
+from ris_model.unrolled import UnrolledOMPBackbone
 
 GRID_AZIMUTH, GRID_ELEVATION, GRID_INV_RANGE = 24, 12, 4
 
@@ -50,8 +51,10 @@ class RisNet(nn.Module):
         super().__init__()
         self.system, self.cfg = system, model
         d, k_max, n = model.d_model, system.k_max, system.n_ris
-        if model.architecture == "backprojection":
-            self.backbone: nn.Module = _SpectrumBackbone(system, model)
+        if model.architecture == "unrolled_omp":
+            self.backbone: nn.Module = UnrolledOMPBackbone(system, model)
+        elif model.architecture == "backprojection":
+            self.backbone = _SpectrumBackbone(system, model)
         else:
             self.backbone = _SnapshotBackbone(system, model)
         self.cov_head = nn.Linear(d, 2 * n)
@@ -74,25 +77,37 @@ class RisNet(nn.Module):
         """y: complex64 [B, L, M] (axis 1 = snapshots); H: complex64 [B, M, N]; codes: complex64 [B, L, N].
         snr_db is accepted for API symmetry and not used: the model must infer the noise level itself."""
         y, H = _unit_rms(y), _unit_rms(H)
-        z = _unit_rms(back_project(y, H, codes, whiten=self.cfg.backprojection == "whitened"))  # [B, L, N]
-        pooled, slots = self.backbone(z)  # [B, d], [B, K, d]
+        anchors = None
+        if isinstance(self.backbone, UnrolledOMPBackbone):
+            pooled, slots, anchors = self.backbone(y, H, codes)  # [B, d], [B, K, d], [B, K, 3]
+        else:
+            z = _unit_rms(back_project(y, H, codes, whiten=self.cfg.backprojection == "whitened"))  # [B, L, N]
+            pooled, slots = self.backbone(z)  # [B, d], [B, K, d]
         s = self.system
         # covariance head: one complex column per slot, trace-normalized
-        f = self.cov_head(slots)  # [B, K, 2N]
+        f = self.cov_head(slots).float()  # [B, K, 2N]; fp32 under autocast (complex has no bf16)
         F = torch.complex(f[..., : s.n_ris], f[..., s.n_ris:]).transpose(1, 2)  # [B, N, K]
         F = F / F.abs().square().sum((1, 2), keepdim=True).clamp_min(1e-12).sqrt()
         # geometry head
-        g = self.geom_head(slots)  # [B, K, 4]
-        az = math.radians(s.azimuth_max_deg) * torch.tanh(g[..., 0])
-        el = math.radians(s.elevation_max_deg) * torch.tanh(g[..., 1])
-        rng = s.range_min_m + (s.range_max_m - s.range_min_m) * torch.sigmoid(g[..., 2])
+        g = self.geom_head(slots).float()  # [B, K, 4]; fp32: bf16 would cost ~0.2° of angle resolution
+        az_max, el_max = math.radians(s.azimuth_max_deg), math.radians(s.elevation_max_deg)
+        if anchors is None:
+            az = az_max * torch.tanh(g[..., 0])
+            el = el_max * torch.tanh(g[..., 1])
+            rng = s.range_min_m + (s.range_max_m - s.range_min_m) * torch.sigmoid(g[..., 2])
+        else:  # sub-grid refinement: at most one grid step from the look's anchor
+            step = self.backbone.grid_step
+            az = (anchors[..., 0] + step[0] * torch.tanh(g[..., 0])).clamp(-az_max, az_max)
+            el = (anchors[..., 1] + step[1] * torch.tanh(g[..., 1])).clamp(-el_max, el_max)
+            inv_r = anchors[..., 2] + step[2] * torch.tanh(g[..., 2])
+            rng = (1 / inv_r.clamp_min(1e-6)).clamp(s.range_min_m, s.range_max_m)
         exist = g[..., 3]
         # K-head: spectral features (bounded) and a direct path, ensembled
         gram_eigs, gram_feats = gram_eigen_features(F, floor=self.cfg.spectral_floor)
         meas_feats = measurement_eigen_features(y, floor=self.cfg.spectral_floor)
-        k_spec = self.k_head["spectral"](torch.cat([gram_feats, meas_feats], -1).to(pooled.dtype))
+        k_spec = self.k_head["spectral"](torch.cat([gram_feats, meas_feats], -1).float()).float()
         exist_sorted = torch.sort(exist, dim=-1, descending=True).values
-        k_direct = self.k_head["direct"](torch.cat([pooled, exist_sorted], -1))
+        k_direct = self.k_head["direct"](torch.cat([pooled.float(), exist_sorted], -1)).float()
         return ModelOutput(
             cov_factor=F, k_logits=0.5 * (k_spec + k_direct), k_logits_spectral=k_spec, k_logits_direct=k_direct,
             azimuth=az, elevation=el, range_m=rng, exist_logits=exist, gram_eigs=gram_eigs,

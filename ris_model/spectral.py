@@ -24,7 +24,8 @@ def gram_eigenvalues(F: Tensor) -> Tensor:
 
 def normalized_spectrum_features(eigs: Tensor, *, floor: float) -> Tensor:
     """Bounded features of a non-negative spectrum eigs [B, n] (descending), float64 [B, 2n + 1]:
-    λ/Σλ in [0, 1]; log((λ/Σλ + floor)/(1 + floor))/log(floor/(1 + floor)) in [0, 1]; effective rank exp(H(λ/Σλ))/n in (0, 1]."""
+    λ/Σλ in [0, 1]; log((λ/Σλ + floor)/(1 + floor))/log(floor/(1 + floor)) in [0, 1];
+    effective rank exp(H(λ/Σλ))/n in (0, 1]."""
     n = eigs.shape[-1]
     p = eigs / eigs.sum(-1, keepdim=True).clamp_min(1e-30)
     logp = torch.log((p + floor) / (1 + floor)) / math.log(floor / (1 + floor))

@@ -56,8 +56,11 @@ def somp(y: Tensor, H: Tensor, codes: Tensor, grid: SearchGrid, *, snr_db: Tenso
     Stopping rule (K̂ is decided after max_sources greedy steps; the picks are nested, so this equals stopping
     early). Let e_j be the residual energy after j atoms and g_j = e_{j−1} − e_j the energy the j-th atom
     captured. A pure-noise residual gives an atom about L·σ² (one complex amplitude per snapshot), more for
-    the best of many atoms. K̂ is the smallest j ≥ min_sources such that g_{j+1} < gain_threshold·L·σ̂²
-    (or max_sources). σ̂² is the noise power per antenna:
+    the best of many atoms. Forward: K̂ is the smallest j ≥ min_sources such that g_{j+1} <
+    gain_threshold·L·σ̂² (or max_sources). Backward (pruning): while one of the K̂ kept atoms adds less than
+    the same threshold to the residual energy when it alone is removed (the rest re-fitted per snapshot), it
+    is dropped; this removes a greedy first pick that landed between sources. σ̂² is the noise power per
+    antenna:
     - with snr_db (DESIGN §2.1a definition): σ̂² = ‖Y‖²_F / (L·M·(1 + 10^(snr_db/10)));
     - without: σ̂² = e_{max_sources} / (L·(M − max_sources)), the residual after max_sources atoms, which is
       biased low (the greedy atoms also fit noise), so K̂ tends to be larger.
@@ -73,9 +76,9 @@ def somp(y: Tensor, H: Tensor, codes: Tensor, grid: SearchGrid, *, snr_db: Tenso
         gain_threshold: the stopping threshold in units of L·σ̂² (see above).
         refine_iters: stencil halvings per atom refinement (0: stay on the grid); the first search starts at
             half a grid step and reaches one step, so the resolution is 2^-refine_iters of a grid step.
-        n_cyclic: passes of cyclic re-refinement over all atoms after each new atom (each starts at 1/8 of a
-            grid step). Close sources bias each other's first refinement; more passes remove more of that bias
-            (and more of the leakage that the stopping rule would read as a source) at a linear cost.
+        n_cyclic: passes of cyclic re-refinement over all atoms after each new atom (each with the reach of
+            the first refinement). Close sources bias each other's first refinement; more passes remove more
+            of that bias (and of the leakage the stopping rule would read as a source) at a linear cost.
         chunk_size: scenes per chunk; memory is about chunk·L·M·G·8 bytes for the dictionary.
 
     Returns:
@@ -96,17 +99,25 @@ def somp(y: Tensor, H: Tensor, codes: Tensor, grid: SearchGrid, *, snr_db: Tenso
     params = torch.cat([p[0] for p in parts])  # [B, S, 3]: φ, θ, 1/r
     energy = torch.cat([p[1] for p in parts])  # [B, S + 1]
     atom_index = torch.cat([p[2] for p in parts])
+    atoms = torch.cat([p[3] for p in parts])  # [B, L, M, S]
     noise_var = _noise_var(y, snr_db, energy, max_sources)
-    k = _stopping_rule(energy, noise_var, L, min_sources, gain_threshold)
-    valid = torch.arange(max_sources, device=k.device) < k[:, None]
+    k_forward = _stopping_rule(energy, noise_var, L, min_sources, gain_threshold)
+    active = torch.arange(max_sources, device=y.device) < k_forward[:, None]
+    active = _prune(y, atoms, active, gain_threshold * L * noise_var, min_sources)
+    # the kept atoms first, in their greedy order
+    order = torch.sort((~active).to(torch.uint8), dim=1, stable=True).indices  # [B, S]
+    params = params.gather(1, order[..., None].expand(-1, -1, 3))
+    k = active.sum(1)
+    valid = torch.arange(max_sources, device=y.device) < k[:, None]
     estimate = SourceEstimate(k=k, azimuth=params[..., 0], elevation=params[..., 1], range_m=1 / params[..., 2],
                               valid=valid)
     return SompResult(estimate=estimate, residual_energy=energy, noise_var=noise_var, atom_index=atom_index)
 
 
 def _somp_chunk(y: Tensor, H: Tensor, codes: Tensor, grid: SearchGrid, n_atoms: int, refine_iters: int,
-                n_cyclic: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Greedy picks of one chunk: params float64 [b, S, 3], residual energies [b, S + 1], grid index [b, S]."""
+                n_cyclic: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Greedy picks of one chunk: params float64 [b, S, 3], residual energies [b, S + 1], grid index [b, S] and
+    the refined effective atoms complex64 [b, L, M, S]."""
     b, L, M = y.shape
     ops = H[:, None] * codes[:, :, None, :]  # [b, L, M, N]: H·diag(c_l)
     ops = ops.to(torch.complex64)
@@ -137,11 +148,11 @@ def _somp_chunk(y: Tensor, H: Tensor, codes: Tensor, grid: SearchGrid, n_atoms: 
             for j in range(len(atoms)):
                 # the residual with atom j's own fitted part added back, then refine atom j against it
                 own = atoms[j].to(torch.complex128) * coef[..., j:j + 1]  # [b, L, M]
-                params[j] = _refine_atom(ops, residual + own, params[j], steps / 4, box, grid, refine_iters)
+                params[j] = _refine_atom(ops, residual + own, params[j], steps, box, grid, refine_iters)
                 atoms[j] = _responses(ops, grid, params[j][:, None]).squeeze(-1)
                 coef, residual = _refit(y64, atoms)
         energies.append(residual.abs().square().sum((1, 2)))
-    return torch.stack(params, 1), torch.stack(energies, 1), torch.stack(picks, 1)
+    return torch.stack(params, 1), torch.stack(energies, 1), torch.stack(picks, 1), torch.stack(atoms, -1)
 
 
 def _refine_atom(ops: Tensor, target: Tensor, p: Tensor, steps: Tensor, box: tuple[Tensor, Tensor],
@@ -168,15 +179,44 @@ def _responses(ops: Tensor, grid: SearchGrid, p: Tensor) -> Tensor:
     return ops @ a.transpose(1, 2).unsqueeze(1)  # [b, L, M, P]
 
 
+def _prune(y: Tensor, atoms: Tensor, active: Tensor, threshold: Tensor, min_sources: int) -> Tensor:
+    """Backward elimination: while some active atom adds less than `threshold` (float64 [B]) to the residual
+    energy when removed (the others re-fitted), drop the weakest. A greedy first pick can land on a ghost
+    between sources that the later, true atoms make redundant. Returns the new active mask bool [B, S]."""
+    S = atoms.shape[-1]
+    drop_one = ~torch.eye(S, dtype=torch.bool, device=y.device)  # [S, S]: variant j lacks atom j
+    y64 = y.to(torch.complex128)
+    for _ in range(S):
+        base = _refit_masked(y64, atoms, active)  # [B]
+        without = _refit_masked(y64[:, None], atoms[:, None], active[:, None] & drop_one)  # [B, S]
+        increase = torch.where(active, without - base[:, None], torch.full_like(without, torch.inf))
+        smallest, j = increase.min(1)
+        drop = (smallest < threshold) & (active.sum(1) > min_sources)
+        if not bool(drop.any()):
+            break
+        active = active & ~(drop[:, None] & (torch.arange(S, device=y.device) == j[:, None]))
+    return active
+
+
+def _refit_masked(y: Tensor, atoms: Tensor, mask: Tensor) -> Tensor:
+    """Residual energy [...] of per-snapshot LS of y [..., L, M] on the masked atoms [..., L, M, S] (mask [..., S])."""
+    Phi = atoms.to(torch.complex128) * mask[..., None, None, :]  # zero columns get zero coefficients
+    return _solve_ls(y, Phi)[1].abs().square().sum((-2, -1))
+
+
 def _refit(y: Tensor, atoms: list[Tensor]) -> tuple[Tensor, Tensor]:
     """Per-snapshot least squares of y [b, L, M] on the atoms (each [b, L, M]): (coef [b, L, k], residual)."""
-    Phi = torch.stack(atoms, -1).to(torch.complex128)  # [b, L, M, k]
-    gram = Phi.mH @ Phi  # [b, L, k, k]
+    return _solve_ls(y, torch.stack(atoms, -1).to(torch.complex128))
+
+
+def _solve_ls(y: Tensor, Phi: Tensor) -> tuple[Tensor, Tensor]:
+    """min_x ‖y_l − Φ_l·x_l‖ per snapshot for y [..., L, M], Φ [..., L, M, k]: (coef [..., L, k], residual)."""
+    gram = Phi.mH @ Phi  # [..., L, k, k]
     k = gram.shape[-1]
     load = 1e-10 * gram.diagonal(dim1=-2, dim2=-1).real.mean(-1).clamp_min(1e-300)
     eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
     coef = torch.cholesky_solve((Phi.mH @ y.unsqueeze(-1)),
-                                torch.linalg.cholesky(gram + load[..., None, None] * eye)).squeeze(-1)  # [b, L, k]
+                                torch.linalg.cholesky(gram + load[..., None, None] * eye)).squeeze(-1)  # [..., L, k]
     return coef, y - (Phi @ coef.unsqueeze(-1)).squeeze(-1)
 
 

@@ -28,7 +28,7 @@ def tiny_phase(name: str = "joint", **overrides: Any) -> PhaseConfig:
 
 
 def tiny_config(*, phases: tuple[PhaseConfig, ...] | None = None, system: SystemConfig | None = None,
-                architecture: str = "backprojection", log_every_steps: int = 1, **overrides: Any) -> TrainingJobConfig:
+                architecture: str = "unrolled_omp", log_every_steps: int = 1, **overrides: Any) -> TrainingJobConfig:
     """A TrainingJobConfig that trains in about a second on a CPU: n_train 64, n_val 32, batch 16
     (4 batches per epoch), d_model 16, one layer, two heads. `overrides` go to TrainingJobConfig (data, debug)."""
     fields: dict[str, Any] = dict(

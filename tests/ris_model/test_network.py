@@ -10,7 +10,7 @@ from ris_model.network import RisNet
 from ris_model.scenes import SceneBatch, generate_scenes, make_generator
 from tests.ris_model.conftest import make_model, tiny_config
 
-ARCHITECTURES = ["backprojection", "seed_cov"]
+ARCHITECTURES = ["unrolled_omp", "backprojection", "seed_cov"]
 
 
 def _batch(config, n: int = 6, seed: int = 3) -> SceneBatch:
@@ -86,3 +86,19 @@ def test_param_groups_cover_every_parameter_once() -> None:
     grouped = [id(p) for ps in model.param_groups().values() for p in ps]
     assert len(grouped) == len(set(grouped))
     assert set(grouped) == {id(p) for p in model.parameters()}
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_forward_and_loss_run_under_bf16_autocast(architecture: str) -> None:
+    """The GPU path trains under bf16 autocast; complex ops have no bf16, so the heads must cast (regression)."""
+    from api_schemas import LossWeights
+    from ris_model.losses import compute_loss
+
+    model, config = _eval_model(architecture)
+    batch = _batch(config)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch.y, batch.H, batch.codes)
+        loss = compute_loss(out, batch, LossWeights(lam_gap=0.1, lam_margin=0.1), config.system).total
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert out.azimuth.dtype == torch.float32 and out.cov_factor.dtype == torch.complex64
