@@ -1,6 +1,6 @@
 """Typed configs and wire types of ris-jobs (pydantic v2). Imports nothing of ours; no torch."""
 
-from api_schemas.checkpoints import CheckpointInfo, CheckpointPublic
+from api_schemas.checkpoints import CheckpointInfo, CheckpointPublic, CheckpointUploadPublic
 from api_schemas.config import (
     PARAM_GROUPS,
     DataConfig,
@@ -13,9 +13,18 @@ from api_schemas.config import (
     TrainingJobConfig,
     quickstart_diagnostic,
 )
+from api_schemas.evaluation import (
+    BASELINES,
+    EvaluationConfig,
+    EvaluationJobConfig,
+    EvaluationReport,
+    JobCheckpointSource,
+    UploadCheckpointSource,
+)
 from api_schemas.jobs import (
     TERMINAL_STATES,
     DiagnosticJobCreate,
+    EvaluationJobCreate,
     Failure,
     FailureReason,
     JobCreate,
@@ -34,18 +43,25 @@ from api_schemas.problems import FieldError, Problem
 from api_schemas.reports import CheckResult, CheckStatus, DiagnosticReport, Verdict
 
 __all__ = [
+    "BASELINES",
     "CheckResult",
     "CheckStatus",
     "CheckpointInfo",
     "CheckpointPublic",
+    "CheckpointUploadPublic",
     "DataConfig",
     "DebugConfig",
     "DiagnosticJobConfig",
     "DiagnosticJobCreate",
     "DiagnosticReport",
+    "EvaluationConfig",
+    "EvaluationJobConfig",
+    "EvaluationJobCreate",
+    "EvaluationReport",
     "Failure",
     "FailureReason",
     "FieldError",
+    "JobCheckpointSource",
     "JobCreate",
     "JobEvent",
     "JobKind",
@@ -67,6 +83,7 @@ __all__ = [
     "TERMINAL_STATES",
     "TrainingJobConfig",
     "TrainingJobCreate",
+    "UploadCheckpointSource",
     "Verdict",
     "fold_nonfinite",
     "quickstart_diagnostic",

@@ -34,3 +34,13 @@ class CheckpointPublic(BaseModel):
     sha256: str
     created_at: datetime
     url: str
+
+
+class CheckpointUploadPublic(BaseModel):
+    """An uploaded checkpoint file (POST /v1/checkpoints): pass `upload_id` as an evaluation job's
+    `config.checkpoint`. The file is validated (weights-only load) by the worker that evaluates it."""
+
+    upload_id: str
+    size: int = Field(description="bytes")
+    sha256: str
+    created_at: datetime

@@ -185,6 +185,9 @@ class DebugConfig(_Frozen):
     nan_n_steps: int = Field(0, ge=0, le=10**9, description="how many steps get it (0 = every step)")
     sleep_per_step_s: float = Field(0.0, ge=0.0, le=10.0, description="slow a job down for fault tests")
     ignore_cancel: bool = Field(False, description="the trainer never polls should_stop")
+    oom_at_step: int | None = Field(
+        None, ge=0, le=10**9, description="raise torch.OutOfMemoryError at this global step (fault tests)"
+    )
 
 
 def _default_training_phases() -> tuple[PhaseConfig, ...]:

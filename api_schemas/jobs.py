@@ -1,7 +1,8 @@
 """Job wire types and the job state vocabulary (DESIGN §3.1, §3.2).
 
-Owns: JobKind, JobState, FailureReason, TERMINAL_STATES, JobCreate (+ per-kind bodies), JobPublic, JobsPage,
-Progress, NonfiniteSummary, Failure, JobEvent. Imports nothing of ours but api_schemas; no torch.
+Owns: JobKind, JobState, FailureReason, TERMINAL_STATES, JobCreate (+ per-kind bodies: diagnostic, training,
+evaluation), JobPublic, JobsPage, Progress, NonfiniteSummary, Failure, JobEvent. Imports nothing of ours but
+api_schemas; no torch.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api_schemas.config import DiagnosticJobConfig, TrainingJobConfig
+from api_schemas.evaluation import EvaluationJobConfig
 
 
 class JobKind(StrEnum):
@@ -70,8 +72,13 @@ class TrainingJobCreate(_Body):
     config: TrainingJobConfig = TrainingJobConfig()
 
 
+class EvaluationJobCreate(_Body):
+    kind: Literal["evaluation"]
+    config: EvaluationJobConfig  # no default: the checkpoint to evaluate is required
+
+
 #: The body of POST /v1/jobs; `kind` selects the config model, so errors name `config.<field>`.
-JobCreate = Annotated[DiagnosticJobCreate | TrainingJobCreate, Field(discriminator="kind")]
+JobCreate = Annotated[DiagnosticJobCreate | TrainingJobCreate | EvaluationJobCreate, Field(discriminator="kind")]
 
 
 class Progress(BaseModel):

@@ -1,7 +1,9 @@
-"""Command line: `python -m ris_model train|diagnose --config FILE.json --out DIR [--device cuda]`.
+"""Command line: `python -m ris_model train|diagnose --config FILE.json --out DIR [--device cuda]` and
+`python -m ris_model evaluate --checkpoint PATH --out DIR [--config FILE.json] [--device cuda]`.
 
-Writes metrics (JSON lines) and checkpoints to DIR with a progress bar; `--print-default-config` prints a
-valid config to edit. Owns only argument parsing and printing; the work is ris_model.jobs.run_training_job.
+train/diagnose write metrics (JSON lines) and checkpoints to DIR with a progress bar; evaluate writes
+report.json, report.md and the PNG plots. `--print-default-config` prints a valid config to edit. Owns only
+argument parsing and printing; the work is ris_model.jobs.run_training_job and ris_model.evaluation.evaluate.
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ from pathlib import Path
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from api_schemas import CheckpointInfo, DiagnosticJobConfig, MetricPoint, TrainingJobConfig, quickstart_diagnostic
+from api_schemas import (
+    CheckpointInfo,
+    DiagnosticJobConfig,
+    EvaluationConfig,
+    MetricPoint,
+    TrainingJobConfig,
+    quickstart_diagnostic,
+)
 from api_schemas import metrics as keys
 from ris_model.errors import RisModelError
 from ris_model.jobs import run_training_job
@@ -70,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--preset", choices=["quickstart"], default=None,
                        help="quickstart: a diagnostic small enough for about a minute on a 2-core CPU")
         p.add_argument("--print-default-config", action="store_true", help="print a valid config and exit")
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint against the classical baselines")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint file (.pt) of this package")
+    p.add_argument("--out", type=Path, required=True, help="output directory for report.json, report.md, PNGs")
+    p.add_argument("--config", type=Path, help="JSON EvaluationConfig (default: its defaults)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     return parser
 
 
@@ -84,6 +98,8 @@ def _load_config(args: argparse.Namespace) -> TrainingJobConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "evaluate":
+        return _evaluate(args)
     try:
         config = _load_config(args)
     except ValidationError as exc:
@@ -115,4 +131,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.report is not None:
         (args.out / "report.json").write_text(json.dumps(result.report, indent=2))
         print(f"report: {args.out / 'report.json'}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """`evaluate`: the report and plots of one checkpoint, with a progress bar."""
+    from ris_model.evaluation import evaluate, render_plots  # matplotlib only when evaluating
+
+    try:
+        config = (EvaluationConfig.model_validate_json(args.config.read_text()) if args.config
+                  else EvaluationConfig())
+    except ValidationError as exc:
+        print(f"invalid config: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"cannot read config: {exc}", file=sys.stderr)
+        return 2
+    bar = tqdm(total=1000, unit="‰", dynamic_ncols=True, file=sys.stderr)
+
+    def progress(fraction: float, stage: str) -> None:
+        bar.set_postfix_str(stage)
+        bar.update(int(fraction * 1000) - bar.n)
+
+    try:
+        report = evaluate(args.checkpoint, config, device=args.device, progress=progress)
+    except (RisModelError, ValueError) as exc:
+        print(f"failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        bar.close()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, data in render_plots(report).items():
+        (args.out / name).write_bytes(data)
+    (args.out / "report.md").write_text(report.to_markdown())
+    (args.out / "report.json").write_text(json.dumps(report.model_dump(mode="json"), indent=2))
+    overall = report.by_snr[-1]
+    print(" ".join(f"{m.method}: K_acc={m.k_acc:.3f}" for m in overall.methods if m.k_acc is not None))
+    print(f"report: {args.out / 'report.md'}")
     return 0

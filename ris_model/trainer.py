@@ -186,6 +186,8 @@ class Trainer:
         """One batch: forward, loss, backward; then one optimizer step, or a counted, attributed skip."""
         model, opt = self.model, self.optimizer
         assert opt is not None  # set by _setup_phase (internal invariant, not input)
+        if self.config.debug.oom_at_step == self.pos.global_step:  # fault tests: an OOM without a huge tensor
+            raise torch.OutOfMemoryError(f"debug.oom_at_step: simulated out-of-memory at step {self.pos.global_step}")
         model.train()
         with self._autocast(phase):
             out = model(batch.y, batch.H, batch.codes, batch.snr_db)
@@ -310,6 +312,7 @@ class Trainer:
         will be saved as the phase's result (the EMA weights when EMA is on)."""
         counting = CountingTally(self.config.system.k_max)
         geometry = GeometryTally()
+        by_bin = {name: (CountingTally(self.config.system.k_max), GeometryTally()) for *_, name in keys.SNR_BINS_DB}
         loss_sum, nmse_sum, n = 0.0, 0.0, 0
         with self._eval_weights():
             self.model.eval()
@@ -317,17 +320,30 @@ class Trainer:
                 with self._autocast(phase):
                     out = self.model(batch.y, batch.H, batch.codes, batch.snr_db)
                     res = compute_loss(out, batch, phase.loss_weights, self.config.system)
-                counting.update(batch.k, res_k_pred(out.k_logits))
+                k_pred = res_k_pred(out.k_logits)
+                counting.update(batch.k, k_pred)
                 a = res.assignment
-                geometry.update(out.azimuth.gather(1, a).float() - batch.azimuth,
-                                out.elevation.gather(1, a).float() - batch.elevation,
-                                out.range_m.gather(1, a).float() - batch.range_m, batch.mask)
+                errors = (out.azimuth.gather(1, a).float() - batch.azimuth,
+                          out.elevation.gather(1, a).float() - batch.elevation,
+                          out.range_m.gather(1, a).float() - batch.range_m)
+                geometry.update(*errors, batch.mask)
+                for lo, hi, name in keys.SNR_BINS_DB:
+                    sel = (batch.snr_db >= lo) & (batch.snr_db < hi)
+                    by_bin[name][0].update(batch.k[sel], k_pred[sel])
+                    by_bin[name][1].update(*(e[sel] for e in errors), batch.mask[sel])
                 loss_sum += float(res.total) * len(batch)
                 nmse_sum += float(res.terms["cov"]) * len(batch)
                 n += len(batch)
         rates, rmse = counting.rates(), geometry.rmse()
         self.last_confusion = counting.confusion
-        return {
+        binned: dict[str, float] = {}
+        for name, (c, g) in by_bin.items():
+            if c.n == 0:
+                continue
+            binned[keys.VAL_K_ACC_BIN_PREFIX + name] = c.rates()["k_acc"]
+            for prefix, value in zip(keys.VAL_RMSE_BIN_KEYS, g.rmse().values(), strict=True):
+                binned[prefix + name] = value
+        return binned | {
             keys.VAL_LOSS: loss_sum / n, keys.VAL_K_ACC: rates["k_acc"], keys.VAL_K_UNDER: rates["k_under"],
             keys.VAL_K_OVER: rates["k_over"], keys.VAL_RMSE_AZIMUTH_DEG: rmse["rmse_azimuth_deg"],
             keys.VAL_RMSE_ELEVATION_DEG: rmse["rmse_elevation_deg"], keys.VAL_RMSE_RANGE_M: rmse["rmse_range_m"],
@@ -434,7 +450,9 @@ class Trainer:
         }
         path = self.checkpoint_dir / f"{name}.pt"
         size, sha = ckpt.save_checkpoint(path, state)
-        info = CheckpointInfo(name=name, phase=phase.name, epoch=self.pos.epoch, step=self.pos.global_step,
+        ended = self.config.phases[self.pos.phase_index - 1].name == phase.name if self.pos.phase_index else False
+        epoch = phase.epochs if ended or name == "final" else self.pos.epoch  # epochs completed in `phase`
+        info = CheckpointInfo(name=name, phase=phase.name, epoch=epoch, step=self.pos.global_step,
                               path=str(path), size=size, sha256=sha, is_final=name == "final")
         self.sink.log_checkpoint(info)
         self.last_checkpoint = info

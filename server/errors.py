@@ -33,11 +33,12 @@ from server.store.errors import (
     OffsetOutOfRange,
     ReportNotFound,
     StoreError,
+    UploadNotFound,
 )
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-#: Kinds that the API accepts in JobCreate; the others exist in JobKind but are not implemented yet.
-IMPLEMENTED_KINDS = (JobKind.DIAGNOSTIC.value, JobKind.TRAINING.value)
+#: Kinds that the API accepts in JobCreate (every JobKind since evaluation jobs exist, issue 6).
+IMPLEMENTED_KINDS = (JobKind.DIAGNOSTIC.value, JobKind.TRAINING.value, JobKind.EVALUATION.value)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ _STORE_STATUS: dict[type[StoreError], int] = {
     JobNotFound: 404,
     CheckpointNotFound: 404,
     ReportNotFound: 404,
+    UploadNotFound: 404,
     ArtifactRejected: 404,  # never say more about a path we refuse to serve
     InvalidTransition: 409,
     LeaseLost: 409,
@@ -172,8 +174,6 @@ def _field_message(error: dict[str, Any]) -> str:
     ctx = error.get("ctx") or {}
     if error.get("type") == "union_tag_invalid":
         tag = ctx.get("tag")
-        if tag == JobKind.EVALUATION.value:
-            return "kind 'evaluation' is not implemented yet; use 'diagnostic' or 'training'"
         return f"kind must be one of {', '.join(IMPLEMENTED_KINDS)}, got {tag!r}"
     if error.get("type") == "union_tag_not_found":
         return f"kind is required: one of {', '.join(IMPLEMENTED_KINDS)}"
@@ -257,18 +257,26 @@ def _is_json(content_type: str) -> bool:
 
 class RequestGuardMiddleware:
     """413 for bodies over `max_body_bytes` (by Content-Length, and while streaming for chunked bodies);
-    415 for a POST/PUT/PATCH body that is not JSON. Pure ASGI, so streaming responses pass untouched."""
+    415 for a POST/PUT/PATCH body that is not JSON. Pure ASGI, so streaming responses pass untouched.
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    The upload route (`upload_path`, POST only) takes application/octet-stream instead, up to
+    `max_upload_bytes`."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, upload_path: str | None = None,
+                 max_upload_bytes: int = 0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.upload_path = upload_path
+        self.max_upload_bytes = max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        early = self._early_refusal(scope["method"], headers)
+        is_upload = scope["method"] == "POST" and self.upload_path is not None and scope["path"] == self.upload_path
+        limit = self.max_upload_bytes if is_upload else self.max_body_bytes
+        early = self._early_refusal(scope["method"], headers, limit=limit, is_upload=is_upload)
         if early is not None:
             await early(scope, receive, send)
             return
@@ -280,22 +288,29 @@ class RequestGuardMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, self._limited(receive), send_tracking)
+            await self.app(scope, self._limited(receive, limit), send_tracking)
         except BodyTooLarge as exc:  # raised where no route handler could map it
             if started:
                 raise
             await problem_response(413, str(exc.detail))(scope, receive, send)
 
-    def _early_refusal(self, method: str, headers: dict[str, str]) -> JSONResponse | None:
+    def _early_refusal(self, method: str, headers: dict[str, str], *, limit: int, is_upload: bool
+                       ) -> JSONResponse | None:
         length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            return problem_response(413, f"request body exceeds {self.max_body_bytes} bytes")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return problem_response(413, f"request body exceeds {limit} bytes")
         has_body = (length is not None and length != "0") or "transfer-encoding" in headers
-        if method in _BODY_METHODS and has_body and not _is_json(headers.get("content-type", "")):
+        content_type = headers.get("content-type", "")
+        if is_upload:
+            if content_type.split(";", 1)[0].strip().lower() != "application/octet-stream":
+                return problem_response(415, "upload the checkpoint file as the raw body with "
+                                             "Content-Type: application/octet-stream")
+            return None
+        if method in _BODY_METHODS and has_body and not _is_json(content_type):
             return problem_response(415, "request bodies must be application/json")
         return None
 
-    def _limited(self, receive: Receive) -> Callable[[], Awaitable[Message]]:
+    def _limited(self, receive: Receive, limit: int) -> Callable[[], Awaitable[Message]]:
         received = 0
 
         async def limited_receive() -> Message:
@@ -303,8 +318,8 @@ class RequestGuardMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise BodyTooLarge(self.max_body_bytes)
+                if received > limit:
+                    raise BodyTooLarge(limit)
             return message
 
         return limited_receive

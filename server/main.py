@@ -21,7 +21,8 @@ from starlette.concurrency import run_in_threadpool
 from server.deps import authenticate
 from server.dispatch import dispatch_pending, make_producer
 from server.errors import RequestGuardMiddleware, install_error_handlers
-from server.routes import checkpoints, health, jobs, metrics
+from server.routes import artifacts as artifact_routes
+from server.routes import checkpoints, health, jobs, metrics, uploads
 from server.settings import Settings, get_settings
 from server.store import ArtifactStore, create_schema, make_engine, make_session_factory
 
@@ -83,9 +84,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics_registry = health.make_registry(session_factory, redis_client, settings.job_queue)
 
     install_error_handlers(app)
-    app.add_middleware(RequestGuardMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestGuardMiddleware, max_body_bytes=settings.max_body_bytes,
+                       upload_path=uploads.UPLOAD_PATH, max_upload_bytes=settings.max_upload_bytes)
     auth = [Depends(authenticate)]
-    for router in (jobs.router, metrics.router, checkpoints.router):
+    for router in (jobs.router, metrics.router, checkpoints.router, artifact_routes.router, uploads.router):
         app.include_router(router, dependencies=auth)
     app.include_router(health.router)
     return app

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     )
     job_queue: str = Field("jobs", min_length=1, max_length=100, description="Celery queue that GPU workers consume")
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="largest request body, bytes")
+    max_upload_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, le=16 * 1024**3,
+        description="largest checkpoint upload (POST /v1/checkpoints, application/octet-stream), bytes",
+    )
     max_queued_jobs_per_key: int = Field(
         100, ge=1, le=1_000_000, description="QUEUED jobs one API key (or the anonymous user) may have; more → 429"
     )
@@ -68,6 +72,13 @@ class Settings(BaseSettings):
         gt=0,
         le=30 * 86_400,
         description="Celery hard time limit of one attempt, seconds: the worker child is killed",
+    )
+    redispatch_after_s: float = Field(
+        30.0,
+        gt=0,
+        le=86_400,
+        description="a job QUEUED this long, seconds, whose id is in no live broker message (lost in a Redis restart, "
+        "or its enqueue failed) is re-dispatched by the reaper",
     )
     checkpoint_interval_s: float = Field(
         300.0, gt=0, le=86_400, description="a running job checkpoints mid-epoch at most this often, seconds"

@@ -31,6 +31,11 @@ class TrainerFailed(Exception):
         self.__cause__ = cause
 
 
+class UserInputRejected(Exception):
+    """What the user supplied cannot be used (e.g. an evaluation's checkpoint is missing, foreign or holds
+    code): the job ends FAILED USER_CONFIG with this message. `__cause__` is the underlying error, if any."""
+
+
 def _is_nonfinite_abort(exc: BaseException) -> bool:
     errors = sys.modules.get("ris_model.errors")
     return errors is not None and isinstance(exc, errors.NonFiniteAbort)
@@ -66,10 +71,12 @@ def classify_failure(exc: BaseException) -> FailureReason:
 
     Returns:
         NONFINITE_ABORT for `NonFiniteAbort`; OOM for torch's OutOfMemoryError and MemoryError; TIMEOUT for
-        Celery's time limits; USER_CONFIG for a pydantic ValidationError of the stored config (outside the
-        trainer); TRAINING_ERROR for any other trainer exception (CheckpointError included) unless it is a
-        store failure; INTERNAL for everything else.
+        Celery's time limits; USER_CONFIG for `UserInputRejected` and for a pydantic ValidationError of the
+        stored config (outside the trainer); TRAINING_ERROR for any other trainer exception (CheckpointError
+        included) unless it is a store failure; INTERNAL for everything else.
     """
+    if isinstance(exc, UserInputRejected):
+        return FailureReason.USER_CONFIG
     in_trainer = isinstance(exc, TrainerFailed)
     inner = exc.__cause__ if in_trainer and exc.__cause__ is not None else exc
     if _is_nonfinite_abort(inner):
@@ -89,6 +96,8 @@ def classify_failure(exc: BaseException) -> FailureReason:
 
 def failure_message(exc: BaseException) -> str:
     """A one-line message for the job's `failure.message` (the trainer's own exception, when wrapped)."""
+    if isinstance(exc, UserInputRejected):
+        return str(exc)[:2000]
     inner = exc.__cause__ if isinstance(exc, TrainerFailed) and exc.__cause__ is not None else exc
     text = str(inner).strip() or type(inner).__name__
     if isinstance(inner, ValidationError):

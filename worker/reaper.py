@@ -8,7 +8,7 @@ One sweep:
    resumes from the latest checkpoint) or to FAILED(WORKER_LOST); CANCELLING jobs whose worker died, or that
    ignored the cancel for CANCEL_GRACE_S, become CANCELLED. Each requeued job gets a new message
    (`server.dispatch.dispatch_job`, which records the task id).
-2. Re-dispatch: a job QUEUED for longer than `redispatch_after_s` whose id is in no *live* broker message gets
+2. Re-dispatch: a job QUEUED for longer than REDISPATCH_AFTER_S whose id is in no *live* broker message gets
    a new one. This covers an enqueue that failed while Redis was down (no task id recorded) and messages lost
    when Redis restarted without persistence (task id recorded, message gone). A message is live if it waits
    in the queue's Redis lists, or if a worker received it (kombu's `unacked` hash) less than
@@ -83,10 +83,8 @@ class Reaper:
         self._sessions = sessions
         self._producer = producer
         self._redis = redis
-        #: a live worker claims a delivered job within seconds; this is generous on purpose
-        self._redispatch_after_s = (
-            max(30.0, 2 * settings.reaper_interval_s) if redispatch_after_s is None else redispatch_after_s
-        )
+        #: a live worker claims a delivered job within seconds; REDISPATCH_AFTER_S is generous on purpose
+        self._redispatch_after_s = settings.redispatch_after_s if redispatch_after_s is None else redispatch_after_s
         #: job id -> monotonic time the sweep escalated its cancel (for the last-resort terminate)
         self._escalated: dict[str, float] = {}
 

@@ -7,7 +7,8 @@ without Celery. The task gets a job id, never an object, and re-reads the row (S
    job already runs, ran, or was cancelled): log and return, and Celery acks the message;
 2. attach the per-job log file, start the monitor thread (heartbeat, cancel flag, timed metric flushes);
 3. build the config from the row, find the checkpoint of an earlier attempt to resume from;
-4. call `ris_model.jobs.run_training_job` (imported here, never in the prefork parent: no CUDA before fork);
+4. call `ris_model.jobs.run_training_job` (imported here, never in the prefork parent: no CUDA before fork),
+   or, for an `evaluation` job, `worker.evaluation.run_evaluation_job`;
 5. finish: SUCCEEDED (+ report) | CANCELLED | FAILED TIMEOUT | FAILED <classify_failure(exc)>, one fenced
    transition, then publish the state on Redis.
 
@@ -42,6 +43,7 @@ from server.store.artifacts import ArtifactStore
 from server.store.db import make_engine, make_session_factory
 from server.store.errors import InvalidTransition, JobNotFound, LeaseLost
 from worker.app import app
+from worker.evaluation import run_evaluation_job
 from worker.failures import TrainerFailed, classify_failure, failure_message, traceback_tail
 from worker.heartbeat import JobMonitor, make_should_stop
 from worker.sink import StoreSink
@@ -154,6 +156,8 @@ def _run_claimed(res: JobResources, row: Any, *, lease_token: str) -> JobState |
 def _train(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor) -> Outcome | None:
     """Run the trainer; map its result or exception to an Outcome (None = the lease was lost)."""
     job_id = str(row.id)
+    if row.kind == JobKind.EVALUATION:
+        return _evaluate(res, row, sink=sink, monitor=monitor)
     try:
         config = build_config(row.kind, row.config)
         resume_from = _resume_path(res, job_id)
@@ -180,6 +184,25 @@ def _train(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor)
         if _is_lease_lost(exc) or monitor.lease_lost.is_set():
             return None
         return _failed_outcome(exc, sink)
+
+
+def _evaluate(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor) -> Outcome | None:
+    """Run an evaluation job (worker/evaluation.py) and map its result or exception to an Outcome."""
+    job_id = str(row.id)
+    try:
+        deadline = time.monotonic() + worker_deadline_s(res.settings)
+        result = run_evaluation_job(job_id, row.config, sessions=res.sessions, artifacts=res.artifacts, sink=sink,
+                                    should_stop=make_should_stop(monitor, deadline=deadline))
+        sink.close()
+    except Exception as exc:  # process boundary, as in _train
+        if _is_lease_lost(exc) or monitor.lease_lost.is_set():
+            return None
+        return _failed_outcome(exc, sink)
+    if result.stopped == "cancel":
+        return Outcome(JobState.CANCELLED, message="cancelled by request")
+    if result.stopped == "timeout":
+        return Outcome(JobState.FAILED, FailureReason.TIMEOUT, "stopped at the worker's time limit")
+    return Outcome(JobState.SUCCEEDED, report=result.report)
 
 
 def _failed_outcome(exc: BaseException, sink: StoreSink) -> Outcome:

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Body, Header, Query, Response, status
 from fastapi.responses import PlainTextResponse
 
 from api_schemas import (
+    EvaluationReport,
     Failure,
     FailureReason,
     JobCreate,
@@ -198,6 +199,8 @@ def read_job_report(
 ) -> Response:
     """The job's report (a dict of sections) as JSON, or rendered as Markdown with `?format=md`."""
     report = store_jobs.get_report(session, job_id)
+    if fmt == "md" and report.get("kind") == JobKind.EVALUATION.value:  # the report's own rendering (issue 6)
+        return Response(EvaluationReport.model_validate(report).to_markdown(), media_type="text/markdown")
     if fmt == "md":
         return Response(render_markdown(report, title=f"Report of job {job_id}"), media_type="text/markdown")
     return Response(json.dumps(report), media_type="application/json")

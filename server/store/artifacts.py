@@ -1,8 +1,9 @@
 """The artifact directory: checkpoints and logs of each job (DESIGN §3.3, jobserver_notes §6.5).
 
-Owns: `ArtifactStore` (layout `<root>/jobs/<id>/{checkpoints/, log.txt}` and path checks), the atomic write
-helper (temp file, sha256 while writing, fsync, `os.replace`), checkpoint records (register, list, get with the
-`final`/`latest` aliases) and byte-offset log reads. Must not import FastAPI or torch.
+Owns: `ArtifactStore` (layout `<root>/jobs/<id>/{checkpoints/, artifacts/, log.txt}` and path checks), the
+atomic write helper (temp file, sha256 while writing, fsync, `os.replace`), checkpoint records (register, list,
+get with the `final`/`latest` aliases), job artifact paths (evaluation plots) and byte-offset log reads. Must
+not import FastAPI or torch.
 
 Safety: every path served or recorded is resolved inside the job's directory; absolute paths, `..` and
 symlinks anywhere below the artifact root are refused (`ArtifactRejected`).
@@ -37,6 +38,11 @@ _JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
 _CHUNK_BYTES = 1024 * 1024
 #: Checkpoint-name aliases: `final` (the run's final checkpoint) and `latest` (highest step).
 FINAL, LATEST = "final", "latest"
+#: A job's downloadable output files (evaluation plots and report) lie in `<job dir>/artifacts/<name>`.
+JOB_ARTIFACTS_SUBDIR = "artifacts"
+#: Names of downloadable job artifacts: one plain file name with a known extension; never a path.
+ARTIFACT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,100}\.(png|json|md)$"
+ARTIFACT_MEDIA_TYPES = {"png": "image/png", "json": "application/json", "md": "text/markdown; charset=utf-8"}
 
 
 class ArtifactStore:
@@ -264,6 +270,32 @@ def checkpoint_file(store: ArtifactStore, row: CheckpointRow) -> Path:
     if not path.is_file():
         raise CheckpointNotFound(row.job_id, row.name)
     return path
+
+
+# ---------------------------------------------------------------------------------------------- job artifacts
+
+
+def artifact_path(store: ArtifactStore, job_id: str | UUID, name: str) -> Path:
+    """Where the worker writes the job artifact `name` (checked: name pattern, no traversal, no symlink).
+
+    Raises:
+        ArtifactRejected: `name` is not an artifact name, or the path is unsafe.
+    """
+    if not re.match(ARTIFACT_NAME_PATTERN, name):
+        raise ArtifactRejected(f"not an artifact name: {name!r}")
+    return store.resolve(job_id, f"{JOB_ARTIFACTS_SUBDIR}/{name}")
+
+
+def artifact_file(store: ArtifactStore, job_id: str | UUID, name: str) -> tuple[Path, str]:
+    """An existing job artifact to serve, and its media type.
+
+    Raises:
+        ArtifactRejected (served as 404): bad name, unsafe path, or no such regular file.
+    """
+    path = artifact_path(store, job_id, name)
+    if not path.is_file() or path.is_symlink():
+        raise ArtifactRejected(f"job {job_id} has no artifact {name!r}")
+    return path, ARTIFACT_MEDIA_TYPES[name.rsplit(".", 1)[1]]
 
 
 # ---------------------------------------------------------------------------------------------- logs

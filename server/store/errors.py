@@ -77,3 +77,11 @@ class OffsetOutOfRange(StoreError):
         super().__init__(f"offset {offset} is past the end of the log ({size} bytes)")
         self.offset = offset
         self.size = size
+
+
+class UploadNotFound(StoreError):
+    """No uploaded checkpoint has this id (HTTP 404; an evaluation job that names it fails USER_CONFIG)."""
+
+    def __init__(self, upload_id: str) -> None:
+        super().__init__(f"no uploaded checkpoint {upload_id!r} (POST the file to /v1/checkpoints first)")
+        self.upload_id = upload_id

@@ -1,0 +1,54 @@
+"""Checkpoint uploads (issue 6): `POST /v1/checkpoints` stores a checkpoint file for evaluation jobs.
+
+The body is the raw file (`Content-Type: application/octet-stream`, at most MAX_UPLOAD_BYTES; the request
+guard enforces both). It is streamed to `<ARTIFACT_DIR>/uploads/<id>.pt` atomically with its sha256; nothing
+is unpickled here (the API never imports torch, DESIGN §1). The worker validates the file with a weights-only
+load when an evaluation job uses it, so a file that holds code fails that job (USER_CONFIG) without running.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+
+from api_schemas import CheckpointUploadPublic, Problem
+from server.deps import ArtifactsDep, PrincipalDep
+from server.store.uploads import new_upload_id, record_upload, write_upload
+
+router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
+UPLOAD_PATH = "/v1/checkpoints"
+#: A torch checkpoint (torch.save's default since 1.6) is a zip archive.
+_ZIP_MAGIC = b"PK\x03\x04"
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "content": {"application/problem+json": {}}} for code in (401, 413, 415, 422)
+}
+
+
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, operation_id="create_checkpoint_upload", responses=_PROBLEMS,
+    openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {
+        "schema": {"type": "string", "format": "binary"}}}}},
+)
+async def create_checkpoint_upload(
+    request: Request, response: Response, artifacts: ArtifactsDep, principal: PrincipalDep
+) -> CheckpointUploadPublic:
+    """Store a checkpoint file (raw body); returns its upload id, size and sha256 (201)."""
+    upload_id = new_upload_id()
+    head = b""
+    with write_upload(artifacts, upload_id) as writer:
+        async for chunk in request.stream():  # the request guard raises 413 past MAX_UPLOAD_BYTES
+            if len(head) < len(_ZIP_MAGIC):
+                head += chunk[: len(_ZIP_MAGIC) - len(head)]
+            writer.write(chunk)
+        if not head.startswith(_ZIP_MAGIC):
+            raise RequestValidationError([{
+                "loc": ("body",), "type": "value_error", "input": None,
+                "msg": "not a torch checkpoint: torch.save writes a zip archive (the body must be the raw .pt file)",
+            }])
+    record = record_upload(artifacts, upload_id, writer.digest(), principal=principal)
+    response.headers["Location"] = f"{UPLOAD_PATH}/{upload_id}"
+    return CheckpointUploadPublic(upload_id=record.upload_id, size=record.size, sha256=record.sha256,
+                                  created_at=datetime.fromisoformat(record.created_at))
