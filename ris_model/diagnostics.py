@@ -104,7 +104,8 @@ def check_steps_and_lr(config: DiagnosticJobConfig, by_key: dict[str, list[Metri
         for b in by_key[keys.TRAIN_BATCHES]
         if steps.get((b.phase, b.epoch), 0.0) + skipped.get((b.phase, b.epoch), 0.0) != b.value
     ]
-    lr_errors, lr_values = _lr_errors(config, by_key[keys.TRAIN_LR], n_batches), [p.value for p in by_key[keys.TRAIN_LR]]
+    lr_errors = _lr_errors(config, by_key[keys.TRAIN_LR], n_batches)
+    lr_values = [p.value for p in by_key[keys.TRAIN_LR]]
     evidence = {"epochs_checked": len(by_key[keys.TRAIN_BATCHES]), "epochs_with_mismatch": bad_epochs[:10],
                 "batches_per_epoch": n_batches, "lr_max_rel_error": max(lr_errors, default=0.0),
                 "lr_min": min(lr_values, default=None), "lr_max": max(lr_values, default=None),
