@@ -81,24 +81,29 @@ def subspace_margin(eigs: Tensor, k: Tensor) -> Tensor:
     return (p * outside).sum(-1).mean()
 
 
-def geometry_cost(out: ModelOutput, batch: SceneBatch, system: SystemConfig) -> Tensor:
-    """Normalized squared errors, float [B, K_pred, K_true]: (Δφ/φmax)² + (Δθ/θmax)² + (Δr/(r_max − r_min))²."""
-    az_s, el_s = math.radians(system.azimuth_max_deg), math.radians(system.elevation_max_deg)
-    r_s = system.range_max_m - system.range_min_m
-    d_az = (out.azimuth[:, :, None] - batch.azimuth[:, None, :]) / az_s
-    d_el = (out.elevation[:, :, None] - batch.elevation[:, None, :]) / el_s
-    d_r = (out.range_m[:, :, None] - batch.range_m[:, None, :]) / r_s
-    return (d_az.square() + d_el.square() + d_r.square()).float()
+#: Scales of the geometry loss: errors are measured in units of about one resolution cell (the default
+#: detection tolerances of issue 6), so a few degrees of error still give a useful gradient.
+GEOMETRY_SCALE = (math.radians(5.0), math.radians(5.0), 1.0)  # azimuth rad, elevation rad, range m
+
+
+def geometry_errors(out: ModelOutput, batch: SceneBatch) -> Tensor:
+    """Scaled errors of every predicted slot against every true source, float [B, K_pred, K_true, 3]."""
+    d_az = (out.azimuth[:, :, None] - batch.azimuth[:, None, :]) / GEOMETRY_SCALE[0]
+    d_el = (out.elevation[:, :, None] - batch.elevation[:, None, :]) / GEOMETRY_SCALE[1]
+    d_r = (out.range_m[:, :, None] - batch.range_m[:, None, :]) / GEOMETRY_SCALE[2]
+    return torch.stack([d_az, d_el, d_r], -1).float()
 
 
 def geometry_set_loss(out: ModelOutput, batch: SceneBatch, system: SystemConfig) -> tuple[Tensor, Tensor]:
-    """Permutation-invariant set loss: the best matching of predicted slots to the true sources, plus
-    existence BCE (matched slots exist, the others don't). Returns (assignment [B, K], scalar loss)."""
-    cost = geometry_cost(out, batch, system)  # [B, Kp, Kt]
-    assignment = match_slots(cost.detach(), batch.mask)
-    matched = cost.gather(1, assignment[:, None, :]).squeeze(1)  # [B, Kt]
+    """Permutation-invariant set loss: the best matching of predicted slots to the true sources (by squared
+    scaled error), a Huber loss on the matched errors, plus existence BCE (matched slots exist, the others
+    don't). Returns (assignment [B, K], scalar loss)."""
+    err = geometry_errors(out, batch)  # [B, Kp, Kt, 3]
+    assignment = match_slots(err.detach().square().sum(-1), batch.mask)
+    matched = err.gather(1, assignment[:, None, :, None].expand(-1, 1, -1, 3)).squeeze(1)  # [B, Kt, 3]
+    huber = nnf.huber_loss(matched, torch.zeros_like(matched), reduction="none", delta=1.0).sum(-1)
     mask = batch.mask.float()
-    loc = (matched * mask).sum() / mask.sum().clamp_min(1.0)
+    loc = (huber * mask).sum() / mask.sum().clamp_min(1.0)
     exists = torch.zeros_like(out.exist_logits).scatter(1, assignment, mask)
     bce = nnf.binary_cross_entropy_with_logits(out.exist_logits.float(), exists)
     return assignment, loc + bce

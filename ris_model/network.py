@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as nnf
 from torch import Tensor, nn
 
 from api_schemas import ModelConfig, SystemConfig
@@ -57,7 +58,7 @@ class RisNet(nn.Module):
             self.backbone = _SpectrumBackbone(system, model)
         else:
             self.backbone = _SnapshotBackbone(system, model)
-        self.cov_head = nn.Linear(d, 2 * n)
+        self.cov_head = nn.Linear(d, 1 if model.cov_head == "geometric" else 2 * n)
         self.geom_head = nn.Linear(d, 4)  # per slot: φ, θ, r (squashed to the FOV) and an existence logit
         n_spec = feature_sizes(k_max, system.n_bs_antennas)
         self.k_head = nn.ModuleDict({
@@ -84,11 +85,7 @@ class RisNet(nn.Module):
             z = _unit_rms(back_project(y, H, codes, whiten=self.cfg.backprojection == "whitened"))  # [B, L, N]
             pooled, slots = self.backbone(z)  # [B, d], [B, K, d]
         s = self.system
-        # covariance head: one complex column per slot, trace-normalized
-        f = self.cov_head(slots).float()  # [B, K, 2N]; fp32 under autocast (complex has no bf16)
-        F = torch.complex(f[..., : s.n_ris], f[..., s.n_ris:]).transpose(1, 2)  # [B, N, K]
-        F = F / F.abs().square().sum((1, 2), keepdim=True).clamp_min(1e-12).sqrt()
-        # geometry head
+        # geometry head: (φ, θ, r) per slot and an existence logit
         g = self.geom_head(slots).float()  # [B, K, 4]; fp32: bf16 would cost ~0.2° of angle resolution
         az_max, el_max = math.radians(s.azimuth_max_deg), math.radians(s.elevation_max_deg)
         if anchors is None:
@@ -102,6 +99,13 @@ class RisNet(nn.Module):
             inv_r = anchors[..., 2] + step[2] * torch.tanh(g[..., 2])
             rng = (1 / inv_r.clamp_min(1e-6)).clamp(s.range_min_m, s.range_max_m)
         exist = g[..., 3]
+        # covariance head: one complex column per slot, trace-normalized (R̂ = F·Fᴴ, tr R̂ = 1)
+        f = self.cov_head(slots).float()  # [B, K, 1 or 2N]; fp32 under autocast (complex has no bf16)
+        if self.cfg.cov_head == "geometric":
+            F = steering(s, az, el, rng).transpose(1, 2) * torch.sqrt(nnf.softplus(f[..., 0]) + 1e-6)[:, None, :]
+        else:
+            F = torch.complex(f[..., : s.n_ris], f[..., s.n_ris:]).transpose(1, 2)  # [B, N, K]
+        F = F / F.abs().square().sum((1, 2), keepdim=True).clamp_min(1e-12).sqrt()
         # K-head: spectral features (bounded) and a direct path, ensembled
         gram_eigs, gram_feats = gram_eigen_features(F, floor=self.cfg.spectral_floor)
         meas_feats = measurement_eigen_features(y, floor=self.cfg.spectral_floor)

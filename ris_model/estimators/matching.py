@@ -90,7 +90,7 @@ def match_sources(estimate: SourceEstimate, azimuth: Tensor, elevation: Tensor, 
     """Hungarian matching of valid estimates to true sources, scene by scene.
 
     The cost of a pair is (Δφ/s_φ)² + (Δθ/s_θ)² + (Δr/s_r)² with `scale` = (s_φ rad, s_θ rad, s_r m); the default
-    is the DESIGN §2.1 field of view, as the training set loss (`losses.geometry_cost`).
+    is the DESIGN §2.1 field of view, as the old training set loss did.
 
     Args:
         estimate: SourceEstimate [B, S] (only `valid` slots take part).
