@@ -118,8 +118,7 @@ def check_steps_and_lr(config: DiagnosticJobConfig, by_key: dict[str, list[Metri
                     f"{first['phase']} epoch {first['epoch']}: {first['optimizer_steps'] or 0:.0f} steps and "
                     f"{first['skipped']:.0f} skipped for {first['batches']:.0f} batches)",
             next_step="step the optimizer once per batch (the seed stepped once per epoch)")
-    moving = [p for p in config.phases if p.schedule != "constant" or p.warmup_fraction > 0]
-    if max(lr_errors, default=0.0) > 1e-6 or (moving and len(lr_values) > 2 and len(set(lr_values)) < 2):
+    if max(lr_errors, default=0.0) > 1e-6:
         return CheckResult(id=2, name=name, status=FAIL, evidence=evidence,
                            summary="the learning rate did not follow the schedule step by step "
                                    f"(max relative error {evidence['lr_max_rel_error']:.3g})",
@@ -170,7 +169,9 @@ def check_param_motion(config: DiagnosticJobConfig, by_key: dict[str, list[Metri
         group = key.removeprefix(keys.TRAIN_DELTA_PARAM_GROUP_PREFIX)
         for p in pts:
             table[p.phase][group].append(p.value)
-            if group in frozen[p.phase]:
+            if not math.isfinite(p.value):
+                problems.append(f"group {group} has non-finite weights after phase {p.phase} epoch {p.epoch}")
+            elif group in frozen[p.phase]:
                 if p.value != 0.0:
                     problems.append(f"frozen group {group} moved by {p.value:.3g} in phase {p.phase} "
                                     f"epoch {p.epoch}")

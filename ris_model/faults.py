@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
+from api_schemas import PARAM_GROUPS
 from ris_model.scenes import SceneBatch
 
 
@@ -20,6 +21,10 @@ class Faults:
     eigvec_loss: bool = False  # a loss through eigenvectors of the rank-deficient N×N R̂ (the real NaN source)
     frozen_still_moves: str | None = None  # a frozen group that still gets updated
     unused_head: bool = False  # a head whose output no loss uses (dead parameters)
+
+    def __post_init__(self) -> None:
+        if self.frozen_still_moves is not None and self.frozen_still_moves not in PARAM_GROUPS:
+            raise ValueError(f"frozen_still_moves must be one of {PARAM_GROUPS}, got {self.frozen_still_moves!r}")
 
 
 def eigenvector_alignment_loss(F: Tensor, batch: SceneBatch) -> Tensor:

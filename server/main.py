@@ -16,9 +16,10 @@ from contextlib import asynccontextmanager
 import anyio
 import redis
 from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from server.deps import authenticate
+from server.deps import ApiKeyMiddleware, authenticate
 from server.dispatch import dispatch_pending, make_producer
 from server.errors import RequestGuardMiddleware, install_error_handlers
 from server.routes import artifacts as artifact_routes
@@ -71,9 +72,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     artifacts = ArtifactStore(settings.artifact_dir)
     artifacts.root.mkdir(parents=True, exist_ok=True)
 
+    # With API keys on, the schema is served behind the key too and the browser docs are off (issue #7:
+    # every endpoint but health and readiness answers 401 without a valid key).
+    open_docs = not settings.auth_enabled
     app = FastAPI(
         title="ris-jobs", version="0.1.0", lifespan=_lifespan,
         description="Training and diagnosing learned RIS near-field localization models, as a service.",
+        openapi_url="/openapi.json" if open_docs else None, docs_url="/docs" if open_docs else None,
+        redoc_url="/redoc" if open_docs else None,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -90,4 +96,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (jobs.router, metrics.router, checkpoints.router, artifact_routes.router, uploads.router):
         app.include_router(router, dependencies=auth)
     app.include_router(health.router)
+    # added last, so it runs first: an unauthenticated request gets 401 before any size or type check
+    app.add_middleware(ApiKeyMiddleware, settings=settings, open_paths=frozenset({"/healthz", "/readyz"}))
+    if not open_docs:
+        app.add_api_route("/openapi.json", lambda: JSONResponse(app.openapi()), include_in_schema=False,
+                          dependencies=auth)
     return app

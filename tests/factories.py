@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -64,3 +65,28 @@ def make_job(
             message="boom",
         )
     return transition(session, job.id, state, lease_token=lease)
+
+
+class _RunsCode:
+    """A pickle payload that creates `marker` when unpickled by a full (not weights-only) unpickler."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+def malicious_checkpoint_bytes(marker: Path) -> bytes:
+    """A torch.save zip that looks like a ris-jobs checkpoint (format marker, required keys) and carries a code
+    payload: loading it with weights_only=False would create `marker`."""
+    import io
+
+    import torch
+
+    from ris_model import checkpoint as ckpt
+
+    buf = io.BytesIO()
+    torch.save({ckpt.FORMAT_KEY: ckpt.FORMAT, ckpt.MODEL_KEY: _RunsCode(marker), ckpt.CONFIG_KEY: {},
+                ckpt.CONFIG_SHA_KEY: "0", ckpt.POSITION_KEY: {}}, buf)
+    return buf.getvalue()

@@ -7,6 +7,7 @@ exception of theirs can only exist once they were imported, so the checks look t
 
 from __future__ import annotations
 
+import errno
 import sys
 import traceback
 
@@ -54,6 +55,18 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return bool(oom_types) and isinstance(exc, oom_types)
 
 
+#: errno values of an OSError that mean the artifact storage failed (full, read-only, not a directory, ...):
+#: the service's problem, not the model's or its config's.
+STORAGE_ERRNOS = frozenset({
+    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.EISDIR,
+    errno.EFBIG, errno.EIO,
+})
+
+
+def _is_storage_failure(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
+
+
 def _is_store_failure(exc: BaseException) -> bool:
     """True for database errors and our store's own errors (the job store failing is never the model's fault)."""
     sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
@@ -73,7 +86,8 @@ def classify_failure(exc: BaseException) -> FailureReason:
         NONFINITE_ABORT for `NonFiniteAbort`; OOM for torch's OutOfMemoryError and MemoryError; TIMEOUT for
         Celery's time limits; USER_CONFIG for `UserInputRejected` and for a pydantic ValidationError of the
         stored config (outside the trainer); TRAINING_ERROR for any other trainer exception (CheckpointError
-        included) unless it is a store failure; INTERNAL for everything else.
+        included) unless it is a store failure or an artifact-storage OSError (STORAGE_ERRNOS); INTERNAL for
+        everything else.
     """
     if isinstance(exc, UserInputRejected):
         return FailureReason.USER_CONFIG
@@ -85,7 +99,7 @@ def classify_failure(exc: BaseException) -> FailureReason:
         return FailureReason.OOM
     if isinstance(inner, SoftTimeLimitExceeded | TimeLimitExceeded):
         return FailureReason.TIMEOUT
-    if _is_store_failure(inner):
+    if _is_store_failure(inner) or _is_storage_failure(inner):
         return FailureReason.INTERNAL
     if in_trainer:
         return FailureReason.TRAINING_ERROR
@@ -100,6 +114,11 @@ def failure_message(exc: BaseException) -> str:
         return str(exc)[:2000]
     inner = exc.__cause__ if isinstance(exc, TrainerFailed) and exc.__cause__ is not None else exc
     text = str(inner).strip() or type(inner).__name__
+    if isinstance(inner, OSError) and inner.errno in STORAGE_ERRNOS:
+        text = f"artifact storage failed: {inner.strerror or text} ({inner.filename})"
+    if isinstance(inner, SoftTimeLimitExceeded):
+        text = ("the attempt passed its soft time limit before the trainer stopped by itself; "
+                "the latest periodic checkpoint, if any, is downloadable")
     if isinstance(inner, ValidationError):
         text = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in inner.errors())
         text = f"invalid stored config: {text}"

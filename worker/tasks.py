@@ -305,9 +305,19 @@ def _publish_state(res: JobResources, job_id: str, state: JobState) -> None:
 
 @contextlib.contextmanager
 def job_log(path: Path) -> Iterator[None]:
-    """Send INFO records of the worker and ris_model loggers to the job's log file for the block's duration."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    """Send INFO records of the worker and ris_model loggers to the job's log file for the block's duration.
+
+    If the artifact directory cannot take the log (full, read-only, not a directory), the job still runs with
+    its records on the worker's own log only: its first checkpoint then fails it FAILED(INTERNAL) with the
+    storage error as the reason, instead of the task dying with the job left RUNNING for the reaper.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        log.error("cannot open the job log %s (%s); logging to the worker's output only", path, exc)
+        yield
+        return
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     loggers = [logging.getLogger(name) for name in JOB_LOGGERS]

@@ -48,7 +48,7 @@ FAULT_ENV = {
     "LEASE_TIMEOUT_S": "2.5",
     "REAPER_INTERVAL_S": "0.5",
     "REDISPATCH_AFTER_S": "3",
-    "CANCEL_GRACE_S": "3",
+    "CANCEL_GRACE_S": "10",
     "CHECKPOINT_INTERVAL_S": "0.5",
     "METRICS_FLUSH_INTERVAL_S": "0.2",
 }
@@ -394,3 +394,15 @@ def evidence(request: pytest.FixtureRequest) -> Callable[..., None]:
             f.write(json.dumps(asdict(row)) + "\n")
 
     return record
+
+
+def api_client(svc: Service) -> Any:
+    """An in-process client of the API on the fault world's store and Redis (for faults that are not the API's)."""
+    import warnings
+
+    from server.main import create_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    return TestClient(create_app(svc.settings))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,3 +61,17 @@ def _isolated_global_rng() -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         yield
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `final` checkpoint of one tiny_config() CPU training run (about 2 s), shared by the inference and
+    evaluation tests."""
+    from ris_model.jobs import run_training_job
+    from ris_model.sinks import NullSink
+
+    out = tmp_path_factory.mktemp("trained")
+    with torch.random.fork_rng(devices=[]):
+        result = run_training_job(tiny_config(), sink=NullSink(), checkpoint_dir=out, device="cpu")
+    assert result.final_checkpoint is not None
+    return Path(result.final_checkpoint.path)

@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError
 from api_schemas import FailureReason, TrainingJobConfig
 from ris_model.errors import CheckpointError, NonFiniteAbort, NonFiniteAttribution
 from server.store.errors import LeaseLost
-from worker.failures import TrainerFailed, classify_failure, failure_message, traceback_tail
+from worker.failures import TrainerFailed, UserInputRejected, classify_failure, failure_message, traceback_tail
 
 
 def _validation_error() -> ValidationError:
@@ -97,3 +97,11 @@ def test_traceback_tail_is_bounded() -> None:
 
 def test_traceback_tail_shows_the_trainer_exception() -> None:
     assert traceback_tail(_wrapped(RuntimeError("boom"))).rstrip().endswith("RuntimeError: boom")
+
+
+def test_rejected_user_input_is_user_config_with_its_own_message() -> None:
+    try:
+        raise UserInputRejected("the checkpoint to evaluate was rejected: bad file") from CheckpointError("bad file")
+    except UserInputRejected as exc:
+        assert classify_failure(exc) == FailureReason.USER_CONFIG
+        assert failure_message(exc) == "the checkpoint to evaluate was rejected: bad file"

@@ -51,12 +51,17 @@ def test_create_job_with_cross_field_error_names_config(client: TestClient) -> N
     assert "multiple of n_heads" in r.json()["errors"][0]["message"]
 
 
-def test_create_evaluation_job_returns_clear_422(client: TestClient) -> None:
+def test_create_evaluation_job_without_checkpoint_returns_422_naming_it(client: TestClient) -> None:
     r = client.post("/v1/jobs", json={"kind": "evaluation", "config": {}})
     assert r.status_code == 422
-    assert r.json()["errors"] == [
-        {"field": "kind", "message": "kind 'evaluation' is not implemented yet; use 'diagnostic' or 'training'"}
-    ]
+    assert [e["field"] for e in r.json()["errors"]] == ["config"]
+    assert "checkpoint is required" in r.json()["errors"][0]["message"]
+
+
+def test_create_evaluation_job_with_bad_upload_id_names_the_field(client: TestClient) -> None:
+    r = client.post("/v1/jobs", json={"kind": "evaluation", "config": {"checkpoint": {"upload_id": "../x"}}})
+    assert r.status_code == 422
+    assert [e["field"] for e in r.json()["errors"]] == ["config.checkpoint.upload.upload_id"]
 
 
 def test_create_job_with_malformed_json_returns_400(client: TestClient) -> None:
