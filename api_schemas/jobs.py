@@ -11,9 +11,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api_schemas.config import DiagnosticJobConfig, TrainingJobConfig
+from api_schemas.config import DiagnosticJobConfig, TrainingJobConfig, quickstart_diagnostic
 from api_schemas.evaluation import EvaluationJobConfig
 
 
@@ -64,7 +64,19 @@ class _Body(BaseModel):
 
 class DiagnosticJobCreate(_Body):
     kind: Literal["diagnostic"]
+    preset: Literal["quickstart"] | None = Field(
+        None, description="quickstart: a small diagnostic that finishes in about a minute on a 2-core CPU "
+        "(instead of `config`)")
     config: DiagnosticJobConfig = DiagnosticJobConfig()
+
+    @model_validator(mode="after")
+    def _apply_preset(self) -> DiagnosticJobCreate:
+        if self.preset is None:
+            return self
+        if "config" in self.model_fields_set:
+            raise ValueError("give either `preset` or `config`, not both")
+        self.config = quickstart_diagnostic()
+        return self
 
 
 class TrainingJobCreate(_Body):

@@ -164,9 +164,7 @@ def create_schema(settings: Settings) -> None:
 
 def curl_lines(base: str) -> list[str]:
     """The README's three curl lines: submit the quick-start diagnostic, poll it, download its final checkpoint."""
-    from api_schemas import quickstart_diagnostic
-
-    body = {"kind": "diagnostic", "config": quickstart_diagnostic().model_dump(mode="json", exclude_defaults=True)}
+    body = {"kind": "diagnostic", "preset": "quickstart"}
     return [
         f"ID=$(curl -s -X POST {base}/v1/jobs -H 'Content-Type: application/json' -d '{json.dumps(body)}' "
         "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"id\"])')",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import TypeAdapter
 
-from api_schemas import DiagnosticJobConfig, quickstart_diagnostic
+from api_schemas import JobCreate, quickstart_diagnostic
 from server.settings import Settings
 from worker.cli import build_parser, curl_lines, visible_gpus, worker_command
 
@@ -51,4 +52,5 @@ def test_curl_lines_submit_poll_and_download() -> None:
 def test_curl_post_body_is_the_quickstart_diagnostic() -> None:
     post = curl_lines("http://127.0.0.1:8000")[0]
     body = json.loads(post.split("-d '", 1)[1].split("' |", 1)[0])
-    assert DiagnosticJobConfig.model_validate(body["config"]) == quickstart_diagnostic()
+    parsed = TypeAdapter(JobCreate).validate_python(body)
+    assert parsed.config == quickstart_diagnostic()
