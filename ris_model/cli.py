@@ -1,7 +1,8 @@
 """Command line: `python -m ris_model train|diagnose --config FILE.json --out DIR [--device cuda]` and
 `python -m ris_model evaluate --checkpoint PATH --out DIR [--config FILE.json] [--device cuda]`.
 
-train/diagnose write metrics (JSON lines) and checkpoints to DIR with a progress bar; evaluate writes
+train/diagnose write metrics (JSON lines) and checkpoints to DIR with a progress bar; diagnose also writes its
+verdict as report.json and report.md and prints the verdict line (an aborted run too); evaluate writes
 report.json, report.md and the PNG plots. `--print-default-config` prints a valid config to edit. Owns only
 argument parsing and printing; the work is ris_model.jobs.run_training_job and ris_model.evaluation.evaluate.
 """
@@ -13,6 +14,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from tqdm import tqdm
@@ -20,6 +22,7 @@ from tqdm import tqdm
 from api_schemas import (
     CheckpointInfo,
     DiagnosticJobConfig,
+    DiagnosticReport,
     EvaluationConfig,
     MetricPoint,
     TrainingJobConfig,
@@ -122,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   resume_from=args.resume)
     except RisModelError as exc:
         print(f"failed: {exc}", file=sys.stderr)
+        report = getattr(exc, "report", None)  # a diagnostic aborted by non-finite steps still has its verdict
+        if report is not None:
+            _write_report(args.out, report)
         return 1
     finally:
         sink.close()
@@ -129,9 +135,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"done: {result.global_step} steps, {result.nonfinite_total} non-finite steps skipped; "
           f"final checkpoint {final.path if final else '-'}")
     if result.report is not None:
-        (args.out / "report.json").write_text(json.dumps(result.report, indent=2))
-        print(f"report: {args.out / 'report.json'}")
+        _write_report(args.out, result.report)
     return 0
+
+
+def _write_report(out_dir: Path, report: dict[str, Any]) -> None:
+    """report.json and report.md (the same rendering as GET /v1/jobs/{id}/report?format=md), then the verdict."""
+    parsed = DiagnosticReport.model_validate(report)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "report.md").write_text(parsed.to_markdown())
+    print(f"verdict: {parsed.verdict.status} — {parsed.verdict.decision}")
+    print(f"report: {out_dir / 'report.json'}, {out_dir / 'report.md'}")
 
 
 def _evaluate(args: argparse.Namespace) -> int:

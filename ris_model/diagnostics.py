@@ -12,7 +12,8 @@ import hashlib
 import math
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import Tensor
@@ -44,25 +45,31 @@ OVERFIT_EVAL_EVERY = 10  # check 8: steps between accuracy reads
 
 def diagnose(config: DiagnosticJobConfig, model: RisNet, result: FitResult, points: Sequence[MetricPoint],
              scenes: SceneSource, *, confusion: list[list[int]] | None, train_seconds: float) -> DiagnosticReport:
-    """Run every check on a finished (or aborted) diagnostic run."""
+    """Run every check on a finished (or aborted) diagnostic run; `timing_s` holds the training time, the
+    checks' total and each check's own (`check_<id>`), so that their cost can be read against the run's."""
     started = time.perf_counter()
     by_key: dict[str, list[MetricPoint]] = defaultdict(list)
     for p in points:
         by_key[p.key].append(p)
-    checks = [
-        check_nonfinite(points),
-        check_steps_and_lr(config, by_key, scenes.n_batches),
-        check_param_motion(config, by_key),
-        check_dead_parameters(config, model, result),
-        check_split_leakage(config, scenes),
-        check_identifiability(config, scenes),
-        check_learning(config, by_key, confusion),
-        check_overfit(config, model, scenes),
-        check_covariance(config, model, scenes),
-        check_provenance(config),
+    runs: list[Callable[[], CheckResult]] = [
+        lambda: check_nonfinite(points),
+        lambda: check_steps_and_lr(config, by_key, scenes.n_batches),
+        lambda: check_param_motion(config, by_key),
+        lambda: check_dead_parameters(config, model, result),
+        lambda: check_split_leakage(config, scenes),
+        lambda: check_identifiability(config, scenes),
+        lambda: check_learning(config, by_key, confusion),
+        lambda: check_overfit(config, model, scenes),
+        lambda: check_covariance(config, model, scenes),
+        lambda: check_provenance(config),
     ]
-    return DiagnosticReport(verdict=_verdict(checks), checks=checks,
-                            timing_s={"training": train_seconds, "checks": time.perf_counter() - started})
+    checks, per_check = [], {}
+    for run in runs:
+        t0 = time.perf_counter()
+        checks.append(run())
+        per_check[f"check_{checks[-1].id}"] = time.perf_counter() - t0
+    timing = {"training": train_seconds, "checks": time.perf_counter() - started, **per_check}
+    return DiagnosticReport(verdict=_verdict(checks), checks=checks, timing_s=timing)
 
 
 # ---------------------------------------------------------------- 1. non-finite steps
@@ -224,13 +231,15 @@ def _named_group(model: RisNet, group: str) -> list[tuple[str, torch.nn.Paramete
 
 # ---------------------------------------------------------------- 5. split leakage
 def scene_hashes(batch: SceneBatch) -> set[str]:
-    """sha1 per scene of its labels and inputs (rounded, so that the same scene hashes the same)."""
-    out = set()
+    """sha1 per scene of its labels and inputs (rounded, so that the same scene hashes the same).
+    One device→host copy per batch, not per scene."""
     labels = torch.cat([batch.azimuth, batch.elevation, batch.range_m, batch.power], -1)
+    labels = torch.round(labels.double() * 1e5).cpu().numpy()  # [B, 4·K_MAX]
+    y = torch.round(torch.view_as_real(batch.y).double() * 1e4).cpu().numpy()  # [B, L, M, 2]
+    out = set()
     for i in range(len(batch)):
-        h = hashlib.sha1()
-        h.update(torch.round(labels[i].double() * 1e5).cpu().numpy().tobytes())
-        h.update(torch.round(torch.view_as_real(batch.y[i]).double() * 1e4).cpu().numpy().tobytes())
+        h = hashlib.sha1(labels[i].tobytes())
+        h.update(y[i].tobytes())
         out.add(h.hexdigest())
     return out
 
@@ -376,16 +385,17 @@ def label_shift(confusion: list[list[int]] | None) -> dict[str, float | int] | N
     """A K-indexing shift in a confusion matrix (`confusion[t-1][p-1]`, true × predicted), or None.
 
     Shift s ∈ {+1, −1} is reported when, among the rows whose K can shift by s, at least two have their
-    majority at K + s, those rows hold at least 70 % of their scenes at K + s, and the diagonal holds less
-    than half as many. Needs K_MAX ≥ 3: at K_MAX = 2 a shift and a constant prediction look the same."""
+    majority at K + s, those rows hold at least 70 % of their scenes at K + s, and their diagonal cells less
+    than half as many (the row whose K cannot shift saturates on the diagonal and is left out).
+    Needs K_MAX ≥ 3: at K_MAX = 2 a shift and a constant prediction look the same."""
     if not confusion or len(confusion) < 3:
         return None
     k = len(confusion)
-    diagonal = sum(confusion[i][i] for i in range(k))
     for s in (1, -1):
         rows = range(k - 1) if s == 1 else range(1, k)
         in_rows = sum(sum(confusion[i]) for i in rows)
         shifted = sum(confusion[i][i + s] for i in rows)
+        diagonal = sum(confusion[i][i] for i in rows)
         majority = sum(1 for i in rows if sum(confusion[i]) and max(confusion[i]) == confusion[i][i + s])
         if in_rows and majority >= 2 and shifted >= 0.7 * in_rows and diagonal < 0.5 * shifted:
             return {"shift": s, "fraction": shifted / in_rows, "rows_with_majority_shifted": majority}
@@ -412,12 +422,13 @@ def check_overfit(config: DiagnosticJobConfig, model: RisNet, scenes: SceneSourc
                                                                "lam_gap": 0.0, "lam_margin": 0.0})
     acc, steps_run = 0.0, 0
     while True:
-        out = probe(batch.y, batch.H, batch.codes, batch.snr_db)
+        with _probe_autocast(scenes.device):
+            out = probe(batch.y, batch.H, batch.codes, batch.snr_db)
+            loss = compute_loss(out, batch, weights, config.system).total
         if steps_run % OVERFIT_EVAL_EVERY == 0 or steps_run == steps:
             acc = float((res_k_pred(out.k_logits.detach()) == batch.k).float().mean())  # after steps_run steps
             if acc >= OVERFIT_ACC or steps_run == steps:
                 break
-        loss = compute_loss(out, batch, weights, config.system).total
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -433,6 +444,11 @@ def check_overfit(config: DiagnosticJobConfig, model: RisNet, scenes: SceneSourc
                                f"(chance {chance:.2f})",
                        next_step="the model cannot even memorise a small set: check inputs, capacity and the "
                                  "K-head's gradient path")
+
+
+def _probe_autocast(device: torch.device) -> AbstractContextManager[None]:
+    """bf16 autocast on CUDA (the probe is ours: it need not share the run's AMP setting), none on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 # ---------------------------------------------------------------- 9. predicted covariance

@@ -59,13 +59,13 @@ class _Position:
 
 @dataclass
 class _EpochStats:
-    loss_sum: float = 0.0
+    loss_sum: float | Tensor = 0.0  # a device tensor during the epoch (no per-step host sync)
     n_finite: int = 0
     n_batches: int = 0
     n_optimizer_steps: int = 0
     n_skipped: int = 0
     n_samples: int = 0
-    k_correct: int = 0
+    k_correct: int | Tensor = 0
 
 
 class Trainer:
@@ -182,7 +182,7 @@ class Trainer:
         self._samples_per_s = (self.epoch_stats.n_samples - stats_before) / max(elapsed, 1e-9)
         return None
 
-    def _train_step(self, phase: PhaseConfig, batch: SceneBatch, *, take_step: bool) -> tuple[float, LossResult]:
+    def _train_step(self, phase: PhaseConfig, batch: SceneBatch, *, take_step: bool) -> tuple[Tensor, LossResult]:
         """One batch: forward, loss, backward; then one optimizer step, or a counted, attributed skip."""
         model, opt = self.model, self.optimizer
         assert opt is not None  # set by _setup_phase (internal invariant, not input)
@@ -195,21 +195,20 @@ class Trainer:
         stats = self.epoch_stats
         stats.n_batches += 1
         stats.n_samples += len(batch)
-        loss_ok = bool(torch.isfinite(res.total))
-        grad_norm = torch.tensor(float("nan"))
-        if loss_ok:
-            res.total.backward()
-            trainable = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
-            max_norm = phase.grad_clip_norm if phase.grad_clip_norm is not None else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
-        if not loss_ok or not bool(torch.isfinite(grad_norm)):
-            self._skip(phase, batch, res, cause="loss" if not loss_ok else "grad")
-            return float("nan"), res
+        total = res.total
+        if total.requires_grad:
+            total.backward()  # a non-finite loss gives non-finite gradients; the step is skipped below
+        trainable = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
+        max_norm = phase.grad_clip_norm if phase.grad_clip_norm is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm) if trainable else total.detach() * 0
+        # the step's only host sync: is everything finite?
+        if not bool(torch.isfinite(total) & torch.isfinite(grad_norm)):
+            self._skip(phase, batch, res, cause="grad" if bool(torch.isfinite(total)) else "loss")
+            return total.detach(), res
         self.consecutive_nonfinite = 0
-        loss = float(res.total.detach())
-        stats.loss_sum += loss
+        stats.loss_sum = stats.loss_sum + total.detach().double()  # device-side sums, read at the epoch end
         stats.n_finite += 1
-        stats.k_correct += int((res_k_pred(out.k_logits) == batch.k).sum())
+        stats.k_correct = stats.k_correct + (res_k_pred(out.k_logits) == batch.k).sum()
         if take_step:
             self._mark_updated()
             opt.step()
@@ -218,8 +217,8 @@ class Trainer:
             if self.faults.frozen_still_moves is not None:
                 self._plant_frozen_update(self.faults.frozen_still_moves)
             self._update_ema(phase)
-        self._last_grad_norm = float(grad_norm)
-        return loss, res
+        self._last_grad_norm = grad_norm
+        return total.detach(), res
 
     def _loss(self, out: Any, batch: SceneBatch, phase: PhaseConfig) -> LossResult:
         debug = self.config.debug
@@ -288,8 +287,8 @@ class Trainer:
         delta_total, delta_groups = self._delta_params()
         where = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step)
         values = {
-            keys.TRAIN_EPOCH_LOSS: stats.loss_sum / max(stats.n_finite, 1),
-            keys.TRAIN_K_ACC: stats.k_correct / max(stats.n_samples, 1),
+            keys.TRAIN_EPOCH_LOSS: float(stats.loss_sum) / max(stats.n_finite, 1),
+            keys.TRAIN_K_ACC: float(stats.k_correct) / max(stats.n_samples, 1),
             keys.TRAIN_BATCHES: float(stats.n_batches),
             keys.TRAIN_OPTIMIZER_STEPS: float(stats.n_optimizer_steps),
             keys.TRAIN_NONFINITE_SKIPPED: float(stats.n_skipped),
@@ -351,10 +350,11 @@ class Trainer:
         }
 
     # ---------------------------------------------------------------- helpers
-    def _log_step(self, phase: PhaseConfig, loss: float, res: LossResult, lr: float) -> None:
+    def _log_step(self, phase: PhaseConfig, loss: Tensor, res: LossResult, lr: float) -> None:
+        """Sampled per-step points; the only place (besides the epoch end) that reads values to the host."""
         where = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step)
-        values = {keys.TRAIN_LOSS: loss, keys.TRAIN_LR: lr, keys.PROGRESS_FRACTION: self._progress(),
-                  keys.TRAIN_GRAD_NORM: getattr(self, "_last_grad_norm", float("nan"))}
+        values = {keys.TRAIN_LOSS: float(loss), keys.TRAIN_LR: lr, keys.PROGRESS_FRACTION: self._progress(),
+                  keys.TRAIN_GRAD_NORM: float(getattr(self, "_last_grad_norm", float("nan")))}
         values.update({keys.TRAIN_LOSS_TERM_PREFIX + n: float(t.detach()) for n, t in res.terms.items()})
         # non-finite values are reported by the guard as events; the sampled series keeps finite points only
         self.sink.log_metrics([MetricPoint(**where, key=k, value=v) for k, v in values.items() if math.isfinite(v)])
@@ -444,7 +444,9 @@ class Trainer:
                                 "optimizer_phase": phase.name},
             ckpt.COUNTERS_KEY: {"nonfinite_total": self.nonfinite_total,
                                 "consecutive_nonfinite": self.consecutive_nonfinite,
-                                "updated": sorted(self.updated), "epoch_stats": vars(self.epoch_stats).copy()},
+                                "updated": sorted(self.updated),
+                                "epoch_stats": {k: float(v) if isinstance(v, Tensor) else v
+                                                for k, v in vars(self.epoch_stats).items()}},
             "epoch_start": {k: v.cpu() for k, v in self.epoch_start.items()},
             "eval_model": {k: v.detach().cpu() for k, v in eval_state.items()},
         }

@@ -91,7 +91,7 @@ class UnrolledOMPBackbone(nn.Module):
                 score = score / norms.clamp_min(1e-12)
             img = score.mean(1).masked_fill(taken, 0.0)  # [B, G]
             g = img.argmax(-1)
-            taken[torch.arange(B, device=y.device), g] = True
+            taken.scatter_(1, g[:, None], True)  # no host sync (index_put with a Python bool syncs)
             mean = img.mean(-1).clamp_min(1e-20)
             peak = img.gather(1, g[:, None]).squeeze(1)
             patch = self._patch(img, g) / peak[:, None].clamp_min(1e-20)  # [B, 27] in [0, 1]
