@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
+import torch.nn.functional as nnf
 from torch import Tensor
 
 from api_schemas import (
@@ -40,7 +41,7 @@ SEED_BAR = (0.3, 0.4)  # the seed report's "K_acc rises above 0.3–0.4"
 IDENTIFIABLE_MARGIN = 0.1  # check 6: accuracy above chance that counts as "K is recoverable"
 IDENTIFIABLE_Z = 3.0  # check 6: ... and binomial standard deviations above chance
 OVERFIT_ACC = 0.95  # check 8: train K_acc that counts as fitted
-OVERFIT_EVAL_EVERY = 10  # check 8: steps between accuracy reads
+OVERFIT_EVAL_EVERY = 5  # check 8: steps between accuracy reads
 
 
 def diagnose(config: DiagnosticJobConfig, model: RisNet, result: FitResult, points: Sequence[MetricPoint],
@@ -406,7 +407,8 @@ def label_shift(confusion: list[list[int]] | None) -> dict[str, float | int] | N
 def check_overfit(config: DiagnosticJobConfig, model: RisNet, scenes: SceneSource) -> CheckResult:
     """Can a copy of the model fit `overfit_scenes` fixed train scenes (K loss only, every group trainable) to
     K_acc ≥ OVERFIT_ACC within `overfit_steps` full-batch steps? The accuracy is read from the training
-    forward pass every OVERFIT_EVAL_EVERY steps (no extra forward), so the probe stops early when it fits."""
+    forward pass every OVERFIT_EVAL_EVERY steps (no extra forward), so the probe stops early when it fits; bf16
+    autocast on CUDA and the K loss alone keep its cost small next to the run's (issue 5: checks add < 10 %)."""
     name = "overfit probe"
     steps, n = config.checks.overfit_steps, config.checks.overfit_scenes
     if steps == 0:
@@ -418,13 +420,12 @@ def check_overfit(config: DiagnosticJobConfig, model: RisNet, scenes: SceneSourc
         p.requires_grad_(True)
     batch = scenes.pool(Split.TRAIN_POOL, n)
     opt = torch.optim.AdamW(probe.parameters(), lr=config.checks.overfit_lr, weight_decay=0.0)
-    weights = config.phases[0].loss_weights.model_copy(update={"lam_k": 1.0, "lam_cov": 0.0, "lam_aux": 0.0,
-                                                               "lam_gap": 0.0, "lam_margin": 0.0})
     acc, steps_run = 0.0, 0
     while True:
         with _probe_autocast(scenes.device):
             out = probe(batch.y, batch.H, batch.codes, batch.snr_db)
-            loss = compute_loss(out, batch, weights, config.system).total
+            # the K term of losses.compute_loss alone (class i ↔ K = i + 1): no set matching or spectra to pay for
+            loss = nnf.cross_entropy(out.k_logits.float(), batch.k - 1)
         if steps_run % OVERFIT_EVAL_EVERY == 0 or steps_run == steps:
             acc = float((res_k_pred(out.k_logits.detach()) == batch.k).float().mean())  # after steps_run steps
             if acc >= OVERFIT_ACC or steps_run == steps:

@@ -39,7 +39,8 @@ from server.store.errors import (
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 #: Kinds that the API accepts in JobCreate (every JobKind since evaluation jobs exist, issue 6).
 IMPLEMENTED_KINDS = (JobKind.DIAGNOSTIC.value, JobKind.TRAINING.value, JobKind.EVALUATION.value)
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+#: Methods whose body must be JSON. Only POST has routes; PUT/PATCH fall through to routing's 405.
+_BODY_METHODS = frozenset({"POST"})
 
 log = logging.getLogger(__name__)
 
@@ -200,10 +201,27 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _route_methods(routes: Sequence[Any], path: str) -> set[str]:
+    """Methods of every route (included routers flattened) whose path template matches `path`."""
+    methods: set[str] = set()
+    for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)  # FastAPI's included routers
+        if contexts is not None:
+            methods |= _route_methods(list(contexts()), path)
+        elif getattr(route, "methods", None) and route.path_regex.match(path):
+            methods |= set(route.methods)
+    return methods
+
+
 def _http_error(request: Request, exc: Exception) -> JSONResponse:
     http_exc = cast(StarletteHTTPException, exc)  # registered for this type only
     detail = http_exc.detail if isinstance(http_exc.detail, str) else None
-    return problem_response(http_exc.status_code, detail, instance=request.url.path, headers=http_exc.headers)
+    headers = dict(http_exc.headers or {})
+    if http_exc.status_code == 405:  # the router names only the first matching route's methods (RFC 9110 §15.5.6)
+        allowed = _route_methods(request.app.routes, request.url.path)
+        if allowed:
+            headers["Allow"] = ", ".join(sorted(allowed))
+    return problem_response(http_exc.status_code, detail, instance=request.url.path, headers=headers or None)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -221,7 +239,7 @@ def _problem_content() -> dict[str, Any]:
 
 def _document_problems(app: FastAPI) -> None:
     """Make the OpenAPI schema say what the handlers do: every 4xx/5xx body is application/problem+json,
-    and every /v1 operation may answer 401 (API key) and 422 (validation)."""
+    and every /v1 or keyed operation may answer 401 (API key) and 422 (validation)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -234,7 +252,7 @@ def _document_problems(app: FastAPI) -> None:
         for path, operations in schema.get("paths", {}).items():
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})
-                if path.startswith("/v1/"):
+                if path.startswith("/v1/") or operation.get("security"):  # every route behind the API key
                     responses.setdefault("401", {"description": "missing or invalid X-API-Key"})
                     responses.setdefault("422", {"description": "invalid request"})
                 for code, response in responses.items():
@@ -257,7 +275,7 @@ def _is_json(content_type: str) -> bool:
 
 class RequestGuardMiddleware:
     """413 for bodies over `max_body_bytes` (by Content-Length, and while streaming for chunked bodies);
-    415 for a POST/PUT/PATCH body that is not JSON. Pure ASGI, so streaming responses pass untouched.
+    415 for a POST body that is not JSON. Pure ASGI, so streaming responses pass untouched.
 
     The upload route (`upload_path`, POST only) takes application/octet-stream instead, up to
     `max_upload_bytes`."""

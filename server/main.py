@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from server.deps import ApiKeyMiddleware, authenticate
+from server.deps import ApiKeyMiddleware, authenticate, forbid_unknown_query
 from server.dispatch import dispatch_pending, make_producer
 from server.errors import RequestGuardMiddleware, install_error_handlers
 from server.routes import artifacts as artifact_routes
@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestGuardMiddleware, max_body_bytes=settings.max_body_bytes,
                        upload_path=uploads.UPLOAD_PATH, max_upload_bytes=settings.max_upload_bytes)
-    auth = [Depends(authenticate)]
+    auth = [Depends(authenticate), Depends(forbid_unknown_query)]
     for router in (jobs.router, metrics.router, checkpoints.router, artifact_routes.router, uploads.router):
         app.include_router(router, dependencies=auth)
     app.include_router(health.router)

@@ -9,8 +9,8 @@ without Celery. The task gets a job id, never an object, and re-reads the row (S
 3. build the config from the row, find the checkpoint of an earlier attempt to resume from;
 4. call `ris_model.jobs.run_training_job` (imported here, never in the prefork parent: no CUDA before fork),
    or, for an `evaluation` job, `worker.evaluation.run_evaluation_job`;
-5. finish: SUCCEEDED (+ report) | CANCELLED | FAILED TIMEOUT | FAILED <classify_failure(exc)>, one fenced
-   transition, then publish the state on Redis.
+5. finish: SUCCEEDED (+ report) | CANCELLED | FAILED TIMEOUT | FAILED <classify_failure(exc)> (+ the report a
+   NonFiniteAbort carries), one fenced transition, then publish the state on Redis.
 
 If the lease is lost (the reaper gave the job to another attempt), the attempt writes nothing more.
 """
@@ -23,7 +23,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,9 @@ class JobResources:
     sessions: sessionmaker[Session]
     redis: Redis
     artifacts: ArtifactStore
+    #: time.monotonic() when the task started: Celery's time limits count from here, and so does the trainer's
+    #: stop deadline (the child's torch import and setup come out of the same budget)
+    started_at: float = field(default_factory=time.monotonic)
 
     @classmethod
     def open(cls, settings: Settings) -> JobResources:
@@ -163,7 +166,7 @@ def _train(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor)
         resume_from = _resume_path(res, job_id)
         from ris_model.jobs import run_training_job  # lazy: torch is imported in the child, never before fork
 
-        deadline = time.monotonic() + worker_deadline_s(res.settings)
+        deadline = res.started_at + worker_deadline_s(res.settings)
         try:
             result = run_training_job(
                 config,
@@ -190,7 +193,7 @@ def _evaluate(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonit
     """Run an evaluation job (worker/evaluation.py) and map its result or exception to an Outcome."""
     job_id = str(row.id)
     try:
-        deadline = time.monotonic() + worker_deadline_s(res.settings)
+        deadline = res.started_at + worker_deadline_s(res.settings)
         result = run_evaluation_job(job_id, row.config, sessions=res.sessions, artifacts=res.artifacts, sink=sink,
                                     should_stop=make_should_stop(monitor, deadline=deadline))
         sink.close()
@@ -214,7 +217,14 @@ def _failed_outcome(exc: BaseException, sink: StoreSink) -> Outcome:
         sink.close()
     except Exception as close_exc:  # the failure we report is the first one
         log.warning("could not flush the last metric points: %s", close_exc)
-    return Outcome(JobState.FAILED, reason, message)
+    return Outcome(JobState.FAILED, reason, message, report=_carried_report(exc))
+
+
+def _carried_report(exc: BaseException) -> dict[str, Any] | None:
+    """The report a failed run still carries: a diagnostic's verdict on NonFiniteAbort (`exc.report`)."""
+    inner = exc.__cause__ if isinstance(exc, TrainerFailed) and exc.__cause__ is not None else exc
+    report = getattr(inner, "report", None)
+    return report if isinstance(report, dict) else None
 
 
 def _is_lease_lost(exc: BaseException) -> bool:

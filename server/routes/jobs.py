@@ -14,10 +14,11 @@ import math
 from typing import Annotated, Any, Literal
 
 import redis
-from fastapi import APIRouter, Body, Header, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
 from fastapi.responses import PlainTextResponse
 
 from api_schemas import (
+    DiagnosticReport,
     EvaluationReport,
     Failure,
     FailureReason,
@@ -32,7 +33,15 @@ from api_schemas import (
     Progress,
 )
 from server import dispatch
-from server.deps import ArtifactsDep, PrincipalDep, ProducerDep, RedisDep, SessionDep, SettingsDep
+from server.deps import (
+    ArtifactsDep,
+    PrincipalDep,
+    ProducerDep,
+    RedisDep,
+    SessionDep,
+    SettingsDep,
+    strict_json_body,
+)
 from server.errors import JobNotDispatched, QueueLimitExceeded
 from server.store import jobs as store_jobs
 from server.store import live
@@ -98,6 +107,7 @@ def _dispatch_or_503(session: SessionDep, producer: ProducerDep, job: JobRow, qu
     "", status_code=status.HTTP_202_ACCEPTED, operation_id="create_job",
     responses={**_PROBLEMS, 400: _PROBLEMS[422], 413: _PROBLEMS[422], 415: _PROBLEMS[422], 429: _PROBLEMS[422],
                503: _PROBLEMS[422]},
+    dependencies=[Depends(strict_json_body(JobCreate))],  # no lax coercion ("3" → 3) the schema does not allow
 )
 def create_job(
     body: Annotated[JobCreate, Body()],
@@ -201,6 +211,8 @@ def read_job_report(
     report = store_jobs.get_report(session, job_id)
     if fmt == "md" and report.get("kind") == JobKind.EVALUATION.value:  # the report's own rendering (issue 6)
         return Response(EvaluationReport.model_validate(report).to_markdown(), media_type="text/markdown")
+    if fmt == "md" and report.get("kind") == JobKind.DIAGNOSTIC.value:  # checks table and verdict (issue 5)
+        return Response(DiagnosticReport.model_validate(report).to_markdown(), media_type="text/markdown")
     if fmt == "md":
         return Response(render_markdown(report, title=f"Report of job {job_id}"), media_type="text/markdown")
     return Response(json.dumps(report), media_type="application/json")

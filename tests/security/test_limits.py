@@ -95,3 +95,25 @@ def test_hostile_json_bodies_are_4xx_never_500(secured: Any, raw: bytes) -> None
 def test_non_json_body_is_415(secured: Any) -> None:
     response = secured.post("/v1/jobs", headers={**KEY, "Content-Type": "text/plain"}, content=b"kind=diagnostic")
     assert response.status_code == 415
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("data__n_train", "64"), ("data__n_train", True), ("debug__ignore_cancel", "yes"), ("debug__ignore_cancel", 1),
+    ("phases__0__amp", "false"),
+])
+def test_lax_coercions_the_schema_does_not_allow_are_422(secured: Any, field: str, value: Any) -> None:
+    response = secured.post("/v1/jobs", headers=KEY, json=_body(**{field: value}))
+    assert response.status_code == 422, response.text
+    assert "config." + field.replace("__", ".") in {e["field"] for e in response.json()["errors"]}
+
+
+def test_unknown_query_parameter_is_422_not_ignored(secured: Any) -> None:
+    response = secured.get("/v1/jobs", headers=KEY, params={"stat": "QUEUED"})
+    assert response.status_code == 422
+    assert response.json()["errors"] == [{"field": "stat", "message": "unknown query parameter"}]
+
+
+def test_405_names_every_allowed_method(secured: Any) -> None:
+    response = secured.request("PUT", "/v1/jobs/some-id", headers=KEY)
+    assert response.status_code == 405
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "DELETE"}

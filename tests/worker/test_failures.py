@@ -105,3 +105,23 @@ def test_rejected_user_input_is_user_config_with_its_own_message() -> None:
     except UserInputRejected as exc:
         assert classify_failure(exc) == FailureReason.USER_CONFIG
         assert failure_message(exc) == "the checkpoint to evaluate was rejected: bad file"
+
+
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EROFS", "ENOTDIR", "EEXIST", "EACCES", "EFBIG"])
+def test_artifact_storage_oserror_is_internal_with_a_clear_message(errno_name: str) -> None:
+    import errno
+    import os
+
+    code = getattr(errno, errno_name)
+    exc = _wrapped(OSError(code, os.strerror(code), "/artifacts/jobs/j/checkpoints"))
+    assert classify_failure(exc) == FailureReason.INTERNAL
+    assert "artifact storage failed" in failure_message(exc) and "/checkpoints" in failure_message(exc)
+
+
+def test_soft_time_limit_backstop_message_says_what_happened() -> None:
+    message = failure_message(_wrapped(SoftTimeLimitExceeded()))
+    assert "soft time limit" in message and "checkpoint" in message
+
+
+def test_debug_oom_at_step_raises_torch_oom_classified_oom() -> None:
+    assert classify_failure(_wrapped(torch.OutOfMemoryError("debug.oom_at_step"))) == FailureReason.OOM
