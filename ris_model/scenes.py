@@ -116,8 +116,8 @@ def generate_scenes(system: SystemConfig, n: int, *, generator: torch.Generator,
     snr_db = u(n, lo=system.snr_min_db, hi=system.snr_max_db)
     signal_power = x.abs().square().sum(-1).mean(-1)  # [B]: mean_l ‖x_l‖²
     sigma2 = signal_power / (system.n_bs_antennas * 10 ** (snr_db / 10))
-    noise = torch.randn(x.shape, generator=generator, device=device, dtype=torch.complex64)
-    y = x + noise * sigma2.sqrt()[:, None, None]
+    y = torch.randn(x.shape, generator=generator, device=device, dtype=torch.complex64)
+    y.mul_(sigma2.sqrt()[:, None, None]).add_(x)  # y = x + noise, in place
     return SceneBatch(
         y=y, H=H, codes=codes.expand(n, L, -1), snr_db=snr_db, k=k, azimuth=az, elevation=el,
         range_m=rng, power=power, mask=mask, A=A,
@@ -174,13 +174,12 @@ def _draw_channel(system: SystemConfig, n: int, u: _Uniform, generator: torch.Ge
     psi = u(n, lo=-math.pi / 3, hi=math.pi / 3)
     az_bs = u(n, lo=-math.pi / 3, hi=math.pi / 3)
     el_bs = u(n, lo=-math.pi / 6, hi=math.pi / 6)
-    b = bs_response(M, psi)  # [B, M]
+    b = bs_response(M, psi) * (math.sqrt(M * N) * (kappa / (kappa + 1)).sqrt())[:, None]  # [B, M], LoS weight in
     a_far = steering_far(system, az_bs, el_bs)  # [B, N]
-    los = math.sqrt(M * N) * b.unsqueeze(-1) * a_far.conj().unsqueeze(1)  # [B, M, N]
     G = torch.randn((n, M, N), generator=generator, device=device, dtype=torch.complex64)
-    w_los = (kappa / (kappa + 1)).sqrt()[:, None, None]
-    w_nlos = (1 / (kappa + 1)).sqrt()[:, None, None]
-    return w_los * los + w_nlos * G
+    # in place on the one [B, M, N] tensor (generation is memory-bound): H = w_nlos·G + b·a_farᴴ
+    G.mul_((1 / (kappa + 1)).sqrt()[:, None, None])
+    return G.baddbmm_(b.unsqueeze(-1), a_far.conj().unsqueeze(1))
 
 
 class SceneSource:
