@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
 from api_schemas import (
@@ -90,27 +90,40 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_config(args: argparse.Namespace) -> TrainingJobConfig:
-    model = DiagnosticJobConfig if args.command == "diagnose" else TrainingJobConfig
-    if args.preset == "quickstart":
+def _load_config(args: argparse.Namespace) -> BaseModel:
+    """The command's config: the preset, the file given, or the defaults.
+
+    Raises:
+        ValidationError: the file is not a valid config (the message names the field).
+        OSError: the file cannot be read.
+    """
+    model: type[BaseModel] = {"diagnose": DiagnosticJobConfig, "train": TrainingJobConfig,
+                              "evaluate": EvaluationConfig}[args.command]
+    if getattr(args, "preset", None) == "quickstart":
         return quickstart_diagnostic()
     if args.config is None:
         return model()
     return model.model_validate_json(args.config.read_text())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "evaluate":
-        return _evaluate(args)
+def _config_or_exit_code(args: argparse.Namespace) -> BaseModel | int:
     try:
-        config = _load_config(args)
+        return _load_config(args)
     except ValidationError as exc:
         print(f"invalid config: {exc}", file=sys.stderr)
-        return 2
     except OSError as exc:
         print(f"cannot read config: {exc}", file=sys.stderr)
-        return 2
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    config = _config_or_exit_code(args)
+    if isinstance(config, int):
+        return config
+    if args.command == "evaluate":
+        return _evaluate(args, config)  # type: ignore[arg-type]
+    assert isinstance(config, TrainingJobConfig)
     if args.print_default_config:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
         return 0
@@ -148,19 +161,10 @@ def _write_report(out_dir: Path, report: dict[str, Any]) -> None:
     print(f"report: {out_dir / 'report.json'}, {out_dir / 'report.md'}")
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def _evaluate(args: argparse.Namespace, config: EvaluationConfig) -> int:
     """`evaluate`: the report and plots of one checkpoint, with a progress bar."""
     from ris_model.evaluation import evaluate, render_plots  # matplotlib only when evaluating
 
-    try:
-        config = (EvaluationConfig.model_validate_json(args.config.read_text()) if args.config
-                  else EvaluationConfig())
-    except ValidationError as exc:
-        print(f"invalid config: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"cannot read config: {exc}", file=sys.stderr)
-        return 2
     bar = tqdm(total=1000, unit="‰", dynamic_ncols=True, file=sys.stderr)
 
     def progress(fraction: float, stage: str) -> None:
