@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from api_schemas import DataConfig, LossWeights, PhaseConfig, TrainingJobConfig  # noqa: E402
+from api_schemas import DataConfig, LossWeights, ModelConfig, PhaseConfig, TrainingJobConfig  # noqa: E402
 from ris_model.network import RisNet  # noqa: E402
 from ris_model.sinks import NullSink  # noqa: E402
 from ris_model.trainer import Trainer  # noqa: E402
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batches", type=int, nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--architecture", default="backprojection")
+    parser.add_argument("--architecture", default=ModelConfig().architecture)
     parser.add_argument("--out", type=Path, default=Path("var/bench-train.json"))
     args = parser.parse_args()
     device = torch.device(args.device)
