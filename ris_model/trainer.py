@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -89,6 +90,7 @@ class Trainer:
         self.updated: set[str] = set()  # parameters that got a finite gradient in a taken step
         self.last_checkpoint: CheckpointInfo | None = None
         self.last_confusion: list[list[int]] | None = None  # of the last validation, true × predicted
+        self._written: dict[str, Path] = {}  # checkpoint name → the file this run last wrote for it
         self.optimizer: torch.optim.Optimizer | None = None
         self.ema: dict[str, Tensor] | None = None
         self.epoch_stats = _EpochStats()
@@ -450,16 +452,31 @@ class Trainer:
             "epoch_start": {k: v.cpu() for k, v in self.epoch_start.items()},
             "eval_model": {k: v.detach().cpu() for k, v in eval_state.items()},
         }
-        path = self.checkpoint_dir / f"{name}.pt"
+        path = self._fresh_path(name)
         size, sha = ckpt.save_checkpoint(path, state)
         ended = self.config.phases[self.pos.phase_index - 1].name == phase.name if self.pos.phase_index else False
         epoch = phase.epochs if ended or name == "final" else self.pos.epoch  # epochs completed in `phase`
         info = CheckpointInfo(name=name, phase=phase.name, epoch=epoch, step=self.pos.global_step,
                               path=str(path), size=size, sha256=sha, is_final=name == "final")
         self.sink.log_checkpoint(info)
+        # only now that the record points at the new file may the one it replaced go
+        previous = self._written.get(name)
+        if previous is not None and previous != path:
+            previous.unlink(missing_ok=True)
+        self._written[name] = path
         self.last_checkpoint = info
         self._last_interval_save = time.monotonic()
         return info
+
+    def _fresh_path(self, name: str) -> Path:
+        """A file that no record can point at yet: `<name>.pt` the first time, else a new unique name.
+
+        A checkpoint under a reused name (`<phase>-last`) is never rewritten in place: a crash between the
+        rename and the sink's record would leave a record whose file (and sha256) changed under it."""
+        path = self.checkpoint_dir / f"{name}.pt"
+        if path.exists() or self._written.get(name) == path:
+            path = self.checkpoint_dir / f"{name}.{uuid.uuid4().hex[:12]}.pt"
+        return path
 
     def _load_resume(self, path: Path) -> None:
         """Restore weights, position, counters and RNG; the optimizer/EMA are restored in _setup_phase."""

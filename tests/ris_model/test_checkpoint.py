@@ -59,7 +59,8 @@ def test_every_trainer_checkpoint_loads_with_weights_only(tmp_path: Path) -> Non
     _trainer(config, tmp_path, sink, checkpoint_interval_s=0.0).fit()  # interval 0: a `-last` after every step
     names = {c.name for c in sink.checkpoints}
     assert {"geom-last", "geom", "joint-last", "joint", "final"} <= names
-    for info in sink.checkpoints:
+    latest = {c.name: c for c in sink.checkpoints}  # superseded files of a reused name are removed
+    for info in latest.values():
         state = torch.load(info.path, weights_only=True)
         assert state[FORMAT_KEY] == FORMAT
         assert state["config_sha256"] == config.sha256()
@@ -120,10 +121,10 @@ def test_resume_after_mid_epoch_cancel_matches_uninterrupted_run(tmp_path: Path,
 
 def test_resume_with_different_config_raises(tmp_path: Path) -> None:
     config = tiny_config()
-    _trainer(config, tmp_path / "a").fit()
+    first = _trainer(config, tmp_path / "a").fit()
     other = tiny_config(phases=(tiny_phase(lr=5e-4),))
     with pytest.raises(CheckpointError, match="another config"):
-        _trainer(other, tmp_path / "b").fit(resume_from=tmp_path / "a" / "joint-last.pt")
+        _trainer(other, tmp_path / "b").fit(resume_from=Path(first.last_checkpoint.path))
 
 
 # ---------------------------------------------------------------- bad files
@@ -216,3 +217,16 @@ def test_malicious_payload_runs_under_plain_pickle(tmp_path: Path) -> None:
     payload.marker = tmp_path / "ran"
     pickle.loads(pickle.dumps(payload))  # noqa: S301 - on purpose, in a temp dir
     assert payload.marker.is_dir()
+
+
+def test_a_reused_checkpoint_name_never_rewrites_a_reported_file(tmp_path: Path) -> None:
+    """`<phase>-last` is saved every epoch; each save goes to a new file, and the file a record points at is
+    only removed after the new record was reported (a crash in between must not change a listed file)."""
+    sink = MemorySink()
+    _trainer(tiny_config(phases=(tiny_phase(epochs=3),)), tmp_path, sink).fit()
+    lasts = [c for c in sink.checkpoints if c.name == "joint-last"]
+    assert len(lasts) == 3
+    assert all(a.path != b.path for a, b in zip(lasts, lasts[1:], strict=False)), "each save wrote another file"
+    existing = {c.path for c in lasts if Path(c.path).exists()}
+    assert existing == {lasts[-1].path}, "superseded files are removed once the new record is reported"
+    assert (tmp_path / "final.pt").exists()

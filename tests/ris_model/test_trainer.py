@@ -182,7 +182,8 @@ def test_phase_two_starts_from_phase_one_checkpoint_weights(tmp_path: Path) -> N
 def test_ema_validated_weights_are_saved_weights(tmp_path: Path) -> None:
     config = tiny_config(phases=(tiny_phase(ema_decay=0.6, epochs=2),))
     _, sink, _ = _fit(config, tmp_path)
-    last = torch.load(tmp_path / "joint-last.pt", weights_only=True)
+    last_info = [c for c in sink.checkpoints if c.name == "joint-last"][-1]
+    last = torch.load(last_info.path, weights_only=True)
     assert last["eval_weights"] == "ema"
     assert last["ema"].keys() == last["eval_model"].keys()
     for name in last["ema"]:
