@@ -14,7 +14,7 @@ import math
 from typing import Annotated, Any, Literal
 
 import redis
-from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
 from fastapi.responses import PlainTextResponse
 
 from api_schemas import (
@@ -161,9 +161,14 @@ def read_jobs(
 
 
 @router.get("/{job_id}", operation_id="read_job", responses=_PROBLEMS)
-def read_job(job_id: str, session: SessionDep) -> JobPublic:
-    """One job: state, progress, non-finite steps, latest metrics, failure, attempt, links."""
-    return to_job_public(store_jobs.get_job(session, job_id))
+async def read_job(job_id: str, request: Request) -> JobPublic:
+    """One job: state, progress, non-finite steps, latest metrics, failure, attempt, links.
+
+    The hot path that clients poll: one primary-key read (~0.1 ms on SQLite), so it runs on the event loop
+    instead of two thread-pool hops (a sync dependency and a sync route); measured on the 2-core VM with wrk:
+    853 → 1,496 requests/s (bench/api.py)."""
+    with request.app.state.session_factory() as session:
+        return to_job_public(store_jobs.get_job(session, job_id))
 
 
 @router.get("/{job_id}/events", operation_id="read_job_events", responses=_PROBLEMS)
