@@ -104,6 +104,8 @@ class ModelConfig(_Frozen):
     grid_elevation: int = Field(12, ge=2, le=128, description="search grid points in θ (unrolled_omp)")
     grid_inv_range: int = Field(6, ge=1, le=64, description="search grid points in 1/r (unrolled_omp)")
     normalize_atoms: bool = Field(True, description="divide matched-filter scores by ‖H_w·diag(c_l)·a(g)‖²")
+    look_refine_rounds: int = Field(
+        3, ge=0, le=8, description="off-grid pattern-search rounds per look before it is cancelled (unrolled_omp)")
     cov_head: Literal["geometric", "free"] = Field(
         "geometric",
         description="geometric: R̂ = Σ_k p_k·a(φ̂_k, θ̂_k, r̂_k)·a(·)ᴴ from the geometry head and a learned power per "

@@ -49,6 +49,8 @@ class UnrolledOMPBackbone(nn.Module):
         self.register_buffer("dictionary_h_bf16", real_block.reshape(2 * system.n_ris, -1).to(torch.bfloat16),
                              persistent=False)  # [2N, 2G]
         self.normalize_atoms = model.normalize_atoms
+        self.refine_rounds = model.look_refine_rounds
+        self.system = system
         step = torch.tensor([2 * az_max / max(model.grid_azimuth - 1, 1), 2 * el_max / max(model.grid_elevation - 1, 1),
                              (1 / system.range_min_m - 1 / system.range_max_m) / max(model.grid_inv_range - 1, 1)])
         self.register_buffer("grid_step", step.float(), persistent=False)
@@ -95,8 +97,11 @@ class UnrolledOMPBackbone(nn.Module):
             mean = img.mean(-1).clamp_min(1e-20)
             peak = img.gather(1, g[:, None]).squeeze(1)
             patch = self._patch(img, g) / peak[:, None].clamp_min(1e-20)  # [B, 27] in [0, 1]
-            # refit every picked atom per snapshot, then the new residual
-            a_g = self.dictionary[g]  # [B, N]
+            # off the grid: a local search around the cell (SOMP's refinement), then refit every picked atom
+            anchor = self.anchors[g]
+            if self.refine_rounds:
+                anchor = self._refine(anchor, z, Hw, codes)
+            a_g = self._steer(anchor)  # [B, N]
             atoms.append(Hw @ (codes * a_g[:, None, :]).transpose(1, 2))  # [B, M, L]
             resid = yw - self._project(torch.stack(atoms, -1), yw)
             log_e = torch.log(resid.abs().square().sum((1, 2)) / energy0 + 1e-6)
@@ -104,9 +109,32 @@ class UnrolledOMPBackbone(nn.Module):
             feats.append(torch.cat([patch, torch.stack([
                 torch.log(peak / mean), log_e_prev, log_e, torch.log1p(share),
                 torch.full_like(log_e, t / max(K - 1, 1))], -1)], -1))
-            picks.append(self.anchors[g])
+            picks.append(anchor)
             log_e_prev = log_e
         return torch.stack(feats, 1).float(), torch.stack(picks, 1)
+
+    def _steer(self, anchor: Tensor) -> Tensor:
+        """Steering vectors, complex64 [..., N], at anchors [..., 3] = (φ, θ, 1/r)."""
+        return steering(self.system, anchor[..., 0], anchor[..., 1], 1 / anchor[..., 2]).to(torch.complex64)
+
+    def _refine(self, anchor: Tensor, z: Tensor, Hw: Tensor, codes: Tensor) -> Tensor:
+        """Pattern search around each pick: `refine_rounds` rounds over the 27 points at ±½, ±¼, … of a grid
+        cell, keeping the best normalized matched-filter score Σ_l |aᴴ·z_l|² / ‖H_w·diag(c_l)·a‖².
+        anchor: [B, 3] (φ, θ, 1/r); z: [B, L, N] back-projected residual. Returns the refined [B, 3]."""
+        B, L, N = z.shape
+        step = self.grid_step / 2
+        offsets = _PATCH.to(device=z.device, dtype=anchor.dtype)  # [27, 3]; row 13 is the centre
+        lo, hi = self.anchors.amin(0), self.anchors.amax(0)
+        for _ in range(self.refine_rounds):
+            cand = torch.maximum(torch.minimum(anchor[:, None, :] + offsets * step, hi), lo)  # [B, 27, 3]
+            a = self._steer(cand)  # [B, 27, N]
+            matched = (z @ a.mH).abs().square()  # [B, L, 27]
+            coded = codes.transpose(1, 2)[:, :, :, None] * a.transpose(1, 2)[:, :, None, :]  # [B, N, L, 27]
+            norms = (Hw @ coded.reshape(B, N, -1)).abs().square().sum(1).reshape(B, L, -1)  # [B, L, 27]
+            best = (matched / norms.clamp_min(1e-12)).mean(1).argmax(-1)  # [B]
+            anchor = cand.gather(1, best[:, None, None].expand(-1, 1, 3)).squeeze(1)
+            step = step / 2
+        return anchor
 
     def _atom_norms(self, Hw: Tensor, codes: Tensor) -> Tensor:
         """‖H_w·diag(c_l)·a(g)‖² for every snapshot l and grid point g, [B, L, G]; a few snapshots at a time
