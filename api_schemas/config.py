@@ -211,7 +211,7 @@ def _default_training_phases() -> tuple[PhaseConfig, ...]:
             loss_weights=LossWeights(lam_cov=0.0, lam_k=1.0, lam_aux=0.0),
         ),
         PhaseConfig(
-            name="joint", epochs=24, lr=1e-3, ema_decay=0.998,
+            name="joint", epochs=14, lr=1e-3, ema_decay=0.998,
             loss_weights=LossWeights(lam_cov=0.5, lam_k=1.0, lam_aux=1.0, lam_gap=0.05, lam_margin=0.05),
         ),
     )
