@@ -1,13 +1,7 @@
 #!/usr/bin/env bash
 # One combined GPU call (device tool): generation and training benches, then the default diagnostic with
 # each architecture. Usage: bash bench/gpu_evidence.sh OUT_DIR
-set -uo pipefail
-DEST="${1:?out dir}"
-OUT="$DEST/raw/a/b"  # deeper than the device tool returns: only results.tgz comes back
-mkdir -p "$OUT"
-trap 'tar -C "$OUT" -czf "$DEST/results.tgz" --exclude="*.pt" . 2>/dev/null' EXIT
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:${PYTHONPATH:-}"
-nvidia-smi -L
+source "$(dirname "$0")/_gpu_out.sh" "${1:-}"
 python3 bench/generate.py --device cuda --out "$OUT/generate.json" 2>&1 | tail -30
 python3 bench/train.py --device cuda --batches 64 256 1024 4096 --out "$OUT/train_unrolled.json"
 python3 bench/train.py --device cuda --batches 256 4096 --architecture backprojection --out "$OUT/train_backprojection.json"

@@ -2,13 +2,7 @@
 # The final evidence call (device tool): generation and training throughput, the default diagnostic, and the
 # default three-phase training job evaluated against the baselines and the CRB.
 # Usage: bash bench/gpu_final.sh OUT_DIR   (results in OUT_DIR/results.tgz)
-set -uo pipefail
-DEST="${1:?out dir}"
-OUT="$DEST/raw/a/b"
-mkdir -p "$OUT"
-trap 'tar -C "$OUT" -czf "$DEST/results.tgz" --exclude="*.pt" . 2>/dev/null' EXIT
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:${PYTHONPATH:-}"
-nvidia-smi -L
+source "$(dirname "$0")/_gpu_out.sh" "${1:-}"
 python3 bench/generate.py --device cuda --batch-sizes 1024 8192 65536 131072 --out "$OUT/generate.json" 2>&1 | tail -16
 python3 bench/train.py --device cuda --batches 64 256 1024 4096 8192 --out "$OUT/train_bench.json"
 /usr/bin/time -f "diagnose wall %e s" python3 -m ris_model diagnose --out "$OUT/diag" --device cuda 2>&1 | grep -v '‰' | tail -3
