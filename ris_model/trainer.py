@@ -516,6 +516,3 @@ def lr_at(phase: PhaseConfig, step: int, total_steps: int) -> float:
     floor = 0.1 if phase.schedule == "cosine" else 0.0
     return phase.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
-
-def build_model(config: TrainingJobConfig) -> nn.Module:
-    return RisNet(config.system, config.model)
