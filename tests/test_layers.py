@@ -1,0 +1,53 @@
+"""The dependency arrows of DESIGN §1 (STYLE B1), checked on every import statement of the packages."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: package (or sub-package) → top-level modules it must never import
+FORBIDDEN: dict[str, set[str]] = {
+    "api_schemas": {"ris_model", "server", "worker", "torch", "numpy", "fastapi", "celery", "sqlalchemy", "redis"},
+    "ris_model": {"server", "worker", "fastapi", "celery", "sqlalchemy", "redis", "starlette", "kombu"},
+    "server": {"ris_model", "worker", "torch"},
+    "server/store": {"fastapi", "starlette", "ris_model", "worker", "torch"},
+}
+#: modules nothing outside their own package may import (DESIGN §1: nothing imports worker or server.api)
+PRIVATE = {"worker": "worker", "server.main": "server", "server.routes": "server", "server.deps": "server",
+           "server.errors": "server"}
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _files(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_package_imports_follow_the_arrows(package: str) -> None:
+    bad = [f"{path.relative_to(ROOT)} imports {name}" for path in _files(package) for name in _imports(path)
+           if name.split(".")[0] in FORBIDDEN[package]]
+    assert not bad, "\n".join(bad)
+
+
+def test_nothing_outside_imports_worker_or_the_api_modules() -> None:
+    bad = []
+    for package in ("api_schemas", "ris_model", "server", "worker"):
+        for path in _files(package):
+            for name in _imports(path):
+                for private, owner in PRIVATE.items():
+                    if (name == private or name.startswith(private + ".")) and package != owner:
+                        bad.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not bad, "\n".join(bad)
