@@ -25,8 +25,6 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from redis import Redis
-from redis.exceptions import RedisError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_schemas import JobKind, JobState, TrainingJobConfig
@@ -36,6 +34,7 @@ from server.store import ArtifactStore, create_job, create_schema, get_job, make
 from server.store.artifacts import file_sha256
 from server.store.models import CheckpointRow, MetricRow
 from tests.factories import tiny_config
+from worker.cli import redis_answers
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -97,14 +96,7 @@ class RedisServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def answers(self) -> bool:
-        try:
-            client = Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5)
-            try:
-                return bool(client.ping())
-            finally:
-                client.close()
-        except (RedisError, OSError):
-            return False
+        return redis_answers(self.url)
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
