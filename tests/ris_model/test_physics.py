@@ -169,3 +169,19 @@ def test_dft_codebook_without_quantization_has_more_than_eight_levels() -> None:
     # property: the switch matters (10-point DFT phases are multiples of 2π/10, not of 2π/8)
     phase = dft_codebook(SystemConfig(n_ris_h=10, n_ris_v=10)).angle().double() % (2 * math.pi)
     assert len(torch.unique(torch.round(phase * 1e4) % 62832)) > 8
+
+
+def test_steering_is_exact_under_bf16_autocast(gen: torch.Generator) -> None:
+    """Training runs the model under bf16 autocast on CUDA; a matmul inside steering would run in bf16 there
+    (~0.05 rad of phase error per element). CPU autocast casts matmuls the same way, so this pins it here."""
+    s = SystemConfig()
+    az = (torch.rand(500, generator=gen) - 0.5) * 2.0
+    el = (torch.rand(500, generator=gen) - 0.5) * 1.0
+    r = 0.5 + 9.5 * torch.rand(500, generator=gen)
+    exact = steering(s, az, el, r)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_amp = steering(s, az, el, r)
+        far = steering_far(s, az, el)
+    assert under_amp.dtype == torch.complex64
+    assert_close(under_amp, exact, atol=1e-6, rtol=0)
+    assert_close(far, steering_far(s, az, el), atol=1e-6, rtol=0)
