@@ -1,7 +1,8 @@
 """Training throughput of the `joint` phase (issue 4): samples/s of the real train step (scene generation on
 the device + forward + loss + backward + clip + AdamW + EMA) at several batch sizes; bf16 autocast on CUDA.
 
-    python3 bench/train.py [--device cuda] [--batches 64 256 2048] [--steps 30] [--out var/bench-train.json]
+    python3 bench/train.py [--device cuda] [--batches 64 256 2048] [--steps 30] [--model KEY=VALUE ...]
+                           [--out var/bench-train.json]
 
 Prints a table and writes JSON. Not a test. Also reports the share of each step spent generating scenes.
 """
@@ -30,11 +31,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(batch_size: int, steps: int, device: torch.device, architecture: str) -> dict:
+def parse_overrides(pairs: list[str]) -> dict:
+    """KEY=VALUE model-config overrides (values parsed as JSON where they parse, e.g. false, 0)."""
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def measure(batch_size: int, steps: int, device: torch.device, architecture: str, model: dict | None = None) -> dict:
     phase = PhaseConfig(name="joint", epochs=1, ema_decay=0.999, amp=True,
                         loss_weights=LossWeights(lam_cov=0.5, lam_k=1.0, lam_aux=1.0, lam_gap=0.05, lam_margin=0.05))
     config = TrainingJobConfig(data=DataConfig(n_train=batch_size * (steps + 5), n_val=64, batch_size=batch_size),
-                               phases=(phase,), model={"architecture": architecture})
+                               phases=(phase,), model={"architecture": architecture, **(model or {})})
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, RisNet(config.system, config.model), NullSink(), device, checkpoint_dir=Path(tmp))
         trainer._setup_phase(phase)
@@ -51,7 +64,7 @@ def measure(batch_size: int, steps: int, device: torch.device, architecture: str
             trainer.scenes.train_batch(0, b)
         _sync(device)
         gen_s = (time.perf_counter() - t0) / steps
-    return {"batch_size": batch_size, "architecture": architecture, "step_ms": 1e3 * step_s,
+    return {"batch_size": batch_size, "architecture": architecture, "model": model or {}, "step_ms": 1e3 * step_s,
             "samples_per_s": batch_size / step_s, "generation_ms": 1e3 * gen_s,
             "generation_share": gen_s / step_s}
 
@@ -62,12 +75,15 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--architecture", default=ModelConfig().architecture)
+    parser.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="ModelConfig overrides, e.g. cuda_graphs=false look_refine_rounds=0")
     parser.add_argument("--out", type=Path, default=Path("var/bench-train.json"))
     args = parser.parse_args()
     device = torch.device(args.device)
     default_batch = TrainingJobConfig().data.batch_size
     batches = args.batches or ([64, 256, default_batch] if device.type == "cuda" else [64, 256])
-    rows = [measure(b, args.steps, device, args.architecture) for b in dict.fromkeys(batches)]
+    overrides = parse_overrides(args.model)
+    rows = [measure(b, args.steps, device, args.architecture, overrides) for b in dict.fromkeys(batches)]
     print(f"{'batch':>7} {'step ms':>9} {'samples/s':>11} {'gen ms':>8} {'gen share':>9}")
     for r in rows:
         print(f"{r['batch_size']:>7} {r['step_ms']:>9.2f} {r['samples_per_s']:>11.0f} {r['generation_ms']:>8.2f} "

@@ -8,6 +8,7 @@ Term names are the LossWeights field names without `lam_`: cov, k, aux, gap, mar
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -109,11 +110,17 @@ def geometry_set_loss(out: ModelOutput, batch: SceneBatch, system: SystemConfig)
     return assignment, loc + bce
 
 
+@functools.lru_cache(maxsize=16)
+def _permutations(k: int, device: torch.device) -> Tensor:
+    """All permutations of range(k), int64 [k!, k], made once per device (no host→device copy per step)."""
+    return torch.tensor(list(itertools.permutations(range(k))), device=device)
+
+
 def match_slots(cost: Tensor, mask: Tensor) -> Tensor:
     """For each true slot j, the predicted slot matched to it (int64 [B, K]); min total cost over valid j."""
     B, K, _ = cost.shape
     if K <= _MAX_PERMUTATION_SLOTS:
-        perms = torch.tensor(list(itertools.permutations(range(K))), device=cost.device)  # [P, K]
+        perms = _permutations(K, cost.device)  # [P, K]
         # total[b, p] = Σ_j mask[b, j]·cost[b, perms[p, j], j]
         gathered = cost[:, perms, torch.arange(K, device=cost.device)]  # [B, P, K]
         total = (gathered * mask[:, None, :]).sum(-1)

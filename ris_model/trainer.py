@@ -142,7 +142,9 @@ class Trainer:
             for p in params:
                 p.requires_grad_(group not in frozen)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=phase.lr, weight_decay=phase.weight_decay)
+        # fused on CUDA: one kernel for every parameter instead of a few per tensor (issue 4)
+        self.optimizer = torch.optim.AdamW(trainable, lr=phase.lr, weight_decay=phase.weight_decay,
+                                           fused=self.device.type == "cuda" and bool(trainable))
         self.model.zero_grad(set_to_none=True)
         self.ema = ({n: p.detach().clone() for n, p in self.model.state_dict().items()}
                     if phase.ema_decay is not None else None)
@@ -384,11 +386,12 @@ class Trainer:
         if self.ema is None or phase.ema_decay is None:
             return
         d = phase.ema_decay
-        with torch.no_grad():
-            for name, value in self.model.state_dict().items():
-                if value.dtype.is_floating_point:
-                    self.ema[name].lerp_(value, 1 - d)
-                else:
+        state = self.model.state_dict()
+        floats = [n for n, v in state.items() if v.dtype.is_floating_point]
+        with torch.no_grad():  # one multi-tensor kernel rather than one per tensor
+            torch._foreach_lerp_([self.ema[n] for n in floats], [state[n] for n in floats], 1 - d)
+            for name, value in state.items():
+                if not value.dtype.is_floating_point:
                     self.ema[name].copy_(value)
 
     @contextmanager

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from api_schemas import ModelConfig, SystemConfig
+from ris_model.cuda_graphs import CudaGraphed
 from ris_model.physics import steering
 
 _PATCH = torch.tensor([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)])  # [27, 3]
@@ -54,6 +55,9 @@ class UnrolledOMPBackbone(nn.Module):
         step = torch.tensor([2 * az_max / max(model.grid_azimuth - 1, 1), 2 * el_max / max(model.grid_elevation - 1, 1),
                              (1 / system.range_min_m - 1 / system.range_max_m) / max(model.grid_inv_range - 1, 1)])
         self.register_buffer("grid_step", step.float(), persistent=False)
+        self.register_buffer("patch_index", _PATCH.clone(), persistent=False)  # device copies: no H2D per step
+        self.register_buffer("patch_offsets", _PATCH.float(), persistent=False)
+        self.graphed_looks = CudaGraphed() if model.cuda_graphs else None
         self.embed = nn.Sequential(nn.Linear(N_LOOK_FEATURES + 3, d), nn.GELU(), nn.Linear(d, d))
         self.look_pos = nn.Parameter(torch.randn(self.k_max, d) * 0.02)
         layer = nn.TransformerEncoderLayer(d, model.n_heads, 2 * d, model.dropout, batch_first=True, norm_first=True)
@@ -64,23 +68,31 @@ class UnrolledOMPBackbone(nn.Module):
         """y: complex [B, L, M] (axis 1 = snapshots), H: [B, M, N], codes: [B, L, N], each unit-RMS.
 
         Returns pooled [B, d], slots [B, K_MAX, d] and anchors [B, K_MAX, 3] (φ, θ in radians, 1/r in 1/m)."""
-        with torch.no_grad():
-            looks, anchors = self.look(y, H, codes)
+        with torch.no_grad(), torch.autocast(y.device.type, enabled=False):  # the looks set their own precision
+            if self.training and self.graphed_looks is not None and y.is_cuda:
+                looks, anchors = self.graphed_looks(self.look, y, H, codes)
+            else:
+                looks, anchors = self.look(y, H, codes)
         looks = torch.cat([looks, anchors / self.anchors.abs().amax(0).clamp_min(1e-6)], -1)
         tokens = self.embed(looks) + self.look_pos  # [B, K, d]
         slots = self.norm(self.encoder(tokens))
         return slots.mean(1), slots, anchors
 
     def look(self, y: Tensor, H: Tensor, codes: Tensor) -> tuple[Tensor, Tensor]:
-        """The greedy SOMP pass. Returns per-look features [B, K, N_LOOK_FEATURES] and anchors [B, K, 3]."""
+        """The greedy SOMP pass. Returns per-look features [B, K, N_LOOK_FEATURES] and anchors [B, K, 3].
+
+        No host synchronization (so that it can be replayed as a CUDA graph): `cholesky_ex` instead of
+        `cholesky`, index buffers instead of host tensors, `scatter_` instead of boolean indexing."""
         B, L, M = y.shape
         K, G = self.k_max, self.dictionary.shape[0]
         hh = H @ H.mH  # [B, M, M]; the same for all snapshots since |c| = 1
         load = 1e-2 * hh.diagonal(dim1=-2, dim2=-1).real.mean(-1)
-        chol = torch.linalg.cholesky(hh + load[:, None, None] * torch.eye(M, dtype=hh.dtype, device=hh.device))
+        chol = _cholesky(hh + load[:, None, None] * torch.eye(M, dtype=hh.dtype, device=hh.device))
         Hw = torch.linalg.solve_triangular(chol, H, upper=False)  # [B, M, N] whitened operator
         yw = torch.linalg.solve_triangular(chol, y.transpose(1, 2), upper=False)  # [B, M, L]
-        norms = self._atom_norms(Hw, codes) if self.normalize_atoms else None
+        ops = Hw[:, None] * codes[:, :, None, :]  # [B, L, M, N]: H_w·diag(c_l), one operator per snapshot
+        norms = self._atom_norms(ops) if self.normalize_atoms else None
+        ops_lowp = LowPrecisionOperator(ops) if self.refine_rounds else None
         energy0 = yw.abs().square().sum((1, 2)).clamp_min(1e-20)  # [B]
         resid, atoms = yw, []
         taken = torch.zeros(B, G, dtype=torch.bool, device=y.device)
@@ -99,8 +111,8 @@ class UnrolledOMPBackbone(nn.Module):
             patch = self._patch(img, g) / peak[:, None].clamp_min(1e-20)  # [B, 27] in [0, 1]
             # off the grid: a local search around the cell (SOMP's refinement), then refit every picked atom
             anchor = self.anchors[g]
-            if self.refine_rounds:
-                anchor = self._refine(anchor, z, Hw, codes)
+            if ops_lowp is not None:
+                anchor = self._refine(anchor, z, ops_lowp)
             a_g = self._steer(anchor)  # [B, N]
             atoms.append(Hw @ (codes * a_g[:, None, :]).transpose(1, 2))  # [B, M, L]
             resid = yw - self._project(torch.stack(atoms, -1), yw)
@@ -117,31 +129,27 @@ class UnrolledOMPBackbone(nn.Module):
         """Steering vectors, complex64 [..., N], at anchors [..., 3] = (φ, θ, 1/r)."""
         return steering(self.system, anchor[..., 0], anchor[..., 1], 1 / anchor[..., 2]).to(torch.complex64)
 
-    def _refine(self, anchor: Tensor, z: Tensor, Hw: Tensor, codes: Tensor) -> Tensor:
+    def _refine(self, anchor: Tensor, z: Tensor, ops: LowPrecisionOperator) -> Tensor:
         """Pattern search around each pick: `refine_rounds` rounds over the 27 points at ±½, ±¼, … of a grid
         cell, keeping the best normalized matched-filter score Σ_l |aᴴ·z_l|² / ‖H_w·diag(c_l)·a‖².
         anchor: [B, 3] (φ, θ, 1/r); z: [B, L, N] back-projected residual. Returns the refined [B, 3]."""
-        B, L, N = z.shape
         step = self.grid_step / 2
-        offsets = _PATCH.to(device=z.device, dtype=anchor.dtype)  # [27, 3]; row 13 is the centre
+        offsets = self.patch_offsets.to(anchor.dtype)  # [27, 3]; row 13 is the centre
         lo, hi = self.anchors.amin(0), self.anchors.amax(0)
         for _ in range(self.refine_rounds):
             cand = torch.maximum(torch.minimum(anchor[:, None, :] + offsets * step, hi), lo)  # [B, 27, 3]
             a = self._steer(cand)  # [B, 27, N]
             matched = (z @ a.mH).abs().square()  # [B, L, 27]
-            coded = codes.transpose(1, 2)[:, :, :, None] * a.transpose(1, 2)[:, :, None, :]  # [B, N, L, 27]
-            norms = (Hw @ coded.reshape(B, N, -1)).abs().square().sum(1).reshape(B, L, -1)  # [B, L, 27]
-            best = (matched / norms.clamp_min(1e-12)).mean(1).argmax(-1)  # [B]
+            best = (matched / ops.power(a).clamp_min(1e-12)).mean(1).argmax(-1)  # [B]
             anchor = cand.gather(1, best[:, None, None].expand(-1, 1, 3)).squeeze(1)
             step = step / 2
         return anchor
 
-    def _atom_norms(self, Hw: Tensor, codes: Tensor) -> Tensor:
-        """‖H_w·diag(c_l)·a(g)‖² for every snapshot l and grid point g, [B, L, G]; a few snapshots at a time
-        to bound memory at B·L_chunk·M·G."""
+    def _atom_norms(self, ops: Tensor) -> Tensor:
+        """‖H_w·diag(c_l)·a(g)‖² for every snapshot l and grid point g, [B, L, G], from the per-snapshot
+        operators ops [B, L, M, N]; a few snapshots at a time to bound memory at B·L_chunk·M·G."""
         chunk = 4
-        return torch.cat([self._grid_power(Hw[:, None] * codes[:, l:l + chunk, None, :], sum_dim=2)
-                          for l in range(0, codes.shape[1], chunk)], 1)
+        return torch.cat([self._grid_power(ops[:, l:l + chunk], sum_dim=2) for l in range(0, ops.shape[1], chunk)], 1)
 
     def _grid_power(self, x: Tensor, sum_dim: int | None = None) -> Tensor:
         """|x·Dᴴ|² over the grid, real [..., G] for complex x [..., N] (summed over `sum_dim` if given).
@@ -163,7 +171,7 @@ class UnrolledOMPBackbone(nn.Module):
         """The 3×3×3 neighbourhood of grid index g in the (Gr, Ge, Ga) image (edges clamped), [B, 27]."""
         Gr, Ge, Ga = self.shape
         idx = torch.stack([g // (Ge * Ga), (g // Ga) % Ge, g % Ga], -1)  # [B, 3]
-        nb = idx[:, None, :] + _PATCH.to(g.device)  # [B, 27, 3]
+        nb = idx[:, None, :] + self.patch_index  # [B, 27, 3]
         nb = torch.stack([nb[..., 0].clamp(0, Gr - 1), nb[..., 1].clamp(0, Ge - 1), nb[..., 2].clamp(0, Ga - 1)], -1)
         flat = (nb[..., 0] * Ge + nb[..., 1]) * Ga + nb[..., 2]
         return img.gather(1, flat)
@@ -177,5 +185,38 @@ class UnrolledOMPBackbone(nn.Module):
         t = gram.shape[-1]
         load = 1e-6 * gram.diagonal(dim1=-2, dim2=-1).real.mean(-1).clamp_min(1e-20)
         gram = gram + load[..., None, None] * torch.eye(t, dtype=gram.dtype, device=gram.device)
-        coef = torch.cholesky_solve(A.mH @ rhs, torch.linalg.cholesky(gram))  # [B, L, t, 1]
+        coef = torch.cholesky_solve(A.mH @ rhs, _cholesky(gram))  # [B, L, t, 1]
         return (A @ coef).squeeze(-1).transpose(1, 2)  # [B, M, L]
+
+
+def _cholesky(a: Tensor) -> Tensor:
+    """Cholesky factor without the host synchronization of `torch.linalg.cholesky`'s error check; every
+    matrix factored here is diagonally loaded, hence positive definite."""
+    return torch.linalg.cholesky_ex(a, check_errors=False).L
+
+
+class LowPrecisionOperator:
+    """The per-snapshot operators H_w·diag(c_l) for the refinement's many small products: ‖H_w·diag(c_l)·a‖²
+    for candidate atoms a [B, P, N] → [B, L, P].
+
+    On CUDA it keeps the operators once as a real fp16 block [B, L·M, 2N] (half the bytes of complex64, tensor
+    cores, fp32 accumulation; fp16's 2⁻¹¹ rounding changes the norms by ~10⁻⁴, far below the score differences
+    the search ranks); on the CPU it keeps the complex64 operators."""
+
+    def __init__(self, ops: Tensor, *, real_block: bool | None = None) -> None:
+        B, L, M, N = ops.shape
+        self.shape = (B, L, M)
+        self.cuda = ops.is_cuda if real_block is None else real_block
+        flat = ops.reshape(B, L * M, N)
+        self.ops = torch.view_as_real(flat).flatten(-2).to(torch.float16) if self.cuda else flat
+
+    def power(self, a: Tensor) -> Tensor:
+        B, L, M = self.shape
+        P = a.shape[1]
+        if not self.cuda:
+            return (self.ops @ a.transpose(1, 2)).abs().square().reshape(B, L, M, P).sum(2)
+        # rows interleaved (re x_n, im x_n) like view_as_real(x); columns [re out | im out]
+        ar, ai = a.real.transpose(1, 2), a.imag.transpose(1, 2)  # [B, N, P]
+        block = torch.stack([torch.cat([ar, ai], -1), torch.cat([-ai, ar], -1)], 2)  # [B, N, 2, 2P]
+        out = self.ops @ block.reshape(B, -1, 2 * P).to(torch.float16)  # [B, L·M, 2P]
+        return out.float().square().reshape(B, L, M, 2, P).sum((2, 3))

@@ -1,0 +1,73 @@
+"""Replay a fixed-shape, parameter-free CUDA computation as a CUDA graph (issue 4: launch overhead).
+
+Owns CudaGraphed. The unrolled look pass launches ~1,000 small kernels per step whose GPU time is shorter
+than their launch time; one graph replay launches them all at once. Rules for a graphed function: no host
+synchronization, no host→device copies, no parameters or autograd, outputs of fixed shape. If capture fails
+(an op that cannot be captured), CudaGraphed warns once and runs the function eagerly from then on.
+Reference: PyTorch docs, "CUDA Graphs" (torch.cuda.graph, warm-up on a side stream).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+Key = tuple[tuple[tuple[int, ...], torch.dtype, torch.device], ...]
+
+
+class CudaGraphed:
+    """fn(*tensors) -> tuple of tensors, replayed from a graph captured per input signature (shape, dtype,
+    device); at most `max_graphs` kept (least recently used dropped, which frees its memory pool).
+    Returns copies of the graph's outputs, so a later replay cannot overwrite tensors still in use."""
+
+    def __init__(self, max_graphs: int = 2, warmup_calls: int = 2) -> None:
+        self.max_graphs, self.warmup_calls = max_graphs, warmup_calls
+        self.graphs: OrderedDict[Key, tuple[list[Tensor], tuple[Tensor, ...], torch.cuda.CUDAGraph]] = OrderedDict()
+        self.disabled_reason: str | None = None
+        self.captures = 0
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CudaGraphed:
+        return CudaGraphed(self.max_graphs, self.warmup_calls)  # graphs belong to their tensors; start empty
+
+    def __call__(self, fn: Callable[..., tuple[Tensor, ...]], *args: Tensor) -> tuple[Tensor, ...]:
+        if self.disabled_reason is not None or torch.cuda.is_current_stream_capturing():
+            return fn(*args)
+        key: Key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
+        entry = self.graphs.get(key)
+        if entry is None:
+            try:
+                entry = self._capture(fn, args)
+            except RuntimeError as exc:  # an op that cannot be captured: run eagerly from now on
+                self.disabled_reason = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"CUDA graph capture failed, running eagerly: {self.disabled_reason}", stacklevel=2)
+                torch.cuda.synchronize()
+                return fn(*args)
+            self.graphs[key] = entry
+            while len(self.graphs) > self.max_graphs:
+                self.graphs.popitem(last=False)
+        self.graphs.move_to_end(key)
+        static_in, static_out, graph = entry
+        for dst, src in zip(static_in, args, strict=True):
+            dst.copy_(src)
+        graph.replay()
+        return tuple(o.clone() for o in static_out)
+
+    def _capture(self, fn: Callable[..., tuple[Tensor, ...]], args: tuple[Tensor, ...]
+                 ) -> tuple[list[Tensor], tuple[Tensor, ...], torch.cuda.CUDAGraph]:
+        static_in = [a.clone() for a in args]
+        side = torch.cuda.Stream(device=args[0].device)
+        side.wait_stream(torch.cuda.current_stream(args[0].device))
+        with torch.cuda.stream(side):  # warm-up: library handles and workspaces exist before capture
+            for _ in range(self.warmup_calls):
+                fn(*static_in)
+        torch.cuda.current_stream(args[0].device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = tuple(fn(*static_in))
+        self.captures += 1
+        return static_in, static_out, graph

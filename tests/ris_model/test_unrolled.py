@@ -1,0 +1,82 @@
+"""ris_model.unrolled and ris_model.cuda_graphs: the look pass's low-precision refinement operator, its
+refinement, and the CUDA-graph replay of the look pass (issue 4)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from api_schemas import ModelConfig, SystemConfig
+from ris_model.cuda_graphs import CudaGraphed
+from ris_model.network import _unit_rms
+from ris_model.physics import steering
+from ris_model.scenes import generate_scenes, make_generator
+from ris_model.unrolled import LowPrecisionOperator, UnrolledOMPBackbone
+from tests.ris_model.conftest import make_model, tiny_config
+
+
+def test_refinement_norms_real_fp16_block_match_complex_norms() -> None:
+    """The CUDA route (real fp16 block, fp32 accumulation) computes the same ‖H_w·diag(c_l)·a‖² as complex64."""
+    g = torch.Generator().manual_seed(0)
+    ops = torch.randn(3, 16, 16, 144, dtype=torch.complex64, generator=g) / 12
+    a = torch.randn(3, 27, 144, dtype=torch.complex64, generator=g) / 12
+    exact = (ops @ a.transpose(1, 2)[:, None]).abs().square().sum(2)  # [B, L, P]: Σ_m |Σ_n ops·a|²
+    complex_route = LowPrecisionOperator(ops).power(a)
+    block_route = LowPrecisionOperator(ops, real_block=True).power(a)
+    assert complex_route.shape == block_route.shape == (3, 16, 27)
+    assert_close(complex_route, exact, rtol=1e-5, atol=0)
+    assert_close(block_route, exact, rtol=3e-3, atol=0)
+
+
+def test_refined_look_lands_closer_to_a_single_noise_free_source_than_its_grid_cell() -> None:
+    config = tiny_config(system=SystemConfig(), model=ModelConfig())  # the default 12×12 RIS and search grid
+    backbone = UnrolledOMPBackbone(config.system, config.model.model_copy(update={"look_refine_rounds": 4}))
+    grid_only = UnrolledOMPBackbone(config.system, config.model.model_copy(update={"look_refine_rounds": 0}))
+    batch = generate_scenes(config.system, 8, generator=make_generator(5, torch.device("cpu")), device="cpu")
+    # one source between grid points, no noise: y_l = H·diag(c_l)·a(p)
+    truth = torch.tensor([math.radians(13.3), math.radians(-7.7), 1 / 3.1]).expand(8, 3)
+    a = steering(config.system, truth[:, 0], truth[:, 1], 1 / truth[:, 2]).to(torch.complex64)  # [B, N]
+    y = ((batch.H[:, None] * batch.codes[:, :, None, :]) @ a[:, None, :, None]).squeeze(-1)  # [B, L, M]
+    y, H = _unit_rms(y), _unit_rms(batch.H)
+    with torch.no_grad():
+        _, refined = backbone.look(y, H, batch.codes)
+        _, on_grid = grid_only.look(y, H, batch.codes)
+    err_refined = (refined[:, 0, :2] - truth[:, :2]).abs()
+    err_grid = (on_grid[:, 0, :2] - truth[:, :2]).abs()
+    assert (err_refined.sum(-1) < err_grid.sum(-1)).all()
+    assert err_refined.max() < backbone.grid_step[:2].max() / 4
+
+
+def test_deepcopy_of_a_model_starts_with_no_cuda_graphs() -> None:
+    """The diagnostic probe deep-copies the model; graphs belong to the original's tensors."""
+    model = make_model(tiny_config())
+    probe = copy.deepcopy(model)
+    assert isinstance(probe.backbone.graphed_looks, CudaGraphed)
+    assert probe.backbone.graphed_looks is not model.backbone.graphed_looks
+    assert not probe.backbone.graphed_looks.graphs
+
+
+def test_cuda_graphs_off_in_config_means_no_graph_wrapper() -> None:
+    config = tiny_config()
+    backbone = UnrolledOMPBackbone(config.system, config.model.model_copy(update={"cuda_graphs": False}))
+    assert backbone.graphed_looks is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the device machine)")
+def test_graphed_look_pass_replays_the_eager_look_pass_exactly() -> None:
+    config = tiny_config()
+    model = make_model(config).cuda().train()
+    backbone = model.backbone
+    for seed in (1, 2, 3):  # capture on the first, replay on the next ones
+        b = generate_scenes(config.system, 32, generator=make_generator(seed, torch.device("cuda")), device="cuda")
+        y, H = _unit_rms(b.y), _unit_rms(b.H)
+        with torch.no_grad():
+            graphed = backbone.graphed_looks(backbone.look, y, H, b.codes)
+            eager = backbone.look(y, H, b.codes)
+        for g_out, e_out in zip(graphed, eager, strict=True):
+            assert_close(g_out, e_out)
+    assert backbone.graphed_looks.captures == 1 and backbone.graphed_looks.disabled_reason is None
