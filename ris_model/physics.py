@@ -77,7 +77,8 @@ def steering(system: SystemConfig, azimuth: Tensor | float, elevation: Tensor | 
         dist = torch.sqrt(torch.clamp(r * r - 2 * proj + e2, min=0.0))
         delta = (e2 - 2 * proj) / (dist + r)
     n = e.shape[0]
-    return torch.polar(torch.full_like(delta, 1 / math.sqrt(n)), -k0 * delta)
+    modulus = torch.full((), 1 / math.sqrt(n), dtype=delta.dtype, device=delta.device)  # broadcast, not [..., N]
+    return torch.polar(modulus.expand_as(delta), -k0 * delta)
 
 
 def steering_far(system: SystemConfig, azimuth: Tensor, elevation: Tensor) -> Tensor:

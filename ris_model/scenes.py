@@ -9,6 +9,7 @@ Splits use disjoint SeedSequence spawn keys, so no scene can appear in two split
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -106,7 +107,7 @@ def generate_scenes(system: SystemConfig, n: int, *, generator: torch.Generator,
     A = steering(system, az, el, torch.where(mask, rng, torch.ones_like(rng)))  # [B, K, N]
     A = (A * mask.unsqueeze(-1)).transpose(1, 2).contiguous()  # [B, N, K]
     H = _draw_channel(system, n, u, generator, device)  # [B, M, N]
-    codes = dft_codebook(system, device=device)  # [L, N]
+    codes = _codebook(system, device)  # [L, N], shared read-only by every batch
     # symbols s_l ~ CN(0, diag(p)), i.i.d. over snapshots l
     s_shape = (n, 1 if symbols_constant else L, k_max)
     s = torch.randn(s_shape, generator=generator, device=device, dtype=torch.complex64)
@@ -122,6 +123,12 @@ def generate_scenes(system: SystemConfig, n: int, *, generator: torch.Generator,
         y=y, H=H, codes=codes.expand(n, L, -1), snr_db=snr_db, k=k, azimuth=az, elevation=el,
         range_m=rng, power=power, mask=mask, A=A,
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _codebook(system: SystemConfig, device: torch.device) -> Tensor:
+    """The DFT codebook made once per (system, device): no host→device copy (and sync) per batch."""
+    return dft_codebook(system, device=device)
 
 
 class _Uniform:

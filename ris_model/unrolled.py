@@ -24,6 +24,9 @@ from ris_model.cuda_graphs import CudaGraphed
 from ris_model.physics import steering
 
 _PATCH = torch.tensor([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)])  # [27, 3]
+#: CUDA products of the look pass: fp16 (2⁻¹¹ rounding) rather than bf16 (2⁻⁸) at the same tensor-core speed;
+#: every operand is unit-scale (whitened operators, unit-norm atoms), far inside fp16's range
+LOW_PRECISION = torch.float16
 N_LOOK_FEATURES = 27 + 5  # patch, peak ratio, log residual energy before/after, peak share, iteration
 
 
@@ -43,11 +46,11 @@ class UnrolledOMPBackbone(nn.Module):
         self.register_buffer("anchors", anchors.float(), persistent=False)
         self.register_buffer("dictionary", D, persistent=False)  # [G, N]
         self.register_buffer("dictionary_h", D.T.conj().contiguous(), persistent=False)  # [N, G]
-        # the same matrix as a real [2N, 2G] block for bf16 tensor-core products on CUDA (see _project_grid)
+        # the same matrix as a real [2N, 2G] block for fp16 tensor-core products on CUDA (see _grid_power)
         Dh = D.T.conj()
         # rows interleaved (re x_n, im x_n) to match view_as_real(x); columns [re out | im out]
         real_block = torch.stack([torch.cat([Dh.real, Dh.imag], 1), torch.cat([-Dh.imag, Dh.real], 1)], 1)
-        self.register_buffer("dictionary_h_bf16", real_block.reshape(2 * system.n_ris, -1).to(torch.bfloat16),
+        self.register_buffer("dictionary_h_lowp", real_block.reshape(2 * system.n_ris, -1).to(LOW_PRECISION),
                              persistent=False)  # [2N, 2G]
         self.normalize_atoms = model.normalize_atoms
         self.refine_rounds = model.look_refine_rounds
@@ -90,9 +93,9 @@ class UnrolledOMPBackbone(nn.Module):
         chol = _cholesky(hh + load[:, None, None] * torch.eye(M, dtype=hh.dtype, device=hh.device))
         Hw = torch.linalg.solve_triangular(chol, H, upper=False)  # [B, M, N] whitened operator
         yw = torch.linalg.solve_triangular(chol, y.transpose(1, 2), upper=False)  # [B, M, L]
-        ops = Hw[:, None] * codes[:, :, None, :]  # [B, L, M, N]: H_w·diag(c_l), one operator per snapshot
+        # H_w·diag(c_l), one operator per snapshot, kept once for the atom norms and the refinement
+        ops = LowPrecisionOperator(Hw[:, None] * codes[:, :, None, :])
         norms = self._atom_norms(ops) if self.normalize_atoms else None
-        ops_lowp = LowPrecisionOperator(ops) if self.refine_rounds else None
         energy0 = yw.abs().square().sum((1, 2)).clamp_min(1e-20)  # [B]
         resid, atoms = yw, []
         taken = torch.zeros(B, G, dtype=torch.bool, device=y.device)
@@ -111,8 +114,8 @@ class UnrolledOMPBackbone(nn.Module):
             patch = self._patch(img, g) / peak[:, None].clamp_min(1e-20)  # [B, 27] in [0, 1]
             # off the grid: a local search around the cell (SOMP's refinement), then refit every picked atom
             anchor = self.anchors[g]
-            if ops_lowp is not None:
-                anchor = self._refine(anchor, z, ops_lowp)
+            if self.refine_rounds:
+                anchor = self._refine(anchor, z, ops)
             a_g = self._steer(anchor)  # [B, N]
             atoms.append(Hw @ (codes * a_g[:, None, :]).transpose(1, 2))  # [B, M, L]
             resid = yw - self._project(torch.stack(atoms, -1), yw)
@@ -145,25 +148,33 @@ class UnrolledOMPBackbone(nn.Module):
             step = step / 2
         return anchor
 
-    def _atom_norms(self, ops: Tensor) -> Tensor:
-        """‖H_w·diag(c_l)·a(g)‖² for every snapshot l and grid point g, [B, L, G], from the per-snapshot
-        operators ops [B, L, M, N]; a few snapshots at a time to bound memory at B·L_chunk·M·G."""
-        chunk = 4
-        return torch.cat([self._grid_power(ops[:, l:l + chunk], sum_dim=2) for l in range(0, ops.shape[1], chunk)], 1)
+    def _atom_norms(self, ops: LowPrecisionOperator) -> Tensor:
+        """‖H_w·diag(c_l)·a(g)‖² for every snapshot l and grid point g, [B, L, G], a bounded slice at a time
+        (the [B, L, M, G] products are the largest tensor of the forward pass)."""
+        B, L, M = ops.shape
+        if not ops.real_block:
+            x = ops.ops.reshape(B, L, M, -1)
+            return torch.cat([self._grid_power(x[:, l:l + 4], sum_dim=2) for l in range(0, L, 4)], 1)
+        G2 = self.dictionary_h_lowp.shape[1]  # 2G
+        chunk = max(1, 2**30 // (L * M * G2 * 2))  # ~1 GiB of fp16 products at a time
+        return torch.cat([
+            torch.linalg.vector_norm((ops.ops[b:b + chunk] @ self.dictionary_h_lowp).reshape(-1, L, M, 2, G2 // 2),
+                                     dim=(2, 3), dtype=torch.float32).square()
+            for b in range(0, B, chunk)], 0)
 
     def _grid_power(self, x: Tensor, sum_dim: int | None = None) -> Tensor:
         """|x·Dᴴ|² over the grid, real [..., G] for complex x [..., N] (summed over `sum_dim` if given).
 
-        On CUDA: one real bf16 tensor-core product of view_as_real(x) with the real block form of Dᴴ, then one
-        fused reduction (scores only rank and describe looks, so bf16's ~0.4 % error is harmless). Measured
+        On CUDA: one real fp16 tensor-core product of view_as_real(x) with the real block form of Dᴴ, then one
+        fused reduction (scores only rank and describe looks, so fp16's ~0.05 % error is harmless). Measured
         on an H200: the complex64 route with separate squares spent ~45 % of a training step in elementwise
         copies of the [B, L, M, G] intermediate."""
         if not x.is_cuda:
             power = (x @ self.dictionary_h).abs().square()
             return power if sum_dim is None else power.sum(sum_dim)
         G = self.dictionary_h.shape[1]
-        xr = torch.view_as_real(x.contiguous()).flatten(-2).to(torch.bfloat16)  # [..., 2N]
-        out = (xr @ self.dictionary_h_bf16).unflatten(-1, (2, G))  # [..., 2, G]: re, im
+        xr = torch.view_as_real(x.contiguous()).flatten(-2).to(LOW_PRECISION)  # [..., 2N]
+        out = (xr @ self.dictionary_h_lowp).unflatten(-1, (2, G))  # [..., 2, G]: re, im
         dims = (-2,) if sum_dim is None else (sum_dim, -2)
         return torch.linalg.vector_norm(out, dim=dims, dtype=torch.float32).square()
 
@@ -185,7 +196,10 @@ class UnrolledOMPBackbone(nn.Module):
         t = gram.shape[-1]
         load = 1e-6 * gram.diagonal(dim1=-2, dim2=-1).real.mean(-1).clamp_min(1e-20)
         gram = gram + load[..., None, None] * torch.eye(t, dtype=gram.dtype, device=gram.device)
-        coef = torch.cholesky_solve(A.mH @ rhs, _cholesky(gram))  # [B, L, t, 1]
+        chol = _cholesky(gram)
+        # two triangular solves rather than cholesky_solve, whose batched CUDA path (MAGMA) cannot be captured
+        w = torch.linalg.solve_triangular(chol, A.mH @ rhs, upper=False)
+        coef = torch.linalg.solve_triangular(chol.mH, w, upper=True)  # [B, L, t, 1]
         return (A @ coef).squeeze(-1).transpose(1, 2)  # [B, M, L]
 
 
@@ -196,27 +210,31 @@ def _cholesky(a: Tensor) -> Tensor:
 
 
 class LowPrecisionOperator:
-    """The per-snapshot operators H_w·diag(c_l) for the refinement's many small products: ‖H_w·diag(c_l)·a‖²
-    for candidate atoms a [B, P, N] → [B, L, P].
+    """The per-snapshot operators H_w·diag(c_l), kept once per forward for the grid's atom norms and the
+    refinement's many small products (`power`: ‖H_w·diag(c_l)·a‖² for candidates a [B, P, N] → [B, L, P]).
 
-    On CUDA it keeps the operators once as a real fp16 block [B, L·M, 2N] (half the bytes of complex64, tensor
+    On CUDA it keeps the operators as a real fp16 block [B, L·M, 2N] (half the bytes of complex64, tensor
     cores, fp32 accumulation; fp16's 2⁻¹¹ rounding changes the norms by ~10⁻⁴, far below the score differences
     the search ranks); on the CPU it keeps the complex64 operators."""
 
     def __init__(self, ops: Tensor, *, real_block: bool | None = None) -> None:
         B, L, M, N = ops.shape
         self.shape = (B, L, M)
-        self.cuda = ops.is_cuda if real_block is None else real_block
+        self.real_block = ops.is_cuda if real_block is None else real_block
         flat = ops.reshape(B, L * M, N)
-        self.ops = torch.view_as_real(flat).flatten(-2).to(torch.float16) if self.cuda else flat
+        self.ops = torch.view_as_real(flat).flatten(-2).to(LOW_PRECISION) if self.real_block else flat
 
     def power(self, a: Tensor) -> Tensor:
         B, L, M = self.shape
         P = a.shape[1]
-        if not self.cuda:
+        if not self.real_block:
             return (self.ops @ a.transpose(1, 2)).abs().square().reshape(B, L, M, P).sum(2)
-        # rows interleaved (re x_n, im x_n) like view_as_real(x); columns [re out | im out]
+        # rows interleaved (re x_n, im x_n) like view_as_real(x); columns [re out | im out]; written in place
+        # in fp16 (stacking fp32 halves cost ~10 % of a training step)
         ar, ai = a.real.transpose(1, 2), a.imag.transpose(1, 2)  # [B, N, P]
-        block = torch.stack([torch.cat([ar, ai], -1), torch.cat([-ai, ar], -1)], 2)  # [B, N, 2, 2P]
-        out = self.ops @ block.reshape(B, -1, 2 * P).to(torch.float16)  # [B, L·M, 2P]
-        return out.float().square().reshape(B, L, M, 2, P).sum((2, 3))
+        block = torch.empty(B, ar.shape[1], 2, 2, P, dtype=LOW_PRECISION, device=a.device)
+        block[:, :, 0, 0], block[:, :, 0, 1], block[:, :, 1, 1] = ar, ai, ar
+        block[:, :, 1, 0].copy_(ai).neg_()
+        out = self.ops @ block.reshape(B, -1, 2 * P)  # [B, L·M, 2P]
+        return torch.linalg.vector_norm(out.reshape(B, L, M, 2 * P), dim=2, dtype=torch.float32).square(
+        ).reshape(B, L, 2, P).sum(2)

@@ -32,6 +32,16 @@ def test_refinement_norms_real_fp16_block_match_complex_norms() -> None:
     assert_close(block_route, exact, rtol=3e-3, atol=0)
 
 
+def test_grid_atom_norms_real_fp16_block_match_complex_norms() -> None:
+    config = tiny_config(system=SystemConfig(), model=ModelConfig())
+    backbone = UnrolledOMPBackbone(config.system, config.model)
+    g = torch.Generator().manual_seed(1)
+    ops = torch.randn(2, 16, 16, 144, dtype=torch.complex64, generator=g) / 12
+    exact = (ops @ backbone.dictionary_h).abs().square().sum(2)  # [B, L, G]
+    assert_close(backbone._atom_norms(LowPrecisionOperator(ops)), exact, rtol=1e-4, atol=0)
+    assert_close(backbone._atom_norms(LowPrecisionOperator(ops, real_block=True)), exact, rtol=5e-3, atol=1e-6)
+
+
 def test_refined_look_lands_closer_to_a_single_noise_free_source_than_its_grid_cell() -> None:
     config = tiny_config(system=SystemConfig(), model=ModelConfig())  # the default 12×12 RIS and search grid
     backbone = UnrolledOMPBackbone(config.system, config.model.model_copy(update={"look_refine_rounds": 4}))
