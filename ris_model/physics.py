@@ -76,9 +76,7 @@ def steering(system: SystemConfig, azimuth: Tensor | float, elevation: Tensor | 
         # ‖p − e‖ − r = (‖e‖² − 2 p·e) / (‖p − e‖ + r): no cancellation at large r
         dist = torch.sqrt(torch.clamp(r * r - 2 * proj + e2, min=0.0))
         delta = (e2 - 2 * proj) / (dist + r)
-    n = e.shape[0]
-    modulus = torch.full((), 1 / math.sqrt(n), dtype=delta.dtype, device=delta.device)  # broadcast, not [..., N]
-    return torch.polar(modulus.expand_as(delta), -k0 * delta)
+    return _phasors(-k0 * delta, e.shape[0])
 
 
 def steering_far(system: SystemConfig, azimuth: Tensor, elevation: Tensor) -> Tensor:
@@ -88,14 +86,14 @@ def steering_far(system: SystemConfig, azimuth: Tensor, elevation: Tensor) -> Te
     k0 = 2 * math.pi / system.wavelength_m
     u = torch.stack([torch.sin(azimuth) * torch.cos(elevation), torch.sin(elevation)], dim=-1)  # [..., 2]
     phase = k0 * (u[..., :1] * e[:, 0] + u[..., 1:] * e[:, 1])  # elementwise: autocast-proof (see steering)
-    return torch.polar(torch.full_like(phase, 1 / math.sqrt(e.shape[0])), phase)
+    return _phasors(phase, e.shape[0])
 
 
 def bs_response(n_antennas: int, psi: Tensor) -> Tensor:
     """BS half-wavelength ULA response b_m = exp(j·π·(m − (M−1)/2)·sin ψ)/√M, complex [..., M]; ψ radians."""
     m = torch.arange(n_antennas, device=psi.device, dtype=psi.dtype) - (n_antennas - 1) / 2
     phase = math.pi * psi.unsqueeze(-1).sin() * m
-    return torch.polar(torch.full_like(phase, 1 / math.sqrt(n_antennas)), phase)
+    return _phasors(phase, n_antennas)
 
 
 def dft_codebook(system: SystemConfig, *, device: torch.device | str | None = None) -> Tensor:
@@ -119,6 +117,12 @@ def dft_codebook(system: SystemConfig, *, device: torch.device | str | None = No
         step = 2 * math.pi / 2**system.code_phase_bits
         phase = torch.round(phase / step) * step
     return torch.polar(torch.ones_like(phase), phase).to(torch.complex64)
+
+
+def _phasors(phase: Tensor, n: int) -> Tensor:
+    """exp(j·phase)/√n, complex [...]; the modulus is a broadcast scalar, not a [...]-sized fill."""
+    modulus = torch.full((), 1 / math.sqrt(n), dtype=phase.dtype, device=phase.device)
+    return torch.polar(modulus.expand_as(phase), phase)
 
 
 def _as_tensors(*values: Tensor | float) -> tuple[Tensor, ...]:
