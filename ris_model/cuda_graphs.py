@@ -1,14 +1,16 @@
-"""Replay a fixed-shape, parameter-free CUDA computation as a CUDA graph (issue 4: launch overhead).
+"""CUDA execution helpers of the look pass (issue 4): graph replay against launch overhead, compiled fusion
+against memory traffic.
 
-Owns CudaGraphed. The unrolled look pass launches ~1,000 small kernels per step whose GPU time is shorter
-than their launch time; one graph replay launches them all at once. Rules for a graphed function: no host
-synchronization, no host→device copies, no parameters or autograd, outputs of fixed shape. If capture fails
-(an op that cannot be captured), CudaGraphed warns once and runs the function eagerly from then on.
+Owns CudaGraphed and compiled_on_cuda. The unrolled look pass launches ~1,000 small kernels per step whose GPU
+time is shorter than their launch time; one graph replay launches them all at once. Rules for a graphed
+function: no host synchronization, no host→device copies, no parameters or autograd, outputs of fixed shape. If
+capture fails (an op that cannot be captured), CudaGraphed warns once and runs the function eagerly from then on.
 Reference: PyTorch docs, "CUDA Graphs" (torch.cuda.graph, warm-up on a side stream).
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -71,3 +73,29 @@ class CudaGraphed:
             static_out = tuple(fn(*static_in))
         self.captures += 1
         return static_in, static_out, graph
+
+
+def compiled_on_cuda(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """fn unchanged on the CPU; on CUDA (first argument) `torch.compile(fn, dynamic=True, fullgraph=True)`,
+    which fuses a chain of elementwise ops into one kernel. Compiled on the first CUDA call (outside any graph
+    capture: CudaGraphed warms up first); if compilation fails (no Triton, no compiler) it warns once and runs
+    fn eagerly from then on."""
+    compiled: Callable[..., Tensor] | None = None
+    failed = False
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Tensor:
+        nonlocal compiled, failed
+        if failed or not args[0].is_cuda:
+            return fn(*args)
+        if compiled is None:
+            compiled = torch.compile(fn, dynamic=True, fullgraph=True)
+        try:
+            return compiled(*args)
+        except Exception as exc:  # noqa: BLE001 (any compiler failure: Triton missing, toolchain, lowering)
+            failed = True
+            warnings.warn(f"torch.compile of {fn.__name__} failed, running eagerly: {type(exc).__name__}: {exc}",
+                          stacklevel=2)
+            return fn(*args)
+
+    return wrapper

@@ -61,14 +61,24 @@ def steering(system: SystemConfig, azimuth: Tensor | float, elevation: Tensor | 
     """
     azimuth, elevation, range_m = _as_tensors(azimuth, elevation, range_m)
     e = element_positions(system, device=azimuth.device, dtype=azimuth.dtype)  # [N, 3]
-    p = source_position(azimuth, elevation, range_m)  # [..., 3]
     k0 = 2 * math.pi / system.wavelength_m
-    # p·e_n as elementwise products (e_z = 0): a matmul here would run in bf16 under CUDA autocast, and bf16
+    phase = steering_phase(azimuth, elevation, range_m, e, k0, fresnel=system.steering_model == "fresnel")
+    return _phasors(phase, e.shape[0])
+
+
+def steering_phase(azimuth: Tensor, elevation: Tensor, range_m: Tensor, e: Tensor, k0: float, *,
+                   fresnel: bool) -> Tensor:
+    """The phase of `steering`, −k0·(‖p − e_n‖ − r), real [..., N], from tensors and plain numbers only (so
+    that a caller may compile it): angles in radians [...], range in meters [...], element positions e [N, 3]
+    in meters (e_z = 0), k0 in rad/m; `fresnel` picks the second-order expansion in ‖e‖/r."""
+    # p·e_n as elementwise products: a matmul here would run in bf16 under CUDA autocast, and bf16
     # p·e (up to ~8 m²) costs ~0.05 rad of phase per element at 1 GHz
-    proj = p[..., :1] * e[:, 0] + p[..., 1:2] * e[:, 1]  # [..., N]
+    r_cos_el = range_m * torch.cos(elevation)
+    proj = (r_cos_el * torch.sin(azimuth)).unsqueeze(-1) * e[:, 0] + (range_m * torch.sin(elevation)).unsqueeze(
+        -1) * e[:, 1]  # [..., N]
     e2 = (e * e).sum(-1)  # [N]
     r = range_m.unsqueeze(-1)
-    if system.steering_model == "fresnel":
+    if fresnel:
         # second-order expansion of ‖p − e‖ − r in ‖e‖/r
         u = proj / r
         delta = -u + (e2 - u * u) / (2 * r)
@@ -76,7 +86,7 @@ def steering(system: SystemConfig, azimuth: Tensor | float, elevation: Tensor | 
         # ‖p − e‖ − r = (‖e‖² − 2 p·e) / (‖p − e‖ + r): no cancellation at large r
         dist = torch.sqrt(torch.clamp(r * r - 2 * proj + e2, min=0.0))
         delta = (e2 - 2 * proj) / (dist + r)
-    return _phasors(-k0 * delta, e.shape[0])
+    return -k0 * delta
 
 
 def steering_far(system: SystemConfig, azimuth: Tensor, elevation: Tensor) -> Tensor:

@@ -24,6 +24,8 @@ from ris_model.physics import bs_response, dft_codebook, steering, steering_far
 
 POOL_CHUNK = 1024
 _MAX_SEPARATION_ROUNDS = 64
+#: candidates drawn at once per scene and slot (at the default separations ≥ 95 % are accepted)
+_CANDIDATES_PER_SLOT = 8
 
 
 class Split(IntEnum):
@@ -141,27 +143,63 @@ class _Uniform:
 
 def _draw_positions(system: SystemConfig, n: int, u: _Uniform) -> tuple[Tensor, Tensor, Tensor]:
     """Uniform (φ, θ, r) per slot; a source is redrawn until it is separated from the earlier ones by
-    min_separation_deg in φ or θ, or min_separation_m in r (DESIGN §2.1a).
+    min_separation_deg in φ or θ, or min_separation_m in r (DESIGN §2.1a): rejection sampling, so each source
+    is uniform over the part of the field of view that the earlier ones leave free.
+
+    Each slot draws _CANDIDATES_PER_SLOT candidates per scene at once and keeps the first separated one, with
+    no host synchronization; one check per batch finds the (at the default separations, never seen) scenes
+    whose candidates were all rejected and redraws those with the round-by-round loop.
+
+    Returns:
+        azimuth, elevation (radians) and range (meters), each [n, K_MAX].
 
     Raises:
         ValueError: after _MAX_SEPARATION_ROUNDS rounds some scene still cannot place its source
             (the separation is infeasible for this FOV and K_MAX).
     """
+    lo, hi = _position_bounds(system)
+    cols: list[Tensor] = []  # per slot, [n, 3]
+    placed = torch.ones(n, dtype=torch.bool, device=u.device)
+    for _ in range(system.k_max):
+        cand = torch.stack([u(n, _CANDIDATES_PER_SLOT, lo=a, hi=b) for a, b in zip(lo, hi, strict=True)], -1)
+        ok = _separated(system, cand, [c[:, None, :] for c in cols])  # [n, R]
+        first = ok.to(torch.uint8).argmax(1)  # the first separated candidate (0 where there is none)
+        placed &= ok.any(1)
+        cols.append(cand.gather(1, first[:, None, None].expand(-1, 1, 3)).squeeze(1))
+    pos = torch.stack(cols, 1)  # [n, K, 3]
+    if not bool(placed.all()):  # the one host sync of this function
+        redo = (~placed).nonzero().squeeze(1)
+        pos[redo] = _draw_positions_by_rounds(system, redo.numel(), u)
+    return pos[..., 0], pos[..., 1], pos[..., 2]
+
+
+def _position_bounds(system: SystemConfig) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     az_max, el_max = math.radians(system.azimuth_max_deg), math.radians(system.elevation_max_deg)
+    return (-az_max, -el_max, system.range_min_m), (az_max, el_max, system.range_max_m)
+
+
+def _separated(system: SystemConfig, cand: Tensor, earlier: list[Tensor]) -> Tensor:
+    """Whether candidates [..., 3] (φ, θ, r) are separated from every earlier source [..., 3] (broadcast)."""
     sep = math.radians(system.min_separation_deg)
-    cols: list[tuple[Tensor, Tensor, Tensor]] = []
+    ok = torch.ones(cand.shape[:-1], dtype=torch.bool, device=cand.device)
+    for e in earlier:
+        d = (cand - e).abs()
+        ok &= (d[..., 0] >= sep) | (d[..., 1] >= sep) | (d[..., 2] >= system.min_separation_m)
+    return ok
+
+
+def _draw_positions_by_rounds(system: SystemConfig, n: int, u: _Uniform) -> Tensor:
+    """The same rejection sampling, one candidate per scene and round (a host sync per round), for the scenes
+    whose first candidates were all rejected. Returns [n, K_MAX, 3]."""
+    lo, hi = _position_bounds(system)
+    cols: list[Tensor] = []
     for slot in range(system.k_max):
         placed = torch.zeros(n, dtype=torch.bool, device=u.device)
-        az = torch.zeros(n, device=u.device)
-        el, rng = torch.zeros_like(az), torch.zeros_like(az)
+        pos = torch.zeros(n, 3, device=u.device)
         for _ in range(_MAX_SEPARATION_ROUNDS):
-            cand = (u(n, lo=-az_max, hi=az_max), u(n, lo=-el_max, hi=el_max),
-                    u(n, lo=system.range_min_m, hi=system.range_max_m))
-            ok = ~placed
-            for a, e, r in cols:
-                ok &= ((cand[0] - a).abs() >= sep) | ((cand[1] - e).abs() >= sep) | (
-                    (cand[2] - r).abs() >= system.min_separation_m)
-            az, el, rng = (torch.where(ok, c, old) for c, old in zip(cand, (az, el, rng), strict=True))
+            cand = torch.stack([u(n, lo=a, hi=b) for a, b in zip(lo, hi, strict=True)], -1)
+            ok = _separated(system, cand, cols) & ~placed
+            pos = torch.where(ok[:, None], cand, pos)
             placed |= ok
             if bool(placed.all()):
                 break
@@ -169,8 +207,8 @@ def _draw_positions(system: SystemConfig, n: int, u: _Uniform) -> tuple[Tensor, 
             raise ValueError(
                 f"cannot place source {slot + 1} at min_separation_deg={system.min_separation_deg}, "
                 f"min_separation_m={system.min_separation_m} within the field of view; lower them or k_max")
-        cols.append((az, el, rng))
-    return tuple(torch.stack([c[i] for c in cols], dim=1) for i in range(3))  # type: ignore[return-value]
+        cols.append(pos)
+    return torch.stack(cols, 1)
 
 
 def _draw_channel(system: SystemConfig, n: int, u: _Uniform, generator: torch.Generator,

@@ -10,6 +10,7 @@ import torch
 from torch.testing import assert_close
 
 from api_schemas import DataConfig, SystemConfig
+from ris_model import scenes as scenes_module
 from ris_model.scenes import SceneBatch, SceneSource, Split, generate_scenes, make_generator
 from tests.ris_model.conftest import tiny_system
 
@@ -227,3 +228,21 @@ def test_train_batches_cover_n_train_with_smaller_last_batch() -> None:
     src = _source(n_train=60)
     sizes = [len(b) for b in src.train_batches(0)]
     assert sizes == [16, 16, 16, 12]
+
+
+def test_separation_fallback_redraws_rejected_scenes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one candidate per slot most scenes at a strict separation need the round-by-round redraw; the
+    result must still be separated and the rejection sampling must not bias the field of view."""
+    monkeypatch.setattr(scenes_module, "_CANDIDATES_PER_SLOT", 1)
+    s = SystemConfig(min_separation_deg=20.0, min_separation_m=5.0)
+    b = _scenes(s, 2048, seed=3)
+    sep = math.radians(20.0)
+    for i in range(s.k_max):
+        for j in range(i):
+            both = b.mask[:, i] & b.mask[:, j]
+            separated = (((b.azimuth[:, i] - b.azimuth[:, j]).abs() >= sep)
+                         | ((b.elevation[:, i] - b.elevation[:, j]).abs() >= sep)
+                         | ((b.range_m[:, i] - b.range_m[:, j]).abs() >= 5.0))
+            assert not bool((both & ~separated).any()), f"slots {j}, {i} closer than 20° / 5 m"
+    first = b.azimuth[:, 0]
+    assert abs(float(first.mean())) < 0.05 and float(first.abs().max()) <= math.radians(s.azimuth_max_deg)

@@ -13,9 +13,9 @@ from torch.testing import assert_close
 from api_schemas import ModelConfig, SystemConfig
 from ris_model.cuda_graphs import CudaGraphed
 from ris_model.network import _unit_rms
-from ris_model.physics import steering
+from ris_model.physics import element_positions, steering
 from ris_model.scenes import generate_scenes, make_generator
-from ris_model.unrolled import LowPrecisionOperator, UnrolledOMPBackbone
+from ris_model.unrolled import LowPrecisionOperator, UnrolledOMPBackbone, candidate_block, real_block
 from tests.ris_model.conftest import make_model, tiny_config
 
 
@@ -59,6 +59,50 @@ def test_refined_look_lands_closer_to_a_single_noise_free_source_than_its_grid_c
     err_grid = (on_grid[:, 0, :2] - truth[:, :2]).abs()
     assert (err_refined.sum(-1) < err_grid.sum(-1)).all()
     assert err_refined.max() < backbone.grid_step[:2].max() / 4
+
+
+def _random_candidates(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.rand(n, 27, generator=g) - 0.5, torch.rand(n, 27, generator=g) - 0.5,
+                        1 / (1 + 9 * torch.rand(n, 27, generator=g))], -1)  # (φ, θ, 1/r)
+
+
+@pytest.mark.parametrize("steering_model", ["exact", "fresnel"])
+def test_candidate_block_is_the_real_block_of_the_steering_vectors(steering_model: str) -> None:
+    system = SystemConfig(steering_model=steering_model)
+    cand = _random_candidates(4, 0)
+    k0 = 2 * math.pi / system.wavelength_m
+    block = candidate_block(cand, element_positions(system, dtype=torch.float32), k0, steering_model == "fresnel")
+    a = steering(system, cand[..., 0], cand[..., 1], 1 / cand[..., 2]).to(torch.complex64)  # [B, 27, N]
+    assert block.shape == (4, 2 * system.n_ris, 54) and block.dtype == torch.float16
+    assert_close(block.float(), real_block(a.transpose(1, 2)).float(), rtol=0, atol=1e-4)
+
+
+def test_candidate_block_traces_as_one_graph_for_torch_compile() -> None:
+    """On CUDA it runs through torch.compile(fullgraph=True): a graph break would be an error there."""
+    system = SystemConfig()
+    fn = torch.compile(candidate_block.__wrapped__, dynamic=True, fullgraph=True, backend="aot_eager")
+    e = element_positions(system, dtype=torch.float32)
+    k0 = 2 * math.pi / system.wavelength_m
+    for n in (3, 5):  # a second batch size reuses the dynamic graph
+        cand = _random_candidates(n, n)
+        assert torch.equal(fn(cand, e, k0, False), candidate_block(cand, e, k0, False))
+
+
+def test_real_block_look_pass_agrees_with_the_complex_look_pass() -> None:
+    """The CUDA route (fp16 real blocks for grid, atom norms and refinement) picks the same cells and lands
+    within the last refinement step of the complex64 route, on the default system with noise."""
+    config = tiny_config(system=SystemConfig(snr_min_db=15.0, snr_max_db=20.0), model=ModelConfig())
+    backbone = UnrolledOMPBackbone(config.system, config.model)
+    batch = generate_scenes(config.system, 16, generator=make_generator(7, torch.device("cpu")), device="cpu")
+    y, H = _unit_rms(batch.y), _unit_rms(batch.H)
+    with torch.no_grad():
+        f_complex, anchors_complex = backbone.look(y, H, batch.codes, real_block=False)
+        f_block, anchors_block = backbone.look(y, H, batch.codes, real_block=True)
+    first = (anchors_block[:, 0] - anchors_complex[:, 0]).abs() / backbone.grid_step  # in grid cells
+    assert float(first.max()) <= 1 / 2**backbone.refine_rounds + 1e-6, "first look: the same cell and refinement"
+    same = ((anchors_block - anchors_complex).abs() / backbone.grid_step).amax(-1) <= 0.5  # [B, K]
+    assert float(same.float().mean()) >= 0.9, "later looks may differ only where two cells nearly tie"
 
 
 def test_deepcopy_of_a_model_starts_with_no_cuda_graphs() -> None:
