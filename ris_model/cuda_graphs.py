@@ -76,7 +76,7 @@ class CudaGraphed:
 
 
 def compiled_on_cuda(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """fn unchanged on the CPU; on CUDA (first argument) `torch.compile(fn, dynamic=True, fullgraph=True)`,
+    """fn unchanged on the CPU; on CUDA (first argument) `torch.compile(fn, fullgraph=True)`,
     which fuses a chain of elementwise ops into one kernel. Compiled on the first CUDA call (outside any graph
     capture: CudaGraphed warms up first); if compilation fails (no Triton, no compiler) it warns once and runs
     fn eagerly from then on."""
@@ -89,7 +89,9 @@ def compiled_on_cuda(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if failed or not args[0].is_cuda:
             return fn(*args)
         if compiled is None:
-            compiled = torch.compile(fn, dynamic=True, fullgraph=True)
+            # static shapes first (the training batch gets kernels specialized to its sizes); a second batch
+            # size recompiles once with a dynamic batch dimension (torch's automatic dynamic shapes)
+            compiled = torch.compile(fn, fullgraph=True)
         try:
             return compiled(*args)
         except Exception as exc:  # noqa: BLE001 (any compiler failure: Triton missing, toolchain, lowering)

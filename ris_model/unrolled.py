@@ -268,6 +268,7 @@ def candidate_block(cand: Tensor, element_xyz: Tensor, wavenumber: float, fresne
     B, P, _ = cand.shape
     N = element_xyz.shape[0]
     phase = steering_phase(cand[..., 0], cand[..., 1], 1 / cand[..., 2], element_xyz, wavenumber, fresnel=fresnel)
-    re, im = torch.cos(phase) / math.sqrt(N), torch.sin(phase) / math.sqrt(N)  # [B, P, N]
-    block = torch.stack([torch.stack([re, im], -1), torch.stack([-im, re], -1)], -2)  # [B, P, N, 2, 2]
-    return block.permute(0, 2, 3, 4, 1).reshape(B, 2 * N, 2 * P).to(LOW_PRECISION)
+    phase = phase.transpose(1, 2)  # [B, N, P]: the block's own order, so that the compiled kernel writes it
+    re, im = torch.cos(phase) / math.sqrt(N), torch.sin(phase) / math.sqrt(N)  # with no transposed copy
+    block = torch.stack([torch.stack([re, im], 2), torch.stack([-im, re], 2)], 2)  # [B, N, 2, 2, P]
+    return block.reshape(B, 2 * N, 2 * P).to(LOW_PRECISION)
