@@ -27,6 +27,7 @@ from torch import Tensor
 from api_schemas import SystemConfig
 from api_schemas.evaluation import (
     MODEL_METHOD,
+    RAW_MODEL_METHOD,
     BinTable,
     ConfusionMatrix,
     CrbSummary,
@@ -56,7 +57,8 @@ ProgressFn = Callable[[float, str], None]
 SOMP_PROGRESS_CHUNK = 128
 _ORACLE_STREAM = 1_000_000  # chunk index of the oracle array's own symbols and noise (past any scene chunk)
 #: Stage → (start, end) of the overall fraction.
-_STAGES = {"scenes": (0.0, 0.05), "model": (0.05, 0.2), "somp": (0.2, 0.7), "counts": (0.7, 0.75),
+_STAGES = {"scenes": (0.0, 0.05), "model": (0.05, 0.15), "polish": (0.15, 0.25), "somp": (0.25, 0.7),
+           "counts": (0.7, 0.75),
            "crb": (0.75, 0.95), "tables": (0.95, 1.0), "done": (1.0, 1.0)}
 
 
@@ -91,8 +93,13 @@ def evaluate(estimator_or_checkpoint: Estimator | str | Path, config: Evaluation
     estimates: dict[str, SourceEstimate | None] = {}
     counts: dict[str, Tensor] = {}
     report_progress("model", 0.0)
-    estimates[MODEL_METHOD] = est.estimate(batch.y, batch.H, batch.codes)
-    counts[MODEL_METHOD] = estimates[MODEL_METHOD].k
+    raw = est.estimate(batch.y, batch.H, batch.codes, polish=False)
+    if est.polish:
+        report_progress("polish", 0.0)
+    estimates[MODEL_METHOD] = est.refine(batch.y, batch.H, batch.codes, raw) if est.polish else raw
+    counts[MODEL_METHOD] = raw.k
+    if RAW_MODEL_METHOD in config.baselines:
+        estimates[RAW_MODEL_METHOD], counts[RAW_MODEL_METHOD] = raw, raw.k
     if "somp" in config.baselines:
         report_progress("somp", 0.0)
         estimates["somp"] = _run_somp(batch, system, config, lambda f: report_progress("somp", f))

@@ -24,7 +24,8 @@ from torch import Tensor
 from api_schemas import DiagnosticJobConfig, SystemConfig, TrainingJobConfig
 from ris_model import checkpoint as ckpt
 from ris_model.errors import CheckpointError
-from ris_model.estimators.grid import SourceEstimate
+from ris_model.estimators.grid import SearchGrid, SourceEstimate
+from ris_model.estimators.polish import polish as ml_polish
 from ris_model.network import ModelOutput, RisNet
 
 #: The checkpoint key of the validated weights (the EMA's when the phase kept one; DESIGN §2.6).
@@ -56,15 +57,20 @@ class Estimator:
         system: `config.system`: the shapes L, M, N and the field of view the model expects.
         device: where the model runs.
         batch_size: scenes per forward pass (inputs are split internally).
+        polish: whether `predict`/`estimate` refine the network's positions by a local maximum-likelihood
+            search on the measurements (`ris_model.estimators.polish`; the count is the network's).
     """
 
     def __init__(self, model: RisNet, config: TrainingJobConfig, *, device: torch.device,
-                 batch_size: int = DEFAULT_BATCH_SIZE, source: dict[str, Any] | None = None) -> None:
+                 batch_size: int = DEFAULT_BATCH_SIZE, source: dict[str, Any] | None = None,
+                 polish: bool = True) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.to(device).eval()
         self.config, self.system, self.device, self.batch_size = config, config.system, device, batch_size
         self.source = source or {}  # where the weights came from (path, phase, step), for reports
+        self.polish = polish
+        self._grid: SearchGrid | None = None
 
     def predict(self, y: ArrayLike, H: ArrayLike, codes: ArrayLike, snr_db: ArrayLike | float | None = None
                 ) -> list[ScenePrediction]:
@@ -99,17 +105,36 @@ class Estimator:
         ]
 
     @torch.inference_mode()
-    def estimate(self, y: ArrayLike, H: ArrayLike, codes: ArrayLike, snr_db: ArrayLike | float | None = None
-                 ) -> SourceEstimate:
+    def estimate(self, y: ArrayLike, H: ArrayLike, codes: ArrayLike, snr_db: ArrayLike | float | None = None,
+                 *, polish: bool | None = None) -> SourceEstimate:
         """As `predict`, as tensors: a SourceEstimate on the CPU with K_MAX slots, the first k valid (radians,
-        meters, float64), ordered by existence logit. Same arguments and errors as `predict`."""
+        meters, float64), ordered by existence logit. Same arguments and errors as `predict`; `polish`
+        overrides the estimator's setting for this call."""
         y_t, H_t, codes_t = self._check_inputs(y, H, codes, snr_db)
         parts = []
         for start in range(0, y_t.shape[0], self.batch_size):
             sl = slice(start, start + self.batch_size)
-            out = self.model(y_t[sl].to(self.device), H_t[sl].to(self.device), codes_t[sl].to(self.device))
-            parts.append(decode_output(out))
+            yb, Hb, cb = y_t[sl].to(self.device), H_t[sl].to(self.device), codes_t[sl].to(self.device)
+            est = decode_output(self.model(yb, Hb, cb))
+            if self.polish if polish is None else polish:
+                est = ml_polish(yb, Hb, cb, est, self._search_grid())
+            parts.append(est)
         return _cat(parts, self.system.k_max)
+
+    def refine(self, y: ArrayLike, H: ArrayLike, codes: ArrayLike, estimate: SourceEstimate) -> SourceEstimate:
+        """The ML polish alone, applied to an earlier `estimate(..., polish=False)` of the same scenes."""
+        y_t, H_t, codes_t = self._check_inputs(y, H, codes, None)
+        with torch.inference_mode():
+            return ml_polish(y_t.to(self.device), H_t.to(self.device), codes_t.to(self.device), estimate,
+                             self._search_grid())
+
+    def _search_grid(self) -> SearchGrid:
+        """The polish's search scale: a grid of the network's own look-grid size over the system's FOV."""
+        if self._grid is None:
+            m = self.config.model
+            self._grid = SearchGrid.uniform(self.system, m.grid_azimuth, m.grid_elevation, m.grid_inv_range,
+                                            device=self.device)
+        return self._grid
 
     def _check_inputs(self, y: ArrayLike, H: ArrayLike, codes: ArrayLike, snr_db: ArrayLike | float | None
                       ) -> tuple[Tensor, Tensor, Tensor]:
@@ -163,13 +188,14 @@ def _as_complex(value: ArrayLike, name: str) -> Tensor:
 
 
 def load_estimator(checkpoint_path: str | Path, device: str | torch.device | None = None, *,
-                   batch_size: int = DEFAULT_BATCH_SIZE) -> Estimator:
+                   batch_size: int = DEFAULT_BATCH_SIZE, polish: bool = True) -> Estimator:
     """Load a checkpoint written by this package's trainer as an Estimator (DESIGN §2.7 public API).
 
     Args:
         checkpoint_path: a `.pt` file (any checkpoint of a job: `final`, a phase's, a `-last`).
         device: "cpu", "cuda", "cuda:N", a torch.device, or None (CUDA when available).
         batch_size: scenes per forward pass.
+        polish: refine the network's positions by a local ML search on the measurements (see Estimator).
 
     Returns:
         An Estimator in eval mode with the checkpoint's validated (`eval_model`) weights.
@@ -200,7 +226,7 @@ def load_estimator(checkpoint_path: str | Path, device: str | torch.device | Non
     source = {"path": str(path), "kind": str(state.get(ckpt.KIND_KEY, "")),
               "phase": str(position.get("phase", "")), "global_step": int(position.get("global_step", 0)),
               "config_sha256": str(state.get(ckpt.CONFIG_SHA_KEY, ""))}
-    return Estimator(model, config, device=dev, batch_size=batch_size, source=source)
+    return Estimator(model, config, device=dev, batch_size=batch_size, source=source, polish=polish)
 
 
 def _config_of(state: dict[str, Any], path: Path) -> TrainingJobConfig:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from api_schemas import DataConfig, EvaluationConfig, EvaluationReport
-from api_schemas.evaluation import BASELINES, MODEL_METHOD, SompGridConfig
+from api_schemas.evaluation import BASELINES, MODEL_METHOD, RAW_MODEL_METHOD, SompGridConfig
 from ris_model.cli import main as cli_main
 from ris_model.estimators import SourceEstimate
 from ris_model.evaluation import evaluate, evaluation_scenes, render_plots
@@ -40,11 +40,11 @@ class _TruthEstimator(Estimator):
     """Returns the true sources of the evaluation scenes: every metric has a known answer."""
 
     def __init__(self, base: Estimator, config: EvaluationConfig) -> None:
-        super().__init__(base.model, base.config, device=base.device)
+        super().__init__(base.model, base.config, device=base.device, polish=False)
         self.scenes = evaluation_scenes(base.system, config.n_scenes, seed=base.config.data.seed,
                                         k_values=config.k_values, device="cpu")
 
-    def estimate(self, y, H, codes, snr_db=None) -> SourceEstimate:  # noqa: ANN001
+    def estimate(self, y, H, codes, snr_db=None, *, polish=None) -> SourceEstimate:  # noqa: ANN001
         assert torch.equal(y, self.scenes.y), "evaluate must pass the evaluation scenes, in order"
         s = self.scenes
         return SourceEstimate(k=s.k, azimuth=s.azimuth.double(), elevation=s.elevation.double(),
@@ -62,7 +62,7 @@ def test_report_has_every_table_with_the_model_and_each_baseline_side_by_side(re
             if m.n_scenes:
                 assert 0.0 <= m.k_acc <= 1.0
                 assert m.k_acc + m.k_under + m.k_over == pytest.approx(1.0)
-    assert {m.method for m in report.by_range[0].methods} == {MODEL_METHOD, "somp"}
+    assert {m.method for m in report.by_range[0].methods} == {MODEL_METHOD, RAW_MODEL_METHOD, "somp"}
 
 
 def test_scene_counts_add_up_over_snr_bins_and_k(report: EvaluationReport) -> None:

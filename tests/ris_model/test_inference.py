@@ -54,6 +54,20 @@ def test_numpy_complex128_and_torch_complex64_inputs_give_the_same_answer(estima
             assert sa == pytest.approx(sb, rel=1e-5, abs=1e-5)
 
 
+def test_polish_moves_positions_not_counts_and_refine_repeats_it(trained_checkpoint: Path,
+                                                                 estimator: Estimator) -> None:
+    """`polish` (on by default) refines the network's positions by the local ML search; `refine` applies the
+    same search to an unpolished estimate (what the evaluation does to report both)."""
+    raw_estimator = load_estimator(trained_checkpoint, device="cpu", polish=False)
+    batch = _scenes(estimator, n=6)
+    raw = raw_estimator.estimate(batch.y, batch.H, batch.codes)
+    assert torch.equal(raw.azimuth, estimator.estimate(batch.y, batch.H, batch.codes, polish=False).azimuth)
+    polished = estimator.estimate(batch.y, batch.H, batch.codes)
+    assert torch.equal(polished.k, raw.k) and torch.equal(polished.valid, raw.valid)
+    assert not torch.equal(polished.azimuth[raw.valid], raw.azimuth[raw.valid])
+    assert torch.equal(estimator.refine(batch.y, batch.H, batch.codes, raw).azimuth, polished.azimuth)
+
+
 def test_internal_batching_does_not_change_the_answer(trained_checkpoint: Path, estimator: Estimator) -> None:
     small = load_estimator(trained_checkpoint, device="cpu", batch_size=5)
     batch = _scenes(estimator, n=12)

@@ -1,0 +1,91 @@
+"""Local maximum-likelihood polish of estimated source positions, one source at a time (DESIGN §2.7).
+
+Owns `polish`: given K̂ sources from any estimator (the network's geometry heads, SOMP), it maximizes the
+deterministic (conditional) likelihood of the compressed measurements over the K̂ positions. The noise is
+white per antenna (DESIGN §2.1a), so the ML positions minimize Σ_l ‖y_l − Φ_l·s_l‖² over positions and
+per-snapshot amplitudes s_l, with Φ_l = H·diag(c_l)·[a(p_1) … a(p_K̂)]. Coordinate ascent in the manner of
+RELAX: source j is searched against the measurements minus the other sources' fitted parts, then all
+amplitudes are re-fitted. Each search is the shrinking 27-point stencil of SOMP's refinement, which keeps
+its centre, so no step raises the residual energy. At high SNR the ML estimate reaches
+the CRB, which a regression head trained on a Huber loss with a degree-scale knee does not. The count K̂ is
+left as it is. Batched torch over scenes, in chunks. Imports torch and the estimators' grid and SOMP parts.
+
+References:
+    J. Li, P. Stoica, "Efficient mixed-spectrum estimation with applications to target feature extraction"
+    (RELAX), IEEE TSP 44(2), 1996; I. Ziskind, M. Wax, "Maximum likelihood localization of multiple sources
+    by alternating projection", IEEE TASSP 36(10), 1988.
+    P. Stoica, A. Nehorai, "MUSIC, maximum likelihood, and Cramér–Rao bound", IEEE TASSP 37(5), 1989.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ris_model.estimators.grid import SearchGrid, SourceEstimate
+from ris_model.estimators.omp import _box, _refine_atom, _responses, _solve_ls
+
+DEFAULT_CYCLES = 3
+DEFAULT_REFINE_ITERS = 8
+
+
+def polish(y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, grid: SearchGrid, *,
+           n_cycles: int = DEFAULT_CYCLES, refine_iters: int = DEFAULT_REFINE_ITERS, chunk_size: int = 64
+           ) -> SourceEstimate:
+    """Coordinate-wise ML refinement of the valid sources of `estimate`.
+
+    Args:
+        y: complex [B, L, M] measurements; axis 1 is the snapshot axis (one RIS code per snapshot).
+        H: complex [B, M, N] BS→RIS channel.
+        codes: complex [B, L, N] RIS codes, one row per snapshot.
+        estimate: the starting positions (radians, meters) of B scenes; only `valid` slots are moved.
+        grid: sets the search scale: each stencil search starts at half a grid step and reaches one step
+            around the current position (and stays inside the grid's field of view).
+        n_cycles: passes over all sources; each pass refines every source against the measurements with
+            the other sources' fitted parts removed.
+        refine_iters: stencil halvings per source and pass (resolution 2^-refine_iters of a grid step).
+        chunk_size: scenes per chunk.
+
+    Returns:
+        A SourceEstimate with the same k, valid and slot order, on the device of `estimate`, float64.
+
+    Raises:
+        ValueError: shapes that do not match.
+    """
+    B, L, M = y.shape
+    if H.shape[0] != B or codes.shape[:2] != (B, L) or estimate.azimuth.shape[0] != B:
+        raise ValueError(f"polish: y {tuple(y.shape)}, H {tuple(H.shape)}, codes {tuple(codes.shape)} and "
+                         f"{estimate.azimuth.shape[0]} estimates do not describe the same scenes")
+    out_device = estimate.azimuth.device
+    params = torch.stack([estimate.azimuth, estimate.elevation, 1 / estimate.range_m], -1).to(
+        y.device, torch.float64)  # [B, S, 3]: φ, θ, 1/r
+    valid = estimate.valid.to(y.device)
+    parts = [_polish_chunk(y[sl], H[sl], codes[sl], params[sl], valid[sl], grid, n_cycles, refine_iters)
+             for sl in (slice(s, s + chunk_size) for s in range(0, B, chunk_size))]
+    params = torch.cat(parts).to(out_device) if parts else params.to(out_device)
+    return SourceEstimate(k=estimate.k, azimuth=params[..., 0], elevation=params[..., 1],
+                          range_m=1 / params[..., 2], valid=estimate.valid)
+
+
+def _polish_chunk(y: Tensor, H: Tensor, codes: Tensor, params: Tensor, valid: Tensor, grid: SearchGrid,
+                  n_cycles: int, refine_iters: int) -> Tensor:
+    """Polished params float64 [b, S, 3] of one chunk; invalid slots keep their values."""
+    ops = (H[:, None] * codes[:, :, None, :]).to(torch.complex64)  # [b, L, M, N]: H·diag(c_l)
+    y64 = y.to(torch.complex128)
+    steps = torch.tensor(grid.steps(), dtype=torch.float64, device=y.device)
+    box = _box(grid, y.device)
+    lo, hi = box
+    params = torch.minimum(torch.maximum(params, lo), hi)  # a start outside the FOV is clamped into it
+    S = params.shape[1]
+    # zero columns for invalid slots: the loaded per-snapshot LS gives them zero amplitude
+    cols = [_responses(ops, grid, params[:, j:j + 1]).squeeze(-1) * valid[:, j, None, None] for j in range(S)]
+    coef, residual = _solve_ls(y64, torch.stack(cols, -1).to(torch.complex128))
+    active = [j for j in range(S) if bool(valid[:, j].any())]
+    for _ in range(n_cycles if refine_iters > 0 else 0):
+        for j in active:
+            own = cols[j].to(torch.complex128) * coef[..., j:j + 1]  # [b, L, M]: source j's fitted part
+            moved = _refine_atom(ops, residual + own, params[:, j], steps, box, grid, refine_iters)
+            params[:, j] = torch.where(valid[:, j, None], moved, params[:, j])
+            cols[j] = _responses(ops, grid, params[:, j:j + 1]).squeeze(-1) * valid[:, j, None, None]
+            coef, residual = _solve_ls(y64, torch.stack(cols, -1).to(torch.complex128))
+    return params

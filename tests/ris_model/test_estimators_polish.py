@@ -1,0 +1,84 @@
+"""ris_model.estimators.polish: the local ML polish of estimated positions (issue 6)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from api_schemas import SystemConfig
+from ris_model.estimators.grid import SearchGrid, SourceEstimate
+from ris_model.estimators.omp import _responses, _solve_ls
+from ris_model.estimators.polish import polish
+from ris_model.scenes import SceneBatch, generate_scenes, make_generator
+
+SYSTEM = SystemConfig(snr_min_db=30.0, snr_max_db=40.0)
+
+
+@pytest.fixture(scope="module")
+def scenes() -> SceneBatch:
+    return generate_scenes(SYSTEM, 48, generator=make_generator(3, torch.device("cpu")), device="cpu")
+
+
+def _perturbed(b: SceneBatch, deg: float = 2.0, range_frac: float = 0.2) -> SourceEstimate:
+    """The truth moved by up to ±deg in φ and θ and ±range_frac in r (uniform), invalid slots at r = 1 m."""
+    g = torch.Generator().manual_seed(0)
+    u = lambda: 2 * torch.rand(b.azimuth.shape, generator=g, dtype=torch.float64) - 1  # noqa: E731
+    d = math.radians(deg)
+    rng = torch.where(b.mask, b.range_m.double() * (1 + range_frac * u()), torch.ones_like(b.range_m.double()))
+    return SourceEstimate(k=b.k, azimuth=b.azimuth.double() + d * u(), elevation=b.elevation.double() + d * u(),
+                          range_m=rng, valid=b.mask)
+
+
+def _errors(e: SourceEstimate, b: SceneBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    m = b.mask
+    d_az, d_el = (e.azimuth - b.azimuth.double()).abs(), (e.elevation - b.elevation.double()).abs()
+    return d_az[m].rad2deg(), d_el[m].rad2deg(), (e.range_m - b.range_m.double()).abs()[m]
+
+
+def _residual_energy(b: SceneBatch, e: SourceEstimate) -> torch.Tensor:
+    """Σ_l ‖y_l − Φ_l·ŝ_l‖² per scene with the per-snapshot LS amplitudes of the valid sources."""
+    ops = (b.H[:, None] * b.codes[:, :, None, :]).to(torch.complex64)
+    p = torch.stack([e.azimuth, e.elevation, 1 / e.range_m], -1)
+    phi = _responses(ops, SearchGrid.uniform(SYSTEM), p) * e.valid[:, None, None, :]  # [B, L, M, S]
+    return _solve_ls(b.y.to(torch.complex128), phi.to(torch.complex128))[1].abs().square().sum((1, 2))
+
+
+def test_polish_brings_perturbed_sources_to_the_truth_at_high_snr(scenes: SceneBatch) -> None:
+    start = _perturbed(scenes)
+    out = polish(scenes.y, scenes.H, scenes.codes, start, SearchGrid.uniform(SYSTEM))
+    az0, el0, r0 = _errors(start, scenes)
+    az, el, r = _errors(out, scenes)
+    assert float(az0.median()) > 0.8 and float(el0.median()) > 0.6, "the start is degrees away"
+    assert float(az.median()) < 0.15 and float(el.median()) < 0.15 and float(r.median()) < 0.1
+    assert float(az.quantile(0.9)) < float(az0.median()) and float(el.quantile(0.9)) < float(el0.median())
+
+
+def test_polish_never_raises_the_residual_energy(scenes: SceneBatch) -> None:
+    start = _perturbed(scenes, deg=4.0, range_frac=0.4)
+    out = polish(scenes.y, scenes.H, scenes.codes, start, SearchGrid.uniform(SYSTEM), n_cycles=1, refine_iters=4)
+    before, after = _residual_energy(scenes, start), _residual_energy(scenes, out)
+    assert bool((after <= before * (1 + 1e-9)).all())
+    assert float((after / before).median()) < 0.5
+
+
+def test_polish_keeps_the_count_and_the_invalid_slots(scenes: SceneBatch) -> None:
+    start = _perturbed(scenes)
+    out = polish(scenes.y, scenes.H, scenes.codes, start, SearchGrid.uniform(SYSTEM), n_cycles=1, refine_iters=2)
+    assert torch.equal(out.k, start.k) and torch.equal(out.valid, start.valid)
+    for name in ("azimuth", "elevation", "range_m"):
+        assert torch.equal(getattr(out, name)[~start.valid], getattr(start, name)[~start.valid])
+        assert not torch.equal(getattr(out, name)[start.valid], getattr(start, name)[start.valid])
+    lo_az = math.radians(SYSTEM.azimuth_max_deg) + 1e-9
+    assert float(out.azimuth[out.valid].abs().max()) <= lo_az, "moves stay inside the field of view"
+
+
+def test_polish_with_no_refinement_only_clamps_into_the_field_of_view(scenes: SceneBatch) -> None:
+    start = _perturbed(scenes)
+    out = polish(scenes.y, scenes.H, scenes.codes, start, SearchGrid.uniform(SYSTEM), refine_iters=0)
+    valid = start.valid
+    az_max = math.radians(SYSTEM.azimuth_max_deg)
+    torch.testing.assert_close(out.azimuth[valid], start.azimuth[valid].clamp(-az_max, az_max), rtol=0, atol=1e-12)
+    torch.testing.assert_close(out.range_m[valid], start.range_m[valid].clamp(SYSTEM.range_min_m, SYSTEM.range_max_m),
+                               rtol=1e-12, atol=1e-12)
