@@ -117,7 +117,7 @@ class Estimator:
             yb, Hb, cb = y_t[sl].to(self.device), H_t[sl].to(self.device), codes_t[sl].to(self.device)
             est = decode_output(self.model(yb, Hb, cb))
             if self.polish if polish is None else polish:
-                est = ml_polish(yb, Hb, cb, est, self._search_grid())
+                est = ml_polish(yb, Hb, cb, est, self._search_grid(), chunk_size=self._polish_chunk())
             parts.append(est)
         return _cat(parts, self.system.k_max)
 
@@ -126,7 +126,10 @@ class Estimator:
         y_t, H_t, codes_t = self._check_inputs(y, H, codes, None)
         with torch.inference_mode():
             return ml_polish(y_t.to(self.device), H_t.to(self.device), codes_t.to(self.device), estimate,
-                             self._search_grid())
+                             self._search_grid(), chunk_size=self._polish_chunk())
+
+    def _polish_chunk(self) -> int:
+        return 512 if self.device.type == "cuda" else 64  # ~0.1 GB of operators H·diag(c_l) per 512 scenes
 
     def _search_grid(self) -> SearchGrid:
         """The polish's search scale: a grid of the network's own look-grid size over the system's FOV."""

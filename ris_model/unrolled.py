@@ -103,10 +103,7 @@ class UnrolledOMPBackbone(nn.Module):
         log_e_prev = torch.zeros(B, device=y.device)
         for t in range(K):
             z = (Hw.mH @ resid).transpose(1, 2) * codes.conj()  # [B, L, N] back-projected residual
-            score = self._grid_power(z)  # [B, L, G]: |a(g)ᴴ·z_l|²
-            if norms is not None:
-                score = score / norms.clamp_min(1e-12)
-            img = score.mean(1).masked_fill(taken, 0.0)  # [B, G]
+            img = self._image(z, norms, taken, ops.real_block)  # [B, G]
             g = img.argmax(-1)
             taken.scatter_(1, g[:, None], True)  # no host sync (index_put with a Python bool syncs)
             mean = img.mean(-1).clamp_min(1e-20)
@@ -168,21 +165,22 @@ class UnrolledOMPBackbone(nn.Module):
                                      dim=(2, 3), dtype=torch.float32).square()
             for b in range(0, B, chunk)], 0)
 
-    def _grid_power(self, x: Tensor, sum_dim: int | None = None) -> Tensor:
-        """|x·Dᴴ|² over the grid, real [..., G] for complex x [..., N] (summed over `sum_dim` if given).
+    def _image(self, z: Tensor, norms: Tensor | None, taken: Tensor, real_block: bool) -> Tensor:
+        """The look's image mean_l |a(g)ᴴ·z_l|² / ‖H_w·diag(c_l)·a(g)‖² over the grid, [B, G], 0 at `taken`.
 
-        On CUDA: one real fp16 tensor-core product of view_as_real(x) with the real block form of Dᴴ, then one
-        fused reduction (scores only rank and describe looks, so fp16's ~0.05 % error is harmless). Measured
-        on an H200: the complex64 route with separate squares spent ~45 % of a training step in elementwise
-        copies of the [B, L, M, G] intermediate."""
-        if not x.is_cuda:
-            power = (x @ self.dictionary_h).abs().square()
-            return power if sum_dim is None else power.sum(sum_dim)
-        G = self.dictionary_h.shape[1]
-        xr = torch.view_as_real(x.contiguous()).flatten(-2).to(LOW_PRECISION)  # [..., 2N]
-        out = (xr @ self.dictionary_h_lowp).unflatten(-1, (2, G))  # [..., 2, G]: re, im
-        dims = (-2,) if sum_dim is None else (sum_dim, -2)
-        return torch.linalg.vector_norm(out, dim=dims, dtype=torch.float32).square()
+        Real-block route (CUDA): one real fp16 tensor-core product of view_as_real(z) with the real block form
+        of Dᴴ, then one fused kernel for squares, normalization and the mean over snapshots (scores only rank
+        and describe looks, so fp16's ~0.05 % error is harmless). Measured on an H200: the complex64 route
+        with separate squares spent ~45 % of a training step in elementwise copies of the intermediates."""
+        if real_block:
+            zr = torch.view_as_real(z.contiguous()).flatten(-2).to(LOW_PRECISION)  # [B, L, 2N]
+            return normalized_image(zr @ self.dictionary_h_lowp, norms, taken)
+        return _reduce_image(self._grid_power(z), norms, taken)
+
+    def _grid_power(self, x: Tensor, sum_dim: int | None = None) -> Tensor:
+        """|x·Dᴴ|² over the grid in complex64, real [..., G] for complex x [..., N] (summed over `sum_dim`)."""
+        power = (x @ self.dictionary_h).abs().square()
+        return power if sum_dim is None else power.sum(sum_dim)
 
     def _patch(self, img: Tensor, g: Tensor) -> Tensor:
         """The 3×3×3 neighbourhood of grid index g in the (Gr, Ge, Ga) image (edges clamped), [B, 27]."""
@@ -272,3 +270,17 @@ def candidate_block(cand: Tensor, element_xyz: Tensor, wavenumber: float, fresne
     re, im = torch.cos(phase) / math.sqrt(N), torch.sin(phase) / math.sqrt(N)  # with no transposed copy
     block = torch.stack([torch.stack([re, im], 2), torch.stack([-im, re], 2)], 2)  # [B, N, 2, 2, P]
     return block.reshape(B, 2 * N, 2 * P).to(LOW_PRECISION)
+
+
+def _reduce_image(power: Tensor, norms: Tensor | None, taken: Tensor) -> Tensor:
+    """[B, L, G] powers → the look image [B, G]: normalized by the atom norms, mean over snapshots, 0 at taken."""
+    if norms is not None:
+        power = power / norms.clamp_min(1e-12)
+    return power.mean(1).masked_fill(taken, 0.0)
+
+
+@compiled_on_cuda
+def normalized_image(out: Tensor, norms: Tensor | None, taken: Tensor) -> Tensor:
+    """The look image from a real-block grid product out [B, L, 2G] = [re | im] (on CUDA one compiled
+    reduction instead of four passes over [B, L, G])."""
+    return _reduce_image(out.unflatten(-1, (2, -1)).float().square().sum(-2), norms, taken)

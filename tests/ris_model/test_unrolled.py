@@ -15,7 +15,14 @@ from ris_model.cuda_graphs import CudaGraphed
 from ris_model.network import _unit_rms
 from ris_model.physics import element_positions, steering
 from ris_model.scenes import generate_scenes, make_generator
-from ris_model.unrolled import LowPrecisionOperator, UnrolledOMPBackbone, candidate_block, real_block
+from ris_model.unrolled import (
+    LOW_PRECISION,
+    LowPrecisionOperator,
+    UnrolledOMPBackbone,
+    candidate_block,
+    normalized_image,
+    real_block,
+)
 from tests.ris_model.conftest import make_model, tiny_config
 
 
@@ -84,9 +91,26 @@ def test_candidate_block_traces_as_one_graph_for_torch_compile() -> None:
     fn = torch.compile(candidate_block.__wrapped__, dynamic=True, fullgraph=True, backend="aot_eager")
     e = element_positions(system, dtype=torch.float32)
     k0 = 2 * math.pi / system.wavelength_m
-    for n in (3, 5):  # a second batch size reuses the dynamic graph
+    for n in (3, 5):  # a second batch size recompiles once with a dynamic batch
         cand = _random_candidates(n, n)
         assert torch.equal(fn(cand, e, k0, False), candidate_block(cand, e, k0, False))
+
+
+@pytest.mark.parametrize("with_norms", [True, False])
+def test_normalized_image_traces_as_one_graph_and_matches_the_complex_image(with_norms: bool) -> None:
+    config = tiny_config(system=SystemConfig(), model=ModelConfig())
+    backbone = UnrolledOMPBackbone(config.system, config.model)
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(3, 16, 144, dtype=torch.complex64, generator=g) / 12
+    norms = torch.rand(3, 16, backbone.dictionary.shape[0], generator=g) + 0.5 if with_norms else None
+    taken = torch.zeros(3, backbone.dictionary.shape[0], dtype=torch.bool)
+    taken[:, 7] = True
+    exact = backbone._image(z, norms, taken, real_block=False)
+    fn = torch.compile(normalized_image.__wrapped__, fullgraph=True, backend="aot_eager")
+    out = torch.view_as_real(z).flatten(-2).to(LOW_PRECISION) @ backbone.dictionary_h_lowp
+    assert_close(fn(out, norms, taken), exact, rtol=5e-3, atol=1e-6)
+    assert_close(backbone._image(z, norms, taken, real_block=True), exact, rtol=5e-3, atol=1e-6)
+    assert bool((exact[:, 7] == 0).all())
 
 
 def test_real_block_look_pass_agrees_with_the_complex_look_pass() -> None:
