@@ -5,10 +5,12 @@ deterministic (conditional) likelihood of the compressed measurements over the K
 white per antenna (DESIGN §2.1a), so the ML positions minimize Σ_l ‖y_l − Φ_l·s_l‖² over positions and
 per-snapshot amplitudes s_l, with Φ_l = H·diag(c_l)·[a(p_1) … a(p_K̂)]. Coordinate ascent in the manner of
 RELAX: source j is searched against the measurements minus the other sources' fitted parts, then all
-amplitudes are re-fitted. Each search runs the shrinking 27-point stencil of SOMP's refinement (which keeps
-its centre) twice, from the current position and from the best point of the whole grid, and keeps the end
-that explains more energy: a global move, so that a source estimated at a wrong place while another is
-missed jumps to the missed one. No step raises the residual energy. At high SNR the ML estimate reaches
+amplitudes are re-fitted. Each search starts where the source explains more energy, at its current position
+or at the best point of the whole grid (a global move: a source estimated at a wrong place while another is
+missed may jump to the missed one), and runs the shrinking 27-point stencil of SOMP's refinement, which
+keeps its centre; so no step raises the residual energy. Measured on the default system at 10–20 dB: the
+polish halves the median angle error of the network's positions but leaves most gross association errors
+(an estimate > 5° from its matched source, ~2 % of pairs), which would need joint moves of two sources. At high SNR the ML estimate reaches
 the CRB, which a regression head trained on a Huber loss with a degree-scale knee does not. The count K̂ is
 left as it is. Batched torch over scenes, in chunks. Imports torch and the estimators' grid and SOMP parts.
 
@@ -95,11 +97,10 @@ def _polish_chunk(y: Tensor, H: Tensor, codes: Tensor, params: Tensor, valid: Te
             # global move first: with the others removed, a source estimated at a wrong place (one found twice,
             # another missed) leaves the missed one as the strongest atom of the grid
             score = ((target.conj().unsqueeze(2) @ dictionary).squeeze(2).abs().square() / atom_norm2).sum(1)
-            local = _refine_atom(ops, target, params[:, j], steps, box, grid, refine_iters)
-            # the grid is coarse (an off-grid source may lose half its energy there): compare after refining
-            jump = _refine_atom(ops, target, grid_params[score.argmax(1)], steps, box, grid, refine_iters)
-            better = _single_score(ops, grid, jump, target) > _single_score(ops, grid, local, target)
-            moved = torch.where(better[:, None], jump, local)
+            best_score, g = score.max(1)  # [b]
+            jump = best_score > _single_score(ops, grid, params[:, j], target)
+            start = torch.where(jump[:, None], grid_params[g], params[:, j])
+            moved = _refine_atom(ops, target, start, steps, box, grid, refine_iters)
             params[:, j] = torch.where(valid[:, j, None], moved, params[:, j])
             cols[j] = _responses(ops, grid, params[:, j:j + 1]).squeeze(-1) * valid[:, j, None, None]
             coef, residual = _solve_ls(y64, torch.stack(cols, -1).to(torch.complex128))
