@@ -8,11 +8,11 @@ RELAX: source j is searched against the measurements minus the other sources' fi
 amplitudes are re-fitted. Each search starts where the source explains more energy, at its current position
 or at the best point of the whole grid (a global move: a source estimated at a wrong place while another is
 missed may jump to the missed one), and runs the shrinking 27-point stencil of SOMP's refinement, which
-keeps its centre; so no step raises the residual energy. Measured on the default system at 10–20 dB: the
-polish halves the median angle error of the network's positions but leaves most gross association errors
-(an estimate > 5° from its matched source, ~2 % of pairs), which would need joint moves of two sources. At high SNR the ML estimate reaches
-the CRB, which a regression head trained on a Huber loss with a degree-scale knee does not. The count K̂ is
-left as it is. Batched torch over scenes, in chunks. Imports torch and the estimators' grid and SOMP parts.
+keeps its centre; so no step raises the residual energy. At high SNR the ML estimate reaches the CRB, which
+a regression head trained on a Huber loss with a degree-scale knee does not. Measured on the default system
+at 10–20 dB: the polish halves the median angle error of the network's positions but leaves most gross
+association errors (an estimate > 5° from its matched source, ~2 % of pairs), which would need joint moves
+of two sources. The count K̂ is left as it is. Batched torch over scenes, in chunks. Imports torch and the estimators' grid and SOMP parts.
 
 References:
     J. Li, P. Stoica, "Efficient mixed-spectrum estimation with applications to target feature extraction"
