@@ -12,7 +12,8 @@ keeps its centre; so no step raises the residual energy. At high SNR the ML esti
 a regression head trained on a Huber loss with a degree-scale knee does not. Measured on the default system
 at 10–20 dB: the polish halves the median angle error of the network's positions but leaves most gross
 association errors (an estimate > 5° from its matched source, ~2 % of pairs), which would need joint moves
-of two sources. The count K̂ is left as it is. Batched torch over scenes, in chunks. Imports torch and the estimators' grid and SOMP parts.
+of two sources. The count K̂ is left as it is. Batched torch over scenes, in chunks. Imports torch and the
+estimators' grid and SOMP parts.
 
 References:
     J. Li, P. Stoica, "Efficient mixed-spectrum estimation with applications to target feature extraction"
