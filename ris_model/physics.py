@@ -71,11 +71,16 @@ def steering_phase(azimuth: Tensor, elevation: Tensor, range_m: Tensor, e: Tenso
     """The phase of `steering`, −k0·(‖p − e_n‖ − r), real [..., N], from tensors and plain numbers only (so
     that a caller may compile it): angles in radians [...], range in meters [...], element positions e [N, 3]
     in meters (e_z = 0), k0 in rad/m; `fresnel` picks the second-order expansion in ‖e‖/r."""
+    r_cos_el = range_m * torch.cos(elevation)
+    return phase_at(r_cos_el * torch.sin(azimuth), range_m * torch.sin(elevation), range_m, e, k0, fresnel=fresnel)
+
+
+def phase_at(x_m: Tensor, y_m: Tensor, range_m: Tensor, e: Tensor, k0: float, *, fresnel: bool) -> Tensor:
+    """`steering_phase` from the source's x, y coordinates and range in meters ([...] each): elementwise
+    arithmetic only, no trigonometry (the part of the phase that is [..., N]-sized)."""
     # p·e_n as elementwise products: a matmul here would run in bf16 under CUDA autocast, and bf16
     # p·e (up to ~8 m²) costs ~0.05 rad of phase per element at 1 GHz
-    r_cos_el = range_m * torch.cos(elevation)
-    proj = (r_cos_el * torch.sin(azimuth)).unsqueeze(-1) * e[:, 0] + (range_m * torch.sin(elevation)).unsqueeze(
-        -1) * e[:, 1]  # [..., N]
+    proj = x_m.unsqueeze(-1) * e[:, 0] + y_m.unsqueeze(-1) * e[:, 1]  # [..., N]
     e2 = (e * e).sum(-1)  # [N]
     r = range_m.unsqueeze(-1)
     if fresnel:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from api_schemas import ModelConfig, SystemConfig
 from ris_model.cuda_graphs import CudaGraphed, compiled_on_cuda
-from ris_model.physics import element_positions, steering, steering_phase
+from ris_model.physics import element_positions, phase_at, steering
 
 _PATCH = torch.tensor([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)])  # [27, 3]
 #: CUDA products of the look pass: fp16 (2⁻¹¹ rounding) rather than bf16 (2⁻⁸) at the same tensor-core speed;
@@ -259,18 +259,27 @@ def block_power(out: Tensor) -> Tensor:
     return torch.linalg.vector_norm(out.unflatten(-1, (2, -1)), dim=-2, dtype=torch.float32).square()
 
 
-@compiled_on_cuda
 def candidate_block(cand: Tensor, element_xyz: Tensor, wavenumber: float, fresnel: bool) -> Tensor:
-    """real_block(steering(cand)ᵀ) of candidates cand [B, P, 3] = (φ, θ, 1/r): [B, 2N, 2P] in LOW_PRECISION,
-    built elementwise from the phase (on CUDA one compiled kernel instead of ~15 passes over [B, P, N])."""
-    B, P, _ = cand.shape
-    N = element_xyz.shape[0]
-    phase = steering_phase(cand[..., 0], cand[..., 1], 1 / cand[..., 2], element_xyz, wavenumber, fresnel=fresnel)
-    phase = phase.transpose(1, 2)  # [B, N, P]: the block's own order, so that the compiled kernel writes it
-    re, im = torch.cos(phase) / math.sqrt(N), torch.sin(phase) / math.sqrt(N)  # with no transposed copy
-    block = torch.stack([torch.stack([re, im], 2), torch.stack([-im, re], 2)], 2)  # [B, N, 2, 2, P]
-    return block.reshape(B, 2 * N, 2 * P).to(LOW_PRECISION)
+    """real_block(steering(cand)ᵀ) of candidates cand [B, P, 3] = (φ, θ, 1/r): [B, 2N, 2P] in LOW_PRECISION.
 
+    The [B, N, P] phase is one compiled kernel on CUDA (arithmetic only: the trigonometry of the angles is
+    done on [B, P] first, so no element recomputes it), the phasors one `polar`, the block four strided
+    copies. Measured on an H100: one compiled kernel for the whole block spent 0.44 ms a round recomputing
+    sines and cosines for each of the block's four entries per element."""
+    N = element_xyz.shape[0]
+    r = 1 / cand[..., 2]
+    r_cos_el = r * torch.cos(cand[..., 1])
+    phase = candidate_phase(r_cos_el * torch.sin(cand[..., 0]), r * torch.sin(cand[..., 1]), r, element_xyz,
+                            wavenumber, fresnel)  # [B, N, P]
+    modulus = torch.full((), 1 / math.sqrt(N), dtype=phase.dtype, device=phase.device)
+    return real_block(torch.polar(modulus.expand_as(phase), phase))
+
+
+@compiled_on_cuda
+def candidate_phase(x_m: Tensor, y_m: Tensor, range_m: Tensor, element_xyz: Tensor, wavenumber: float,
+                    fresnel: bool) -> Tensor:
+    """physics.phase_at for sources [B, P], written transposed as [B, N, P] (the block's order)."""
+    return phase_at(x_m, y_m, range_m, element_xyz, wavenumber, fresnel=fresnel).transpose(1, 2).contiguous()
 
 def _reduce_image(power: Tensor, norms: Tensor | None, taken: Tensor) -> Tensor:
     """[B, L, G] powers → the look image [B, G]: normalized by the atom norms, mean over snapshots, 0 at taken."""

@@ -20,6 +20,7 @@ from ris_model.unrolled import (
     LowPrecisionOperator,
     UnrolledOMPBackbone,
     candidate_block,
+    candidate_phase,
     normalized_image,
     real_block,
 )
@@ -85,15 +86,17 @@ def test_candidate_block_is_the_real_block_of_the_steering_vectors(steering_mode
     assert_close(block.float(), real_block(a.transpose(1, 2)).float(), rtol=0, atol=1e-4)
 
 
-def test_candidate_block_traces_as_one_graph_for_torch_compile() -> None:
+def test_candidate_phase_traces_as_one_graph_for_torch_compile() -> None:
     """On CUDA it runs through torch.compile(fullgraph=True): a graph break would be an error there."""
     system = SystemConfig()
-    fn = torch.compile(candidate_block.__wrapped__, dynamic=True, fullgraph=True, backend="aot_eager")
+    fn = torch.compile(candidate_phase.__wrapped__, fullgraph=True, backend="aot_eager")
     e = element_positions(system, dtype=torch.float32)
     k0 = 2 * math.pi / system.wavelength_m
     for n in (3, 5):  # a second batch size recompiles once with a dynamic batch
-        cand = _random_candidates(n, n)
-        assert torch.equal(fn(cand, e, k0, False), candidate_block(cand, e, k0, False))
+        x, y, r = (torch.rand(n, 27, generator=torch.Generator().manual_seed(n + i)) + 0.5 for i in range(3))
+        out = fn(x, y, r, e, k0, False)
+        assert out.shape == (n, system.n_ris, 27) and out.is_contiguous()
+        assert torch.equal(out, candidate_phase(x, y, r, e, k0, False))
 
 
 @pytest.mark.parametrize("with_norms", [True, False])
