@@ -19,8 +19,8 @@ from ris_model.unrolled import (
     LOW_PRECISION,
     LowPrecisionOperator,
     UnrolledOMPBackbone,
+    block_from_source_xy,
     candidate_block,
-    candidate_phase,
     normalized_image,
     real_block,
 )
@@ -86,17 +86,17 @@ def test_candidate_block_is_the_real_block_of_the_steering_vectors(steering_mode
     assert_close(block.float(), real_block(a.transpose(1, 2)).float(), rtol=0, atol=1e-4)
 
 
-def test_candidate_phase_traces_as_one_graph_for_torch_compile() -> None:
+def test_candidate_block_kernel_traces_as_one_graph_for_torch_compile() -> None:
     """On CUDA it runs through torch.compile(fullgraph=True): a graph break would be an error there."""
     system = SystemConfig()
-    fn = torch.compile(candidate_phase.__wrapped__, fullgraph=True, backend="aot_eager")
+    fn = torch.compile(block_from_source_xy.__wrapped__, fullgraph=True, backend="aot_eager")
     e = element_positions(system, dtype=torch.float32)
     k0 = 2 * math.pi / system.wavelength_m
     for n in (3, 5):  # a second batch size recompiles once with a dynamic batch
         x, y, r = (torch.rand(n, 27, generator=torch.Generator().manual_seed(n + i)) + 0.5 for i in range(3))
         out = fn(x, y, r, e, k0, False)
-        assert out.shape == (n, system.n_ris, 27) and out.is_contiguous()
-        assert torch.equal(out, candidate_phase(x, y, r, e, k0, False))
+        assert out.shape == (n, 2 * system.n_ris, 54) and out.dtype == LOW_PRECISION
+        assert torch.equal(out, block_from_source_xy(x, y, r, e, k0, False))
 
 
 @pytest.mark.parametrize("with_norms", [True, False])

@@ -1,0 +1,69 @@
+"""Time one refinement round's candidate block (ris_model.unrolled.candidate_block) on the GPU: the shipped
+compiled kernel against the eager ops and against a compiled phase + polar + strided copies.
+
+    python3 bench/candidate_block.py [--batch 4096] [--reps 100] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import torch
+
+from api_schemas import SystemConfig
+from ris_model.physics import element_positions, phase_at
+from ris_model.unrolled import block_from_source_xy, real_block
+
+
+def _phase_polar_copies(x, y, r, e, k0, fresnel):  # noqa: ANN001, ANN202
+    phase = torch.compile(lambda *a: phase_at(*a[:5], fresnel=fresnel).transpose(1, 2).contiguous())(x, y, r, e, k0)
+    modulus = torch.full((), 1 / math.sqrt(e.shape[0]), dtype=phase.dtype, device=phase.device)
+    return real_block(torch.polar(modulus.expand_as(phase), phase))
+
+
+def _time_ms(fn, reps: int) -> float:  # noqa: ANN001
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--reps", type=int, default=100)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    system, dev = SystemConfig(), torch.device("cuda")
+    e = element_positions(system, dtype=torch.float32, device=dev)
+    k0 = 2 * math.pi / system.wavelength_m
+    g = torch.Generator(device=dev).manual_seed(0)
+    x, y = (torch.rand(args.batch, 27, generator=g, device=dev) - 0.5 for _ in range(2))
+    r = 0.5 + 9.5 * torch.rand(args.batch, 27, generator=g, device=dev)
+    variants = {
+        "compiled_block": lambda: block_from_source_xy(x, y, r, e, k0, False),
+        "eager_block": lambda: block_from_source_xy.__wrapped__(x, y, r, e, k0, False),
+        "compiled_phase_polar_copies": lambda: _phase_polar_copies(x, y, r, e, k0, False),
+    }
+    ref = variants["eager_block"]().float()
+    result = {"device": torch.cuda.get_device_name(), "batch": args.batch, "candidates": 27, "ms_per_round": {},
+              "max_abs_diff_vs_eager": {}}
+    for name, fn in variants.items():
+        result["ms_per_round"][name] = round(_time_ms(fn, args.reps), 4)
+        result["max_abs_diff_vs_eager"][name] = float((fn().float() - ref).abs().max())
+    print(json.dumps(result, indent=1))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
