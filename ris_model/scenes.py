@@ -24,7 +24,7 @@ from ris_model.physics import bs_response, dft_codebook, steering, steering_far
 
 POOL_CHUNK = 1024
 _MAX_SEPARATION_ROUNDS = 64
-#: candidates drawn at once per scene and slot (at the default separations ≥ 95 % are accepted)
+#: candidates drawn at once per scene and slot (at the default separations ≥ 99.7 % of single draws are accepted)
 _CANDIDATES_PER_SLOT = 8
 
 
