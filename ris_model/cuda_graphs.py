@@ -75,16 +75,16 @@ class CudaGraphed:
         return static_in, static_out, graph
 
 
-def compiled_on_cuda(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+def compiled_on_cuda(fn: Callable[..., Any]) -> Callable[..., Any]:
     """fn unchanged on the CPU; on CUDA (first argument) `torch.compile(fn, fullgraph=True)`,
     which fuses a chain of elementwise ops into one kernel. Compiled on the first CUDA call (outside any graph
     capture: CudaGraphed warms up first); if compilation fails (no Triton, no compiler) it warns once and runs
     fn eagerly from then on."""
-    compiled: Callable[..., Tensor] | None = None
+    compiled: Callable[..., Any] | None = None
     failed = False
 
     @functools.wraps(fn)
-    def wrapper(*args: Any) -> Tensor:
+    def wrapper(*args: Any) -> Any:
         nonlocal compiled, failed
         if failed or not args[0].is_cuda:
             return fn(*args)

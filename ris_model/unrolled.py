@@ -262,24 +262,32 @@ def block_power(out: Tensor) -> Tensor:
 def candidate_block(cand: Tensor, element_xyz: Tensor, wavenumber: float, fresnel: bool) -> Tensor:
     """real_block(steering(cand)ᵀ) of candidates cand [B, P, 3] = (φ, θ, 1/r): [B, 2N, 2P] in LOW_PRECISION.
 
-    The trigonometry of the angles is done on [B, P] first; the [B, N, 2, 2, P] block is then one compiled
-    kernel on CUDA. Measured on an H100 per refinement round at B = 4,096 (`bench/candidate_block.py`): 0.47 ms
-    (1.79 ms eager; ~0.6 ms as a compiled phase + `polar` + four strided copies). The kernel is bound by its
-    transcendentals: each of the four block entries of an element evaluates its own sine/cosine."""
+    The trigonometry of the angles is done on [B, P] first; then two compiled kernels on CUDA: the phasors'
+    cosine and sine planes [B, N, P] (one sine and one cosine per element), and the block's four entries
+    from them (a copy). A single kernel for the block evaluated a sine and a cosine for each of the four
+    entries of an element: 0.47 ms per refinement round at B = 4,096 on an H100 (`bench/candidate_block.py`;
+    1.79 ms eager)."""
     r = 1 / cand[..., 2]
     r_cos_el = r * torch.cos(cand[..., 1])
-    return block_from_source_xy(r_cos_el * torch.sin(cand[..., 0]), r * torch.sin(cand[..., 1]), r, element_xyz,
-                                wavenumber, fresnel)
+    c, s = phasor_planes(r_cos_el * torch.sin(cand[..., 0]), r * torch.sin(cand[..., 1]), r, element_xyz,
+                         wavenumber, fresnel)
+    return block_from_planes(c, s)
 
 
 @compiled_on_cuda
-def block_from_source_xy(x_m: Tensor, y_m: Tensor, range_m: Tensor, element_xyz: Tensor, wavenumber: float,
-                         fresnel: bool) -> Tensor:
-    """The real block [B, 2N, 2P] of steering vectors of sources at x, y, range [B, P] (meters)."""
-    B, P = x_m.shape
+def phasor_planes(x_m: Tensor, y_m: Tensor, range_m: Tensor, element_xyz: Tensor, wavenumber: float,
+                  fresnel: bool) -> tuple[Tensor, Tensor]:
+    """cos and sin of the steering phase, each [B, N, P] fp32 (already scaled by 1/√N), for sources at x, y and
+    range [B, P] in meters."""
     N = element_xyz.shape[0]
     phase = phase_at(x_m, y_m, range_m, element_xyz, wavenumber, fresnel=fresnel).transpose(1, 2)  # [B, N, P]
-    re, im = torch.cos(phase) / math.sqrt(N), torch.sin(phase) / math.sqrt(N)
+    return torch.cos(phase) / math.sqrt(N), torch.sin(phase) / math.sqrt(N)
+
+
+@compiled_on_cuda
+def block_from_planes(re: Tensor, im: Tensor) -> Tensor:
+    """The real block [B, 2N, 2P] (LOW_PRECISION) of the complex matrix re + i·im [B, N, P] (see real_block)."""
+    B, N, P = re.shape
     block = torch.stack([torch.stack([re, im], 2), torch.stack([-im, re], 2)], 2)  # [B, N, 2, 2, P]
     return block.reshape(B, 2 * N, 2 * P).to(LOW_PRECISION)
 

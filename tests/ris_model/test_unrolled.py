@@ -19,9 +19,10 @@ from ris_model.unrolled import (
     LOW_PRECISION,
     LowPrecisionOperator,
     UnrolledOMPBackbone,
-    block_from_source_xy,
+    block_from_planes,
     candidate_block,
     normalized_image,
+    phasor_planes,
     real_block,
 )
 from tests.ris_model.conftest import make_model, tiny_config
@@ -86,17 +87,21 @@ def test_candidate_block_is_the_real_block_of_the_steering_vectors(steering_mode
     assert_close(block.float(), real_block(a.transpose(1, 2)).float(), rtol=0, atol=1e-4)
 
 
-def test_candidate_block_kernel_traces_as_one_graph_for_torch_compile() -> None:
-    """On CUDA it runs through torch.compile(fullgraph=True): a graph break would be an error there."""
+def test_candidate_block_kernels_trace_as_one_graph_each_for_torch_compile() -> None:
+    """On CUDA they run through torch.compile(fullgraph=True): a graph break would be an error there."""
     system = SystemConfig()
-    fn = torch.compile(block_from_source_xy.__wrapped__, fullgraph=True, backend="aot_eager")
+    planes = torch.compile(phasor_planes.__wrapped__, fullgraph=True, backend="aot_eager")
+    block = torch.compile(block_from_planes.__wrapped__, fullgraph=True, backend="aot_eager")
     e = element_positions(system, dtype=torch.float32)
     k0 = 2 * math.pi / system.wavelength_m
     for n in (3, 5):  # a second batch size recompiles once with a dynamic batch
         x, y, r = (torch.rand(n, 27, generator=torch.Generator().manual_seed(n + i)) + 0.5 for i in range(3))
-        out = fn(x, y, r, e, k0, False)
+        c, s = planes(x, y, r, e, k0, False)
+        assert c.shape == s.shape == (n, system.n_ris, 27)
+        out = block(c, s)
         assert out.shape == (n, 2 * system.n_ris, 54) and out.dtype == LOW_PRECISION
-        assert torch.equal(out, block_from_source_xy(x, y, r, e, k0, False))
+        assert torch.equal(out, block_from_planes(*phasor_planes(x, y, r, e, k0, False)))
+        assert torch.equal(out, real_block(torch.complex(c, s)))
 
 
 @pytest.mark.parametrize("with_norms", [True, False])
