@@ -51,7 +51,8 @@ def test_evaluation_of_a_trained_job_succeeds(finished_evaluation: dict[str, Any
 def test_report_has_every_table(client: TestClient, finished_evaluation: dict[str, Any]) -> None:
     report = client.get(f"/v1/jobs/{finished_evaluation['id']}/report").json()
     assert report["kind"] == "evaluation"
-    assert report["methods"] == ["model", "somp", "mdl_measurement", "aic_measurement", "mdl_oracle", "aic_oracle"]
+    assert report["methods"] == ["model", "model_raw", "somp", "mdl_measurement", "aic_measurement", "mdl_oracle",
+                                 "aic_oracle"]
     assert [t["label"] for t in report["by_snr"]][-1] == "all"
     assert report["by_snr"][-1]["n_scenes"] == 16
     assert len(report["by_k"]) == 2 and len(report["by_range"]) == 3  # tiny_config's K_MAX = 2
