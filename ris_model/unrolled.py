@@ -291,6 +291,7 @@ def block_from_planes(re: Tensor, im: Tensor) -> Tensor:
     block = torch.stack([torch.stack([re, im], 2), torch.stack([-im, re], 2)], 2)  # [B, N, 2, 2, P]
     return block.reshape(B, 2 * N, 2 * P).to(LOW_PRECISION)
 
+
 def _reduce_image(power: Tensor, norms: Tensor | None, taken: Tensor) -> Tensor:
     """[B, L, G] powers → the look image [B, G]: normalized by the atom norms, mean over snapshots, 0 at taken."""
     if norms is not None:
