@@ -6,8 +6,8 @@ snapshot has its own operator and its own symbols, so atoms are selected jointly
 amplitudes are re-fitted by least squares per snapshot. Each new atom is refined off the grid (a shrinking
 27-point stencil in (φ, θ, 1/r)), and all atoms are then re-refined cyclically, in the spirit of Newtonized
 OMP; without it, the off-grid leakage of a strong source looks like another source at high SNR.
-Batched torch over scenes, in chunks to bound memory. Imports torch, api_schemas, ris_model.physics and the
-estimators' grid.
+Batched torch over scenes, in chunks to bound memory. Imports torch and the estimators' atoms (the effective
+atoms, their LS fit and the stencil search, shared with the polish) and grid.
 
 References:
     J. A. Tropp, A. C. Gilbert, M. J. Strauss, "Algorithms for simultaneous sparse approximation. Part I:
@@ -24,11 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ris_model.estimators.atoms import fov_box, refine_atom, responses, solve_ls
 from ris_model.estimators.grid import SearchGrid, SourceEstimate
-from ris_model.estimators.spectra import _stencil
-from ris_model.physics import steering
 
-_STENCIL = _stencil(torch.device("cpu"))
 DEFAULT_GAIN_THRESHOLD = 3.0  # ×L·σ̂²; train-stream calibration (bench/baselines.py --calibrate): 2.5–3 best
 
 
@@ -129,7 +127,7 @@ def _somp_chunk(y: Tensor, H: Tensor, codes: Tensor, grid: SearchGrid, n_atoms: 
     taken = torch.zeros(b, grid.size, dtype=torch.bool, device=y.device)
     params, atoms, picks = [], [], []
     steps = torch.tensor(grid.steps(), dtype=torch.float64, device=y.device)
-    box = _box(grid, y.device)
+    box = fov_box(grid, y.device)
     for _ in range(n_atoms):
         # joint selection: the energy a grid atom captures by per-snapshot LS, summed over snapshots
         # (rᴴ·D)* = Dᴴ·r: conjugating the small residual instead of the large dictionary
@@ -140,43 +138,19 @@ def _somp_chunk(y: Tensor, H: Tensor, codes: Tensor, grid: SearchGrid, n_atoms: 
         picks.append(g)
         az, el, rng = grid.points(g)
         p = torch.stack([az, el, 1 / rng], -1)  # [b, 3]
-        p = _refine_atom(ops, residual, p, steps, box, grid, refine_iters)
+        p = refine_atom(ops, residual, p, steps, box, grid, refine_iters)
         params.append(p)
-        atoms.append(_responses(ops, grid, p[:, None]).squeeze(-1))  # [b, L, M]
+        atoms.append(responses(ops, grid, p[:, None]).squeeze(-1))  # [b, L, M]
         coef, residual = _refit(y64, atoms)
         for _ in range(n_cyclic if refine_iters > 0 and len(atoms) > 1 else 0):
             for j in range(len(atoms)):
                 # the residual with atom j's own fitted part added back, then refine atom j against it
                 own = atoms[j].to(torch.complex128) * coef[..., j:j + 1]  # [b, L, M]
-                params[j] = _refine_atom(ops, residual + own, params[j], steps, box, grid, refine_iters)
-                atoms[j] = _responses(ops, grid, params[j][:, None]).squeeze(-1)
+                params[j] = refine_atom(ops, residual + own, params[j], steps, box, grid, refine_iters)
+                atoms[j] = responses(ops, grid, params[j][:, None]).squeeze(-1)
                 coef, residual = _refit(y64, atoms)
         energies.append(residual.abs().square().sum((1, 2)))
     return torch.stack(params, 1), torch.stack(energies, 1), torch.stack(picks, 1), torch.stack(atoms, -1)
-
-
-def _refine_atom(ops: Tensor, target: Tensor, p: Tensor, steps: Tensor, box: tuple[Tensor, Tensor],
-                 grid: SearchGrid, n_iter: int) -> Tensor:
-    """Shrinking-stencil search of one atom's (φ, θ, 1/r) [b, 3] maximizing Σ_l |b_lᴴ t_l|²/‖b_l‖² for the
-    targets t [b, L, M]: 27 points at ± step per axis, move to the best, halve the step, n_iter times."""
-    offsets = _STENCIL.to(p.device)  # [P, 3], centre first
-    step = (steps / 2).expand_as(p).clone()
-    target = target.to(torch.complex64)
-    for _ in range(n_iter):
-        cand = torch.minimum(torch.maximum(p[:, None] + offsets * step[:, None], box[0]), box[1])  # [b, 27, 3]
-        resp = _responses(ops, grid, cand)  # [b, L, M, 27]
-        corr = (target.conj().unsqueeze(2) @ resp).squeeze(2)  # [b, L, 27], conjugate of b_lᴴ·t_l
-        score = (corr.abs().square() / resp.abs().square().sum(2).clamp_min(1e-30)).sum(1)  # [b, 27]
-        best = score.argmax(1)
-        p = cand[torch.arange(p.shape[0], device=p.device), best]
-        step = step / 2  # a shrinking stencil: resolution 2^-n of the start, reach twice the start
-    return p
-
-
-def _responses(ops: Tensor, grid: SearchGrid, p: Tensor) -> Tensor:
-    """Effective atoms H·diag(c_l)·a(φ, θ, r) for params p float64 [b, P, 3] → complex64 [b, L, M, P]."""
-    a = steering(grid.system, p[..., 0], p[..., 1], 1 / p[..., 2]).to(torch.complex64)  # [b, P, N]
-    return ops @ a.transpose(1, 2).unsqueeze(1)  # [b, L, M, P]
 
 
 def _prune(y: Tensor, atoms: Tensor, active: Tensor, threshold: Tensor, min_sources: int) -> Tensor:
@@ -201,23 +175,12 @@ def _prune(y: Tensor, atoms: Tensor, active: Tensor, threshold: Tensor, min_sour
 def _refit_masked(y: Tensor, atoms: Tensor, mask: Tensor) -> Tensor:
     """Residual energy [...] of per-snapshot LS of y [..., L, M] on the masked atoms [..., L, M, S] (mask [..., S])."""
     Phi = atoms.to(torch.complex128) * mask[..., None, None, :]  # zero columns get zero coefficients
-    return _solve_ls(y, Phi)[1].abs().square().sum((-2, -1))
+    return solve_ls(y, Phi)[1].abs().square().sum((-2, -1))
 
 
 def _refit(y: Tensor, atoms: list[Tensor]) -> tuple[Tensor, Tensor]:
     """Per-snapshot least squares of y [b, L, M] on the atoms (each [b, L, M]): (coef [b, L, k], residual)."""
-    return _solve_ls(y, torch.stack(atoms, -1).to(torch.complex128))
-
-
-def _solve_ls(y: Tensor, Phi: Tensor) -> tuple[Tensor, Tensor]:
-    """min_x ‖y_l − Φ_l·x_l‖ per snapshot for y [..., L, M], Φ [..., L, M, k]: (coef [..., L, k], residual)."""
-    gram = Phi.mH @ Phi  # [..., L, k, k]
-    k = gram.shape[-1]
-    load = 1e-10 * gram.diagonal(dim1=-2, dim2=-1).real.mean(-1).clamp_min(1e-300)
-    eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
-    coef = torch.cholesky_solve((Phi.mH @ y.unsqueeze(-1)),
-                                torch.linalg.cholesky(gram + load[..., None, None] * eye)).squeeze(-1)  # [..., L, k]
-    return coef, y - (Phi @ coef.unsqueeze(-1)).squeeze(-1)
+    return solve_ls(y, torch.stack(atoms, -1).to(torch.complex128))
 
 
 def _noise_var(y: Tensor, snr_db: Tensor | None, energy: Tensor, max_sources: int) -> Tensor:
@@ -237,12 +200,6 @@ def _stopping_rule(energy: Tensor, noise_var: Tensor, L: int, min_sources: int, 
     j = torch.arange(S, device=gain.device)
     stop = small & (j >= min_sources)
     return torch.where(stop.any(1), torch.where(stop, j, S).amin(1), torch.full_like(j[:1], S).expand(len(gain)))
-
-
-def _box(grid: SearchGrid, device: torch.device) -> tuple[Tensor, Tensor]:
-    lo = torch.tensor([grid.azimuth[0], grid.elevation[0], 1 / grid.range_m[-1]], dtype=torch.float64, device=device)
-    hi = torch.tensor([grid.azimuth[-1], grid.elevation[-1], 1 / grid.range_m[0]], dtype=torch.float64, device=device)
-    return lo, hi
 
 
 def _check_inputs(y: Tensor, H: Tensor, codes: Tensor, grid: SearchGrid) -> tuple[int, int, int]:

@@ -13,7 +13,7 @@ it, re-place it where the residual is strongest, re-polish all) and keeps it whe
 falls: two estimates sharing one source while another is missed is a local optimum of the coordinate
 passes. At high SNR the ML estimate reaches the CRB, which a regression head trained on a Huber loss with a
 degree-scale knee does not. The count K̂ is left as it is. Batched torch over scenes, in chunks. Imports torch and the
-estimators' grid and SOMP parts.
+estimators' grid and atoms.
 
 References:
     J. Li, P. Stoica, "Efficient mixed-spectrum estimation with applications to target feature extraction"
@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ris_model.estimators.atoms import fov_box, refine_atom, responses, solve_ls
 from ris_model.estimators.grid import SearchGrid, SourceEstimate
-from ris_model.estimators.omp import _box, _refine_atom, _responses, _solve_ls
 
 DEFAULT_CYCLES = 3
 DEFAULT_REFINE_ITERS = 8
@@ -77,7 +77,7 @@ def polish(y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, grid: 
 def _polish_chunk(y: Tensor, H: Tensor, codes: Tensor, params: Tensor, valid: Tensor, grid: SearchGrid,
                   n_cycles: int, refine_iters: int, n_rebirths: int) -> Tensor:
     """Polished params float64 [b, S, 3] of one chunk; invalid slots keep their values."""
-    lo, hi = _box(grid, y.device)
+    lo, hi = fov_box(grid, y.device)
     params = torch.minimum(torch.maximum(params, lo), hi)  # a start outside the FOV is clamped into it
     active = [j for j in range(params.shape[1]) if bool(valid[:, j].any())]
     if not n_cycles or refine_iters <= 0 or not active:
@@ -98,7 +98,7 @@ class _Polisher:
         self.ops = (H[:, None] * codes[:, :, None, :]).to(torch.complex64)  # [b, L, M, N]: H·diag(c_l)
         self.y64, self.valid, self.grid, self.refine_iters = y.to(torch.complex128), valid, grid, refine_iters
         self.steps = torch.tensor(grid.steps(), dtype=torch.float64, device=y.device)
-        self.box = _box(grid, y.device)
+        self.box = fov_box(grid, y.device)
         self.dictionary = self.ops @ grid.steering.to(y.device, torch.complex64).T  # [b, L, M, G]
         self.atom_norm2 = self.dictionary.abs().square().sum(2).clamp_min(1e-30)  # [b, L, G]
         g_az, g_el, g_r = grid.points(torch.arange(grid.size, device=grid.azimuth.device))
@@ -107,11 +107,11 @@ class _Polisher:
     def column(self, params: Tensor, j: int, keep: Tensor) -> Tensor:
         """The effective atom of slot j, [b, L, M]; zero where `keep` [b] is False (the loaded per-snapshot
         LS then gives it zero amplitude)."""
-        return _responses(self.ops, self.grid, params[:, j:j + 1]).squeeze(-1) * keep[:, None, None]
+        return responses(self.ops, self.grid, params[:, j:j + 1]).squeeze(-1) * keep[:, None, None]
 
     def fit(self, cols: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Per-snapshot LS amplitudes [b, L, S] and residual [b, L, M] of y on the columns."""
-        return _solve_ls(self.y64, torch.stack(cols, -1).to(torch.complex128))
+        return solve_ls(self.y64, torch.stack(cols, -1).to(torch.complex128))
 
     def search(self, target: Tensor, start: Tensor) -> Tensor:
         """The best single source for targets [b, L, M]: from `start` [b, 3] or from the grid's best point,
@@ -121,7 +121,7 @@ class _Polisher:
         best_score, g = score.max(1)  # [b]
         jump = best_score > _single_score(self.ops, self.grid, start, target)
         start = torch.where(jump[:, None], self.grid_params[g], start)
-        return _refine_atom(self.ops, target, start, self.steps, self.box, self.grid, self.refine_iters)
+        return refine_atom(self.ops, target, start, self.steps, self.box, self.grid, self.refine_iters)
 
     def cycle(self, params: Tensor, active: list[int]) -> Tensor:
         """One coordinate pass: each source against y minus the others' fitted parts (RELAX)."""
@@ -163,6 +163,6 @@ class _Polisher:
 
 def _single_score(ops: Tensor, grid: SearchGrid, p: Tensor, target: Tensor) -> Tensor:
     """Σ_l |b_lᴴ·t_l|² / ‖b_l‖² of one source at p [b, 3] for targets t [b, L, M]: the energy it explains. [b]"""
-    resp = _responses(ops, grid, p[:, None]).squeeze(-1)  # [b, L, M]
+    resp = responses(ops, grid, p[:, None]).squeeze(-1)  # [b, L, M]
     corr = (target.conj() * resp).sum(-1)  # [b, L]
     return (corr.abs().square() / resp.abs().square().sum(-1).clamp_min(1e-30)).sum(1)

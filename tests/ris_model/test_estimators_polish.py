@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from api_schemas import SystemConfig
+from ris_model.estimators.atoms import responses, solve_ls
 from ris_model.estimators.grid import SearchGrid, SourceEstimate
-from ris_model.estimators.omp import _responses, _solve_ls
 from ris_model.estimators.polish import polish
 from ris_model.physics import steering
 from ris_model.scenes import SceneBatch, generate_scenes, make_generator
@@ -42,8 +42,8 @@ def _residual_energy(b: SceneBatch, e: SourceEstimate) -> torch.Tensor:
     """Σ_l ‖y_l − Φ_l·ŝ_l‖² per scene with the per-snapshot LS amplitudes of the valid sources."""
     ops = (b.H[:, None] * b.codes[:, :, None, :]).to(torch.complex64)
     p = torch.stack([e.azimuth, e.elevation, 1 / e.range_m], -1)
-    phi = _responses(ops, SearchGrid.uniform(SYSTEM), p) * e.valid[:, None, None, :]  # [B, L, M, S]
-    return _solve_ls(b.y.to(torch.complex128), phi.to(torch.complex128))[1].abs().square().sum((1, 2))
+    phi = responses(ops, SearchGrid.uniform(SYSTEM), p) * e.valid[:, None, None, :]  # [B, L, M, S]
+    return solve_ls(b.y.to(torch.complex128), phi.to(torch.complex128))[1].abs().square().sum((1, 2))
 
 
 def test_polish_brings_perturbed_sources_to_the_truth_at_high_snr(scenes: SceneBatch) -> None:
