@@ -62,22 +62,16 @@ def steering(system: SystemConfig, azimuth: Tensor | float, elevation: Tensor | 
     azimuth, elevation, range_m = _as_tensors(azimuth, elevation, range_m)
     e = element_positions(system, device=azimuth.device, dtype=azimuth.dtype)  # [N, 3]
     k0 = 2 * math.pi / system.wavelength_m
-    phase = steering_phase(azimuth, elevation, range_m, e, k0, fresnel=system.steering_model == "fresnel")
+    p = source_position(azimuth, elevation, range_m)  # [..., 3]
+    phase = phase_at(p[..., 0], p[..., 1], range_m, e, k0, fresnel=system.steering_model == "fresnel")
     return _phasors(phase, e.shape[0])
 
 
-def steering_phase(azimuth: Tensor, elevation: Tensor, range_m: Tensor, e: Tensor, k0: float, *,
-                   fresnel: bool) -> Tensor:
-    """The phase of `steering`, −k0·(‖p − e_n‖ − r), real [..., N], from tensors and plain numbers only (so
-    that a caller may compile it): angles in radians [...], range in meters [...], element positions e [N, 3]
-    in meters (e_z = 0), k0 in rad/m; `fresnel` picks the second-order expansion in ‖e‖/r."""
-    r_cos_el = range_m * torch.cos(elevation)
-    return phase_at(r_cos_el * torch.sin(azimuth), range_m * torch.sin(elevation), range_m, e, k0, fresnel=fresnel)
-
-
 def phase_at(x_m: Tensor, y_m: Tensor, range_m: Tensor, e: Tensor, k0: float, *, fresnel: bool) -> Tensor:
-    """`steering_phase` from the source's x, y coordinates and range in meters ([...] each): elementwise
-    arithmetic only, no trigonometry (the part of the phase that is [..., N]-sized)."""
+    """The phase of `steering`, −k0·(‖p − e_n‖ − r), real [..., N], from the source's x, y coordinates and range
+    in meters ([...] each; `source_position`), element positions e [N, 3] in meters (e_z = 0) and k0 in rad/m;
+    `fresnel` picks the second-order expansion in ‖e‖/r. Tensors and plain numbers only, elementwise arithmetic
+    only: the [..., N]-sized part of steering, which a caller may compile."""
     # p·e_n as elementwise products: a matmul here would run in bf16 under CUDA autocast, and bf16
     # p·e (up to ~8 m²) costs ~0.05 rad of phase per element at 1 GHz
     proj = x_m.unsqueeze(-1) * e[:, 0] + y_m.unsqueeze(-1) * e[:, 1]  # [..., N]

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from api_schemas import ModelConfig, SystemConfig
 from ris_model.cuda_graphs import CudaGraphed, compiled_on_cuda
-from ris_model.physics import element_positions, phase_at, steering
+from ris_model.physics import element_positions, phase_at, source_position, steering
 
 _PATCH = torch.tensor([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)])  # [27, 3]
 #: CUDA products of the look pass: fp16 (2⁻¹¹ rounding) rather than bf16 (2⁻⁸) at the same tensor-core speed;
@@ -268,10 +268,8 @@ def candidate_block(cand: Tensor, element_xyz: Tensor, wavenumber: float, fresne
     entries of an element: 0.47 ms per refinement round at B = 4,096 on an H100 (`bench/candidate_block.py`;
     1.79 ms eager)."""
     r = 1 / cand[..., 2]
-    r_cos_el = r * torch.cos(cand[..., 1])
-    c, s = phasor_planes(r_cos_el * torch.sin(cand[..., 0]), r * torch.sin(cand[..., 1]), r, element_xyz,
-                         wavenumber, fresnel)
-    return block_from_planes(c, s)
+    p = source_position(cand[..., 0], cand[..., 1], r)  # [B, P, 3]
+    return block_from_planes(*phasor_planes(p[..., 0], p[..., 1], r, element_xyz, wavenumber, fresnel))
 
 
 @compiled_on_cuda

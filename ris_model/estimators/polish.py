@@ -84,9 +84,9 @@ def _polish_chunk(y: Tensor, H: Tensor, codes: Tensor, params: Tensor, valid: Te
         return params
     p = _Polisher(y, H, codes, valid, grid, refine_iters)
     for _ in range(n_cycles):
-        params = p.cycle(params, active)
+        params, energy = p.cycle(params, active)
     for _ in range(n_rebirths):
-        params = p.rebirth(params, active)
+        params, energy = p.rebirth(params, energy, active)
     return params
 
 
@@ -123,8 +123,9 @@ class _Polisher:
         start = torch.where(jump[:, None], self.grid_params[g], start)
         return refine_atom(self.ops, target, start, self.steps, self.box, self.grid, self.refine_iters)
 
-    def cycle(self, params: Tensor, active: list[int]) -> Tensor:
-        """One coordinate pass: each source against y minus the others' fitted parts (RELAX)."""
+    def cycle(self, params: Tensor, active: list[int]) -> tuple[Tensor, Tensor]:
+        """One coordinate pass: each source against y minus the others' fitted parts (RELAX). Returns the new
+        params and their residual energy Σ_l ‖y_l − Φ_l·ŝ_l‖² per scene [b]."""
         params = params.clone()
         cols = [self.column(params, j, self.valid[:, j]) for j in range(params.shape[1])]
         coef, residual = self.fit(cols)
@@ -134,31 +135,25 @@ class _Polisher:
             params[:, j] = torch.where(self.valid[:, j, None], moved, params[:, j])
             cols[j] = self.column(params, j, self.valid[:, j])
             coef, residual = self.fit(cols)
-        return params
+        return params, residual.abs().square().sum((1, 2))
 
-    def energy(self, params: Tensor) -> Tensor:
-        """Σ_l ‖y_l − Φ_l·ŝ_l‖² per scene, [b]."""
-        return self.fit([self.column(params, j, self.valid[:, j]) for j in range(params.shape[1])])[1].abs(
-        ).square().sum((1, 2))
-
-    def rebirth(self, params: Tensor, active: list[int]) -> Tensor:
+    def rebirth(self, params: Tensor, energy: Tensor, active: list[int]) -> tuple[Tensor, Tensor]:
         """A joint move per slot j: drop it, re-fit the others, place it anew where the residual is strongest,
         re-polish all once, and keep the result where the residual energy fell. The coordinate pass cannot
         leave a local optimum where two estimates share one source and another source is missed: moving
-        either one alone explains less energy than staying."""
-        best, best_energy = params, self.energy(params)
+        either one alone explains less energy than staying. `energy`: the residual energy of `params`."""
+        best, best_energy = params, energy
         for j in active:
             keep = self.valid.clone()
             keep[:, j] = False
             _, residual = self.fit([self.column(best, i, keep[:, i]) for i in range(params.shape[1])])
             trial = best.clone()
             trial[:, j] = torch.where(self.valid[:, j, None], self.search(residual, best[:, j]), best[:, j])
-            trial = self.cycle(trial, active)
-            trial_energy = self.energy(trial)
+            trial, trial_energy = self.cycle(trial, active)
             better = trial_energy < best_energy
             best = torch.where(better[:, None, None], trial, best)
             best_energy = torch.where(better, trial_energy, best_energy)
-        return best
+        return best, best_energy
 
 
 def _single_score(ops: Tensor, grid: SearchGrid, p: Tensor, target: Tensor) -> Tensor:
