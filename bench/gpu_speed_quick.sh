@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Training throughput now vs a baseline tree, the CUDA tests of the look pass and generation, and a profile
-# with the host-sync count (device tool; the quick half of gpu_speed.sh, without the diagnostic).
+# with the host-sync count (device tool; gpu_speed.sh and gpu_final.sh run it first).
 # Usage: bash bench/gpu_speed_quick.sh OUT_DIR   (results in OUT_DIR/results.tgz; carry: baseline_tree)
 source "$(dirname "$0")/_gpu_out.sh" "${1:-}"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
