@@ -77,13 +77,30 @@ class RisNet(nn.Module):
     def forward(self, y: Tensor, H: Tensor, codes: Tensor, snr_db: Tensor | None = None) -> ModelOutput:
         """y: complex64 [B, L, M] (axis 1 = snapshots); H: complex64 [B, M, N]; codes: complex64 [B, L, N].
         snr_db is accepted for API symmetry and not used: the model must infer the noise level itself."""
+        return self.from_prepared(*self.prepare(y, H, codes))
+
+    def prepare(self, y: Tensor, H: Tensor, codes: Tensor) -> tuple[Tensor, ...]:
+        """The parameter-free part of the forward (no gradient): the measurement spectrum's features
+        [B, 2M + 1] first, then the backbone's input — the look pass (looks [B, K, F], anchors [B, K, 3]) of
+        unrolled_omp, or the back-projections z [B, L, N] of the other architectures. The measurement spectrum
+        (cuSOLVER, which synchronizes with the host) is computed first, while the GPU queue is short; what
+        follows, `from_prepared`, never synchronizes and can be captured as a CUDA graph (ris_model.graphed_step)."""
         y, H = _unit_rms(y), _unit_rms(H)
+        with torch.no_grad():
+            meas_feats = measurement_eigen_features(y, floor=self.cfg.spectral_floor).float()
+            if isinstance(self.backbone, UnrolledOMPBackbone):
+                return (meas_feats, *self.backbone.look_pass(y, H, codes))
+            z = _unit_rms(back_project(y, H, codes, whiten=self.cfg.backprojection == "whitened"))  # [B, L, N]
+            return meas_feats, z
+
+    def from_prepared(self, meas_feats: Tensor, *backbone_input: Tensor) -> ModelOutput:
+        """The trainable part of the forward, from `prepare`'s outputs."""
         anchors = None
         if isinstance(self.backbone, UnrolledOMPBackbone):
-            pooled, slots, anchors = self.backbone(y, H, codes)  # [B, d], [B, K, d], [B, K, 3]
+            looks, anchors = backbone_input
+            pooled, slots = self.backbone.encode(looks, anchors)  # [B, d], [B, K, d]
         else:
-            z = _unit_rms(back_project(y, H, codes, whiten=self.cfg.backprojection == "whitened"))  # [B, L, N]
-            pooled, slots = self.backbone(z)  # [B, d], [B, K, d]
+            pooled, slots = self.backbone(*backbone_input)  # [B, d], [B, K, d]
         s = self.system
         # geometry head: (φ, θ, r) per slot and an existence logit
         g = self.geom_head(slots).float()  # [B, K, 4]; fp32: bf16 would cost ~0.2° of angle resolution
@@ -108,8 +125,7 @@ class RisNet(nn.Module):
         F = F / F.abs().square().sum((1, 2), keepdim=True).clamp_min(1e-12).sqrt()
         # K-head: spectral features (bounded) and a direct path, ensembled
         gram_eigs, gram_feats = gram_eigen_features(F, floor=self.cfg.spectral_floor)
-        meas_feats = measurement_eigen_features(y, floor=self.cfg.spectral_floor)
-        k_spec = self.k_head["spectral"](torch.cat([gram_feats, meas_feats], -1).float()).float()
+        k_spec = self.k_head["spectral"](torch.cat([gram_feats.float(), meas_feats], -1)).float()
         exist_sorted = torch.sort(exist, dim=-1, descending=True).values
         k_direct = self.k_head["direct"](torch.cat([pooled.float(), exist_sorted], -1)).float()
         return ModelOutput(

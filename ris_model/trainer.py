@@ -26,6 +26,7 @@ from api_schemas import metrics as keys
 from ris_model import checkpoint as ckpt
 from ris_model.errors import CheckpointError, NonFiniteAbort, NonFiniteAttribution
 from ris_model.faults import Faults, eigenvector_alignment_loss
+from ris_model.graphed_step import GraphedLoss
 from ris_model.losses import LossResult, compute_loss
 from ris_model.metrics import CountingTally, GeometryTally
 from ris_model.network import RisNet
@@ -79,6 +80,7 @@ class Trainer:
         self.faults = faults or Faults()
         if self.faults.unused_head:  # plant a head that no loss uses (dead parameters)
             model.k_head["unused"] = nn.Linear(config.model.d_model, 1).to(device)
+        self.graphed = GraphedLoss(self.model, config.system)  # CUDA only; see ris_model.graphed_step
         self.scenes = SceneSource(config.system, config.data, self.device,
                                   symbols_constant=self.faults.symbols_constant,
                                   val_from_train=self.faults.val_from_train)
@@ -193,9 +195,15 @@ class Trainer:
         if self.config.debug.oom_at_step == self.pos.global_step:  # fault tests: an OOM without a huge tensor
             raise torch.OutOfMemoryError(f"debug.oom_at_step: simulated out-of-memory at step {self.pos.global_step}")
         model.train()
-        with self._autocast(phase):
-            out = model(batch.y, batch.H, batch.codes, batch.snr_db)
-            res = self._loss(out, batch, phase)
+        graphed = (self.graphed.run(batch, phase.loss_weights, autocast=self._amp(phase))
+                   if self._graphable(batch) else None)
+        if graphed is not None:  # forward + loss replayed as a CUDA graph; backward() replays its backward graph
+            res, k_logits = graphed
+        else:
+            with self._autocast(phase):
+                out = model(batch.y, batch.H, batch.codes, batch.snr_db)
+                res = self._loss(out, batch, phase)
+            k_logits = out.k_logits
         stats = self.epoch_stats
         stats.n_batches += 1
         stats.n_samples += len(batch)
@@ -212,7 +220,7 @@ class Trainer:
         self.consecutive_nonfinite = 0
         stats.loss_sum = stats.loss_sum + total.detach().double()  # device-side sums, read at the epoch end
         stats.n_finite += 1
-        stats.k_correct = stats.k_correct + (res_k_pred(out.k_logits) == batch.k).sum()
+        stats.k_correct = stats.k_correct + (res_k_pred(k_logits) == batch.k).sum()
         if take_step:
             self._mark_updated()
             opt.step()
@@ -224,13 +232,23 @@ class Trainer:
         self._last_grad_norm = grad_norm
         return total.detach(), res
 
-    def _loss(self, out: Any, batch: SceneBatch, phase: PhaseConfig) -> LossResult:
+    def _graphable(self, batch: SceneBatch) -> bool:
+        """The CUDA-graph path runs the plain loss: not with a planted fault or an injected NaN this step, and
+        only at the configured batch size (a short last batch runs eagerly rather than capturing its own)."""
+        return (self.device.type == "cuda" and len(batch) == self.config.data.batch_size
+                and self._nan_term() is None and not self.faults.eigvec_loss and not self.faults.unused_head
+                and any(p.requires_grad for p in self.model.parameters()))
+
+    def _nan_term(self) -> str | None:
+        """The loss term that debug.nan_loss_term makes NaN at this step, if any (fault tests)."""
         debug = self.config.debug
-        inject = None
         if debug.nan_loss_term is not None and self.pos.global_step >= debug.nan_from_step:
             if debug.nan_n_steps == 0 or self.pos.global_step < debug.nan_from_step + debug.nan_n_steps:
-                inject = debug.nan_loss_term
-        res = compute_loss(out, batch, phase.loss_weights, self.config.system, inject_nan=inject)
+                return debug.nan_loss_term
+        return None
+
+    def _loss(self, out: Any, batch: SceneBatch, phase: PhaseConfig) -> LossResult:
+        res = compute_loss(out, batch, phase.loss_weights, self.config.system, inject_nan=self._nan_term())
         if self.faults.eigvec_loss:
             term = eigenvector_alignment_loss(out.cov_factor, batch)
             res.terms["eigvec_align"] = term
@@ -366,10 +384,12 @@ class Trainer:
     def _progress(self) -> float:
         return min(1.0, self.pos.global_step / max(self.config.total_steps, 1))
 
+    def _amp(self, phase: PhaseConfig) -> bool:
+        return phase.amp and self.device.type == "cuda"
+
     @contextmanager
     def _autocast(self, phase: PhaseConfig) -> Iterator[None]:
-        use = phase.amp and self.device.type == "cuda"
-        with torch.autocast("cuda", dtype=torch.bfloat16) if use else nullcontext():
+        with torch.autocast("cuda", dtype=torch.bfloat16) if self._amp(phase) else nullcontext():
             yield
 
     def _mark_updated(self) -> None:

@@ -70,15 +70,23 @@ class UnrolledOMPBackbone(nn.Module):
         """y: complex [B, L, M] (axis 1 = snapshots), H: [B, M, N], codes: [B, L, N], each unit-RMS.
 
         Returns pooled [B, d], slots [B, K_MAX, d] and anchors [B, K_MAX, 3] (φ, θ in radians, 1/r in 1/m)."""
+        looks, anchors = self.look_pass(y, H, codes)
+        return (*self.encode(looks, anchors), anchors)
+
+    def look_pass(self, y: Tensor, H: Tensor, codes: Tensor) -> tuple[Tensor, Tensor]:
+        """The parameter-free greedy pass (no gradient; a CUDA-graph replay in training on CUDA):
+        looks [B, K_MAX, N_LOOK_FEATURES] and anchors [B, K_MAX, 3]."""
         with torch.no_grad(), torch.autocast(y.device.type, enabled=False):  # the looks set their own precision
             if self.training and self.graphed_looks is not None and y.is_cuda:
-                looks, anchors = self.graphed_looks(self.look, y, H, codes)
-            else:
-                looks, anchors = self.look(y, H, codes)
+                return self.graphed_looks(self.look, y, H, codes)
+            return self.look(y, H, codes)
+
+    def encode(self, looks: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
+        """The trainable part: a transformer over the look tokens. Returns pooled [B, d], slots [B, K_MAX, d]."""
         looks = torch.cat([looks, anchors / self.anchors.abs().amax(0).clamp_min(1e-6)], -1)
         tokens = self.embed(looks) + self.look_pos  # [B, K, d]
         slots = self.norm(self.encoder(tokens))
-        return slots.mean(1), slots, anchors
+        return slots.mean(1), slots
 
     def look(self, y: Tensor, H: Tensor, codes: Tensor, real_block: bool | None = None) -> tuple[Tensor, Tensor]:
         """The greedy SOMP pass. Returns per-look features [B, K, N_LOOK_FEATURES] and anchors [B, K, 3].

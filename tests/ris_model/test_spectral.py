@@ -13,8 +13,10 @@ from torch.testing import assert_close
 from api_schemas import SystemConfig
 from ris_model.physics import steering
 from ris_model.spectral import (
+    JACOBI_SWEEPS,
     gram_eigen_features,
     gram_eigenvalues,
+    jacobi_eigh,
     measurement_eigen_features,
     music_denominator_lowrank,
     normalized_spectrum_features,
@@ -147,6 +149,50 @@ def test_gram_eigenvalues_are_descending_and_nonnegative(gen: torch.Generator) -
     F[:, :, 2] = 0  # rank-deficient
     eigs = gram_eigenvalues(F)
     assert torch.all(eigs[:, :-1] >= eigs[:, 1:]) and torch.all(eigs >= 0)
+
+
+def _hermitian(gen: torch.Generator, n: int, case: str, batch: int = 64) -> torch.Tensor:
+    """Gram matrices FᴴF [batch, n, n] (complex128): random, one pair of eigenvalues ~1e-6 apart (relative),
+    rank-deficient, or eigenvalues spread over eight decades."""
+    F = torch.randn(batch, 144, n, generator=gen, dtype=C128)
+    if case == "close" and n >= 2:
+        F[:, :, 1] = F[:, :, 0] + 1e-3 * F[:, :, 1]
+    if case == "rank_deficient" and n >= 2:
+        F[:, :, n // 2:] = 0
+    if case == "spread":
+        F = F * torch.logspace(0, -4, n, dtype=F64)
+    return F.mH @ F
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 6, 16])
+@pytest.mark.parametrize("case", ["random", "close", "rank_deficient", "spread"])
+def test_jacobi_eigh_matches_lapack(gen: torch.Generator, n: int, case: str) -> None:
+    A = _hermitian(gen, n, case)
+    eigs, V = jacobi_eigh(A, sweeps=10 if n > 6 else JACOBI_SWEEPS)
+    ref = torch.linalg.eigvalsh(A)
+    scale = ref.abs().amax(-1, keepdim=True)
+    assert_close(eigs.sort(-1).values / scale, ref / scale, rtol=0, atol=1e-13, msg="eigenvalues (vs LAPACK)")
+    eye = torch.eye(n, dtype=C128).expand_as(A)
+    assert_close(V.mH @ V, eye, rtol=0, atol=1e-13, msg="orthonormal eigenvectors")
+    assert_close((A @ V) / scale[..., None], (V * eigs[:, None, :]) / scale[..., None], rtol=0, atol=1e-12,
+                 msg="A·v = λ·v")
+
+
+@pytest.mark.parametrize("method", ["lapack", "jacobi"])
+def test_gram_eigenvalues_and_gradients_match_eigvalsh(gen: torch.Generator, method: str) -> None:
+    """Both eigenvector routes give eigvalsh's eigenvalues and its gradient (Hellmann–Feynman: the
+    eigenvector estimate is detached, so only ∂λ/∂G = v·vᴴ flows)."""
+    F = torch.randn(16, 144, 5, generator=gen, dtype=C128)
+    F[:4, :, 1] = F[:4, :, 0] + 1e-4 * F[:4, :, 1]  # nearly equal pairs: still finite, still exact
+    weights = torch.arange(1.0, 6.0, dtype=F64)
+    F1 = F.clone().requires_grad_(True)
+    eigs = gram_eigenvalues(F1, method=method)
+    (eigs * weights).sum().backward()
+    F2 = F.clone().requires_grad_(True)
+    ref = torch.linalg.eigvalsh(F2.mH @ F2).flip(-1)
+    (ref * weights).sum().backward()
+    assert_close(eigs, ref, rtol=1e-12, atol=1e-12)
+    assert_close(F1.grad, F2.grad, rtol=1e-9, atol=1e-9)
 
 
 def _rank_one_factor() -> torch.Tensor:
