@@ -1,5 +1,6 @@
 """Training throughput of the `joint` phase (issue 4): samples/s of the real train step (scene generation on
 the device + forward + loss + backward + clip + AdamW + EMA) at several batch sizes; bf16 autocast on CUDA.
+Times one epoch of the trainer's own loop (Trainer._train_epoch) after five warm-up steps.
 
     python3 bench/train.py [--device cuda] [--batches 64 256 2048] [--steps 30] [--model KEY=VALUE ...]
                            [--out var/bench-train.json]
@@ -23,7 +24,7 @@ import torch  # noqa: E402
 from api_schemas import DataConfig, LossWeights, ModelConfig, PhaseConfig, TrainingJobConfig  # noqa: E402
 from ris_model.network import RisNet  # noqa: E402
 from ris_model.sinks import NullSink  # noqa: E402
-from ris_model.trainer import Trainer  # noqa: E402
+from ris_model.trainer import Trainer, never_stop  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -46,21 +47,22 @@ def parse_overrides(pairs: list[str]) -> dict:
 def measure(batch_size: int, steps: int, device: torch.device, architecture: str, model: dict | None = None) -> dict:
     phase = PhaseConfig(name="joint", epochs=1, ema_decay=0.999, amp=True,
                         loss_weights=LossWeights(lam_cov=0.5, lam_k=1.0, lam_aux=1.0, lam_gap=0.05, lam_margin=0.05))
-    config = TrainingJobConfig(data=DataConfig(n_train=batch_size * (steps + 5), n_val=64, batch_size=batch_size),
+    steps = max(steps, 5)  # the warm-up draws batches 0..4 of the same epoch
+    config = TrainingJobConfig(data=DataConfig(n_train=batch_size * steps, n_val=64, batch_size=batch_size),
                                phases=(phase,), model={"architecture": architecture, **(model or {})})
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, RisNet(config.system, config.model), NullSink(), device, checkpoint_dir=Path(tmp))
         trainer._setup_phase(phase)
-        for b in range(5):  # warm-up
+        for b in range(5):  # warm-up (compilation, graph capture)
             trainer._train_step(phase, trainer.scenes.train_batch(0, b), take_step=True)
         _sync(device)
+        # the trainer's own epoch loop: next-batch prefetch, sampled logging and all
         t0 = time.perf_counter()
-        for b in range(5, 5 + steps):
-            trainer._train_step(phase, trainer.scenes.train_batch(0, b), take_step=True)
+        trainer._train_epoch(phase, never_stop)
         _sync(device)
         step_s = (time.perf_counter() - t0) / steps
         t0 = time.perf_counter()
-        for b in range(5, 5 + steps):
+        for b in range(steps):
             trainer.scenes.train_batch(0, b)
         _sync(device)
         gen_s = (time.perf_counter() - t0) / steps

@@ -164,7 +164,15 @@ class Trainer:
         n_batches = self.scenes.n_batches
         data_epoch = sum(p.epochs for p in self.config.phases[: self.pos.phase_index]) + self.pos.epoch
         started, stats_before = time.perf_counter(), self.epoch_stats.n_samples
-        for batch in self.scenes.train_batches(data_epoch, start=self.pos.batch):
+        # the next batch is generated while the GPU runs this step's backward (Trainer._train_step's `prefetch`)
+        batches = self.scenes.train_batches(data_epoch, start=self.pos.batch)
+        upcoming: list[SceneBatch | None] = [next(batches, None)]
+
+        def prefetch() -> None:
+            upcoming[0] = next(batches, None)
+
+        while (batch := upcoming[0]) is not None:
+            upcoming[0] = None
             # cooperative stop, polled between steps
             reason = None if debug.ignore_cancel else should_stop()
             if reason is not None:
@@ -176,7 +184,7 @@ class Trainer:
                 g["lr"] = lr
             # forward / backward / (skip or step)
             take_step = (not self.faults.one_step_per_epoch) or self.pos.batch == n_batches - 1
-            loss, res = self._train_step(phase, batch, take_step=take_step)
+            loss, res = self._train_step(phase, batch, take_step=take_step, prefetch=prefetch)
             self.pos.batch += 1
             self.pos.global_step += 1
             if self.pos.global_step % self.config.log_every_steps == 0:
@@ -188,8 +196,11 @@ class Trainer:
         self._samples_per_s = (self.epoch_stats.n_samples - stats_before) / max(elapsed, 1e-9)
         return None
 
-    def _train_step(self, phase: PhaseConfig, batch: SceneBatch, *, take_step: bool) -> tuple[Tensor, LossResult]:
-        """One batch: forward, loss, backward; then one optimizer step, or a counted, attributed skip."""
+    def _train_step(self, phase: PhaseConfig, batch: SceneBatch, *, take_step: bool,
+                    prefetch: Callable[[], None] | None = None) -> tuple[Tensor, LossResult]:
+        """One batch: forward, loss, backward; then one optimizer step, or a counted, attributed skip.
+        `prefetch` (the next batch's generation) is called once the backward is queued, before the step's host
+        sync, so that the CPU issues it while the GPU is still busy."""
         model, opt = self.model, self.optimizer
         assert opt is not None  # set by _setup_phase (internal invariant, not input)
         if self.config.debug.oom_at_step == self.pos.global_step:  # fault tests: an OOM without a huge tensor
@@ -210,6 +221,8 @@ class Trainer:
         total = res.total
         if total.requires_grad:
             total.backward()  # a non-finite loss gives non-finite gradients; the step is skipped below
+        if prefetch is not None:
+            prefetch()
         trainable = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
         max_norm = phase.grad_clip_norm if phase.grad_clip_norm is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm) if trainable else total.detach() * 0

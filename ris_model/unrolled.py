@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from api_schemas import ModelConfig, SystemConfig
 from ris_model.cuda_graphs import CudaGraphed, compiled_on_cuda
+from ris_model.kernels import fused_available, grouped_power
 from ris_model.physics import element_positions, phase_at, source_position, steering
 
 _PATCH = torch.tensor([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)])  # [27, 3]
@@ -150,11 +151,15 @@ class UnrolledOMPBackbone(nn.Module):
             cand = torch.maximum(torch.minimum(anchor[:, None, :] + offsets * step, hi), lo)  # [B, 27, 3]
             if zr is not None:  # one fused kernel (compiled on CUDA) writes the fp16 block of all candidates
                 block = candidate_block(cand, self.element_xyz, self.wavenumber, self.fresnel)
-                matched, power = block_power(zr @ block), ops.power_block(block)  # [B, L, 27] each
+                power = ops.power_block(block)  # [B, L, 27]
+                if ops.fused:  # one Triton kernel: the matched product, ÷ the norms, summed over l
+                    score = grouped_power(zr, block, zr.shape[1], power)[:, 0]
+                else:
+                    score = (block_power(zr @ block) / power.clamp_min(1e-12)).sum(1)
             else:
                 a = self._steer(cand)  # [B, 27, N]
-                matched, power = (z @ a.mH).abs().square(), ops.power(a)
-            best = (matched / power.clamp_min(1e-12)).mean(1).argmax(-1)  # [B]
+                score = ((z @ a.mH).abs().square() / ops.power(a).clamp_min(1e-12)).sum(1)
+            best = score.argmax(-1)  # [B]
             anchor = cand.gather(1, best[:, None, None].expand(-1, 1, 3)).squeeze(1)
             step = step / 2
         return anchor
@@ -166,6 +171,8 @@ class UnrolledOMPBackbone(nn.Module):
         if not ops.real_block:
             x = ops.ops.reshape(B, L, M, -1)
             return torch.cat([self._grid_power(x[:, l:l + 4], sum_dim=2) for l in range(0, L, 4)], 1)
+        if ops.fused:
+            return grouped_power(ops.ops, self.dictionary_h_lowp, M)
         G2 = self.dictionary_h_lowp.shape[1]  # 2G
         chunk = max(1, 2**30 // (L * M * G2 * 2))  # ~1 GiB of fp16 products at a time
         return torch.cat([
@@ -182,6 +189,9 @@ class UnrolledOMPBackbone(nn.Module):
         with separate squares spent ~45 % of a training step in elementwise copies of the intermediates."""
         if real_block:
             zr = torch.view_as_real(z.contiguous()).flatten(-2).to(LOW_PRECISION)  # [B, L, 2N]
+            if fused_available(zr, zr.shape[1]):  # one Triton kernel: product, squares, ÷ norms, sum over l
+                image = grouped_power(zr, self.dictionary_h_lowp, zr.shape[1], norms)[:, 0] / zr.shape[1]
+                return image.masked_fill(taken, 0.0)
             return normalized_image(zr @ self.dictionary_h_lowp, norms, taken)
         return _reduce_image(self._grid_power(z), norms, taken)
 
@@ -247,6 +257,8 @@ class LowPrecisionOperator:
         self.real_block = ops.is_cuda if real_block is None else real_block
         flat = ops.reshape(B, L * M, N)
         self.ops = torch.view_as_real(flat).flatten(-2).to(LOW_PRECISION) if self.real_block else flat
+        #: the real-block products run as ris_model.kernels.grouped_power (products never written)
+        self.fused = self.real_block and fused_available(self.ops, M) and fused_available(self.ops, L)
 
     def power(self, a: Tensor) -> Tensor:
         if not self.real_block:
@@ -258,6 +270,8 @@ class LowPrecisionOperator:
         """‖H_w·diag(c_l)·a_p‖², [B, L, P], for candidates given as their real block [B, 2N, 2P] (real_block
         route only)."""
         B, L, M = self.shape
+        if self.fused:
+            return grouped_power(self.ops, block, M)
         out = (self.ops @ block).reshape(B, L, M, 2, -1)  # [B, L, M, re/im, P]
         return torch.linalg.vector_norm(out, dim=(2, 3), dtype=torch.float32).square()
 

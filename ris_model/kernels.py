@@ -1,0 +1,120 @@
+"""A fused Triton kernel for the look pass's grouped powers (issue 4): a real fp16 tensor-core product whose
+squared magnitudes are summed over groups of rows inside the kernel, so that the product itself is never
+written to memory.
+
+Owns grouped_power and fused_available. Imports torch and, lazily, triton (absent on CPU-only installs).
+The look pass needs, for real-block operands (see ris_model.unrolled.real_block):
+- the atom norms ‖H_w·diag(c_l)·a(g)‖² = Σ_m |x_{l,m}·d_g|²: rows x = the L·M operator rows, groups of M;
+  before, the [B, L·M, 2G] fp16 product (7 GB at B = 4,096) was written and read back by a norm reduction;
+- the look image Σ_l |z_l·d_g|² / norm_{l,g}: rows z_l, one group of L rows per scene, divided row by row;
+- the refinement's norm and score products, the same two with per-scene candidate blocks.
+out[b, r, j] = Σ_{i < group} |x[b, r·group + i] · (d[:, j] + i·d[:, P + j])|² / norms[b, r·group + i, j]
+with d = [re | im] columns, fp32 accumulation. `fused_available` says where it runs; elsewhere the callers keep
+their torch route (the CPU, group sizes that are not a power of two).
+Reference: the Triton tutorial "Matrix multiplication" (tiling, tl.dot).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from torch import Tensor
+
+_MAX_GROUP = 64
+
+
+@functools.cache
+def _triton_ok() -> bool:
+    if os.environ.get("RIS_NO_TRITON"):
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def fused_available(x: Tensor, group: int) -> bool:
+    """Whether grouped_power runs for operands like x: CUDA (or Triton's CPU interpreter), Triton importable,
+    group a power of two ≤ 64."""
+    on_device = x.is_cuda or (os.environ.get("TRITON_INTERPRET") == "1")
+    return on_device and _triton_ok() and 0 < group <= _MAX_GROUP and group & (group - 1) == 0
+
+
+def grouped_power(x: Tensor, d: Tensor, group: int, norms: Tensor | None = None) -> Tensor:
+    """x [B, R·group, K] fp16 rows; d [K, 2P] or [B, K, 2P] fp16, columns [re | im]; norms (optional)
+    fp32 [B, R·group, P]. Returns fp32 [B, R, P]: per group of rows, the sum of |x_i·(d_re + i·d_im)|²
+    (divided by norms[i] elementwise when given, after clamping it at 1e-12)."""
+    kernel = _kernel()
+    B, rows, K = x.shape
+    P = d.shape[-1] // 2
+    R = rows // group
+    assert rows == R * group and d.shape[-2] == K, (x.shape, d.shape, group)
+    out = torch.empty(B, R, P, dtype=torch.float32, device=x.device)
+    d_batch_stride = d.stride(0) if d.ndim == 3 else 0
+    dk, dp = d.stride(-2), d.stride(-1)
+    nb = norms if norms is not None else out  # a placeholder pointer when there are no norms
+    n_strides = (norms.stride(0), norms.stride(1), norms.stride(2)) if norms is not None else (0, 0, 0)
+    block_m = max(64, group)
+
+    def grid(meta: dict) -> tuple[int, int, int]:
+        return (triton_cdiv(rows, meta["BLOCK_M"]), triton_cdiv(P, meta["BLOCK_P"]), B)
+
+    kernel[grid](
+        x, d, nb, out, rows, P,
+        x.stride(0), x.stride(1), x.stride(2), d_batch_stride, dk, dp, *n_strides,
+        out.stride(0), out.stride(1), out.stride(2),
+        K=K, GROUP=group, HAS_NORMS=norms is not None, BLOCK_M=block_m,
+    )
+    return out
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.cache
+def _kernel():  # noqa: ANN202 (a triton.JITFunction, built on first use so that CPU installs need no Triton)
+    import triton
+    import triton.language as tl
+
+    configs = [triton.Config({"BLOCK_P": bp, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+               for bp, bk, w, s in ((64, 32, 4, 3), (64, 64, 8, 3), (32, 32, 4, 4), (128, 32, 8, 3))]
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        configs = configs[:1]
+
+    @triton.autotune(configs=configs, key=["rows", "P", "K", "GROUP", "HAS_NORMS"])
+    @triton.jit
+    def grouped_power_kernel(x_ptr, d_ptr, n_ptr, o_ptr, rows, P,
+                             sxb, sxr, sxk, sdb, sdk, sdp, snb, snr, snp, sob, sor, sop,
+                             K: tl.constexpr, GROUP: tl.constexpr, HAS_NORMS: tl.constexpr, BLOCK_M: tl.constexpr,
+                             BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+        pid_m, pid_p, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        j = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+        acc_re = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
+        acc_im = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
+        x_base = x_ptr + b.to(tl.int64) * sxb
+        d_base = d_ptr + b.to(tl.int64) * sdb
+        for k0 in tl.static_range(0, K, BLOCK_K):  # K (= 2N) is a compile-time constant: fully unrolled
+            k = k0 + tl.arange(0, BLOCK_K)
+            xt = tl.load(x_base + r[:, None] * sxr + k[None, :] * sxk,
+                         mask=(r[:, None] < rows) & (k[None, :] < K), other=0.0)
+            dmask = (k[:, None] < K) & (j[None, :] < P)
+            d_re = tl.load(d_base + k[:, None] * sdk + j[None, :] * sdp, mask=dmask, other=0.0)
+            d_im = tl.load(d_base + k[:, None] * sdk + (j[None, :] + P) * sdp, mask=dmask, other=0.0)
+            acc_re = tl.dot(xt, d_re, acc_re)
+            acc_im = tl.dot(xt, d_im, acc_im)
+        power = acc_re * acc_re + acc_im * acc_im
+        if HAS_NORMS:
+            nrm = tl.load(n_ptr + b.to(tl.int64) * snb + r[:, None] * snr + j[None, :] * snp,
+                          mask=(r[:, None] < rows) & (j[None, :] < P), other=1.0)
+            power = power / tl.maximum(nrm, 1e-12)
+        summed = tl.sum(tl.reshape(power, (BLOCK_M // GROUP, GROUP, BLOCK_P)), axis=1)
+        g = pid_m * (BLOCK_M // GROUP) + tl.arange(0, BLOCK_M // GROUP)
+        tl.store(o_ptr + b.to(tl.int64) * sob + g[:, None] * sor + j[None, :] * sop, summed,
+                 mask=(g[:, None] < rows // GROUP) & (j[None, :] < P))
+
+    return grouped_power_kernel

@@ -1,0 +1,97 @@
+"""ris_model.kernels: the fused grouped-power Triton kernel equals the product-then-reduce it replaces (issue 4).
+
+On a GPU the kernel runs natively; on the CPU it runs in Triton's interpreter (TRITON_INTERPRET=1, which must be
+set before triton is imported, hence a subprocess). Skipped where Triton is not installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+
+
+def _reference(x: torch.Tensor, d: torch.Tensor, group: int, norms: torch.Tensor | None) -> torch.Tensor:
+    """The unfused route in float64: the product, |·|² of [re | im] columns, ÷ norms, sum over row groups."""
+    prod = x.double() @ d.double()  # [B, rows, 2P]
+    power = prod.unflatten(-1, (2, -1)).square().sum(-2)  # [B, rows, P]
+    if norms is not None:
+        power = power / norms.double().clamp_min(1e-12)
+    return power.unflatten(1, (-1, group)).sum(2)
+
+
+def check_grouped_power(device: str) -> None:
+    """Every operand layout the look pass uses, against the float64 reference."""
+    from ris_model.kernels import fused_available, grouped_power  # after TRITON_INTERPRET is set
+    from ris_model.unrolled import LOW_PRECISION, real_block
+
+    gen = torch.Generator().manual_seed(0)
+    B, L, M, N = 3, 4, 8, 20
+    ops = torch.randn(B, L * M, N, generator=gen, dtype=torch.complex64)
+    x = torch.view_as_real(ops).flatten(-2).to(LOW_PRECISION).to(device)  # [B, L·M, 2N]
+    shared = real_block(torch.randn(N, 37, generator=gen, dtype=torch.complex64)).to(device)  # [2N, 74]
+    batched = real_block(torch.randn(B, N, 27, generator=gen, dtype=torch.complex64)).to(device)  # [B, 2N, 54]
+    assert fused_available(x, M)
+    for d in (shared, batched):
+        P = d.shape[-1] // 2
+        norms = (torch.rand(B, L * M, P, generator=gen) + 0.1).to(device)
+        for group, nrm in ((M, None), (L * M, None), (L * M // 2, norms), (2, norms)):
+            out = grouped_power(x, d, group, nrm)
+            assert out.shape == (B, L * M // group, P) and out.dtype == torch.float32
+            assert_close(out.double(), _reference(x, d, group, nrm), rtol=1e-5, atol=1e-6,
+                         msg=f"group {group}, norms {nrm is not None}, d {tuple(d.shape)}")
+    assert not fused_available(x, 12), "group sizes must be powers of two"
+
+
+def check_look_pass_products(device: str) -> None:
+    """The look pass's three fused products (atom norms, image, refinement norms) against their torch route."""
+    from api_schemas import ModelConfig, SystemConfig
+    from ris_model.unrolled import LowPrecisionOperator, UnrolledOMPBackbone
+
+    system = SystemConfig(n_ris_h=4, n_ris_v=4, n_bs_antennas=4, n_snapshots=4, k_max=3)
+    backbone = UnrolledOMPBackbone(system, ModelConfig(d_model=16, n_layers=1, n_heads=2)).to(device)
+    gen = torch.Generator().manual_seed(1)
+    ops = torch.randn(2, 4, 4, 16, generator=gen, dtype=torch.complex64).to(device)
+    fused = LowPrecisionOperator(ops, real_block=True)
+    plain = LowPrecisionOperator(ops, real_block=True)
+    plain.fused = False
+    assert fused.fused
+    norms_fused, norms_plain = backbone._atom_norms(fused), backbone._atom_norms(plain)
+    assert_close(norms_fused, norms_plain, rtol=3e-3, atol=1e-6)  # the torch route rounds products to fp16
+    block = backbone.dictionary_h_lowp[:, :54].unsqueeze(0).expand(2, -1, -1)
+    assert_close(fused.power_block(block), plain.power_block(block), rtol=3e-3, atol=1e-6)
+    z = torch.randn(2, 4, 16, generator=gen, dtype=torch.complex64).to(device)
+    taken = torch.zeros(2, norms_plain.shape[-1], dtype=torch.bool, device=device)
+    taken[:, 5] = True
+    image = backbone._image(z, norms_plain, taken, real_block=True)
+    assert image[:, 5].eq(0).all()
+    from ris_model.unrolled import LOW_PRECISION, normalized_image
+    zr = torch.view_as_real(z).flatten(-2).to(LOW_PRECISION)
+    assert_close(image, normalized_image(zr @ backbone.dictionary_h_lowp, norms_plain, taken), rtol=3e-3, atol=1e-6)
+
+
+def _run(check: str) -> None:
+    if torch.cuda.is_available():
+        globals()[check]("cuda")
+        return
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    code = f"from tests.ris_model.test_kernels import {check}; {check}('cpu')"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_grouped_power_matches_the_unfused_product() -> None:
+    _run("check_grouped_power")
+
+
+def test_look_pass_products_match_their_torch_route() -> None:
+    _run("check_look_pass_products")
