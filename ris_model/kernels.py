@@ -47,27 +47,30 @@ def grouped_power(x: Tensor, d: Tensor, group: int, norms: Tensor | None = None)
     """x [B, R·group, K] fp16 rows; d [K, 2P] or [B, K, 2P] fp16, columns [re | im]; norms (optional)
     fp32 [B, R·group, P]. Returns fp32 [B, R, P]: per group of rows, the sum of |x_i·(d_re + i·d_im)|²
     (divided by norms[i] elementwise when given, after clamping it at 1e-12)."""
-    kernel = _kernel()
+    plain, tuned = _kernel()
     B, rows, K = x.shape
     P = d.shape[-1] // 2
     R = rows // group
     assert rows == R * group and d.shape[-2] == K, (x.shape, d.shape, group)
+    if d.ndim == 2 and B > 1:  # a shared right factor: all scenes' rows form one tall operand (fuller tiles)
+        flat_norms = norms.reshape(1, B * rows, P) if norms is not None else None
+        return grouped_power(x.reshape(1, B * rows, K), d, group, flat_norms).reshape(B, R, P)
     out = torch.empty(B, R, P, dtype=torch.float32, device=x.device)
     d_batch_stride = d.stride(0) if d.ndim == 3 else 0
     dk, dp = d.stride(-2), d.stride(-1)
     nb = norms if norms is not None else out  # a placeholder pointer when there are no norms
     n_strides = (norms.stride(0), norms.stride(1), norms.stride(2)) if norms is not None else (0, 0, 0)
-    block_m = max(64, group)
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return (triton_cdiv(rows, meta["BLOCK_M"]), triton_cdiv(P, meta["BLOCK_P"]), B)
 
-    kernel[grid](
-        x, d, nb, out, rows, P,
-        x.stride(0), x.stride(1), x.stride(2), d_batch_stride, dk, dp, *n_strides,
-        out.stride(0), out.stride(1), out.stride(2),
-        K=K, GROUP=group, HAS_NORMS=norms is not None, BLOCK_M=block_m,
-    )
+    args = (x, d, nb, out, rows, P, x.stride(0), x.stride(1), x.stride(2), d_batch_stride, dk, dp, *n_strides,
+            out.stride(0), out.stride(1), out.stride(2))
+    if tuned is None:
+        meta = {"BLOCK_M": max(16, group), "BLOCK_P": 32, "BLOCK_K": 32}
+        plain[grid(meta)](*args, K=K, GROUP=group, HAS_NORMS=norms is not None, **meta)
+    else:
+        tuned[grid](*args, K=K, GROUP=group, HAS_NORMS=norms is not None)
     return out
 
 
@@ -80,12 +83,20 @@ def _kernel():  # noqa: ANN202 (a triton.JITFunction, built on first use so that
     import triton
     import triton.language as tl
 
-    configs = [triton.Config({"BLOCK_P": bp, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-               for bp, bk, w, s in ((64, 32, 4, 3), (64, 64, 8, 3), (32, 32, 4, 4), (128, 32, 8, 3))]
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        configs = configs[:1]
+    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_P": bp, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+               for bm, bp, bk, w, s in ((16, 32, 32, 4, 3), (16, 64, 32, 4, 3), (64, 64, 32, 4, 3),
+                                        (128, 64, 32, 8, 3), (128, 32, 32, 4, 4), (128, 128, 32, 8, 3),
+                                        (256, 32, 32, 8, 3), (256, 64, 32, 8, 3))]
 
-    @triton.autotune(configs=configs, key=["rows", "P", "K", "GROUP", "HAS_NORMS"])
+    def prune(configs: list, named_args: dict, **kwargs: object) -> list:
+        """Row tiles hold whole groups and are no taller than the operand (rounded up to 16); the
+        interpreter (CPU tests) takes the first that fits."""
+        rows, group, P = named_args["rows"], kwargs["GROUP"], named_args["P"]
+        fit = [c for c in configs if c.kwargs["BLOCK_M"] >= group and c.kwargs["BLOCK_M"] % group == 0
+               and c.kwargs["BLOCK_M"] <= max(16, 1 << (rows - 1).bit_length())
+               and c.kwargs["BLOCK_P"] <= max(32, 1 << (P - 1).bit_length())]
+        return fit or [c for c in configs if c.kwargs["BLOCK_M"] % group == 0][-1:]
+
     @triton.jit
     def grouped_power_kernel(x_ptr, d_ptr, n_ptr, o_ptr, rows, P,
                              sxb, sxr, sxk, sdb, sdk, sdp, snb, snr, snp, sob, sor, sop,
@@ -117,4 +128,7 @@ def _kernel():  # noqa: ANN202 (a triton.JITFunction, built on first use so that
         tl.store(o_ptr + b.to(tl.int64) * sob + g[:, None] * sor + j[None, :] * sop, summed,
                  mask=(g[:, None] < rows // GROUP) & (j[None, :] < P))
 
-    return grouped_power_kernel
+    if os.environ.get("TRITON_INTERPRET") == "1":  # CPU tests: no autotuning (it needs a GPU driver)
+        return grouped_power_kernel, None
+    return grouped_power_kernel, triton.autotune(configs=configs, key=["rows", "P", "K", "GROUP", "HAS_NORMS"],
+                                                 prune_configs_by={"early_config_prune": prune})(grouped_power_kernel)

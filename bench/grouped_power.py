@@ -1,0 +1,79 @@
+"""The look pass's four grouped-power products at the default sizes: the torch route (fp16 tensor-core product
+written out, then a norm reduction) against the fused Triton kernel (ris_model.kernels). Not a test.
+
+    python3 bench/grouped_power.py [--batch 4096] [--reps 20] [--out var/bench-grouped-power.json]
+
+Prints a table and writes JSON (ms per call, CUDA events, after a warm-up that includes autotuning).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from api_schemas import ModelConfig, SystemConfig  # noqa: E402
+from ris_model.kernels import grouped_power  # noqa: E402
+from ris_model.unrolled import LOW_PRECISION, block_power, normalized_image  # noqa: E402
+
+
+def _time(fn: Callable[[], object], reps: int) -> float:
+    for _ in range(3):
+        fn()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    stop.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(stop) / reps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("var/bench-grouped-power.json"))
+    args = parser.parse_args()
+    system, model = SystemConfig(), ModelConfig()
+    B, L, M, N = args.batch, system.n_snapshots, system.n_bs_antennas, system.n_ris
+    G, P = model.grid_azimuth * model.grid_elevation * model.grid_inv_range, 27
+    dev = torch.device("cuda")
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=dev).to(LOW_PRECISION)
+
+    ops, z = rand(B, L * M, 2 * N), rand(B, L, 2 * N)
+    dictionary, block = rand(2 * N, 2 * G), rand(B, 2 * N, 2 * P)
+    norms_grid = torch.rand(B, L, G, device=dev) + 0.5
+    norms_cand = torch.rand(B, L, P, device=dev) + 0.5
+    taken = torch.zeros(B, G, dtype=torch.bool, device=dev)
+
+    def norms_torch(d: torch.Tensor) -> torch.Tensor:  # LowPrecisionOperator.power_block / _atom_norms
+        out = (ops @ d).reshape(B, L, M, 2, -1)
+        return torch.linalg.vector_norm(out, dim=(2, 3), dtype=torch.float32).square()
+
+    uses = {
+        "atom_norms": (lambda: norms_torch(dictionary), lambda: grouped_power(ops, dictionary, M)),
+        "image": (lambda: normalized_image(z @ dictionary, norms_grid, taken),
+                  lambda: grouped_power(z, dictionary, L, norms_grid)),
+        "refine_norms": (lambda: norms_torch(block), lambda: grouped_power(ops, block, M)),
+        "refine_score": (lambda: (block_power(z @ block) / norms_cand.clamp_min(1e-12)).sum(1),
+                         lambda: grouped_power(z, block, L, norms_cand)),
+    }
+    rows = []
+    for name, (plain, fused) in uses.items():
+        rows.append({"use": name, "torch_ms": _time(plain, args.reps), "fused_ms": _time(fused, args.reps)})
+        print(f"{name:>14} torch {rows[-1]['torch_ms']:8.3f} ms   fused {rows[-1]['fused_ms']:8.3f} ms")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(), "batch": B, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
