@@ -3,11 +3,13 @@ squared magnitudes are summed over groups of rows inside the kernel, so that the
 written to memory.
 
 Owns grouped_power and fused_available. Imports torch and, lazily, triton (absent on CPU-only installs).
-The look pass needs, for real-block operands (see ris_model.unrolled.real_block):
-- the atom norms ‖H_w·diag(c_l)·a(g)‖² = Σ_m |x_{l,m}·d_g|²: rows x = the L·M operator rows, groups of M;
-  before, the [B, L·M, 2G] fp16 product (7 GB at B = 4,096) was written and read back by a norm reduction;
-- the look image Σ_l |z_l·d_g|² / norm_{l,g}: rows z_l, one group of L rows per scene, divided row by row;
-- the refinement's norm and score products, the same two with per-scene candidate blocks.
+Products of this shape in the look pass, for real-block operands (see ris_model.unrolled.real_block):
+- the refinement's candidate norms ‖H_w·diag(c_l)·a_p‖² = Σ_m |x_{l,m}·d_p|² (rows x = the L·M operator rows,
+  groups of M) and its score Σ_l |z_l·d_p|² / norm_{l,p} (one group of L rows per scene, divided row by row),
+  with per-scene candidate blocks d: the fused kernel is used here (faster than cuBLAS + a reduction);
+- the grid-wide atom norms and look images, the same two with the shared dictionary: there cuBLAS writing the
+  product and a separate reduction measured faster than this kernel, so they keep the torch route
+  (bench/grouped_power.py, docs/RESULTS.md).
 out[b, r, j] = Σ_{i < group} |x[b, r·group + i] · (d[:, j] + i·d[:, P + j])|² / norms[b, r·group + i, j]
 with d = [re | im] columns, fp32 accumulation. `fused_available` says where it runs; elsewhere the callers keep
 their torch route (the CPU, group sizes that are not a power of two).

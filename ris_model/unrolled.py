@@ -171,8 +171,6 @@ class UnrolledOMPBackbone(nn.Module):
         if not ops.real_block:
             x = ops.ops.reshape(B, L, M, -1)
             return torch.cat([self._grid_power(x[:, l:l + 4], sum_dim=2) for l in range(0, L, 4)], 1)
-        if ops.fused:
-            return grouped_power(ops.ops, self.dictionary_h_lowp, M)
         G2 = self.dictionary_h_lowp.shape[1]  # 2G
         chunk = max(1, 2**30 // (L * M * G2 * 2))  # ~1 GiB of fp16 products at a time
         return torch.cat([
@@ -189,9 +187,6 @@ class UnrolledOMPBackbone(nn.Module):
         with separate squares spent ~45 % of a training step in elementwise copies of the intermediates."""
         if real_block:
             zr = torch.view_as_real(z.contiguous()).flatten(-2).to(LOW_PRECISION)  # [B, L, 2N]
-            if fused_available(zr, zr.shape[1]):  # one Triton kernel: product, squares, ÷ norms, sum over l
-                image = grouped_power(zr, self.dictionary_h_lowp, zr.shape[1], norms)[:, 0] / zr.shape[1]
-                return image.masked_fill(taken, 0.0)
             return normalized_image(zr @ self.dictionary_h_lowp, norms, taken)
         return _reduce_image(self._grid_power(z), norms, taken)
 
@@ -257,7 +252,10 @@ class LowPrecisionOperator:
         self.real_block = ops.is_cuda if real_block is None else real_block
         flat = ops.reshape(B, L * M, N)
         self.ops = torch.view_as_real(flat).flatten(-2).to(LOW_PRECISION) if self.real_block else flat
-        #: the real-block products run as ris_model.kernels.grouped_power (products never written)
+        #: the refinement's products (power_block, and the score in UnrolledOMPBackbone._refine) run as the fused
+        #: ris_model.kernels.grouped_power: 0.29 vs 0.39 ms and 0.08 vs 0.14 ms a round at B = 4,096 on an H100.
+        #: The grid-wide products (atom norms, images) stay with cuBLAS, which was faster there (7.0 vs 8.4 ms,
+        #: 0.59 vs 0.80 ms; `bench/grouped_power.py`, docs/RESULTS.md)
         self.fused = self.real_block and fused_available(self.ops, M) and fused_available(self.ops, L)
 
     def power(self, a: Tensor) -> Tensor:

@@ -23,22 +23,24 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_graphed_step_replays_the_eager_step() -> None:
-    config = tiny_config()
+@pytest.mark.parametrize("amp", [False, True])
+def test_graphed_step_replays_the_eager_step(amp: bool) -> None:
+    config = tiny_config(phases=(tiny_phase(amp=amp),))
     trainer = Trainer(config, make_model(config), NullSink(), "cuda", checkpoint_dir=Path("/nonexistent"))
     model, weights = trainer.model.train(), config.phases[0].loss_weights
     for seed in (1, 2, 3):  # capture on the first batch, replay on the others
         batch = generate_scenes(config.system, config.data.batch_size,
                                 generator=make_generator(seed, torch.device("cuda")), device="cuda")
         model.zero_grad(set_to_none=True)
-        graphed = trainer.graphed.run(batch, weights, autocast=False)
+        graphed = trainer.graphed.run(batch, weights, autocast=amp)
         assert graphed is not None, trainer.graphed.disabled_reason
         res, k_logits = graphed
         res.total.backward()
         graphed_grads = _grads(model)
         model.zero_grad(set_to_none=True)
-        out = model(batch.y, batch.H, batch.codes)
-        eager = compute_loss(out, batch, weights, config.system)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            out = model(batch.y, batch.H, batch.codes)
+            eager = compute_loss(out, batch, weights, config.system)
         eager.total.backward()
         assert_close(res.total, eager.total, rtol=1e-5, atol=1e-6)
         for name in TERMS:

@@ -51,31 +51,27 @@ def check_grouped_power(device: str) -> None:
     assert not fused_available(x, 12), "group sizes must be powers of two"
 
 
-def check_look_pass_products(device: str) -> None:
-    """The look pass's three fused products (atom norms, image, refinement norms) against their torch route."""
-    from api_schemas import ModelConfig, SystemConfig
-    from ris_model.unrolled import LowPrecisionOperator, UnrolledOMPBackbone
+def check_refinement_products(device: str) -> None:
+    """The refinement's two fused products (candidate norms, normalized score) against their torch route."""
+    from ris_model.kernels import grouped_power
+    from ris_model.unrolled import LOW_PRECISION, LowPrecisionOperator, block_power, real_block
 
-    system = SystemConfig(n_ris_h=4, n_ris_v=4, n_bs_antennas=4, n_snapshots=4, k_max=3)
-    backbone = UnrolledOMPBackbone(system, ModelConfig(d_model=16, n_layers=1, n_heads=2)).to(device)
     gen = torch.Generator().manual_seed(1)
-    ops = torch.randn(2, 4, 4, 16, generator=gen, dtype=torch.complex64).to(device)
+    B, L, M, N, P = 2, 4, 4, 16, 27
+    ops = torch.randn(B, L, M, N, generator=gen, dtype=torch.complex64).to(device)
     fused = LowPrecisionOperator(ops, real_block=True)
     plain = LowPrecisionOperator(ops, real_block=True)
     plain.fused = False
     assert fused.fused
-    norms_fused, norms_plain = backbone._atom_norms(fused), backbone._atom_norms(plain)
-    assert_close(norms_fused, norms_plain, rtol=3e-3, atol=1e-6)  # the torch route rounds products to fp16
-    block = backbone.dictionary_h_lowp[:, :54].unsqueeze(0).expand(2, -1, -1)
-    assert_close(fused.power_block(block), plain.power_block(block), rtol=3e-3, atol=1e-6)
-    z = torch.randn(2, 4, 16, generator=gen, dtype=torch.complex64).to(device)
-    taken = torch.zeros(2, norms_plain.shape[-1], dtype=torch.bool, device=device)
-    taken[:, 5] = True
-    image = backbone._image(z, norms_plain, taken, real_block=True)
-    assert image[:, 5].eq(0).all()
-    from ris_model.unrolled import LOW_PRECISION, normalized_image
-    zr = torch.view_as_real(z).flatten(-2).to(LOW_PRECISION)
-    assert_close(image, normalized_image(zr @ backbone.dictionary_h_lowp, norms_plain, taken), rtol=3e-3, atol=1e-6)
+    block = real_block(torch.randn(B, N, P, generator=gen, dtype=torch.complex64)).to(device)  # [B, 2N, 2P]
+    power_fused, power_plain = fused.power_block(block), plain.power_block(block)
+    assert power_fused.shape == (B, L, P)
+    assert_close(power_fused, power_plain, rtol=3e-3, atol=1e-6)  # the torch route rounds products to fp16
+    z = torch.randn(B, L, N, generator=gen, dtype=torch.complex64)
+    zr = torch.view_as_real(z).flatten(-2).to(LOW_PRECISION).to(device)
+    score_fused = grouped_power(zr, block, L, power_plain)[:, 0]
+    score_plain = (block_power(zr @ block) / power_plain.clamp_min(1e-12)).sum(1)
+    assert_close(score_fused, score_plain, rtol=3e-3, atol=1e-6)
 
 
 def _run(check: str) -> None:
@@ -93,5 +89,5 @@ def test_grouped_power_matches_the_unfused_product() -> None:
     _run("check_grouped_power")
 
 
-def test_look_pass_products_match_their_torch_route() -> None:
-    _run("check_look_pass_products")
+def test_refinement_products_match_their_torch_route() -> None:
+    _run("check_refinement_products")
