@@ -97,13 +97,28 @@ def generate_scenes(system: SystemConfig, n: int, *, generator: torch.Generator,
         generator: a torch.Generator on `device`; the only source of randomness.
         device: where the tensors are made.
         symbols_constant: test-only; reproduces the seed's defect (the same symbols in every snapshot).
+
+    The placement check of the sources (see _draw_positions) reads one flag on the host; it is read after the
+    whole batch has been queued, so that the GPU keeps working while the CPU waits (issue 4). In the rare batch
+    where a scene's candidates were all rejected, the generator is rewound and the batch drawn again with the
+    check in line, which gives exactly the scenes that the in-line check gives for this generator state.
     """
-    device = torch.device(device)
+    state = generator.get_state()  # host-side (seed, offset) for CUDA generators too: no device sync
+    batch, placed = _generate(system, n, generator, torch.device(device), symbols_constant, check_in_line=False)
+    if not bool(placed.all()):  # the host sync of scene generation, after everything is queued
+        generator.set_state(state)
+        batch, _ = _generate(system, n, generator, torch.device(device), symbols_constant, check_in_line=True)
+    return batch
+
+
+def _generate(system: SystemConfig, n: int, generator: torch.Generator, device: torch.device,
+              symbols_constant: bool, *, check_in_line: bool) -> tuple[SceneBatch, Tensor]:
+    """generate_scenes' draws; returns the batch and whether every scene placed its sources ([n] bool)."""
     u = _Uniform(generator, device)
     k_max, L = system.k_max, system.n_snapshots
     k = torch.randint(1, k_max + 1, (n,), generator=generator, device=device)
     mask = torch.arange(k_max, device=device) < k.unsqueeze(1)  # [B, K]
-    az, el, rng = _draw_positions(system, n, u)
+    az, el, rng, placed = _draw_positions(system, n, u, check_in_line=check_in_line)
     power = u(n, k_max, lo=system.power_min, hi=system.power_max)
     az, el, rng, power = (t * mask for t in (az, el, rng, power))
     A = steering(system, az, el, torch.where(mask, rng, torch.ones_like(rng)))  # [B, K, N]
@@ -124,7 +139,7 @@ def generate_scenes(system: SystemConfig, n: int, *, generator: torch.Generator,
     return SceneBatch(
         y=y, H=H, codes=codes.expand(n, L, -1), snr_db=snr_db, k=k, azimuth=az, elevation=el,
         range_m=rng, power=power, mask=mask, A=A,
-    )
+    ), placed
 
 
 @functools.lru_cache(maxsize=8)
@@ -141,17 +156,20 @@ class _Uniform:
         return lo + (hi - lo) * torch.rand(shape, generator=self.generator, device=self.device)
 
 
-def _draw_positions(system: SystemConfig, n: int, u: _Uniform) -> tuple[Tensor, Tensor, Tensor]:
+def _draw_positions(system: SystemConfig, n: int, u: _Uniform, *, check_in_line: bool = True
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Uniform (φ, θ, r) per slot; a source is redrawn until it is separated from the earlier ones by
     min_separation_deg in φ or θ, or min_separation_m in r (DESIGN §2.1a): rejection sampling, so each source
     is uniform over the part of the field of view that the earlier ones leave free.
 
     Each slot draws _CANDIDATES_PER_SLOT candidates per scene at once and keeps the first separated one, with
     no host synchronization; one check per batch finds the (at the default separations, never seen) scenes
-    whose candidates were all rejected and redraws those with the round-by-round loop.
+    whose candidates were all rejected and redraws those with the round-by-round loop. With
+    check_in_line=False that check is left to the caller (generate_scenes reads it after queueing the batch).
 
     Returns:
-        azimuth, elevation (radians) and range (meters), each [n, K_MAX].
+        azimuth, elevation (radians) and range (meters), each [n, K_MAX], and whether each scene placed all its
+        sources ([n] bool; all True after the in-line check).
 
     Raises:
         ValueError: after _MAX_SEPARATION_ROUNDS rounds some scene still cannot place its source
@@ -167,10 +185,11 @@ def _draw_positions(system: SystemConfig, n: int, u: _Uniform) -> tuple[Tensor, 
         placed &= ok.any(1)
         cols.append(cand.gather(1, first[:, None, None].expand(-1, 1, 3)).squeeze(1))
     pos = torch.stack(cols, 1)  # [n, K, 3]
-    if not bool(placed.all()):  # the one host sync of this function
+    if check_in_line and not bool(placed.all()):  # the one host sync of this function
         redo = (~placed).nonzero().squeeze(1)
         pos[redo] = _draw_positions_by_rounds(system, redo.numel(), u)
-    return pos[..., 0], pos[..., 1], pos[..., 2]
+        placed = torch.ones_like(placed)
+    return pos[..., 0], pos[..., 1], pos[..., 2], placed
 
 
 def _position_bounds(system: SystemConfig) -> tuple[tuple[float, float, float], tuple[float, float, float]]:

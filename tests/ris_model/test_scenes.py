@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import fields
 
 import pytest
 import torch
@@ -246,3 +247,22 @@ def test_separation_fallback_redraws_rejected_scenes(monkeypatch: pytest.MonkeyP
             assert not bool((both & ~separated).any()), f"slots {j}, {i} closer than 20° / 5 m"
     first = b.azimuth[:, 0]
     assert abs(float(first.mean())) < 0.05 and float(first.abs().max()) <= math.radians(s.azimuth_max_deg)
+
+
+@pytest.mark.parametrize("candidates", [8, 1])
+def test_deferred_placement_check_gives_the_in_line_checks_scenes(monkeypatch: pytest.MonkeyPatch,
+                                                                   candidates: int) -> None:
+    """generate_scenes reads the placement flag after queueing the batch and, where a scene failed, rewinds
+    the generator and draws again with the check in line: the scenes are exactly the in-line check's (with one
+    candidate per slot at a strict separation, nearly every batch takes the rewind)."""
+    monkeypatch.setattr(scenes_module, "_CANDIDATES_PER_SLOT", candidates)
+    s = SystemConfig(min_separation_deg=20.0, min_separation_m=5.0)
+    deferred = generate_scenes(s, 256, generator=make_generator(5, torch.device("cpu")), device="cpu")
+    in_line, placed = scenes_module._generate(s, 256, make_generator(5, torch.device("cpu")), torch.device("cpu"),
+                                              False, check_in_line=True)
+    assert bool(placed.all())
+    _, first_try = scenes_module._generate(s, 256, make_generator(5, torch.device("cpu")), torch.device("cpu"),
+                                           False, check_in_line=False)
+    assert bool(first_try.all()) == (candidates == 8), "one candidate per slot must need the rewind"
+    for f in fields(SceneBatch):
+        assert torch.equal(getattr(deferred, f.name), getattr(in_line, f.name)), f.name
