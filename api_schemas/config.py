@@ -107,8 +107,9 @@ class ModelConfig(_Frozen):
     look_refine_rounds: int = Field(
         3, ge=0, le=8, description="off-grid pattern-search rounds per look before it is cancelled (unrolled_omp)")
     cuda_graphs: bool = Field(
-        True, description="on CUDA, in training, replay the parameter-free look pass of unrolled_omp as a CUDA "
-        "graph (one per batch shape; removes ~1,000 kernel launches a step). No effect on the CPU or in eval mode")
+        True, description="on CUDA, in training, replay as CUDA graphs the parameter-free look pass of unrolled_omp "
+        "and the trainable forward + loss + backward of every architecture (one graph per batch shape; removes "
+        "~2,300 kernel launches a step). No effect on the CPU or in eval mode")
     cov_head: Literal["geometric", "free"] = Field(
         "geometric",
         description="geometric: R̂ = Σ_k p_k·a(φ̂_k, θ̂_k, r̂_k)·a(·)ᴴ from the geometry head and a learned power per "
