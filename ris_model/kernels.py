@@ -12,7 +12,8 @@ Products of this shape in the look pass, for real-block operands (see ris_model.
   (bench/grouped_power.py, docs/RESULTS.md).
 out[b, r, j] = Σ_{i < group} |x[b, r·group + i] · (d[:, j] + i·d[:, P + j])|² / norms[b, r·group + i, j]
 with d = [re | im] columns, fp32 accumulation. `fused_available` says where it runs; elsewhere the callers keep
-their torch route (the CPU, group sizes that are not a power of two).
+their torch route (the CPU, group sizes that are not a power of two, or RIS_NO_TRITON=1 in the environment, a
+switch for comparing the two routes on a GPU).
 Reference: the Triton tutorial "Matrix multiplication" (tiling, tl.dot).
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -64,7 +66,7 @@ def grouped_power(x: Tensor, d: Tensor, group: int, norms: Tensor | None = None)
     n_strides = (norms.stride(0), norms.stride(1), norms.stride(2)) if norms is not None else (0, 0, 0)
 
     def grid(meta: dict) -> tuple[int, int, int]:
-        return (triton_cdiv(rows, meta["BLOCK_M"]), triton_cdiv(P, meta["BLOCK_P"]), B)
+        return (_cdiv(rows, meta["BLOCK_M"]), _cdiv(P, meta["BLOCK_P"]), B)
 
     args = (x, d, nb, out, rows, P, x.stride(0), x.stride(1), x.stride(2), d_batch_stride, dk, dp, *n_strides,
             out.stride(0), out.stride(1), out.stride(2))
@@ -76,12 +78,14 @@ def grouped_power(x: Tensor, d: Tensor, group: int, norms: Tensor | None = None)
     return out
 
 
-def triton_cdiv(a: int, b: int) -> int:
+def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
 @functools.cache
-def _kernel():  # noqa: ANN202 (a triton.JITFunction, built on first use so that CPU installs need no Triton)
+def _kernel() -> tuple[Any, Any]:
+    """(the plain triton.JITFunction, its autotuned wrapper or None under the interpreter), built on first use so
+    that CPU-only installs never import Triton."""
     import triton
     import triton.language as tl
 
