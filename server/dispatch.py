@@ -18,7 +18,8 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.settings import Settings
-from server.store.jobs import list_undispatched, record_dispatch
+from server.store.job_queries import list_undispatched
+from server.store.jobs import record_dispatch
 
 #: The task name the worker registers (worker/tasks.py); the API sends it by name.
 RUN_JOB_TASK = "ris_jobs.run_job"

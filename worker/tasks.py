@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api_schemas import DiagnosticJobConfig, FailureReason, JobKind, JobState, TrainingJobConfig
 from server.dispatch import RUN_JOB_TASK
 from server.settings import Settings, get_settings
+from server.store import job_queries as store_queries
 from server.store import jobs as store_jobs
 from server.store import live
 from server.store.artifacts import ArtifactStore
@@ -267,7 +268,7 @@ def outcome_from_result(result: Any) -> Outcome:
 def _resume_path(res: JobResources, job_id: str) -> Path | None:
     """The latest checkpoint file of an earlier attempt, if any."""
     with res.sessions() as session:
-        ckpt = store_jobs.latest_resume_checkpoint(session, job_id)
+        ckpt = store_queries.latest_resume_checkpoint(session, job_id)
         if ckpt is None:
             return None
         path = res.artifacts.resolve(job_id, ckpt.path)  # recorded relative to the job directory

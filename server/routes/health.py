@@ -22,7 +22,7 @@ from api_schemas import Problem
 from server.deps import RedisDep, authenticate
 from server.errors import NotReady
 from server.store.db import ping_database
-from server.store.jobs import count_by_state, total_nonfinite_steps
+from server.store.job_queries import count_by_state, total_nonfinite_steps
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger(__name__)

@@ -43,6 +43,7 @@ from server.deps import (
     strict_json_body,
 )
 from server.errors import JobNotDispatched, QueueLimitExceeded
+from server.store import job_queries as store_queries
 from server.store import jobs as store_jobs
 from server.store import live
 from server.store.artifacts import read_log
@@ -132,7 +133,7 @@ def create_job(
             response.headers["Location"] = f"/v1/jobs/{existing.id}"
             response.headers["Idempotent-Replayed"] = "true"
             return to_job_public(store_jobs.get_job(session, existing.id))
-    if store_jobs.count_queued(session, principal=principal) >= settings.max_queued_jobs_per_key:
+    if store_queries.count_queued(session, principal=principal) >= settings.max_queued_jobs_per_key:
         raise QueueLimitExceeded(
             f"{settings.max_queued_jobs_per_key} jobs are already QUEUED for this API key; wait or cancel some"
         )
@@ -156,7 +157,7 @@ def read_jobs(
     page_token: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobsPage:
     """Jobs newest first, filtered by state and kind, paged by `next_page_token`."""
-    listing = store_jobs.list_jobs(session, state=state, kind=kind, limit=limit, page_token=page_token)
+    listing = store_queries.list_jobs(session, state=state, kind=kind, limit=limit, page_token=page_token)
     return JobsPage(items=[to_job_public(j) for j in listing.jobs], next_page_token=listing.next_page_token)
 
 
@@ -179,7 +180,7 @@ def read_job_events(job_id: str, session: SessionDep) -> list[JobEvent]:
             from_state=JobState(e.from_state) if e.from_state else None, to_state=JobState(e.to_state), at=e.at,
             message=e.message,
         )
-        for e in store_jobs.list_events(session, job_id)
+        for e in store_queries.list_events(session, job_id)
     ]
 
 

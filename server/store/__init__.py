@@ -26,6 +26,7 @@ from server.store.errors import (
     ReportNotFound,
     StoreError,
 )
+from server.store.job_queries import latest_resume_checkpoint, list_events, list_jobs, list_undispatched
 from server.store.jobs import (
     ACTIVE_STATES,
     ALLOWED_FROM,
@@ -38,10 +39,6 @@ from server.store.jobs import (
     get_job,
     get_report,
     heartbeat,
-    latest_resume_checkpoint,
-    list_events,
-    list_jobs,
-    list_undispatched,
     reap_expired,
     record_dispatch,
     request_cancel,

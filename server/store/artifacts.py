@@ -28,7 +28,8 @@ from api_schemas import CheckpointInfo
 from api_schemas.checkpoints import CHECKPOINT_NAME_PATTERN
 from server.store.db import utcnow
 from server.store.errors import ArtifactRejected, CheckpointNotFound, OffsetOutOfRange
-from server.store.jobs import begin_write, fenced_update, get_job, latest_resume_checkpoint
+from server.store.job_queries import latest_resume_checkpoint
+from server.store.jobs import begin_write, fenced_update, get_job
 from server.store.models import CheckpointRow
 
 if TYPE_CHECKING:

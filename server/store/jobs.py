@@ -1,7 +1,8 @@
 """The job state machine and the job table (DESIGN §3.1, jobserver_notes §6.1, STYLE B7).
 
 Owns: `ALLOWED_FROM`, `transition` (the only writer of `jobs.state`), job creation with idempotency keys,
-claiming, heartbeats, cancel requests, the reaper's lease sweep, reports and deletion.
+claiming, heartbeats, cancel requests, the reaper's lease sweep, dispatch records, reports and deletion.
+Read-only listings and counts live in `server.store.job_queries`.
 Must not import FastAPI, Celery or torch: the worker uses this module directly.
 
 Every write below opens its own transaction and commits before returning (see `server.store.db`).
@@ -11,9 +12,6 @@ A state change is one conditional `UPDATE … WHERE id=:id AND state IN (:allowe
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import math
 import shutil
 import uuid
@@ -23,7 +21,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from sqlalchemy import ColumnElement, Row, and_, delete, func, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, Row, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,13 +29,12 @@ from api_schemas import TERMINAL_STATES, FailureReason, JobKind, JobState
 from server.store.db import utcnow
 from server.store.errors import (
     IdempotencyConflict,
-    InvalidCursor,
     InvalidTransition,
     JobNotFound,
     LeaseLost,
     ReportNotFound,
 )
-from server.store.models import CheckpointRow, IdempotencyKeyRow, JobEventRow, JobRow
+from server.store.models import IdempotencyKeyRow, JobEventRow, JobRow
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -162,84 +159,6 @@ def get_job(session: Session, job_id: str | UUID) -> JobRow:
     if job is None:
         raise JobNotFound(_jid(job_id))
     return job
-
-
-@dataclass(frozen=True)
-class JobListing:
-    """One page of jobs, newest first; `next_page_token` is None on the last page."""
-
-    jobs: list[JobRow]
-    next_page_token: str | None
-
-
-def _encode_cursor(job: JobRow) -> str:
-    raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(token: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        created, job_id = json.loads(raw)
-        return datetime.fromisoformat(created), str(job_id)
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise InvalidCursor("page_token is not a token this service issued") from exc
-
-
-def list_jobs(
-    session: Session,
-    *,
-    state: JobState | None = None,
-    kind: JobKind | None = None,
-    limit: int = 50,
-    page_token: str | None = None,
-) -> JobListing:
-    """Jobs newest first (created_at, then id), optionally filtered, paged by an opaque token.
-
-    Raises:
-        InvalidCursor: `page_token` was not issued by `list_jobs`.
-    """
-    stmt = select(JobRow)
-    if state is not None:
-        stmt = stmt.where(JobRow.state == JobState(state).value)
-    if kind is not None:
-        stmt = stmt.where(JobRow.kind == JobKind(kind).value)
-    if page_token:
-        created, last_id = _decode_cursor(page_token)
-        if created.tzinfo is None:
-            raise InvalidCursor("page_token is not a token this service issued")
-        stmt = stmt.where(tuple_(JobRow.created_at, JobRow.id) < tuple_(created, last_id))
-    rows = list(session.scalars(stmt.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit + 1)))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return JobListing(jobs=rows, next_page_token=_encode_cursor(rows[-1]) if more and rows else None)
-
-
-def list_events(session: Session, job_id: str | UUID) -> list[JobEventRow]:
-    """The job's state transitions, oldest first. Raises JobNotFound."""
-    get_job(session, job_id)
-    return list(
-        session.scalars(select(JobEventRow).where(JobEventRow.job_id == _jid(job_id)).order_by(JobEventRow.id))
-    )
-
-
-def count_queued(session: Session, *, principal: str | None) -> int:
-    """How many QUEUED jobs this principal (None = anonymous) has."""
-    owner = JobRow.principal.is_(None) if principal is None else JobRow.principal == principal
-    return session.scalar(select(func.count()).select_from(JobRow).where(owner, JobRow.state == S.QUEUED.value)) or 0
-
-
-def count_by_state(session: Session) -> dict[JobState, int]:
-    """Number of jobs in each state (every state present, zero included)."""
-    counts = dict.fromkeys(JobState, 0)
-    for state, n in session.execute(select(JobRow.state, func.count()).group_by(JobRow.state)):
-        counts[JobState(state)] = n
-    return counts
-
-
-def total_nonfinite_steps(session: Session) -> int:
-    """Skipped non-finite steps summed over every stored job."""
-    return int(session.scalar(select(func.coalesce(func.sum(JobRow.nonfinite_total), 0))) or 0)
 
 
 # ---------------------------------------------------------------------------------------------- transitions
@@ -550,16 +469,6 @@ def record_dispatch(session: Session, job_id: str | UUID, *, celery_task_id: str
     session.commit()
 
 
-def list_undispatched(session: Session, *, older_than_s: float, now: datetime | None = None) -> list[str]:
-    """Ids of QUEUED jobs that never got a Celery message (broker was down) for longer than `older_than_s`."""
-    cutoff = (now or utcnow()) - timedelta(seconds=older_than_s)
-    return list(session.scalars(
-        select(JobRow.id).where(
-            JobRow.state == S.QUEUED.value, JobRow.celery_task_id.is_(None), JobRow.queued_at < cutoff
-        ).order_by(JobRow.queued_at)
-    ))
-
-
 # ---------------------------------------------------------------------------------------------- reports
 
 
@@ -599,14 +508,6 @@ def get_report(session: Session, job_id: str | UUID) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints, delete
-
-
-def latest_resume_checkpoint(session: Session, job_id: str | UUID) -> CheckpointRow | None:
-    """The checkpoint a new attempt resumes from: the highest step, newest on ties; None if there is none."""
-    return session.scalars(
-        select(CheckpointRow).where(CheckpointRow.job_id == _jid(job_id))
-        .order_by(CheckpointRow.step.desc(), CheckpointRow.created_at.desc(), CheckpointRow.id.desc()).limit(1)
-    ).first()
 
 
 def delete_job(session: Session, job_id: str | UUID, *, artifacts: ArtifactStore | None = None) -> None:

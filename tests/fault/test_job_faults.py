@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from api_schemas import JobState
-from server.store.jobs import list_events
+from server.store.job_queries import list_events
 from tests.fault.conftest import Service, acknowledged, api_client, audit, slow_training_config, wait_for
 
 pytestmark = pytest.mark.fault

@@ -15,7 +15,7 @@ import pytest
 
 from api_schemas import JobState
 from server.dispatch import enqueue_job, make_producer
-from server.store.jobs import list_events
+from server.store.job_queries import list_events
 from tests.fault.conftest import (
     Losses,
     Service,

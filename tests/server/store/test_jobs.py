@@ -34,7 +34,8 @@ from server.store import (
     transition,
     utcnow,
 )
-from server.store.jobs import find_idempotent_job, list_events, list_undispatched, record_dispatch
+from server.store.job_queries import list_events, list_undispatched
+from server.store.jobs import find_idempotent_job, record_dispatch
 from server.store.models import JobEventRow, MetricRow
 from tests.factories import make_job, new_lease, tiny_config
 
