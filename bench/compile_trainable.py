@@ -21,10 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from train import joint_config  # noqa: E402  (bench/train.py, the same folder)
 
 import ris_model.graphed_step as graphed_step  # noqa: E402
 import ris_model.spectral as spectral  # noqa: E402
-from api_schemas import DataConfig, LossWeights, PhaseConfig, TrainingJobConfig  # noqa: E402
 from ris_model.network import RisNet  # noqa: E402
 from ris_model.sinks import NullSink  # noqa: E402
 from ris_model.trainer import Trainer, never_stop  # noqa: E402
@@ -38,9 +38,7 @@ class _CompiledStepLoss(graphed_step._StepLoss):
 
 def measure(batch: int, steps: int, compiled: bool) -> dict:
     graphed_step._StepLoss = _CompiledStepLoss if compiled else _original_step_loss
-    phase = PhaseConfig(name="joint", epochs=1, ema_decay=0.999, amp=True,
-                        loss_weights=LossWeights(lam_cov=0.5, lam_k=1.0, lam_aux=1.0, lam_gap=0.05, lam_margin=0.05))
-    config = TrainingJobConfig(data=DataConfig(n_train=batch * steps, n_val=64, batch_size=batch), phases=(phase,))
+    phase, config = joint_config(batch, steps)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, RisNet(config.system, config.model), NullSink(), "cuda", checkpoint_dir=Path(tmp))
         trainer._setup_phase(phase)

@@ -11,28 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from candidate_block import time_ms  # noqa: E402  (bench/candidate_block.py, the same folder)
 
 from api_schemas import ModelConfig, SystemConfig  # noqa: E402
 from ris_model.kernels import grouped_power  # noqa: E402
 from ris_model.unrolled import LOW_PRECISION, block_power, normalized_image  # noqa: E402
-
-
-def _time(fn: Callable[[], object], reps: int) -> float:
-    for _ in range(3):
-        fn()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    stop.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(stop) / reps
 
 
 def main() -> None:
@@ -69,7 +57,7 @@ def main() -> None:
     }
     rows = []
     for name, (plain, fused) in uses.items():
-        rows.append({"use": name, "torch_ms": _time(plain, args.reps), "fused_ms": _time(fused, args.reps)})
+        rows.append({"use": name, "torch_ms": time_ms(plain, args.reps), "fused_ms": time_ms(fused, args.reps)})
         print(f"{name:>14} torch {rows[-1]['torch_ms']:8.3f} ms   fused {rows[-1]['fused_ms']:8.3f} ms")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(), "batch": B, "rows": rows}, indent=2))

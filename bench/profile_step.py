@@ -18,9 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
-from train import parse_overrides  # noqa: E402  (bench/train.py, the same folder)
+from train import joint_config, parse_overrides  # noqa: E402  (bench/train.py, the same folder)
 
-from api_schemas import DataConfig, LossWeights, PhaseConfig, TrainingJobConfig  # noqa: E402
 from ris_model.network import RisNet  # noqa: E402
 from ris_model.sinks import NullSink  # noqa: E402
 from ris_model.trainer import Trainer  # noqa: E402
@@ -33,10 +32,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("var/profile-step.txt"))
     args = parser.parse_args()
     device = torch.device("cuda")
-    phase = PhaseConfig(name="joint", epochs=1, ema_decay=0.999,
-                        loss_weights=LossWeights(lam_cov=0.5, lam_k=1.0, lam_aux=1.0, lam_gap=0.05, lam_margin=0.05))
-    config = TrainingJobConfig(data=DataConfig(n_train=args.batch * 20, n_val=64, batch_size=args.batch),
-                               phases=(phase,), model=parse_overrides(args.model))
+    phase, config = joint_config(args.batch, 20, parse_overrides(args.model))
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, RisNet(config.system, config.model), NullSink(), device, checkpoint_dir=Path(tmp))
         trainer._setup_phase(phase)

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
+from train import joint_config  # noqa: E402  (bench/train.py, the same folder)
 
-from api_schemas import DataConfig, LossWeights, PhaseConfig, TrainingJobConfig  # noqa: E402
 from ris_model.network import RisNet  # noqa: E402
 from ris_model.sinks import NullSink  # noqa: E402
 from ris_model.trainer import Trainer  # noqa: E402
@@ -37,10 +37,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("var/step-regions.json"))
     args = parser.parse_args()
     device = torch.device("cuda")
-    phase = PhaseConfig(name="joint", epochs=1, ema_decay=0.999,
-                        loss_weights=LossWeights(lam_cov=0.5, lam_k=1.0, lam_aux=1.0, lam_gap=0.05, lam_margin=0.05))
-    config = TrainingJobConfig(data=DataConfig(n_train=args.batch * 40, n_val=64, batch_size=args.batch),
-                               phases=(phase,))
+    phase, config = joint_config(args.batch, 40)
     host = collections.defaultdict(float)
 
     @contextmanager

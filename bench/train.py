@@ -44,12 +44,17 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def measure(batch_size: int, steps: int, device: torch.device, architecture: str, model: dict | None = None) -> dict:
+def joint_config(batch_size: int, n_batches: int, model: dict | None = None) -> tuple[PhaseConfig, TrainingJobConfig]:
+    """The benches' training setup: one `joint` epoch of `n_batches` batches, every loss term on, EMA, bf16."""
     phase = PhaseConfig(name="joint", epochs=1, ema_decay=0.999, amp=True,
                         loss_weights=LossWeights(lam_cov=0.5, lam_k=1.0, lam_aux=1.0, lam_gap=0.05, lam_margin=0.05))
+    data = DataConfig(n_train=batch_size * n_batches, n_val=64, batch_size=batch_size)
+    return phase, TrainingJobConfig(data=data, phases=(phase,), model=model or {})
+
+
+def measure(batch_size: int, steps: int, device: torch.device, architecture: str, model: dict | None = None) -> dict:
     steps = max(steps, 5)  # the warm-up draws batches 0..4 of the same epoch
-    config = TrainingJobConfig(data=DataConfig(n_train=batch_size * steps, n_val=64, batch_size=batch_size),
-                               phases=(phase,), model={"architecture": architecture, **(model or {})})
+    phase, config = joint_config(batch_size, steps, {"architecture": architecture, **(model or {})})
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, RisNet(config.system, config.model), NullSink(), device, checkpoint_dir=Path(tmp))
         trainer._setup_phase(phase)
