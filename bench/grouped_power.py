@@ -1,5 +1,7 @@
 """The look pass's four grouped-power products at the default sizes: the torch route (fp16 tensor-core product
-written out, then a norm reduction) against the fused Triton kernel (ris_model.kernels). Not a test.
+written out, then a norm reduction) against the fused Triton kernel (ris_model.kernels); and one look's whole
+refinement (all rounds): the per-round route (candidate blocks + the two fused products) against the one-kernel
+route (ris_model.refine_kernel). Not a test.
 
     python3 bench/grouped_power.py [--batch 4096] [--reps 20] [--out var/bench-grouped-power.json]
 
@@ -20,7 +22,13 @@ from candidate_block import time_ms  # noqa: E402  (bench/candidate_block.py, th
 
 from api_schemas import ModelConfig, SystemConfig  # noqa: E402
 from ris_model.kernels import grouped_power  # noqa: E402
-from ris_model.unrolled import LOW_PRECISION, block_power, normalized_image  # noqa: E402
+from ris_model.unrolled import (  # noqa: E402
+    LOW_PRECISION,
+    LowPrecisionOperator,
+    UnrolledOMPBackbone,
+    block_power,
+    normalized_image,
+)
 
 
 def main() -> None:
@@ -55,7 +63,19 @@ def main() -> None:
         "refine_score": (lambda: (block_power(z @ block) / norms_cand.clamp_min(1e-12)).sum(1),
                          lambda: grouped_power(z, block, L, norms_cand)),
     }
-    rows = []
+    net = UnrolledOMPBackbone(system, model).to(dev)
+    operator = LowPrecisionOperator(torch.randn(B, L, M, N, dtype=torch.complex64, device=dev))
+    z_complex = torch.randn(B, L, N, dtype=torch.complex64, device=dev)
+    anchor = net.anchors[torch.randint(0, G, (B,), device=dev)]
+
+    def refine(one_kernel: bool) -> torch.Tensor:
+        operator.fused_refine = one_kernel
+        return net._refine(anchor, z_complex, operator)
+
+    uses["refine_look"] = (lambda: refine(False), lambda: refine(True))
+    agree = (refine(False) == refine(True)).all(-1).float().mean().item()
+    print(f"refinement: one-kernel route picks the per-round route's anchor in {agree:.4f} of scenes")
+    rows = [{"use": "refine_look_same_anchor_fraction", "value": agree}]
     for name, (plain, fused) in uses.items():
         rows.append({"use": name, "torch_ms": time_ms(plain, args.reps), "fused_ms": time_ms(fused, args.reps)})
         print(f"{name:>14} torch {rows[-1]['torch_ms']:8.3f} ms   fused {rows[-1]['fused_ms']:8.3f} ms")

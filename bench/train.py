@@ -3,7 +3,10 @@ the device + forward + loss + backward + clip + AdamW + EMA) at several batch si
 Times one epoch of the trainer's own loop (Trainer._train_epoch) after five warm-up steps.
 
     python3 bench/train.py [--device cuda] [--batches 64 256 2048] [--steps 30] [--model KEY=VALUE ...]
-                           [--out var/bench-train.json]
+                           [--torch-route atom_norms image refine] [--out var/bench-train.json]
+
+--torch-route turns the named fused Triton routes of the look pass off (ris_model.unrolled's module switches),
+for comparing routes in one process.
 
 Prints a table and writes JSON. Not a test. Also reports the share of each step spent generating scenes.
 """
@@ -22,9 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from api_schemas import DataConfig, LossWeights, ModelConfig, PhaseConfig, TrainingJobConfig  # noqa: E402
+from ris_model import unrolled  # noqa: E402
 from ris_model.network import RisNet  # noqa: E402
 from ris_model.sinks import NullSink  # noqa: E402
 from ris_model.trainer import Trainer, never_stop  # noqa: E402
+
+ROUTE_SWITCHES = {"atom_norms": "FUSED_ATOM_NORMS", "image": "FUSED_IMAGE", "refine": "FUSED_REFINE"}
 
 
 def _sync(device: torch.device) -> None:
@@ -84,8 +90,12 @@ def main() -> None:
     parser.add_argument("--architecture", default=ModelConfig().architecture)
     parser.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE",
                         help="ModelConfig overrides, e.g. cuda_graphs=false look_refine_rounds=0")
+    parser.add_argument("--torch-route", nargs="*", default=[], choices=sorted(ROUTE_SWITCHES),
+                        help="fused look-pass routes to turn off")
     parser.add_argument("--out", type=Path, default=Path("var/bench-train.json"))
     args = parser.parse_args()
+    for route in args.torch_route:
+        setattr(unrolled, ROUTE_SWITCHES[route], False)
     device = torch.device(args.device)
     default_batch = TrainingJobConfig().data.batch_size
     batches = args.batches or ([64, 256, default_batch] if device.type == "cuda" else [64, 256])
@@ -97,7 +107,8 @@ def main() -> None:
               f"{r['generation_share']:>9.2f}")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"device": name, "torch": torch.__version__, "rows": rows}, indent=2))
+    args.out.write_text(json.dumps({"device": name, "torch": torch.__version__, "torch_routes": args.torch_route,
+                                    "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

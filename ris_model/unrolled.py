@@ -23,12 +23,18 @@ from api_schemas import ModelConfig, SystemConfig
 from ris_model.cuda_graphs import CudaGraphed, compiled_on_cuda
 from ris_model.kernels import fused_available, grouped_power
 from ris_model.physics import element_positions, phase_at, source_position, steering
+from ris_model.refine_kernel import fused_refine, refine_available
 
 _PATCH = torch.tensor([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)])  # [27, 3]
 #: CUDA products of the look pass: fp16 (2⁻¹¹ rounding) rather than bf16 (2⁻⁸) at the same tensor-core speed;
 #: every operand is unit-scale (whitened operators, unit-norm atoms), far inside fp16's range
 LOW_PRECISION = torch.float16
 N_LOOK_FEATURES = 27 + 5  # patch, peak ratio, log residual energy before/after, peak share, iteration
+#: the grid-wide products (atom norms, look images) as the fused grouped_power where it runs (else cuBLAS + a
+#: reduction); module switches, read at call time, so that bench/train.py --grid-route can compare the two
+FUSED_ATOM_NORMS = True
+FUSED_IMAGE = True
+FUSED_REFINE = True  # every refinement round of a look in one kernel (ris_model.refine_kernel)
 
 
 class UnrolledOMPBackbone(nn.Module):
@@ -112,7 +118,7 @@ class UnrolledOMPBackbone(nn.Module):
         log_e_prev = torch.zeros(B, device=y.device)
         for t in range(K):
             z = (Hw.mH @ resid).transpose(1, 2) * codes.conj()  # [B, L, N] back-projected residual
-            img = self._image(z, norms, taken, ops.real_block)  # [B, G]
+            img = self._image(z, norms, taken, ops.real_block, fused=ops.fused)  # [B, G]
             g = img.argmax(-1)
             taken.scatter_(1, g[:, None], True)  # no host sync (index_put with a Python bool syncs)
             mean = img.mean(-1).clamp_min(1e-20)
@@ -147,6 +153,10 @@ class UnrolledOMPBackbone(nn.Module):
         lo, hi = self.anchors.amin(0), self.anchors.amax(0)
         # real-block route: aᴴ·z_l = conj(zᴴ·a), so conj(z) meets the same candidate block as the operators
         zr = torch.view_as_real(z.conj().resolve_conj()).flatten(-2).to(LOW_PRECISION) if ops.real_block else None
+        if zr is not None and ops.fused_refine:  # every round in one kernel (ris_model.refine_kernel)
+            _, L, M = ops.shape
+            return fused_refine(anchor, zr, ops.ops, self.element_xyz, step, lo, hi, self.wavenumber, self.fresnel,
+                                self.refine_rounds, L, M)
         for _ in range(self.refine_rounds):
             cand = torch.maximum(torch.minimum(anchor[:, None, :] + offsets * step, hi), lo)  # [B, 27, 3]
             if zr is not None:  # one fused kernel (compiled on CUDA) writes the fp16 block of all candidates
@@ -171,6 +181,8 @@ class UnrolledOMPBackbone(nn.Module):
         if not ops.real_block:
             x = ops.ops.reshape(B, L, M, -1)
             return torch.cat([self._grid_power(x[:, l:l + 4], sum_dim=2) for l in range(0, L, 4)], 1)
+        if ops.fused and FUSED_ATOM_NORMS:  # the [B, L·M, 2G] product is never written
+            return grouped_power(ops.ops, self.dictionary_h_lowp, M)
         G2 = self.dictionary_h_lowp.shape[1]  # 2G
         chunk = max(1, 2**30 // (L * M * G2 * 2))  # ~1 GiB of fp16 products at a time
         return torch.cat([
@@ -178,7 +190,7 @@ class UnrolledOMPBackbone(nn.Module):
                                      dim=(2, 3), dtype=torch.float32).square()
             for b in range(0, B, chunk)], 0)
 
-    def _image(self, z: Tensor, norms: Tensor | None, taken: Tensor, real_block: bool) -> Tensor:
+    def _image(self, z: Tensor, norms: Tensor | None, taken: Tensor, real_block: bool, fused: bool = False) -> Tensor:
         """The look's image mean_l |a(g)ᴴ·z_l|² / ‖H_w·diag(c_l)·a(g)‖² over the grid, [B, G], 0 at `taken`.
 
         Real-block route (CUDA): one real fp16 tensor-core product of view_as_real(z) with the real block form
@@ -187,6 +199,9 @@ class UnrolledOMPBackbone(nn.Module):
         with separate squares spent ~45 % of a training step in elementwise copies of the intermediates."""
         if real_block:
             zr = torch.view_as_real(z.contiguous()).flatten(-2).to(LOW_PRECISION)  # [B, L, 2N]
+            if fused and FUSED_IMAGE:  # Σ_l in the kernel, then the mean and the taken mask
+                return (grouped_power(zr, self.dictionary_h_lowp, z.shape[1], norms)[:, 0]
+                        / z.shape[1]).masked_fill(taken, 0.0)
             return normalized_image(zr @ self.dictionary_h_lowp, norms, taken)
         return _reduce_image(self._grid_power(z), norms, taken)
 
@@ -257,6 +272,8 @@ class LowPrecisionOperator:
         #: The grid-wide products (atom norms, images) stay with cuBLAS, which was faster there (7.0 vs 8.4 ms,
         #: 0.59 vs 0.80 ms; `bench/grouped_power.py`, docs/RESULTS.md)
         self.fused = self.real_block and fused_available(self.ops, M) and fused_available(self.ops, L)
+        #: the whole refinement as one kernel per look (ris_model.refine_kernel), where its shapes allow
+        self.fused_refine = FUSED_REFINE and self.real_block and refine_available(self.ops, L, M)
 
     def power(self, a: Tensor) -> Tensor:
         if not self.real_block:

@@ -91,3 +91,67 @@ def test_grouped_power_matches_the_unfused_product() -> None:
 
 def test_refinement_products_match_their_torch_route() -> None:
     _run("check_refinement_products")
+
+
+def check_fused_refine(device: str) -> None:
+    """The whole refinement in one kernel (ris_model.refine_kernel) picks the torch route's anchors, for both
+    steering models, on operators and residuals from real scenes."""
+    from api_schemas import ModelConfig, SystemConfig
+    from ris_model.scenes import generate_scenes
+    from ris_model.unrolled import LowPrecisionOperator, UnrolledOMPBackbone
+
+    for steering_model in ("exact", "fresnel"):
+        system = SystemConfig(n_ris_h=6, n_ris_v=4, n_bs_antennas=4, n_snapshots=16, steering_model=steering_model)
+        model = ModelConfig(grid_azimuth=8, grid_elevation=4, grid_inv_range=3, look_refine_rounds=3, d_model=16,
+                            n_heads=2)
+        net = UnrolledOMPBackbone(system, model).to(device)
+        batch = generate_scenes(system, 6, generator=torch.Generator().manual_seed(3), device=device)
+        y, H, codes = batch.y, batch.H, batch.codes
+        ops = LowPrecisionOperator(H[:, None] * codes[:, :, None, :], real_block=True)  # unwhitened: any operator
+        assert ops.fused_refine, "the default-like shapes (L = 16, powers of two) must take the fused route"
+        z = (H.mH @ y.transpose(1, 2)).transpose(1, 2) * codes.conj()  # [B, L, N] back-projection
+        gen = torch.Generator().manual_seed(4)
+        anchor = net.anchors[torch.randint(0, net.anchors.shape[0], (6,), generator=gen)].to(device)
+        fused = net._refine(anchor, z, ops)
+        ops.fused_refine = False
+        plain = net._refine(anchor, z, ops)
+        assert fused.shape == (6, 3) and fused.dtype == torch.float32
+        assert not torch.equal(fused, anchor), "the search must move at least one anchor"
+        assert_close(fused, plain, rtol=1e-5, atol=1e-6, msg=steering_model)
+
+
+def test_fused_refinement_picks_the_torch_routes_anchors() -> None:
+    _run("check_fused_refine")
+
+
+def check_look_pass_routes(device: str) -> None:
+    """The whole look pass with every fused route (atom norms, images, one-kernel refinement) equals the
+    cuBLAS-and-torch route: the same picks and anchors, features to fp16 rounding."""
+    from api_schemas import ModelConfig, SystemConfig
+    from ris_model import unrolled
+    from ris_model.scenes import generate_scenes
+
+    system = SystemConfig(n_ris_h=6, n_ris_v=4, n_bs_antennas=4, n_snapshots=16, snr_min_db=15.0)
+    model = ModelConfig(grid_azimuth=8, grid_elevation=4, grid_inv_range=3, d_model=16, n_heads=2)
+    net = unrolled.UnrolledOMPBackbone(system, model).to(device)
+    batch = generate_scenes(system, 8, generator=torch.Generator().manual_seed(5), device=device)
+    looks_fused, anchors_fused = net.look(batch.y, batch.H, batch.codes, real_block=True)
+    switches = ("FUSED_ATOM_NORMS", "FUSED_IMAGE", "FUSED_REFINE")
+    saved = [getattr(unrolled, s) for s in switches]
+    try:
+        for s in switches:
+            setattr(unrolled, s, False)
+        looks_plain, anchors_plain = net.look(batch.y, batch.H, batch.codes, real_block=True)
+    finally:
+        for s, v in zip(switches, saved, strict=True):
+            setattr(unrolled, s, v)
+    # looks at true sources (the first k of a scene, ≥ 15 dB) must agree; a look past them ranks noise peaks,
+    # where the routes' different fp16 rounding (the torch route rounds the product) may break a near-tie
+    real = torch.arange(system.k_max, device=device) < batch.k[:, None]  # [B, K_MAX]
+    assert_close(anchors_fused[real], anchors_plain[real], rtol=1e-5, atol=1e-6)
+    assert_close(looks_fused[real], looks_plain[real], rtol=5e-3, atol=5e-3)
+    assert (anchors_fused == anchors_plain).all(-1).float().mean() >= 0.9
+
+
+def test_look_pass_fused_routes_match_the_torch_routes() -> None:
+    _run("check_look_pass_routes")

@@ -1,0 +1,146 @@
+"""The look pass's off-grid refinement as one fused Triton kernel per look (issue 4).
+
+Owns fused_refine and refine_available. Imports torch and, lazily, triton (through ris_model.kernels).
+UnrolledOMPBackbone._refine searches `rounds` rounds over 27 candidates around each pick (the cell's
+centre ± the step in φ, θ and 1/r, the step halving each round) for the best normalized matched-filter score
+    score(a) = Σ_l |aᴴ·z_l|² / ‖H_w·diag(c_l)·a‖².
+Its torch route builds each round's candidate steering vectors as an fp16 real block in memory and runs two
+products over all scenes (the norms read the whole [B, L·M, 2N] operator again every round). Here one program
+per scene runs every round: the candidates, their steering phases (computed in registers, never written), the
+operator and back-projection products on tensor cores, the scores and the argmax. The operator is read from
+HBM once per look (later rounds find the scene's 147 KB in L2). Same arithmetic as the torch route: fp32
+positions and phases, fp16 phasors, fp32 accumulation; the first maximal candidate wins, as in torch.argmax.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ris_model.kernels import _triton_ok
+
+_CANDIDATES = 27  # the 3×3×3 pattern, row-major over (φ, θ, 1/r) offsets in {−1, 0, 1}, as unrolled._PATCH
+_MAX_ROWS = 256  # L·M rows of one scene held in registers
+
+
+def refine_available(ops: Tensor, L: int, M: int) -> bool:
+    """Whether fused_refine runs for these operands: CUDA (or Triton's CPU interpreter), Triton importable,
+    L and M powers of two with L ≥ 16 (a tensor-core row tile) and L·M ≤ 256."""
+    on_device = ops.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    pow2 = L & (L - 1) == 0 and M & (M - 1) == 0
+    return on_device and _triton_ok() and pow2 and L >= 16 and L * M <= _MAX_ROWS
+
+
+def fused_refine(anchor: Tensor, zr: Tensor, ops: Tensor, element_xyz: Tensor, step: Tensor, lo: Tensor,
+                 hi: Tensor, wavenumber: float, fresnel: bool, rounds: int, L: int, M: int) -> Tensor:
+    """The refined anchors [B, 3] (φ, θ radians, 1/r in 1/m), fp32.
+
+    anchor [B, 3] fp32: each pick's grid cell; zr [B, L, 2N] fp16: view_as_real(conj(z)) of the back-projected
+    residual (snapshot axis 1); ops [B, L·M, 2N] fp16: the real operator rows of H_w·diag(c_l), snapshot-major;
+    element_xyz [N, 3] fp32 meters; step, lo, hi [3] fp32 tensors (the first round's step, the grid's bounds:
+    device tensors, so that no value is read on the host and the call can be captured in a CUDA graph)."""
+    B, K = zr.shape[0], zr.shape[-1]
+    N = element_xyz.shape[0]
+    assert ops.shape == (B, L * M, K) and K == 2 * N and zr.shape == (B, L, K), (ops.shape, zr.shape, N)
+    assert ops.stride(-1) == 1 and zr.stride(-1) == 1
+    plain, tuned = _kernel()
+    anchor, element_xyz = anchor.float().contiguous(), element_xyz.float().contiguous()
+    bounds = torch.stack([step, lo, hi]).float().contiguous()  # [3, 3]
+    out = torch.empty_like(anchor)
+    args = (anchor, out, ops, zr, element_xyz, bounds, ops.stride(0), ops.stride(1), zr.stride(0), zr.stride(1),
+            float(wavenumber), 1 / math.sqrt(N))
+    consts = {"K": K, "L": L, "M": M, "ROUNDS": rounds, "FRESNEL": bool(fresnel)}
+    if tuned is None:
+        plain[(B,)](*args, **consts, BLOCK_K=32)
+    else:
+        tuned[(B,)](*args, **consts)
+    return out
+
+
+@functools.cache
+def _kernel() -> tuple[Any, Any]:
+    """(the plain triton.JITFunction, its autotuned wrapper or None under the interpreter)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def refine_kernel(anchor_ptr, out_ptr, x_ptr, z_ptr, e_ptr, bounds_ptr, sxb, sxr, szb, szr, k0, inv_sqrt_n,
+                      K: tl.constexpr, L: tl.constexpr, M: tl.constexpr, ROUNDS: tl.constexpr,
+                      FRESNEL: tl.constexpr, BLOCK_K: tl.constexpr):
+        b = tl.program_id(0).to(tl.int64)
+        p = tl.arange(0, 32)  # candidate index, 27 used
+        valid = p < 27
+        off_phi = (p // 9 - 1).to(tl.float32)
+        off_el = ((p // 3) % 3 - 1).to(tl.float32)
+        off_ir = (p % 3 - 1).to(tl.float32)
+        a_phi = tl.load(anchor_ptr + b * 3)
+        a_el = tl.load(anchor_ptr + b * 3 + 1)
+        a_ir = tl.load(anchor_ptr + b * 3 + 2)
+        s_phi, s_el, s_ir = tl.load(bounds_ptr), tl.load(bounds_ptr + 1), tl.load(bounds_ptr + 2)
+        lo_phi, lo_el, lo_ir = tl.load(bounds_ptr + 3), tl.load(bounds_ptr + 4), tl.load(bounds_ptr + 5)
+        hi_phi, hi_el, hi_ir = tl.load(bounds_ptr + 6), tl.load(bounds_ptr + 7), tl.load(bounds_ptr + 8)
+        rows = tl.arange(0, L * M)
+        lz = tl.arange(0, L)
+        for _ in tl.static_range(ROUNDS):
+            c_phi = tl.minimum(tl.maximum(a_phi + off_phi * s_phi, lo_phi), hi_phi)
+            c_el = tl.minimum(tl.maximum(a_el + off_el * s_el, lo_el), hi_el)
+            c_ir = tl.minimum(tl.maximum(a_ir + off_ir * s_ir, lo_ir), hi_ir)
+            r = 1.0 / c_ir  # source_position: r·(cosθ·sinφ, sinθ, ·)
+            xs = r * tl.cos(c_el) * tl.sin(c_phi)
+            ys = r * tl.sin(c_el)
+            acc_re = tl.zeros((L * M, 32), dtype=tl.float32)
+            acc_im = tl.zeros((L * M, 32), dtype=tl.float32)
+            zac_re = tl.zeros((L, 32), dtype=tl.float32)
+            zac_im = tl.zeros((L, 32), dtype=tl.float32)
+            for kk in range(0, K, BLOCK_K):
+                k = kk + tl.arange(0, BLOCK_K)  # real row k = 2n + part (part 0: re, 1: im of element n)
+                kmask = k < K
+                n = k // 2
+                ex = tl.load(e_ptr + n * 3, mask=kmask, other=0.0)
+                ey = tl.load(e_ptr + n * 3 + 1, mask=kmask, other=0.0)
+                e2 = ex * ex + ey * ey
+                proj = ex[:, None] * xs[None, :] + ey[:, None] * ys[None, :]  # [BLOCK_K, 32], physics.phase_at
+                rr = r[None, :]
+                if FRESNEL:
+                    u = proj / rr
+                    delta = -u + (e2[:, None] - u * u) / (2.0 * rr)
+                else:
+                    dist = tl.sqrt(tl.maximum(rr * rr - 2.0 * proj + e2[:, None], 0.0))
+                    delta = (e2[:, None] - 2.0 * proj) / (dist + rr)
+                phase = -k0 * delta
+                phase = phase - 6.283185307179586 * tl.floor(phase * 0.15915494309189535 + 0.5)  # to [−π, π]
+                cos = tl.cos(phase) * inv_sqrt_n
+                sin = tl.sin(phase) * inv_sqrt_n
+                even = ((k % 2) == 0)[:, None]
+                d_re = tl.where(even, cos, -sin).to(tl.float16)  # unrolled.real_block of the steering vectors
+                d_im = tl.where(even, sin, cos).to(tl.float16)
+                xt = tl.load(x_ptr + b * sxb + rows[:, None] * sxr + k[None, :], mask=kmask[None, :], other=0.0)
+                acc_re = tl.dot(xt, d_re, acc_re)
+                acc_im = tl.dot(xt, d_im, acc_im)
+                zt = tl.load(z_ptr + b * szb + lz[:, None] * szr + k[None, :], mask=kmask[None, :], other=0.0)
+                zac_re = tl.dot(zt, d_re, zac_re)
+                zac_im = tl.dot(zt, d_im, zac_im)
+            norms = tl.sum(tl.reshape(acc_re * acc_re + acc_im * acc_im, (L, M, 32)), axis=1)  # [L, 32]
+            score = tl.sum((zac_re * zac_re + zac_im * zac_im) / tl.maximum(norms, 1e-12), axis=0)  # [32]
+            score = tl.where(valid, score, float("-inf"))
+            best = tl.argmax(score, 0)
+            pick = valid & (p == best)
+            found = tl.sum(pick.to(tl.int32), 0) > 0  # an all-NaN score row keeps its anchor
+            a_phi = tl.where(found, tl.sum(tl.where(pick, c_phi, 0.0), 0), a_phi)
+            a_el = tl.where(found, tl.sum(tl.where(pick, c_el, 0.0), 0), a_el)
+            a_ir = tl.where(found, tl.sum(tl.where(pick, c_ir, 0.0), 0), a_ir)
+            s_phi, s_el, s_ir = s_phi * 0.5, s_el * 0.5, s_ir * 0.5
+        tl.store(out_ptr + b * 3, a_phi)
+        tl.store(out_ptr + b * 3 + 1, a_el)
+        tl.store(out_ptr + b * 3 + 2, a_ir)
+
+    if os.environ.get("TRITON_INTERPRET") == "1":  # CPU tests: no autotuning (it needs a GPU driver)
+        return refine_kernel, None
+    configs = [triton.Config({"BLOCK_K": bk}, num_warps=w, num_stages=s)
+               for bk, w, s in ((32, 4, 2), (32, 8, 2), (32, 8, 3), (64, 8, 2), (16, 4, 3))]
+    return refine_kernel, triton.autotune(configs=configs, key=["K", "L", "M", "ROUNDS", "FRESNEL"])(refine_kernel)
