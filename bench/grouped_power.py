@@ -21,6 +21,7 @@ import torch  # noqa: E402
 from candidate_block import time_ms  # noqa: E402  (bench/candidate_block.py, the same folder)
 
 from api_schemas import ModelConfig, SystemConfig  # noqa: E402
+from ris_model import kernels, refine_kernel  # noqa: E402
 from ris_model.kernels import grouped_power  # noqa: E402
 from ris_model.unrolled import (  # noqa: E402
     LOW_PRECISION,
@@ -29,6 +30,11 @@ from ris_model.unrolled import (  # noqa: E402
     block_power,
     normalized_image,
 )
+
+
+def _tuned(use: str) -> object:
+    """The autotuned kernel of a use (its best_config is the one picked for the last shape it ran)."""
+    return (refine_kernel._kernel() if use == "refine_look" else kernels._kernel())[1]
 
 
 def main() -> None:
@@ -77,7 +83,8 @@ def main() -> None:
     print(f"refinement: one-kernel route picks the per-round route's anchor in {agree:.4f} of scenes")
     rows = [{"use": "refine_look_same_anchor_fraction", "value": agree}]
     for name, (plain, fused) in uses.items():
-        rows.append({"use": name, "torch_ms": time_ms(plain, args.reps), "fused_ms": time_ms(fused, args.reps)})
+        rows.append({"use": name, "torch_ms": time_ms(plain, args.reps), "fused_ms": time_ms(fused, args.reps),
+                     "fused_config": str(_tuned(name).best_config)})
         print(f"{name:>14} torch {rows[-1]['torch_ms']:8.3f} ms   fused {rows[-1]['fused_ms']:8.3f} ms")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(), "batch": B, "rows": rows}, indent=2))

@@ -93,7 +93,8 @@ def _kernel() -> tuple[Any, Any]:
                for bm, bp, bk, w, s in ((16, 32, 32, 4, 3), (16, 64, 32, 4, 3), (64, 64, 32, 4, 3),
                                         (128, 64, 32, 8, 3), (128, 32, 32, 4, 4), (128, 128, 32, 8, 3),
                                         (256, 32, 32, 8, 3), (256, 64, 32, 8, 3),
-                                        (64, 128, 32, 4, 4), (128, 128, 32, 8, 4), (128, 64, 32, 4, 4))]
+                                        (64, 128, 32, 4, 4), (128, 128, 32, 8, 4), (128, 64, 32, 4, 4),
+                                        (128, 128, 64, 8, 3), (64, 256, 32, 8, 3))]
 
     def prune(configs: list, named_args: dict, **kwargs: object) -> list:
         """Row tiles hold whole groups and are no taller than the operand (rounded up to 16); the

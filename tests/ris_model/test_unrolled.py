@@ -41,6 +41,20 @@ def test_refinement_norms_real_fp16_block_match_complex_norms() -> None:
     assert_close(block_route, exact, rtol=3e-3, atol=0)
 
 
+def test_operator_rows_from_factors_equal_the_product_then_rounding() -> None:
+    """LowPrecisionOperator.from_factors (one kernel on CUDA) builds the same fp16 rows as the complex product."""
+    g = torch.Generator().manual_seed(2)
+    Hw = torch.randn(3, 16, 144, dtype=torch.complex64, generator=g)
+    codes = torch.polar(torch.ones(3, 16, 144), torch.rand(3, 16, 144, generator=g) * 6.3)
+    product = LowPrecisionOperator(Hw[:, None] * codes[:, :, None, :], real_block=True)
+    factored = LowPrecisionOperator.from_factors(Hw, codes, real_block=True)
+    assert factored.shape == product.shape == (3, 16, 16) and factored.ops.shape == (3, 256, 288)
+    assert_close(factored.ops, product.ops, rtol=1e-3, atol=1e-3)  # at most one fp16 rounding step apart
+    complex_route = LowPrecisionOperator.from_factors(Hw, codes, real_block=False)
+    assert not complex_route.real_block and torch.equal(complex_route.ops,
+                                                        (Hw[:, None] * codes[:, :, None, :]).reshape(3, 256, 144))
+
+
 def test_grid_atom_norms_real_fp16_block_match_complex_norms() -> None:
     config = tiny_config(system=SystemConfig(), model=ModelConfig())
     backbone = UnrolledOMPBackbone(config.system, config.model)
