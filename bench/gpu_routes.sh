@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
 # The fused look-pass routes on the GPU (device tool): CUDA tests of the kernels, the per-use microbench,
-# training throughput with every fused route, with the grid products on cuBLAS, with the per-round refinement,
-# and the baseline tree; then a profile. Usage: bash bench/gpu_routes.sh OUT_DIR (carry: baseline_tree)
+# training throughput with every fused route, with the routes in $ROUTES_OFF (default: refine) on torch, and the
+# baseline tree; then a profile. Usage: bash bench/gpu_routes.sh OUT_DIR (carry: baseline_tree)
 source "$(dirname "$0")/_gpu_out.sh" "${1:-}"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 python3 -m pytest -q -p no:cacheprovider tests/ris_model/test_kernels.py tests/ris_model/test_unrolled.py \
   tests/ris_model/test_graphed_step.py 2>&1 | tail -8
 python3 bench/grouped_power.py --out "$OUT/grouped_power.json"
 T="python3 bench/train.py --device cuda --batches 4096 8192 --steps 20"
-$T --out "$OUT/train_fused.json"
-$T --torch-route atom_norms image --out "$OUT/train_grid_torch.json"
-$T --torch-route refine --out "$OUT/train_refine_torch.json"
+python3 bench/train.py --device cuda --batches 64 256 1024 4096 8192 --steps 20 --out "$OUT/train_fused.json"
+$T --torch-route ${ROUTES_OFF:-refine} --out "$OUT/train_routes_off.json"
 if [ -d baseline_tree ]; then
   (cd baseline_tree && PYTHONPATH="$PWD:${PYTHONPATH:-}" python3 bench/train.py --device cuda --batches 4096 8192 \
     --steps 20 --out "$OUT/train_baseline.json")
