@@ -68,8 +68,11 @@ def grouped_power(x: Tensor, d: Tensor, group: int, norms: Tensor | None = None)
     def grid(meta: dict) -> tuple[int, int]:  # column tiles fastest: a row tile is read once, then hit in L2
         return (_cdiv(rows, meta["BLOCK_M"]) * _cdiv(P, meta["BLOCK_P"]), B)
 
-    args = (x, d, nb, out, rows, P, x.stride(0), x.stride(1), x.stride(2), d_batch_stride, dk, dp, *n_strides,
-            out.stride(0), out.stride(1), out.stride(2))
+    # the autotuning key's row count: powers of two up to 2¹⁶, one class above, so that the grid-wide products
+    # (rows = B·L·M) tune once for all large batches instead of once per batch size (seconds each)
+    rows_class = min(1 << max(rows - 1, 0).bit_length(), 1 << 16)
+    args = (x, d, nb, out, rows, rows_class, P, x.stride(0), x.stride(1), x.stride(2), d_batch_stride, dk, dp,
+            *n_strides, out.stride(0), out.stride(1), out.stride(2))
     if tuned is None:
         meta = {"BLOCK_M": max(16, group), "BLOCK_P": 32, "BLOCK_K": 32}
         plain[grid(meta)](*args, K=K, GROUP=group, HAS_NORMS=norms is not None, **meta)
@@ -106,7 +109,7 @@ def _kernel() -> tuple[Any, Any]:
         return fit or [c for c in configs if c.kwargs["BLOCK_M"] % group == 0][-1:]
 
     @triton.jit
-    def grouped_power_kernel(x_ptr, d_ptr, n_ptr, o_ptr, rows, P,
+    def grouped_power_kernel(x_ptr, d_ptr, n_ptr, o_ptr, rows, rows_class, P,
                              sxb, sxr, sxk, sdb, sdk, sdp, snb, snr, snp, sob, sor, sop,
                              K: tl.constexpr, GROUP: tl.constexpr, HAS_NORMS: tl.constexpr, BLOCK_M: tl.constexpr,
                              BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -141,5 +144,5 @@ def _kernel() -> tuple[Any, Any]:
 
     if os.environ.get("TRITON_INTERPRET") == "1":  # CPU tests: no autotuning (it needs a GPU driver)
         return grouped_power_kernel, None
-    return grouped_power_kernel, triton.autotune(configs=configs, key=["rows", "P", "K", "GROUP", "HAS_NORMS"],
+    return grouped_power_kernel, triton.autotune(configs=configs, key=["rows_class", "P", "K", "GROUP", "HAS_NORMS"],
                                                  prune_configs_by={"early_config_prune": prune})(grouped_power_kernel)
