@@ -206,7 +206,7 @@ def _default_training_phases() -> tuple[PhaseConfig, ...]:
     # geom: the look encoder, covariance and geometry heads learn where sources are; k_only: the K-head learns
     # to count on frozen features; joint: everything together, EMA weights validated and saved (issue 4).
     # Sized so that the whole job (28 epochs × 100 steps × 4,096 fresh scenes) stays under 5 minutes on one
-    # H100 at the measured ~50 k samples/s (docs/RESULTS.md); it was 14 joint epochs at 34 k/s.
+    # H100: 136 s wall at ~104 k samples/s (docs/RESULTS.md); it was 14 joint epochs at 34 k/s.
     return (
         PhaseConfig(
             name="geom", epochs=6, lr=2e-3, frozen_groups=("k_head",),

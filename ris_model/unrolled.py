@@ -175,8 +175,9 @@ class UnrolledOMPBackbone(nn.Module):
         return anchor
 
     def _atom_norms(self, ops: LowPrecisionOperator) -> Tensor:
-        """‖H_w·diag(c_l)·a(g)‖² for every snapshot l and grid point g, [B, L, G], a bounded slice at a time
-        (the [B, L, M, G] products are the largest tensor of the forward pass)."""
+        """‖H_w·diag(c_l)·a(g)‖² for every snapshot l and grid point g, [B, L, G]: on CUDA one Triton kernel
+        (the 2 TFLOP product at B = 4,096 is reduced in registers, never written); else a bounded slice at a
+        time (the [B, L, M, G] products are the largest tensor of the forward pass)."""
         B, L, M = ops.shape
         if not ops.real_block:
             x = ops.ops.reshape(B, L, M, -1)
@@ -193,10 +194,11 @@ class UnrolledOMPBackbone(nn.Module):
     def _image(self, z: Tensor, norms: Tensor | None, taken: Tensor, real_block: bool, fused: bool = False) -> Tensor:
         """The look's image mean_l |a(g)ᴴ·z_l|² / ‖H_w·diag(c_l)·a(g)‖² over the grid, [B, G], 0 at `taken`.
 
-        Real-block route (CUDA): one real fp16 tensor-core product of view_as_real(z) with the real block form
-        of Dᴴ, then one fused kernel for squares, normalization and the mean over snapshots (scores only rank
-        and describe looks, so fp16's ~0.05 % error is harmless). Measured on an H200: the complex64 route
-        with separate squares spent ~45 % of a training step in elementwise copies of the intermediates."""
+        Real-block route (CUDA): the real fp16 tensor-core product of view_as_real(z) with the real block form
+        of Dᴴ, its squares, normalization and sum over snapshots in one Triton kernel (`fused`; else cuBLAS and
+        one compiled reduction). Scores only rank and describe looks, so fp16's ~0.05 % error is harmless.
+        Measured on an H200: the complex64 route with separate squares spent ~45 % of a training step in
+        elementwise copies of the intermediates."""
         if real_block:
             zr = torch.view_as_real(z.contiguous()).flatten(-2).to(LOW_PRECISION)  # [B, L, 2N]
             if fused and FUSED_IMAGE:  # Σ_l in the kernel, then the mean and the taken mask
@@ -287,10 +289,9 @@ class LowPrecisionOperator:
         self.shape = shape
         self.real_block = real_block
         self.ops = ops  # [B, L·M, 2N] fp16 real rows, or complex [B, L·M, N]
-        #: the refinement's products (power_block, and the score in UnrolledOMPBackbone._refine) run as the fused
-        #: ris_model.kernels.grouped_power: 0.29 vs 0.39 ms and 0.08 vs 0.14 ms a round at B = 4,096 on an H100.
-        #: The grid-wide products (atom norms, images) stay with cuBLAS, which was faster there (7.0 vs 8.4 ms,
-        #: 0.59 vs 0.80 ms; `bench/grouped_power.py`, docs/RESULTS.md)
+        #: the products as the fused ris_model.kernels.grouped_power (B = 4,096 on an H100, `bench/grouped_power.py`,
+        #: docs/RESULTS.md): atom norms 4.5 vs 7.1 ms for cuBLAS + a reduction, images 0.54 vs 0.59 ms; where the
+        #: one-kernel refinement cannot run, its per-round norms 0.30 vs 0.39 ms and scores 0.09 vs 0.14 ms
         self.fused = self.real_block and fused_available(self.ops, M) and fused_available(self.ops, L)
         #: the whole refinement as one kernel per look (ris_model.refine_kernel), where its shapes allow
         self.fused_refine = FUSED_REFINE and self.real_block and refine_available(self.ops, L, M)
