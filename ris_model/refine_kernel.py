@@ -7,8 +7,9 @@ centre ± the step in φ, θ and 1/r, the step halving each round) for the best 
 Its torch route builds each round's candidate steering vectors as an fp16 real block in memory and runs two
 products over all scenes (the norms read the whole [B, L·M, 2N] operator again every round). Here one program
 per scene runs every round: the candidates, their steering phases (computed in registers, never written), the
-operator and back-projection products on tensor cores, the scores and the argmax. The operator is read from
-HBM once per look (later rounds find the scene's 147 KB in L2). Same arithmetic as the torch route: fp32
+operator and back-projection products on tensor cores, the scores and the argmax (the 27 candidates are the
+3×3×3 pattern of unrolled._PATCH, row-major over (φ, θ, 1/r) offsets in {−1, 0, 1}, padded to 32). Later
+rounds can find the scene's operator (147 KB at the default) in L2. Same arithmetic as the torch route: fp32
 positions and phases, fp16 phasors, fp32 accumulation; the first maximal candidate wins, as in torch.argmax.
 """
 
@@ -24,7 +25,6 @@ from torch import Tensor
 
 from ris_model.kernels import _triton_ok
 
-_CANDIDATES = 27  # the 3×3×3 pattern, row-major over (φ, θ, 1/r) offsets in {−1, 0, 1}, as unrolled._PATCH
 _MAX_ROWS = 256  # L·M rows of one scene (its operator, 147 KB at the default, is re-read from L2 each round)
 
 
@@ -78,8 +78,9 @@ def _kernel() -> tuple[Any, Any]:
                       K: tl.constexpr, L: tl.constexpr, M: tl.constexpr, ROUNDS: tl.constexpr,
                       FRESNEL: tl.constexpr, BLOCK_K: tl.constexpr, ROW_BLOCK: tl.constexpr):
         # Each round walks the scene's operator rows in tiles of ROW_BLOCK (= LS snapshots × M antennas): a
-        # small tile keeps few registers per program, so that several programs share an SM and hide latency.
-        # The score Σ_l |z_l·a|² / norm_l is a sum over snapshots, so each tile adds its snapshots' share.
+        # smaller tile needs fewer registers, so that more programs share an SM (the autotuner picks; on an
+        # H100 one 256-row tile won). The score Σ_l |z_l·a|² / norm_l is a sum over snapshots, so each tile
+        # adds its snapshots' share.
         LS: tl.constexpr = ROW_BLOCK // M
         b = tl.program_id(0).to(tl.int64)
         p = tl.arange(0, 32)  # candidate index, 27 used

@@ -31,7 +31,7 @@ _PATCH = torch.tensor([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k i
 LOW_PRECISION = torch.float16
 N_LOOK_FEATURES = 27 + 5  # patch, peak ratio, log residual energy before/after, peak share, iteration
 #: the grid-wide products (atom norms, look images) as the fused grouped_power where it runs (else cuBLAS + a
-#: reduction); module switches, read at call time, so that bench/train.py --grid-route can compare the two
+#: reduction); module switches, read at call time, so that bench/train.py --torch-route can compare routes
 FUSED_ATOM_NORMS = True
 FUSED_IMAGE = True
 FUSED_REFINE = True  # every refinement round of a look in one kernel (ris_model.refine_kernel)
