@@ -20,14 +20,16 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 
 from api_schemas.checkpoints import CHECKPOINT_NAME_PATTERN
 
-#: Baselines an evaluation may run (ris_model.estimators): the network's own positions before the ML polish
-#: (`model_raw`; the `model` row is polished); SOMP (counts and positions); MDL/AIC counts on the compressed
-#: measurement covariance; MDL/AIC counts on an oracle uncompressed RIS array.
+#: Baselines an evaluation may run (ris_model.estimators): the network's own count and positions (`model_raw`;
+#: the `model` row is polished and its count tested against the residual at the scenes' SNR, as SOMP's is);
+#: SOMP (counts and positions); MDL/AIC counts on the compressed measurement covariance; MDL/AIC counts on an
+#: oracle uncompressed RIS array.
 BASELINES: tuple[str, ...] = ("model_raw", "somp", "mdl_measurement", "aic_measurement", "mdl_oracle", "aic_oracle")
 Baseline = Literal["model_raw", "somp", "mdl_measurement", "aic_measurement", "mdl_oracle", "aic_oracle"]
-#: The method name of the learned model in every table (its positions polished by the local ML search).
+#: The method name of the learned model in every table: its positions polished by the local ML search, then
+#: its count tested by one add-or-drop move against the residual energy (ris_model.estimators.order).
 MODEL_METHOD = "model"
-#: The network's own positions, before the polish (same counts as MODEL_METHOD).
+#: The network's own count (the K-head's) and positions, before the polish and the order test.
 RAW_MODEL_METHOD = "model_raw"
 #: An upload id: the uuid4 hex that POST /v1/checkpoints returns.
 UPLOAD_ID_PATTERN = r"^[0-9a-f]{32}$"

@@ -25,6 +25,7 @@ from api_schemas import DiagnosticJobConfig, SystemConfig, TrainingJobConfig
 from ris_model import checkpoint as ckpt
 from ris_model.errors import CheckpointError
 from ris_model.estimators.grid import SearchGrid, SourceEstimate
+from ris_model.estimators.order import refine_order
 from ris_model.estimators.polish import polish as ml_polish
 from ris_model.network import ModelOutput, RisNet
 
@@ -58,18 +59,22 @@ class Estimator:
         device: where the model runs.
         batch_size: scenes per forward pass (inputs are split internally).
         polish: whether `predict`/`estimate` refine the network's positions by a local maximum-likelihood
-            search on the measurements (`ris_model.estimators.polish`; the count is the network's).
+            search on the measurements (`ris_model.estimators.polish`).
+        order_test: whether, when the caller gives `snr_db` (and `polish` is on), the count is then tested
+            by one add-or-drop move against the residual energy (`ris_model.estimators.order`, SOMP's rule
+            with the same noise level); without `snr_db` the count is the network's.
     """
 
     def __init__(self, model: RisNet, config: TrainingJobConfig, *, device: torch.device,
                  batch_size: int = DEFAULT_BATCH_SIZE, source: dict[str, Any] | None = None,
-                 polish: bool = True) -> None:
+                 polish: bool = True, order_test: bool = True) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.to(device).eval()
         self.config, self.system, self.device, self.batch_size = config, config.system, device, batch_size
         self.source = source or {}  # where the weights came from (path, phase, step), for reports
         self.polish = polish
+        self.order_test = order_test
         self._grid: SearchGrid | None = None
 
     def predict(self, y: ArrayLike, H: ArrayLike, codes: ArrayLike, snr_db: ArrayLike | float | None = None
@@ -80,8 +85,9 @@ class Estimator:
             y: complex [B, L, M] measurements; axis 1 is the snapshot axis (one RIS code per snapshot).
             H: complex [B, M, N] BS→RIS channel.
             codes: complex [B, L, N] RIS codes, one row per snapshot.
-            snr_db: None, a float, or real [B] dB. Accepted for symmetry with the classical estimators and
-                checked, not used: the model infers the noise level from y (DESIGN §2.3).
+            snr_db: None, a float, or real [B] dB (DESIGN §2.1a definition). The network infers the noise
+                level from y (DESIGN §2.3); when given, the count of the polished estimate is tested against
+                it (`order_test`), as SOMP's stopping rule uses it.
             numpy arrays or torch tensors, complex64 or complex128 (computed in complex64).
 
         Returns:
@@ -111,6 +117,7 @@ class Estimator:
         meters, float64), ordered by existence logit. Same arguments and errors as `predict`; `polish`
         overrides the estimator's setting for this call."""
         y_t, H_t, codes_t = self._check_inputs(y, H, codes, snr_db)
+        snr = None if snr_db is None else torch.as_tensor(snr_db, dtype=torch.float64).expand(y_t.shape[0])
         parts = []
         for start in range(0, y_t.shape[0], self.batch_size):
             sl = slice(start, start + self.batch_size)
@@ -118,6 +125,8 @@ class Estimator:
             est = decode_output(self.model(yb, Hb, cb))
             if self.polish if polish is None else polish:
                 est = ml_polish(yb, Hb, cb, est, self._search_grid(), chunk_size=self._polish_chunk())
+                if snr is not None and self.order_test:
+                    est = self._order(yb, Hb, cb, est, snr[sl])
             parts.append(est)
         return _cat(parts, self.system.k_max)
 
@@ -127,6 +136,20 @@ class Estimator:
         with torch.inference_mode():
             return ml_polish(y_t.to(self.device), H_t.to(self.device), codes_t.to(self.device), estimate,
                              self._search_grid(), chunk_size=self._polish_chunk())
+
+    def refine_count(self, y: ArrayLike, H: ArrayLike, codes: ArrayLike, estimate: SourceEstimate,
+                     snr_db: ArrayLike | float) -> SourceEstimate:
+        """The order test alone (see `order_test`), applied to a polished `estimate` of the same scenes."""
+        y_t, H_t, codes_t = self._check_inputs(y, H, codes, snr_db)
+        snr = torch.as_tensor(snr_db, dtype=torch.float64).expand(y_t.shape[0])
+        with torch.inference_mode():
+            return self._order(y_t.to(self.device), H_t.to(self.device), codes_t.to(self.device), estimate, snr)
+
+    def _order(self, y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, snr_db: Tensor
+               ) -> SourceEstimate:
+        out = refine_order(y, H, codes, estimate, self._search_grid(), snr_db.to(y.device),
+                           chunk_size=self._polish_chunk())
+        return SourceEstimate(**{f: getattr(out, f).cpu() for f in ("k", "azimuth", "elevation", "range_m", "valid")})
 
     def _polish_chunk(self) -> int:
         return 512 if self.device.type == "cuda" else 64  # the grid responses take ~3.5 MB a scene
@@ -191,7 +214,7 @@ def _as_complex(value: ArrayLike, name: str) -> Tensor:
 
 
 def load_estimator(checkpoint_path: str | Path, device: str | torch.device | None = None, *,
-                   batch_size: int = DEFAULT_BATCH_SIZE, polish: bool = True) -> Estimator:
+                   batch_size: int = DEFAULT_BATCH_SIZE, polish: bool = True, order_test: bool = True) -> Estimator:
     """Load a checkpoint written by this package's trainer as an Estimator (DESIGN §2.7 public API).
 
     Args:
@@ -199,6 +222,7 @@ def load_estimator(checkpoint_path: str | Path, device: str | torch.device | Non
         device: "cpu", "cuda", "cuda:N", a torch.device, or None (CUDA when available).
         batch_size: scenes per forward pass.
         polish: refine the network's positions by a local ML search on the measurements (see Estimator).
+        order_test: test the polished count against the residual energy when `snr_db` is given (see Estimator).
 
     Returns:
         An Estimator in eval mode with the checkpoint's validated (`eval_model`) weights.
@@ -229,7 +253,8 @@ def load_estimator(checkpoint_path: str | Path, device: str | torch.device | Non
     source = {"path": str(path), "kind": str(state.get(ckpt.KIND_KEY, "")),
               "phase": str(position.get("phase", "")), "global_step": int(position.get("global_step", 0)),
               "config_sha256": str(state.get(ckpt.CONFIG_SHA_KEY, ""))}
-    return Estimator(model, config, device=dev, batch_size=batch_size, source=source, polish=polish)
+    return Estimator(model, config, device=dev, batch_size=batch_size, source=source, polish=polish,
+                     order_test=order_test)
 
 
 def _config_of(state: dict[str, Any], path: Path) -> TrainingJobConfig:

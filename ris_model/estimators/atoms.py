@@ -1,8 +1,8 @@
 """Effective atoms through the known sensing operator, shared by SOMP and the polish (DESIGN §2.3, §2.7).
 
 Owns: `responses` (b_l(p) = H·diag(c_l)·a(p) for positions p), `solve_ls` (per-snapshot least squares of the
-measurements on a set of atoms), `refine_atom` (the shrinking 27-point stencil search of one atom's position)
-and `fov_box` (the search bounds). Positions are (φ, θ, 1/r) in radians and 1/m. Imports torch, the
+measurements on a set of atoms), `refine_atom` (the shrinking 27-point stencil search of one atom's position),
+`noise_var_from_snr` and `fov_box` (the search bounds). Positions are (φ, θ, 1/r) in radians and 1/m. Imports torch, the
 estimators' grid and spectra (the stencil) and ris_model.physics.
 """
 
@@ -57,6 +57,14 @@ def solve_ls(y: Tensor, Phi: Tensor) -> tuple[Tensor, Tensor]:
     coef = torch.cholesky_solve((Phi.mH @ y.unsqueeze(-1)),
                                 torch.linalg.cholesky(gram + load[..., None, None] * eye)).squeeze(-1)  # [..., L, k]
     return coef, y - (Phi @ coef.unsqueeze(-1)).squeeze(-1)
+
+
+def noise_var_from_snr(y: Tensor, snr_db: Tensor) -> Tensor:
+    """σ² per antenna, float64 [B], of measurements y [B, L, M] at SNR snr_db [B] (DESIGN §2.1a definition):
+    ‖Y‖²_F / (L·M·(1 + 10^(snr_db/10)))."""
+    B, L, M = y.shape
+    total = y.to(torch.complex128).abs().square().sum((1, 2))
+    return total / (L * M * (1 + 10 ** (snr_db.to(y.device, torch.float64) / 10)))
 
 
 def fov_box(grid: SearchGrid, device: torch.device) -> tuple[Tensor, Tensor]:

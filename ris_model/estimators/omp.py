@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ris_model.estimators.atoms import fov_box, refine_atom, responses, solve_ls
+from ris_model.estimators.atoms import fov_box, noise_var_from_snr, refine_atom, responses, solve_ls
 from ris_model.estimators.grid import SearchGrid, SourceEstimate
 
 DEFAULT_GAIN_THRESHOLD = 3.0  # ×L·σ̂²; train-stream calibration (bench/baselines.py --calibrate): 2.5–3 best
@@ -188,8 +188,7 @@ def _noise_var(y: Tensor, snr_db: Tensor | None, energy: Tensor, max_sources: in
     B, L, M = y.shape
     if snr_db is None:
         return energy[:, -1] / (L * (M - max_sources))
-    total = y.to(torch.complex128).abs().square().sum((1, 2))
-    return total / (L * M * (1 + 10 ** (snr_db.to(torch.float64) / 10)))
+    return noise_var_from_snr(y, snr_db)
 
 
 def _stopping_rule(energy: Tensor, noise_var: Tensor, L: int, min_sources: int, gain_threshold: float) -> Tensor:

@@ -44,7 +44,7 @@ def test_predict_returns_k_in_range_and_k_sources_in_the_field_of_view(estimator
 
 def test_numpy_complex128_and_torch_complex64_inputs_give_the_same_answer(estimator: Estimator) -> None:
     batch = _scenes(estimator)
-    from_torch = estimator.predict(batch.y, batch.H, batch.codes)
+    from_torch = estimator.predict(batch.y, batch.H, batch.codes, snr_db=batch.snr_db)
     from_numpy = estimator.predict(*(t.numpy().astype(np.complex128) for t in (batch.y, batch.H, batch.codes)),
                                    snr_db=batch.snr_db.numpy())
     assert [s["k"] for s in from_numpy] == [s["k"] for s in from_torch]
@@ -66,6 +66,24 @@ def test_polish_moves_positions_not_counts_and_refine_repeats_it(trained_checkpo
     assert torch.equal(polished.k, raw.k) and torch.equal(polished.valid, raw.valid)
     assert not torch.equal(polished.azimuth[raw.valid], raw.azimuth[raw.valid])
     assert torch.equal(estimator.refine(batch.y, batch.H, batch.codes, raw).azimuth, polished.azimuth)
+
+
+def test_order_test_runs_with_snr_and_refine_count_repeats_it(trained_checkpoint: Path,
+                                                              estimator: Estimator) -> None:
+    """Given snr_db, the polished count is tested (`order_test`, on by default); without snr_db, or with
+    order_test=False, the count is the K-head's; `refine_count` applies the test to a polished estimate."""
+    batch = _scenes(estimator, n=8)
+    head = estimator.estimate(batch.y, batch.H, batch.codes)
+    off = load_estimator(trained_checkpoint, device="cpu", order_test=False)
+    assert torch.equal(off.estimate(batch.y, batch.H, batch.codes, snr_db=batch.snr_db).k, head.k)
+    tested = estimator.estimate(batch.y, batch.H, batch.codes, snr_db=batch.snr_db)
+    assert ((tested.k - head.k).abs() <= 1).all() and ((tested.k >= 1) & (tested.k <= estimator.system.k_max)).all()
+    assert torch.equal(tested.valid, torch.arange(tested.valid.shape[1]) < tested.k[:, None])
+    again = estimator.refine_count(batch.y, batch.H, batch.codes, head, batch.snr_db)
+    assert torch.equal(again.k, tested.k)
+    torch.testing.assert_close(again.azimuth[again.valid], tested.azimuth[tested.valid])
+    scalar = estimator.estimate(batch.y, batch.H, batch.codes, snr_db=float(batch.snr_db[0]))
+    assert scalar.k.shape == head.k.shape, "a scalar SNR applies to every scene"
 
 
 def test_internal_batching_does_not_change_the_answer(trained_checkpoint: Path, estimator: Estimator) -> None:
