@@ -65,6 +65,10 @@ def refine_order(y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, 
     B, L = y.shape[:2]
     snr_db = torch.as_tensor(snr_db, dtype=torch.float64).to(y.device).expand(B)
     est = _to(estimate, y.device)
+    free = ~est.valid  # unused slots may hold anything (NaN, r = 0): the fits and the polish see (0, 0, 1 m)
+    est = SourceEstimate(k=est.k, azimuth=est.azimuth.masked_fill(free, 0.0),
+                         elevation=est.elevation.masked_fill(free, 0.0), range_m=est.range_m.masked_fill(free, 1.0),
+                         valid=est.valid)
     parts = []
     for s in range(0, B, chunk_size):
         sl = slice(s, s + chunk_size)

@@ -82,3 +82,13 @@ def test_no_drop_below_the_drop_snr_and_decide_applies_each_threshold(scenes: Sc
     assert torch.equal(decide(start, moves, torch.full_like(moves.energy, -1.0)).k,
                        torch.where(room, start.k + 1, start.k)), "a negative floor: every scene with room adds"
     assert torch.equal(decide(start, moves, torch.full_like(moves.energy, torch.inf), drop=False).k, start.k)
+
+
+def test_unused_slots_may_hold_any_value(scenes: SceneBatch) -> None:
+    """Slots past K̂ are ignored, whatever they hold (here NaN and a zero range)."""
+    e = _truth(scenes)
+    free = ~e.valid
+    odd = SourceEstimate(k=e.k, azimuth=e.azimuth.masked_fill(free, torch.nan), elevation=e.elevation,
+                         range_m=e.range_m.masked_fill(free, 0.0), valid=e.valid)
+    out = refine_order(scenes.y, scenes.H, scenes.codes, odd, GRID, scenes.snr_db)
+    assert torch.equal(out.k, scenes.k)
