@@ -84,8 +84,7 @@ def summarize(batch: SceneBatch, counts: dict[str, torch.Tensor], est: SourceEst
     """K accuracy of every counter, SOMP's evaluation and the median √CRB for scenes with lo ≤ SNR < hi."""
     sel = (batch.snr_db >= lo) & (batch.snr_db < hi)
     idx = sel.nonzero().squeeze(1)
-    sub = SourceEstimate(k=est.k[idx], azimuth=est.azimuth[idx], elevation=est.elevation[idx],
-                         range_m=est.range_m[idx], valid=est.valid[idx])
+    sub = est.map(lambda t: t[idx])
     ev = evaluate_sources(sub, batch.azimuth[idx], batch.elevation[idx], batch.range_m[idx], batch.mask[idx],
                           k_max=k_max)
     present = batch.mask[idx]

@@ -22,18 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from ris_model.estimators import SearchGrid, SourceEstimate, somp  # noqa: E402
+from ris_model.estimators import SearchGrid, somp  # noqa: E402
 from ris_model.estimators.atoms import noise_var_from_snr  # noqa: E402
 from ris_model.estimators.order import decide, order_moves  # noqa: E402
 from ris_model.inference import load_estimator  # noqa: E402
 from ris_model.scenes import generate_scenes  # noqa: E402
 
 BINS = ((-5.0, 0.0), (0.0, 10.0), (10.0, 20.0))
-
-
-def _to(est: SourceEstimate, device: torch.device) -> SourceEstimate:
-    return SourceEstimate(k=est.k.to(device), azimuth=est.azimuth.to(device), elevation=est.elevation.to(device),
-                          range_m=est.range_m.to(device), valid=est.valid.to(device))
 
 
 def main() -> None:
@@ -60,7 +55,7 @@ def main() -> None:
             sl = slice(s, s + args.chunk)
             y, H, codes, snr = batch.y[sl], batch.H[sl], batch.codes[sl], batch.snr_db[sl]
             raw = est.estimate(y, H, codes, polish=False)
-            polished = _to(est.refine(y, H, codes, raw), dev)
+            polished = est.refine(y, H, codes, raw).map(lambda t: t.to(dev))
             moves = order_moves(y, H, codes, polished, grid)
             floor = system.n_snapshots * noise_var_from_snr(y, snr)  # L·σ²
             decisions["head"].append(raw.k.to(dev))

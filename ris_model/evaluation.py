@@ -165,8 +165,7 @@ def _run_somp(batch: SceneBatch, system: SystemConfig, config: EvaluationConfig,
         res = somp(batch.y[sl], batch.H[sl], batch.codes[sl], grid, snr_db=batch.snr_db[sl], max_sources=max_sources)
         parts.append(res.estimate)
         progress(min(1.0, (start + SOMP_PROGRESS_CHUNK) / len(batch)))
-    names = ("k", "azimuth", "elevation", "range_m", "valid")
-    return SourceEstimate(**{f: torch.cat([getattr(p, f).cpu() for p in parts]) for f in names})
+    return SourceEstimate.cat([p.map(Tensor.cpu) for p in parts])
 
 
 def _count_baselines(batch: SceneBatch, baselines: tuple[str, ...], seed: int) -> dict[str, Tensor]:

@@ -149,7 +149,7 @@ class Estimator:
                ) -> SourceEstimate:
         out = refine_order(y, H, codes, estimate, self._search_grid(), snr_db.to(y.device),
                            chunk_size=self._polish_chunk())
-        return SourceEstimate(**{f: getattr(out, f).cpu() for f in ("k", "azimuth", "elevation", "range_m", "valid")})
+        return out.map(Tensor.cpu)
 
     def _polish_chunk(self) -> int:
         return 512 if self.device.type == "cuda" else 64  # the grid responses take ~3.5 MB a scene
@@ -199,8 +199,7 @@ def _cat(parts: list[SourceEstimate], k_max: int) -> SourceEstimate:
         empty = torch.zeros(0, k_max, dtype=torch.float64)
         return SourceEstimate(k=torch.zeros(0, dtype=torch.long), azimuth=empty, elevation=empty, range_m=empty,
                               valid=torch.zeros(0, k_max, dtype=torch.bool))
-    return SourceEstimate(**{f: torch.cat([getattr(p, f) for p in parts])
-                             for f in ("k", "azimuth", "elevation", "range_m", "valid")})
+    return SourceEstimate.cat(parts)
 
 
 def _as_complex(value: ArrayLike, name: str) -> Tensor:

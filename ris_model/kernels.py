@@ -31,7 +31,7 @@ _MAX_GROUP = 64
 
 
 @functools.cache
-def _triton_ok() -> bool:
+def triton_usable() -> bool:
     if os.environ.get("RIS_NO_TRITON"):
         return False
     try:
@@ -45,7 +45,7 @@ def fused_available(x: Tensor, group: int) -> bool:
     """Whether grouped_power runs for operands like x: CUDA (or Triton's CPU interpreter), Triton importable,
     group a power of two ≤ 64."""
     on_device = x.is_cuda or (os.environ.get("TRITON_INTERPRET") == "1")
-    return on_device and _triton_ok() and 0 < group <= _MAX_GROUP and group & (group - 1) == 0
+    return on_device and triton_usable() and 0 < group <= _MAX_GROUP and group & (group - 1) == 0
 
 
 def grouped_power(x: Tensor, d: Tensor, group: int, norms: Tensor | None = None) -> Tensor:

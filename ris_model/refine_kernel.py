@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ris_model.kernels import _triton_ok
+from ris_model.kernels import triton_usable
 
 _MAX_ROWS = 256  # L·M rows of one scene (its operator, 147 KB at the default, is re-read from L2 each round)
 
@@ -33,7 +33,7 @@ def refine_available(ops: Tensor, L: int, M: int) -> bool:
     L and M powers of two with 16 ≤ L·M ≤ 256."""
     on_device = ops.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
     pow2 = L & (L - 1) == 0 and M & (M - 1) == 0
-    return on_device and _triton_ok() and pow2 and 16 <= L * M <= _MAX_ROWS
+    return on_device and triton_usable() and pow2 and 16 <= L * M <= _MAX_ROWS
 
 
 def fused_refine(anchor: Tensor, zr: Tensor, ops: Tensor, element_xyz: Tensor, step: Tensor, lo: Tensor,

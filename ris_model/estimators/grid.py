@@ -7,7 +7,9 @@ Owns SearchGrid and the frozen result types of the estimators (Peaks, SourceEsti
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -120,6 +122,18 @@ class SourceEstimate:
     range_m: Tensor
     valid: Tensor
     spectrum: Tensor | None = None
+
+    #: the per-scene fields every estimate has (the spectrum is optional)
+    FIELDS: ClassVar[tuple[str, ...]] = ("k", "azimuth", "elevation", "range_m", "valid")
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> SourceEstimate:
+        """fn applied to each of FIELDS (e.g. `lambda t: t[rows]`, `Tensor.cpu`); the spectrum is dropped."""
+        return SourceEstimate(**{f: fn(getattr(self, f)) for f in self.FIELDS})
+
+    @staticmethod
+    def cat(parts: Sequence[SourceEstimate]) -> SourceEstimate:
+        """The scenes of `parts` (at least one, same slot count S), in order; spectra are dropped."""
+        return SourceEstimate(**{f: torch.cat([getattr(p, f) for p in parts]) for f in SourceEstimate.FIELDS})
 
 
 def _span(lo: float, hi: float, n: int, device: torch.device | str | None) -> Tensor:

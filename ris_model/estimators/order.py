@@ -25,7 +25,7 @@ from ris_model.estimators.omp import DEFAULT_GAIN_THRESHOLD
 from ris_model.estimators.polish import polish
 
 DEFAULT_DROP_MIN_SNR_DB = 0.0
-_FIELDS = ("k", "azimuth", "elevation", "range_m", "valid")
+_FIELDS = SourceEstimate.FIELDS
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def refine_order(y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, 
     """
     B, L = y.shape[:2]
     snr_db = torch.as_tensor(snr_db, dtype=torch.float64).to(y.device).expand(B)
-    est = _to(estimate, y.device)
+    est = estimate.map(lambda t: t.to(y.device))
     free = ~est.valid  # unused slots may hold anything (NaN, r = 0): the fits and the polish see (0, 0, 1 m)
     est = SourceEstimate(k=est.k, azimuth=est.azimuth.masked_fill(free, 0.0),
                          elevation=est.elevation.masked_fill(free, 0.0), range_m=est.range_m.masked_fill(free, 1.0),
@@ -72,14 +72,13 @@ def refine_order(y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, 
     parts = []
     for s in range(0, B, chunk_size):
         sl = slice(s, s + chunk_size)
-        part = _slice(est, sl)
+        part = est.map(lambda t, sl=sl: t[sl])
         moves = order_moves(y[sl], H[sl], codes[sl], part, grid)
         floor = threshold * L * noise_var_from_snr(y[sl], snr_db[sl])
         parts.append(decide(part, moves, floor, drop=snr_db[sl] >= drop_min_snr_db))
     if not parts:
         return estimate
-    return SourceEstimate(**{f: torch.cat([getattr(p, f) for p in parts]).to(estimate.azimuth.device)
-                             for f in _FIELDS})
+    return SourceEstimate.cat(parts).map(lambda t: t.to(estimate.azimuth.device))
 
 
 def decide(est: SourceEstimate, moves: OrderMoves, floor: Tensor, drop: Tensor | bool = True) -> SourceEstimate:
@@ -107,7 +106,7 @@ def order_moves(y: Tensor, H: Tensor, codes: Tensor, est: SourceEstimate, grid: 
     steps = torch.tensor(grid.steps(), dtype=torch.float64, device=y.device)
     new = refine_atom(ops, target, torch.stack([az, el, 1 / rng], -1), steps, fov_box(grid, y.device), grid, 8)
     room = est.k < S
-    added = _to(polish(y, H, codes, _with_source(est, est.k.clamp(max=S - 1), new), grid), y.device)
+    added = polish(y, H, codes, _with_source(est, est.k.clamp(max=S - 1), new), grid).map(lambda t: t.to(y.device))
     added = SourceEstimate(**{f: _select(room, getattr(added, f), getattr(est, f)) for f in _FIELDS})
     add_energy = torch.where(room, _fit(ops, y64, grid, added)[0], torch.inf)
     # drop: the source whose removal raises the residual least (the others re-fitted, not moved)
@@ -155,14 +154,3 @@ def _without_each(est: SourceEstimate, slot: Tensor) -> SourceEstimate:
 
 def _select(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.where(mask.reshape(-1, *([1] * (a.dim() - 1))), a, b)
-
-
-def _slice(est: SourceEstimate, sl: slice) -> SourceEstimate:
-    return SourceEstimate(k=est.k[sl], azimuth=est.azimuth[sl], elevation=est.elevation[sl],
-                          range_m=est.range_m[sl], valid=est.valid[sl])
-
-
-def _to(est: SourceEstimate, device: torch.device) -> SourceEstimate:
-    return SourceEstimate(k=est.k.to(device), azimuth=est.azimuth.to(device, torch.float64),
-                          elevation=est.elevation.to(device, torch.float64),
-                          range_m=est.range_m.to(device, torch.float64), valid=est.valid.to(device))
