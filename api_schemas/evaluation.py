@@ -26,10 +26,10 @@ from api_schemas.checkpoints import CHECKPOINT_NAME_PATTERN
 #: oracle uncompressed RIS array.
 BASELINES: tuple[str, ...] = ("model_raw", "somp", "mdl_measurement", "aic_measurement", "mdl_oracle", "aic_oracle")
 Baseline = Literal["model_raw", "somp", "mdl_measurement", "aic_measurement", "mdl_oracle", "aic_oracle"]
-#: The method name of the learned model in every table: its positions polished by the local ML search, then
-#: its count tested by one add-or-drop move against the residual energy (ris_model.estimators.order).
+#: The method name of the learned model in every table: every count fitted and polished by the local ML search,
+#: and the count chosen by penalized likelihood with the K-head's posterior (ris_model.estimators.order).
 MODEL_METHOD = "model"
-#: The network's own count (the K-head's) and positions, before the polish and the order test.
+#: The network's own count (the K-head's) and positions, before the polish and the count selection.
 RAW_MODEL_METHOD = "model_raw"
 #: An upload id: the uuid4 hex that POST /v1/checkpoints returns.
 UPLOAD_ID_PATTERN = r"^[0-9a-f]{32}$"

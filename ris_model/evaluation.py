@@ -96,9 +96,10 @@ def evaluate(estimator_or_checkpoint: Estimator | str | Path, config: Evaluation
     raw = est.estimate(batch.y, batch.H, batch.codes, polish=False)
     if est.polish:
         report_progress("polish", 0.0)
-    model = est.refine(batch.y, batch.H, batch.codes, raw) if est.polish else raw
-    if est.polish and est.order_test:  # the same noise level SOMP's stopping rule is given
-        model = est.refine_count(batch.y, batch.H, batch.codes, model, batch.snr_db)
+    if est.polish and est.order_test:  # the count by penalized likelihood; SOMP's rule gets the same noise level
+        model = est.refine_count(batch.y, batch.H, batch.codes, raw, batch.snr_db)
+    else:
+        model = est.refine(batch.y, batch.H, batch.codes, raw) if est.polish else raw
     estimates[MODEL_METHOD], counts[MODEL_METHOD] = model, model.k
     if RAW_MODEL_METHOD in config.baselines:
         estimates[RAW_MODEL_METHOD], counts[RAW_MODEL_METHOD] = raw, raw.k

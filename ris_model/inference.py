@@ -25,7 +25,7 @@ from api_schemas import DiagnosticJobConfig, SystemConfig, TrainingJobConfig
 from ris_model import checkpoint as ckpt
 from ris_model.errors import CheckpointError
 from ris_model.estimators.grid import SearchGrid, SourceEstimate
-from ris_model.estimators.order import refine_order
+from ris_model.estimators.order import select_order
 from ris_model.estimators.polish import polish as ml_polish
 from ris_model.network import ModelOutput, RisNet
 
@@ -60,9 +60,10 @@ class Estimator:
         batch_size: scenes per forward pass (inputs are split internally).
         polish: whether `predict`/`estimate` refine the network's positions by a local maximum-likelihood
             search on the measurements (`ris_model.estimators.polish`).
-        order_test: whether, when the caller gives `snr_db` (and `polish` is on), the count is then tested
-            by one add-or-drop move against the residual energy (`ris_model.estimators.order`, SOMP's rule
-            with the same noise level); without `snr_db` the count is the network's.
+        order_test: whether, when the caller gives `snr_db` (and `polish` is on), the count is chosen by a
+            penalized likelihood over every count, each fit polished, with the K-head's posterior as a prior
+            term (`ris_model.estimators.order`; the noise level is what SOMP's stopping rule gets); without
+            `snr_db` the count is the network's.
     """
 
     def __init__(self, model: RisNet, config: TrainingJobConfig, *, device: torch.device,
@@ -86,8 +87,8 @@ class Estimator:
             H: complex [B, M, N] BS→RIS channel.
             codes: complex [B, L, N] RIS codes, one row per snapshot.
             snr_db: None, a float, or real [B] dB (DESIGN §2.1a definition). The network infers the noise
-                level from y (DESIGN §2.3); when given, the count of the polished estimate is tested against
-                it (`order_test`), as SOMP's stopping rule uses it.
+                level from y (DESIGN §2.3); when given, the count is chosen by a penalized likelihood with it
+                (`order_test`), as SOMP's stopping rule uses it.
             numpy arrays or torch tensors, complex64 or complex128 (computed in complex64).
 
         Returns:
@@ -124,9 +125,10 @@ class Estimator:
             yb, Hb, cb = y_t[sl].to(self.device), H_t[sl].to(self.device), codes_t[sl].to(self.device)
             est = decode_output(self.model(yb, Hb, cb))
             if self.polish if polish is None else polish:
-                est = ml_polish(yb, Hb, cb, est, self._search_grid(), chunk_size=self._polish_chunk())
                 if snr is not None and self.order_test:
                     est = self._order(yb, Hb, cb, est, snr[sl])
+                else:
+                    est = ml_polish(yb, Hb, cb, est, self._search_grid(), chunk_size=self._polish_chunk())
             parts.append(est)
         return _cat(parts, self.system.k_max)
 
@@ -139,7 +141,8 @@ class Estimator:
 
     def refine_count(self, y: ArrayLike, H: ArrayLike, codes: ArrayLike, estimate: SourceEstimate,
                      snr_db: ArrayLike | float) -> SourceEstimate:
-        """The order test alone (see `order_test`), applied to a polished `estimate` of the same scenes."""
+        """The count selection and polish (see `order_test`), applied to an earlier `estimate(...,
+        polish=False)` of the same scenes: what `estimate(..., snr_db)` returns."""
         y_t, H_t, codes_t = self._check_inputs(y, H, codes, snr_db)
         snr = torch.as_tensor(snr_db, dtype=torch.float64).expand(y_t.shape[0])
         with torch.inference_mode():
@@ -147,7 +150,7 @@ class Estimator:
 
     def _order(self, y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, snr_db: Tensor
                ) -> SourceEstimate:
-        out = refine_order(y, H, codes, estimate, self._search_grid(), snr_db.to(y.device),
+        out = select_order(y, H, codes, estimate, self._search_grid(), snr_db.to(y.device),
                            chunk_size=self._polish_chunk())
         return out.map(Tensor.cpu)
 
@@ -185,13 +188,15 @@ class Estimator:
 
 def decode_output(out: ModelOutput) -> SourceEstimate:
     """K̂ = argmax of the K logits (class i ↔ K = i+1); the sources are the K̂ slots with the highest existence
-    logits, best first. Returns a SourceEstimate on the CPU (float64 radians / meters)."""
+    logits, best first. Returns a SourceEstimate on the CPU (float64 radians / meters), with the K-head's
+    log-probabilities as its count posterior."""
     k = out.k_logits.argmax(-1) + 1  # [B]
     order = out.exist_logits.argsort(-1, descending=True)  # [B, K_MAX]
     az, el, rng = (t.gather(1, order).double().cpu() for t in (out.azimuth, out.elevation, out.range_m))
     k = k.cpu()
     valid = torch.arange(order.shape[1]) < k[:, None]
-    return SourceEstimate(k=k, azimuth=az, elevation=el, range_m=rng, valid=valid)
+    return SourceEstimate(k=k, azimuth=az, elevation=el, range_m=rng, valid=valid,
+                          k_log_prob=out.k_logits.double().log_softmax(-1).cpu())
 
 
 def _cat(parts: list[SourceEstimate], k_max: int) -> SourceEstimate:
@@ -221,7 +226,7 @@ def load_estimator(checkpoint_path: str | Path, device: str | torch.device | Non
         device: "cpu", "cuda", "cuda:N", a torch.device, or None (CUDA when available).
         batch_size: scenes per forward pass.
         polish: refine the network's positions by a local ML search on the measurements (see Estimator).
-        order_test: test the polished count against the residual energy when `snr_db` is given (see Estimator).
+        order_test: choose the count by penalized likelihood when `snr_db` is given (see Estimator).
 
     Returns:
         An Estimator in eval mode with the checkpoint's validated (`eval_model`) weights.

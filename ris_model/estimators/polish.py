@@ -54,7 +54,8 @@ def polish(y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, grid: 
         chunk_size: scenes per chunk.
 
     Returns:
-        A SourceEstimate with the same k, valid and slot order, on the device of `estimate`, float64.
+        A SourceEstimate with the same k, valid, slot order and count posterior, on the device of `estimate`,
+        float64.
 
     Raises:
         ValueError: shapes that do not match.
@@ -71,7 +72,7 @@ def polish(y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, grid: 
              for sl in (slice(s, s + chunk_size) for s in range(0, B, chunk_size))]
     params = torch.cat(parts).to(out_device) if parts else params.to(out_device)
     return SourceEstimate(k=estimate.k, azimuth=params[..., 0], elevation=params[..., 1],
-                          range_m=1 / params[..., 2], valid=estimate.valid)
+                          range_m=1 / params[..., 2], valid=estimate.valid, k_log_prob=estimate.k_log_prob)
 
 
 def _polish_chunk(y: Tensor, H: Tensor, codes: Tensor, params: Tensor, valid: Tensor, grid: SearchGrid,
