@@ -182,6 +182,12 @@ class MethodMetrics(BaseModel):
     crb_ratio_azimuth: float | None = None
     crb_ratio_elevation: float | None = None
     crb_ratio_range: float | None = None
+    #: the share of matched pairs outside the tolerances (gross errors), and the RMSE over the others (the true
+    #: positives): the typical error, which the RMSE over all matched pairs hides behind a few gross ones
+    outlier_share: float | None = None
+    tp_rmse_azimuth_deg: float | None = None
+    tp_rmse_elevation_deg: float | None = None
+    tp_rmse_range_m: float | None = None
 
 
 class CrbSummary(BaseModel):
@@ -266,7 +272,8 @@ class EvaluationReport(BaseModel):
 _COLUMNS = (("K_acc", "k_acc"), ("K_under", "k_under"), ("K_over", "k_over"), ("RMSE φ °", "rmse_azimuth_deg"),
             ("RMSE θ °", "rmse_elevation_deg"), ("RMSE r m", "rmse_range_m"), ("P", "precision"), ("R", "recall"),
             ("F1", "f1"), ("φ/√CRB", "crb_ratio_azimuth"), ("θ/√CRB", "crb_ratio_elevation"),
-            ("r/√CRB", "crb_ratio_range"))
+            ("r/√CRB", "crb_ratio_range"), ("outliers", "outlier_share"), ("TP RMSE φ °", "tp_rmse_azimuth_deg"),
+            ("TP RMSE θ °", "tp_rmse_elevation_deg"), ("TP RMSE r m", "tp_rmse_range_m"))
 
 
 def _fmt(value: float | int | None) -> str:

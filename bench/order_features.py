@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--per-bin", type=int, default=200)
     parser.add_argument("--chunk", type=int, default=512)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--splits", type=int, default=0, help="split passes of each count's polish")
     parser.add_argument("--out", type=Path, default=Path("var/order-features.pt"))
     args = parser.parse_args()
     est = load_estimator(args.checkpoint, args.device)
@@ -57,11 +58,12 @@ def main() -> None:
                 out = est.model(y, H, codes)
                 raw = decode_output(out).map(lambda t: t.to(dev))
                 unit = L * noise_var_from_snr(y, snr)  # [b]
-                fits = count_fits(y, H, codes, raw, grid, chunk_size=args.chunk)
+                fits = count_fits(y, H, codes, raw, grid, n_splits=args.splits, chunk_size=args.chunk)
                 truth = SourceEstimate(k=batch.k[sl], azimuth=batch.azimuth[sl].double(),
                                        elevation=batch.elevation[sl].double(),
                                        range_m=batch.range_m[sl].double().clamp_min(0.1), valid=batch.mask[sl])
-                from_truth = polish(y, H, codes, truth, grid, chunk_size=args.chunk).map(lambda t: t.to(dev))
+                from_truth = polish(y, H, codes, truth, grid, n_splits=args.splits, chunk_size=args.chunk
+                                    ).map(lambda t: t.to(dev))
             part = {
                 "snr_db": snr.double(), "k_true": batch.k[sl], "k_head": raw.k,
                 "log_p_head": raw.k_log_prob,

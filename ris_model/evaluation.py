@@ -47,7 +47,7 @@ from ris_model.estimators import (
     oracle_array_counts,
     somp,
 )
-from ris_model.estimators.matching import Matching
+from ris_model.estimators.matching import Matching, within_tolerances
 from ris_model.inference import Estimator, load_estimator
 from ris_model.scenes import POOL_CHUNK, SceneBatch, Split, generate_scenes, make_generator, stream_seed
 
@@ -238,9 +238,12 @@ def _method_metrics(name: str, batch: SceneBatch, idx: Tensor, k_pred: Tensor, e
     ev = evaluate_sources(sub, batch.azimuth[idx], batch.elevation[idx], batch.range_m[idx], batch.mask[idx],
                           k_max=k_max, tolerances=tol)
     rmse = [_finite_or_none(v) for v in (ev.rmse_azimuth_deg, ev.rmse_elevation_deg, ev.rmse_range_m)]
+    tp_rmse = [_finite_or_none(v) for v in (ev.tp_rmse_azimuth_deg, ev.tp_rmse_elevation_deg, ev.tp_rmse_range_m)]
     return metrics.model_copy(update=dict(
         n_true=ev.n_true, n_matched=ev.n_matched, rmse_azimuth_deg=rmse[0], rmse_elevation_deg=rmse[1],
         rmse_range_m=rmse[2], precision=ev.precision, recall=ev.recall, f1=ev.f1,
+        outlier_share=1 - ev.n_true_positive / ev.n_matched if ev.n_matched else None,
+        tp_rmse_azimuth_deg=tp_rmse[0], tp_rmse_elevation_deg=tp_rmse[1], tp_rmse_range_m=tp_rmse[2],
         crb_ratio_azimuth=_ratio(rmse[0], crb.azimuth_deg) if crb else None,
         crb_ratio_elevation=_ratio(rmse[1], crb.elevation_deg) if crb else None,
         crb_ratio_range=_ratio(rmse[2], crb.range_m) if crb else None,
@@ -256,29 +259,37 @@ def _scene_table(label: str, lo: float | None, hi: float | None, sel: Tensor, ba
     return BinTable(label=label, lo=lo, hi=hi, n_scenes=int(idx.numel()), methods=rows, crb=summary)
 
 
-def _range_table(lo: float, hi: float, batch: SceneBatch, matchings: dict[str, Matching],
+def _range_table(lo: float, hi: float, batch: SceneBatch, matchings: dict[str, Matching], tol: Tolerances,
                  crb: dict[str, Tensor] | None) -> BinTable:
-    """Matched-pair RMSE of the geometric methods over the true sources with lo ≤ r < hi."""
+    """Matched-pair RMSE (over all pairs and over the true positives) of the geometric methods over the true
+    sources with lo ≤ r < hi."""
     in_bin = batch.mask & (batch.range_m >= lo) & (batch.range_m < hi)  # [B, K]
     summary = _crb_summary(crb, in_bin) if crb is not None else None
     rows = []
     for name, m in matchings.items():
-        sel = in_bin & m.matched
-        n_pairs = int(sel.sum())
-        rmse: list[float | None] = [None, None, None]
-        if n_pairs:
-            rmse = [float(d[sel].square().mean().sqrt()) for d in (m.d_azimuth, m.d_elevation, m.d_range_m)]
-            rmse[0], rmse[1] = math.degrees(rmse[0]), math.degrees(rmse[1])  # type: ignore[arg-type]
+        sel, tp = in_bin & m.matched, in_bin & within_tolerances(m, tol)
+        n_pairs, n_tp = int(sel.sum()), int(tp.sum())
+        rmse, tp_rmse = _pair_rmse(m, sel), _pair_rmse(m, tp)
         rows.append(MethodMetrics(
             method=name, n_scenes=int(in_bin.any(1).sum()), k_acc=None, k_under=None, k_over=None,
             n_true=int(in_bin.sum()), n_matched=n_pairs, rmse_azimuth_deg=rmse[0], rmse_elevation_deg=rmse[1],
             rmse_range_m=rmse[2], recall=n_pairs / max(int(in_bin.sum()), 1),
+            outlier_share=1 - n_tp / n_pairs if n_pairs else None, tp_rmse_azimuth_deg=tp_rmse[0],
+            tp_rmse_elevation_deg=tp_rmse[1], tp_rmse_range_m=tp_rmse[2],
             crb_ratio_azimuth=_ratio(rmse[0], summary.azimuth_deg) if summary else None,
             crb_ratio_elevation=_ratio(rmse[1], summary.elevation_deg) if summary else None,
             crb_ratio_range=_ratio(rmse[2], summary.range_m) if summary else None,
         ))
     return BinTable(label=f"r {lo:g}–{hi:g} m", lo=lo, hi=hi, n_scenes=int(in_bin.sum()), counts="sources",
                     methods=rows, crb=summary)
+
+
+def _pair_rmse(m: Matching, sel: Tensor) -> list[float | None]:
+    """RMSE of φ, θ (degrees) and r (meters) over the pairs `sel` [B, K] (None where there is none)."""
+    if not bool(sel.any()):
+        return [None, None, None]
+    rmse = [float(d[sel].square().mean().sqrt()) for d in (m.d_azimuth, m.d_elevation, m.d_range_m)]
+    return [math.degrees(rmse[0]), math.degrees(rmse[1]), rmse[2]]
 
 
 def _build_report(batch: SceneBatch, config: EvaluationConfig, system: SystemConfig, est: Estimator,
@@ -297,7 +308,7 @@ def _build_report(batch: SceneBatch, config: EvaluationConfig, system: SystemCon
     by_k = [table(f"K = {k}", float(k), float(k), batch.k == k) for k in k_values]
     matchings = {name: match_sources(e, batch.azimuth, batch.elevation, batch.range_m, batch.mask)
                  for name, e in estimates.items() if e is not None}
-    by_range = [_range_table(lo, hi, batch, matchings, crb) for lo, hi in config.range_bins_m]
+    by_range = [_range_table(lo, hi, batch, matchings, tol, crb) for lo, hi in config.range_bins_m]
     conf = counting_metrics(batch.k, counts[MODEL_METHOD], k_max).confusion
     confusion = ConfusionMatrix(true_k=list(range(1, k_max + 1)),
                                 predicted_k=[str(k) for k in range(k_max + 1)] + [f">{k_max}"],

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ris_model.estimators.atoms import noise_var_from_snr, responses, solve_ls
 from ris_model.estimators.grid import SearchGrid, SourceEstimate
-from ris_model.estimators.polish import polish
+from ris_model.estimators.polish import DEFAULT_SPLITS, polish
 
 DEFAULT_PRIOR_WEIGHT = 0.5
 DEFAULT_PRIOR_DECAY_DB = 10.0
@@ -51,7 +51,7 @@ class CountFits:
 
 def select_order(y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, grid: SearchGrid, snr_db: Tensor,
                  *, prior_weight: float = DEFAULT_PRIOR_WEIGHT, prior_decay_db: float = DEFAULT_PRIOR_DECAY_DB,
-                 chunk_size: int = 64) -> SourceEstimate:
+                 n_splits: int = DEFAULT_SPLITS, chunk_size: int = 64) -> SourceEstimate:
     """The count and positions of B scenes by the penalized likelihood of the module docstring.
 
     Args:
@@ -64,6 +64,8 @@ def select_order(y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, 
         snr_db: real [B] (or a scalar) dB, the scenes' SNR (DESIGN §2.1a definition), for σ².
         prior_weight: w₀, the prior's weight at 0 dB in units of L (0: AIC alone).
         prior_decay_db: d, the SNR over which the weight falls by e.
+        n_splits: split passes of the polish (`ris_model.estimators.polish`) on the chosen fit only; the
+            fits that choose the count run without them (they cost ~4× the rest of a polish).
         chunk_size: scenes per polish chunk.
 
     Returns:
@@ -91,6 +93,7 @@ def select_order(y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, 
     k = choice + 1
     out = SourceEstimate(k=k, azimuth=pick("azimuth"), elevation=pick("elevation"), range_m=pick("range_m"),
                          valid=torch.arange(S, device=y.device) < k[:, None], k_log_prob=est.k_log_prob)
+    out = polish(y, H, codes, out, grid, n_cycles=0, n_rebirths=0, n_splits=n_splits, chunk_size=chunk_size)
     return out.map(lambda t: t.to(estimate.azimuth.device))
 
 
@@ -114,8 +117,9 @@ def order_scores(energy: Tensor, noise_var: Tensor, snr_db: Tensor, n_snapshots:
 
 
 def count_fits(y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, grid: SearchGrid, *,
-               chunk_size: int = 64) -> CountFits:
-    """The polished fit of each count K = 1..S from the first K slots of `estimate` (tensors on y's device)."""
+               n_splits: int = 0, chunk_size: int = 64) -> CountFits:
+    """The polished fit of each count K = 1..S from the first K slots of `estimate` (tensors on y's device),
+    with `n_splits` split passes of the polish."""
     S = estimate.valid.shape[1]
     fits, energy = [], []
     for n in range(1, S + 1):
@@ -123,7 +127,7 @@ def count_fits(y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, gr
         start = SourceEstimate(k=torch.full_like(estimate.k, n), azimuth=estimate.azimuth,
                                elevation=estimate.elevation, range_m=estimate.range_m,
                                valid=first.expand_as(estimate.valid).clone(), k_log_prob=estimate.k_log_prob)
-        fit = polish(y, H, codes, start, grid, chunk_size=chunk_size).map(lambda t: t.to(y.device))
+        fit = polish(y, H, codes, start, grid, n_splits=n_splits, chunk_size=chunk_size).map(lambda t: t.to(y.device))
         fits.append(fit)
         energy.append(residual_energy(y, H, codes, fit, grid))
     return CountFits(energy=torch.stack(energy, 1), fits=tuple(fits))

@@ -55,6 +55,9 @@ def test_evaluation_on_hand_made_scenes() -> None:
     assert math.isclose(report.rmse_azimuth_deg, math.sqrt((1 + 9 + 0) / 3), rel_tol=1e-9)
     assert math.isclose(report.rmse_elevation_deg, 0.0, abs_tol=1e-9)
     assert math.isclose(report.rmse_range_m, math.sqrt(4 / 3), rel_tol=1e-9)
+    # the true positives: the two scene-0 pairs (the 2 m range error is outside the tolerance)
+    assert math.isclose(report.tp_rmse_azimuth_deg, math.sqrt((1 + 9) / 2), rel_tol=1e-9)
+    assert math.isclose(report.tp_rmse_range_m, 0.0, abs_tol=1e-9)
 
 
 def test_tolerances_decide_true_positives() -> None:
@@ -67,7 +70,7 @@ def test_tolerances_decide_true_positives() -> None:
 def test_no_estimates_gives_zero_f1_and_nan_rmse() -> None:
     report = evaluate_sources(estimate([[], []]), *truth(), k_max=5)
     assert report.f1 == 0.0 and report.counting.k_under == 1.0
-    assert math.isnan(report.rmse_azimuth_deg)
+    assert math.isnan(report.rmse_azimuth_deg) and math.isnan(report.tp_rmse_azimuth_deg)
 
 
 def test_counting_report_puts_counts_above_k_max_in_last_column() -> None:

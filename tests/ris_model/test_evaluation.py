@@ -80,6 +80,12 @@ def test_count_only_baselines_have_no_geometry_and_the_model_has_crb_ratios(repo
     crb = report.by_snr[-1].crb
     assert crb is not None and crb.azimuth_deg is not None and crb.azimuth_deg > 0
     assert model.crb_ratio_azimuth == pytest.approx(model.rmse_azimuth_deg / crb.azimuth_deg)
+    assert model.outlier_share is not None and 0.0 <= model.outlier_share <= 1.0
+    if model.tp_rmse_azimuth_deg is not None:  # the true positives' RMSE never exceeds the tolerance
+        assert model.tp_rmse_azimuth_deg <= report.config.tolerances.azimuth_deg
+    for table in report.by_range:
+        row = next(m for m in table.methods if m.method == MODEL_METHOD)
+        assert row.n_matched == 0 or row.outlier_share is not None
 
 
 def test_perfect_estimator_gets_the_known_answers(estimator: Estimator) -> None:
@@ -90,6 +96,7 @@ def test_perfect_estimator_gets_the_known_answers(estimator: Estimator) -> None:
     assert (overall.precision, overall.recall, overall.f1) == (1.0, 1.0, 1.0)
     assert overall.rmse_azimuth_deg == pytest.approx(0.0, abs=1e-9)
     assert overall.rmse_range_m == pytest.approx(0.0, abs=1e-9)
+    assert overall.outlier_share == 0.0 and overall.tp_rmse_azimuth_deg == pytest.approx(0.0, abs=1e-9)
     diagonal = [rep.k_confusion.counts[t][t + 1] for t in range(len(rep.k_confusion.true_k))]
     assert sum(diagonal) == 40
 
