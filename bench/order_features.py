@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from ris_model.estimators.atoms import noise_var_from_snr  # noqa: E402
 from ris_model.estimators.grid import SourceEstimate  # noqa: E402
 from ris_model.estimators.order import count_fits, residual_energy  # noqa: E402
-from ris_model.estimators.polish import polish  # noqa: E402
+from ris_model.estimators.polish import DEFAULT_SPLITS, polish  # noqa: E402
 from ris_model.inference import decode_output, load_estimator  # noqa: E402
 from ris_model.scenes import generate_scenes  # noqa: E402
 
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--per-bin", type=int, default=200)
     parser.add_argument("--chunk", type=int, default=512)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--splits", type=int, default=0, help="split passes of each count's polish")
+    parser.add_argument("--splits", type=int, default=DEFAULT_SPLITS, help="split passes of each count's polish")
     parser.add_argument("--out", type=Path, default=Path("var/order-features.pt"))
     args = parser.parse_args()
     est = load_estimator(args.checkpoint, args.device)
