@@ -1,5 +1,6 @@
-"""Wall time of the classical estimators that the evaluation runs on every scene: SOMP and the ML polish (here
-started from the true positions with 0.02 rad of azimuth error, so that it runs its full search). Not a test.
+"""Wall time of the classical estimators that the evaluation runs on every scene: SOMP, the ML polish (here
+started from the true positions with 0.02 rad of azimuth error, so that it runs its full search; with and without
+its split pass) and the count selection (five polished fits, `ris_model.estimators.order`). Not a test.
 
     python3 bench/estimator_speed.py [--device cpu] [--scenes 128] [--snr-min 10] [--out var/bench-estimators.json]
 
@@ -21,6 +22,7 @@ import torch  # noqa: E402
 from api_schemas import SystemConfig  # noqa: E402
 from ris_model.estimators.grid import SearchGrid, SourceEstimate  # noqa: E402
 from ris_model.estimators.omp import somp  # noqa: E402
+from ris_model.estimators.order import select_order  # noqa: E402
 from ris_model.estimators.polish import polish  # noqa: E402
 from ris_model.scenes import generate_scenes  # noqa: E402
 
@@ -53,9 +55,12 @@ def main() -> None:
     rows = {
         "somp_s": _timed(lambda: somp(batch.y, batch.H, batch.codes, grid, snr_db=batch.snr_db), device),
         "polish_s": _timed(lambda: polish(batch.y, batch.H, batch.codes, start, grid), device),
+        "polish_no_split_s": _timed(lambda: polish(batch.y, batch.H, batch.codes, start, grid, n_splits=0), device),
+        "select_order_s": _timed(lambda: select_order(batch.y, batch.H, batch.codes, start, grid, batch.snr_db),
+                                 device),
     }
     result = {"device": str(device), "threads": torch.get_num_threads(), "scenes": args.scenes, **rows,
-              **{k.replace("_s", "_s_per_1000"): v * 1000 / args.scenes for k, v in rows.items()}}
+              **{k.removesuffix("_s") + "_s_per_1000": v * 1000 / args.scenes for k, v in rows.items()}}
     print(json.dumps(result, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
