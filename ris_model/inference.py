@@ -63,7 +63,8 @@ class Estimator:
         order_test: whether, when the caller gives `snr_db` (and `polish` is on), the count is chosen by a
             penalized likelihood over every count, each fit polished, with the K-head's posterior as a prior
             term (`ris_model.estimators.order`; the noise level is what SOMP's stopping rule gets); without
-            `snr_db` the count is the network's.
+            `snr_db` the count is the network's. It costs five polishes: ~12 ms a scene on an H100, ~0.7 s on
+            a 2-core CPU.
     """
 
     def __init__(self, model: RisNet, config: TrainingJobConfig, *, device: torch.device,

@@ -90,7 +90,8 @@ def select_order(y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, 
     scores = order_scores(fits.energy, noise_var_from_snr(y, snr_db), snr_db, L, prior,
                           prior_weight=prior_weight, prior_decay_db=prior_decay_db)
     choice = scores.argmax(1)  # [B]: K̂ − 1
-    pick = lambda f: torch.stack([getattr(fit, f) for fit in fits.fits], 1)[torch.arange(B), choice]  # noqa: E731
+    rows = torch.arange(B, device=choice.device)
+    pick = lambda f: torch.stack([getattr(fit, f) for fit in fits.fits], 1)[rows, choice]  # noqa: E731
     k = choice + 1
     out = SourceEstimate(k=k, azimuth=pick("azimuth"), elevation=pick("elevation"), range_m=pick("range_m"),
                          valid=torch.arange(S, device=y.device) < k[:, None], k_log_prob=est.k_log_prob)

@@ -97,7 +97,7 @@ def _polish_chunk(y: Tensor, H: Tensor, codes: Tensor, params: Tensor, valid: Te
     if not any(passes) or refine_iters <= 0 or not active:
         return params
     p = _Polisher(y, H, codes, valid, grid, refine_iters)
-    energy = p.energy(params)
+    energy = p.energy(params)  # one LS fit; each pass returns the energy of its result
     for _ in range(n_cycles):
         params, energy = p.cycle(params, active)
     for _ in range(n_rebirths):
@@ -178,7 +178,6 @@ class _Polisher:
             best = torch.where(better[:, None, None], trial, best)
             best_energy = torch.where(better, trial_energy, best_energy)
         return best, best_energy
-
 
     def split(self, params: Tensor, energy: Tensor, active: list[int]) -> tuple[Tensor, Tensor]:
         """A joint move per slot j and direction: the weakest source (whose removal raises the residual energy
