@@ -80,7 +80,8 @@ def main() -> None:
                 rows.setdefault(key, []).append(value.cpu())
         print(f"SNR {lo:g}..{hi:g} dB: {args.per_bin} scenes in {time.perf_counter() - start:.1f} s", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({key: torch.cat(v) for key, v in rows.items()} | {"checkpoint": str(args.checkpoint)}, args.out)
+    torch.save({key: torch.cat(v) for key, v in rows.items()}
+               | {"checkpoint": str(args.checkpoint), "n_snapshots": L, "splits": args.splits}, args.out)
     print(f"wrote {args.out}")
 
 

@@ -27,7 +27,7 @@ from ris_model.estimators.order import DEFAULT_PRIOR_DECAY_DB, DEFAULT_PRIOR_WEI
 
 BINS = ((-5.0, 0.0), (0.0, 10.0), (10.0, 20.0))
 TEST_STREAM_WEIGHTS = (0.2, 0.4, 0.4)  # SNR uniform on −5..20 dB
-N_SNAPSHOTS = 16
+DEFAULT_SNAPSHOTS = 16  # files written before they recorded L hold the default system's
 
 
 def k_acc(d: dict, k: torch.Tensor) -> list[float]:
@@ -39,7 +39,7 @@ def k_acc(d: dict, k: torch.Tensor) -> list[float]:
 
 def choose(d: dict, weight: float, decay_db: float, prior: bool = True) -> torch.Tensor:
     """K̂ of the rule; the features' energies are in units of L·σ² (σ² = 1 here)."""
-    L = N_SNAPSHOTS
+    L = int(d.get("n_snapshots", DEFAULT_SNAPSHOTS))
     scores = order_scores(d["energy"] * L, torch.ones_like(d["snr_db"]), d["snr_db"], L,
                           d["log_p_head"] if prior else None, prior_weight=weight, prior_decay_db=decay_db)
     return scores.argmax(1) + 1
