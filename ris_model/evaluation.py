@@ -49,6 +49,7 @@ from ris_model.estimators import (
 )
 from ris_model.estimators.matching import Matching, within_tolerances
 from ris_model.inference import Estimator, load_estimator
+from ris_model.metrics import GeometryTally
 from ris_model.scenes import POOL_CHUNK, SceneBatch, Split, generate_scenes, make_generator, stream_seed
 
 #: progress(fraction in 0..1, stage name); may raise to stop the evaluation (the worker's cancel).
@@ -288,8 +289,10 @@ def _pair_rmse(m: Matching, sel: Tensor) -> list[float | None]:
     """RMSE of φ, θ (degrees) and r (meters) over the pairs `sel` [B, K] (None where there is none)."""
     if not bool(sel.any()):
         return [None, None, None]
-    rmse = [float(d[sel].square().mean().sqrt()) for d in (m.d_azimuth, m.d_elevation, m.d_range_m)]
-    return [math.degrees(rmse[0]), math.degrees(rmse[1]), rmse[2]]
+    tally = GeometryTally()
+    tally.update(m.d_azimuth, m.d_elevation, m.d_range_m, sel)
+    r = tally.rmse()
+    return [r["rmse_azimuth_deg"], r["rmse_elevation_deg"], r["rmse_range_m"]]
 
 
 def _build_report(batch: SceneBatch, config: EvaluationConfig, system: SystemConfig, est: Estimator,

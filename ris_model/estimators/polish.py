@@ -130,6 +130,12 @@ class _Polisher:
         """Per-snapshot LS amplitudes [b, L, S] and residual [b, L, M] of y on the columns."""
         return solve_ls(self.y64, torch.stack(cols, -1).to(torch.complex128))
 
+    def residual_without(self, params: Tensor, j: int) -> Tensor:
+        """The residual [b, L, M] of the fit on the valid sources other than slot j."""
+        keep = self.valid.clone()
+        keep[:, j] = False
+        return self.fit([self.column(params, i, keep[:, i]) for i in range(params.shape[1])])[1]
+
     def energy(self, params: Tensor) -> Tensor:
         """The residual energy [b] of the fit on the valid sources at `params`."""
         _, residual = self.fit([self.column(params, j, self.valid[:, j]) for j in range(params.shape[1])])
@@ -168,9 +174,7 @@ class _Polisher:
         either one alone explains less energy than staying. `energy`: the residual energy of `params`."""
         best, best_energy = params, energy
         for j in active:
-            keep = self.valid.clone()
-            keep[:, j] = False
-            _, residual = self.fit([self.column(best, i, keep[:, i]) for i in range(params.shape[1])])
+            residual = self.residual_without(best, j)
             trial = best.clone()
             trial[:, j] = torch.where(self.valid[:, j, None], self.search(residual, best[:, j]), best[:, j])
             trial, trial_energy = self.cycle(trial, active)
@@ -191,9 +195,7 @@ class _Polisher:
         rows = torch.arange(b, device=params.device)
         rise = torch.full((b, S), torch.inf, dtype=torch.float64, device=params.device)
         for j in active:
-            keep = self.valid.clone()
-            keep[:, j] = False
-            _, residual = self.fit([self.column(params, i, keep[:, i]) for i in range(S)])
+            residual = self.residual_without(params, j)
             rise[:, j] = torch.where(self.valid[:, j], residual.abs().square().sum((1, 2)) - energy, rise[:, j])
         weakest = rise.argmin(1)  # [b]
         offsets = torch.cat([torch.diag(self.steps), -torch.diag(self.steps)])  # [6, 3]
