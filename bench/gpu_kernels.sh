@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The fused look-pass routes on the GPU (device tool): CUDA tests of the kernels, the per-use microbench,
-# training throughput with every fused route, with the routes in $ROUTES_OFF (default: refine) on torch, and the
-# baseline tree; then a profile. Each stage has a time limit. Usage: bash bench/gpu_routes.sh OUT_DIR
-# (carry: baseline_tree; set SKIP_SLOW=1 to leave out the routes-off run and the profile)
+# The look pass's Triton kernels on one GPU: their CUDA tests; each fused product against its torch route
+# (bench/grouped_power.py); training samples/s at 64…8,192 with every fused route; at 4,096 for a baseline tree
+# (when ./baseline_tree exists); then, unless SKIP_SLOW=1, samples/s with the routes in ROUTES_OFF (default:
+# refine) on torch and a profile of one 4,096 step. Each stage has a time limit.
+# Usage: [SKIP_SLOW=1] [ROUTES_OFF="atom_norms image"] bash bench/gpu_kernels.sh OUT_DIR
+# Output (in OUT_DIR/results.tgz): grouped_power.json, train_fused.json, train_baseline.json,
+#   train_routes_off.json, profile_b4096.txt
 source "$(dirname "$0")/_gpu_out.sh" "${1:-}"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/ris_model/test_kernels.py 2>&1 | tail -8
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests/ris_model -k kernels 2>&1 | tail -8
 timeout 180 python3 bench/grouped_power.py --out "$OUT/grouped_power.json"
 timeout 240 python3 bench/train.py --device cuda --batches 64 256 1024 4096 8192 --steps 20 --out "$OUT/train_fused.json"
 if [ -d baseline_tree ]; then
