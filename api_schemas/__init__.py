@@ -41,6 +41,7 @@ from api_schemas.jobs import (
 from api_schemas.metrics import MetricPoint, MetricsPage, StoredMetricPoint, fold_nonfinite
 from api_schemas.problems import FieldError, Problem
 from api_schemas.reports import CheckResult, CheckStatus, DiagnosticReport, Verdict
+from api_schemas.resources import DEFAULT_RESOURCES, JobResources, split_stored_config, stored_config
 
 __all__ = [
     "BASELINES",
@@ -49,6 +50,7 @@ __all__ = [
     "CheckpointInfo",
     "CheckpointPublic",
     "CheckpointUploadPublic",
+    "DEFAULT_RESOURCES",
     "DataConfig",
     "DebugConfig",
     "DiagnosticJobConfig",
@@ -66,6 +68,7 @@ __all__ = [
     "JobEvent",
     "JobKind",
     "JobPublic",
+    "JobResources",
     "JobState",
     "JobsPage",
     "LossWeights",
@@ -87,4 +90,6 @@ __all__ = [
     "Verdict",
     "fold_nonfinite",
     "quickstart_diagnostic",
+    "split_stored_config",
+    "stored_config",
 ]

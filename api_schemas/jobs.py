@@ -2,7 +2,7 @@
 
 Owns: JobKind, JobState, FailureReason, TERMINAL_STATES, JobCreate (+ per-kind bodies: diagnostic, training,
 evaluation), JobPublic, JobsPage, Progress, NonfiniteSummary, Failure, JobEvent. Imports nothing of ours but
-api_schemas; no torch.
+api_schemas; no torch. Training and diagnostic bodies take `resources` (api_schemas.resources) beside `config`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api_schemas.config import DiagnosticJobConfig, TrainingJobConfig, quickstart_diagnostic
 from api_schemas.evaluation import EvaluationJobConfig
+from api_schemas.resources import DEFAULT_RESOURCES, JobResources
 
 
 class JobKind(StrEnum):
@@ -68,6 +69,7 @@ class DiagnosticJobCreate(_Body):
         None, description="quickstart: a small diagnostic that finishes in about a minute on a 2-core CPU "
         "(instead of `config`)")
     config: DiagnosticJobConfig = DiagnosticJobConfig()
+    resources: JobResources = DEFAULT_RESOURCES
 
     @model_validator(mode="after")
     def _apply_preset(self) -> DiagnosticJobCreate:
@@ -82,6 +84,7 @@ class DiagnosticJobCreate(_Body):
 class TrainingJobCreate(_Body):
     kind: Literal["training"]
     config: TrainingJobConfig = TrainingJobConfig()
+    resources: JobResources = DEFAULT_RESOURCES
 
 
 class EvaluationJobCreate(_Body):
@@ -140,6 +143,8 @@ class JobPublic(BaseModel):
     latest_metrics: dict[str, float]
     failure: Failure | None
     config: dict
+    #: the processes and device the job asked for (the defaults for an evaluation job)
+    resources: JobResources = DEFAULT_RESOURCES
     links: dict[str, str]
 
 

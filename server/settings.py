@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     max_queued_jobs_per_key: int = Field(
         100, ge=1, le=1_000_000, description="QUEUED jobs one API key (or the anonymous user) may have; more → 429"
     )
+    max_gpus_per_job: int = Field(
+        8, ge=1, le=64,
+        description="most GPUs (training processes) one job may ask for in resources.gpus; more → 422. Set it to "
+        "the GPUs of the largest worker host",
+    )
     lease_timeout_s: float = Field(
         60.0, gt=0, le=86_400, description="seconds without a heartbeat after which the reaper treats a worker as lost"
     )

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import redis
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 
 from api_schemas import (
@@ -26,11 +27,14 @@ from api_schemas import (
     JobEvent,
     JobKind,
     JobPublic,
+    JobResources,
     JobsPage,
     JobState,
     NonfiniteSummary,
     Problem,
     Progress,
+    split_stored_config,
+    stored_config,
 )
 from server import dispatch
 from server.deps import (
@@ -73,6 +77,7 @@ def job_links(job_id: str) -> dict[str, str]:
 
 def to_job_public(job: JobRow) -> JobPublic:
     """The wire form of a job row (non-finite latest values, stored as null, become NaN → JSON null)."""
+    config, resources = split_stored_config(job.config)
     failure = None
     if job.failure_reason is not None:
         failure = Failure(reason=FailureReason(job.failure_reason), message=job.failure_message or "")
@@ -83,7 +88,7 @@ def to_job_public(job: JobRow) -> JobPublic:
         progress=Progress(phase=job.phase, epoch=job.epoch, step=job.step, fraction=job.progress_fraction),
         nonfinite_steps=NonfiniteSummary.model_validate(job.nonfinite or {}),
         latest_metrics={k: (math.nan if v is None else float(v)) for k, v in (job.latest_metrics or {}).items()},
-        failure=failure, config=job.config, links=job_links(job.id),
+        failure=failure, config=config, resources=resources, links=job_links(job.id),
     )
 
 
@@ -91,6 +96,15 @@ def _body_sha256(body: Any) -> str:
     """sha256 of the validated body's canonical JSON: the same job spec hashes the same however it was written."""
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _refuse_oversized(resources: JobResources | None, *, max_gpus: int) -> None:
+    """A 422 naming `resources.gpus` when a job asks more processes than one job may have on this server."""
+    if resources is not None and resources.gpus > max_gpus:
+        raise RequestValidationError([{
+            "loc": ("body", "resources", "gpus"), "type": "less_than_equal", "input": resources.gpus,
+            "msg": f"a job may use at most {max_gpus} GPUs (MAX_GPUS_PER_JOB); it asked {resources.gpus}",
+        }])
 
 
 def _dispatch_or_503(session: SessionDep, producer: ProducerDep, job: JobRow, queue: str) -> None:
@@ -122,6 +136,8 @@ def create_job(
     ] = None,
 ) -> JobPublic:
     """Submit a job: 202 + Location; the same Idempotency-Key and body returns the same job."""
+    resources: JobResources | None = getattr(body, "resources", None)  # training and diagnostic jobs only
+    _refuse_oversized(resources, max_gpus=settings.max_gpus_per_job)
     body_sha256 = _body_sha256(body) if idempotency_key else None
     if idempotency_key and body_sha256:
         existing = store_jobs.find_idempotent_job(
@@ -138,7 +154,8 @@ def create_job(
             f"{settings.max_queued_jobs_per_key} jobs are already QUEUED for this API key; wait or cancel some"
         )
     job = store_jobs.create_job(
-        session, kind=JobKind(body.kind), name=body.name, config=body.config.model_dump(mode="json"),
+        session, kind=JobKind(body.kind), name=body.name,
+        config=stored_config(body.config.model_dump(mode="json"), resources or JobResources()),
         max_attempts=body.max_attempts, principal=principal, idempotency_key=idempotency_key,
         body_sha256=body_sha256,
     )

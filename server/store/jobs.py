@@ -530,3 +530,28 @@ def delete_job(session: Session, job_id: str | UUID, *, artifacts: ArtifactStore
     session.expunge_all()
     if artifacts is not None and artifacts.job_dir(jid).exists():
         shutil.rmtree(artifacts.job_dir(jid))
+
+
+# ---------------------------------------------------------------------------------------------- waiting
+
+
+def note_waiting(session: Session, job_id: str | UUID, reason: str) -> bool:
+    """Record on a QUEUED job why no worker runs it yet: a QUEUED → QUEUED event carrying `reason`, written only
+    when it differs from the job's last event message (a job that keeps waiting for the same reason gets one
+    event). Commits. Returns whether an event was written (False too when the job is no longer QUEUED)."""
+    begin_write(session)
+    jid = _jid(job_id)
+    job = session.get(JobRow, jid, populate_existing=True)
+    if job is None or job.state != S.QUEUED.value:
+        session.rollback()
+        return False
+    last = session.execute(
+        select(JobEventRow.message).where(JobEventRow.job_id == jid).order_by(JobEventRow.id.desc()).limit(1)
+    ).scalar_one_or_none()
+    if last == reason:
+        session.rollback()
+        return False
+    session.add(JobEventRow(job_id=jid, from_state=S.QUEUED.value, to_state=S.QUEUED.value, at=utcnow(),
+                            attempt=job.attempt, message=reason))
+    session.commit()
+    return True

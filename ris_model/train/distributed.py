@@ -1,0 +1,112 @@
+"""Data-parallel training over several processes: the process group, each rank's share of the scene stream,
+and the collectives the trainer needs (DESIGN §2.5, docs/ARCHITECTURE.md "Multi-GPU training").
+
+Owns: DistContext, backend_for, init_process_group, rank_share, n_global_batches, check_shardable,
+STOP_CODES. Imports no worker, Celery or HTTP code: the worker's launcher (worker/launcher.py) starts the
+processes and hands each its rank; this module only joins them.
+
+The contract, shared by every rank:
+- a step has one *global batch* of `world_size x batch_size` scenes: the per-rank batch is the configured
+  `data.batch_size`, so W processes train on W times as many scenes per optimizer step;
+- global batch b of an epoch holds the scenes [b·B·W, (b+1)·B·W) of that epoch (B = batch_size, W = world
+  size); rank r takes [b·B·W + r·B, b·B·W + (r+1)·B). A short last global batch is split as evenly as possible
+  in rank order. No two ranks see the same scene, and the scenes of an epoch do not depend on W;
+- gradients are averaged over the ranks by DistributedDataParallel; the decision to skip a non-finite step,
+  and to stop (cancel, time limit), is taken by all ranks together;
+- rank 0 alone validates, writes checkpoints and sends metric points, with totals over all ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+Backend = Literal["nccl", "gloo"]
+
+#: The stop reasons as the integers that ranks all-reduce (max): rank 0 decides, every rank follows.
+STOP_CODES: dict[str | None, int] = {None: 0, "cancel": 1, "timeout": 2}
+_STOP_REASONS = {code: reason for reason, code in STOP_CODES.items()}
+
+#: How long a collective may wait for a slow rank (rank 0 validates and checkpoints while the others wait).
+COLLECTIVE_TIMEOUT = timedelta(minutes=30)
+
+
+def backend_for(device: torch.device) -> Backend:
+    """NCCL between GPUs, gloo between CPU processes."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init_process_group(store: dist.Store, *, rank: int, world_size: int, device: torch.device) -> None:
+    """Join the default process group through `store` (a TCPStore that rank 0 hosts)."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend_for(device), store=store, rank=rank, world_size=world_size,
+                            timeout=COLLECTIVE_TIMEOUT,
+                            device_id=device if device.type == "cuda" else None)
+
+
+def n_global_batches(n_train: int, batch_size: int, world_size: int) -> int:
+    """Optimizer steps per epoch: global batches of world_size x batch_size scenes over n_train scenes."""
+    return math.ceil(n_train / (batch_size * world_size))
+
+
+def rank_share(n_train: int, batch_size: int, world_size: int, rank: int, batch: int) -> tuple[int, int]:
+    """(first scene index, number of scenes) of `rank`'s part of global batch `batch` of an epoch."""
+    per_step = batch_size * world_size
+    start = batch * per_step
+    n = min(per_step, n_train - start)
+    if n == per_step:
+        return start + rank * batch_size, batch_size
+    base, extra = divmod(n, world_size)  # the last, short global batch: as even as possible, in rank order
+    return start + rank * base + min(rank, extra), base + (rank < extra)
+
+
+def check_shardable(n_train: int, batch_size: int, world_size: int) -> None:
+    """Raise ValueError when some rank would get no scene in the last global batch of an epoch."""
+    last = n_train - (n_global_batches(n_train, batch_size, world_size) - 1) * batch_size * world_size
+    if last < world_size:
+        raise ValueError(
+            f"data.n_train ({n_train}) leaves a last step of {last} scenes for {world_size} processes; "
+            f"every process needs at least one: make n_train a multiple of {world_size} x data.batch_size "
+            f"({world_size * batch_size}) or leave at least {world_size} scenes for the last step")
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the data-parallel group; world_size 1 means no group (no collective runs)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: validates, writes checkpoints and sends metric points."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def sum_(self, tensor: Tensor) -> Tensor:
+        """All-reduce `tensor` in place (sum over ranks) and return it; no-op without a group."""
+        if self.distributed:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def agree_stop(self, reason: str | None, device: torch.device) -> str | None:
+        """Rank 0's stop reason, on every rank (the other ranks pass None)."""
+        if not self.distributed:
+            return reason
+        code = torch.tensor([STOP_CODES[reason] if self.is_main else 0], device=device)
+        dist.all_reduce(code, op=dist.ReduceOp.MAX)
+        return _STOP_REASONS[int(code.item())]
+
+
+#: The context of a single-process run.
+SINGLE = DistContext()
