@@ -41,7 +41,7 @@ from api_schemas.jobs import (
 from api_schemas.metrics import MetricPoint, MetricsPage, StoredMetricPoint, fold_nonfinite
 from api_schemas.problems import FieldError, Problem
 from api_schemas.reports import CheckResult, CheckStatus, DiagnosticReport, Verdict
-from api_schemas.resources import DEFAULT_RESOURCES, JobResources, split_stored_config, stored_config
+from api_schemas.resources import DEFAULT_RESOURCES, Resources, split_stored_config, stored_config
 
 __all__ = [
     "BASELINES",
@@ -68,7 +68,7 @@ __all__ = [
     "JobEvent",
     "JobKind",
     "JobPublic",
-    "JobResources",
+    "Resources",
     "JobState",
     "JobsPage",
     "LossWeights",

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api_schemas.config import DiagnosticJobConfig, TrainingJobConfig, quickstart_diagnostic
 from api_schemas.evaluation import EvaluationJobConfig
-from api_schemas.resources import DEFAULT_RESOURCES, JobResources
+from api_schemas.resources import DEFAULT_RESOURCES, Resources
 
 
 class JobKind(StrEnum):
@@ -69,7 +69,7 @@ class DiagnosticJobCreate(_Body):
         None, description="quickstart: a small diagnostic that finishes in about a minute on a 2-core CPU "
         "(instead of `config`)")
     config: DiagnosticJobConfig = DiagnosticJobConfig()
-    resources: JobResources = DEFAULT_RESOURCES
+    resources: Resources = DEFAULT_RESOURCES
 
     @model_validator(mode="after")
     def _apply_preset(self) -> DiagnosticJobCreate:
@@ -84,7 +84,7 @@ class DiagnosticJobCreate(_Body):
 class TrainingJobCreate(_Body):
     kind: Literal["training"]
     config: TrainingJobConfig = TrainingJobConfig()
-    resources: JobResources = DEFAULT_RESOURCES
+    resources: Resources = DEFAULT_RESOURCES
 
 
 class EvaluationJobCreate(_Body):
@@ -144,7 +144,7 @@ class JobPublic(BaseModel):
     failure: Failure | None
     config: dict
     #: the processes and device the job asked for (the defaults for an evaluation job)
-    resources: JobResources = DEFAULT_RESOURCES
+    resources: Resources = DEFAULT_RESOURCES
     links: dict[str, str]
 
 

@@ -1,6 +1,6 @@
 """What a job asks of the worker that runs it: processes (one per GPU) and the device (DESIGN §3.4).
 
-Owns: JobResources, DEFAULT_RESOURCES, stored_config and split_stored_config. Imports nothing of ours; no torch.
+Owns: Resources, DEFAULT_RESOURCES, stored_config and split_stored_config. Imports nothing of ours; no torch.
 
 `resources` is a sibling of `config` in the job body, not part of it: a training config's sha256 (which a
 checkpoint must match to resume) does not depend on how many processes train it. The job store keeps
@@ -20,7 +20,7 @@ RESOURCES_KEY = "resources"
 Device = Literal["cuda", "cpu"]
 
 
-class JobResources(BaseModel):
+class Resources(BaseModel):
     """How many training processes a job runs and on what.
 
     `gpus` processes train one model with torch.distributed (DistributedDataParallel), one per GPU of one
@@ -45,10 +45,10 @@ class JobResources(BaseModel):
 
 
 #: What a job that says nothing about resources gets.
-DEFAULT_RESOURCES = JobResources()
+DEFAULT_RESOURCES = Resources()
 
 
-def stored_config(config: dict[str, Any], resources: JobResources) -> dict[str, Any]:
+def stored_config(config: dict[str, Any], resources: Resources) -> dict[str, Any]:
     """The JSON the store keeps for a job: its config with `resources` beside the config's own fields
     (left out when they are the defaults, so that such a job's stored config is its config alone)."""
     if resources == DEFAULT_RESOURCES:
@@ -56,8 +56,8 @@ def stored_config(config: dict[str, Any], resources: JobResources) -> dict[str, 
     return {**config, RESOURCES_KEY: resources.model_dump(mode="json")}
 
 
-def split_stored_config(stored: dict[str, Any]) -> tuple[dict[str, Any], JobResources]:
+def split_stored_config(stored: dict[str, Any]) -> tuple[dict[str, Any], Resources]:
     """The job's config and its resources from what stored_config made (the defaults when absent)."""
     config = dict(stored)
     raw = config.pop(RESOURCES_KEY, None)
-    return config, (JobResources.model_validate(raw) if raw is not None else DEFAULT_RESOURCES)
+    return config, (Resources.model_validate(raw) if raw is not None else DEFAULT_RESOURCES)

@@ -1,7 +1,9 @@
 """Scene generation: batched, on the training device, from seeded independent per-split streams (DESIGN §2.2).
 
 Owns SceneBatch, generate_scenes and SceneSource. Every scene is a pure function of (seed, split, indices):
-- fresh train data: batch b of epoch e is drawn from the stream (seed, TRAIN, e, b);
+- fresh train data: batch b of epoch e is drawn from the stream (seed, TRAIN, e, b); with W data-parallel
+  processes, rank r's part of global batch b is the stream (seed, TRAIN, e, b·W + r): the batches that one
+  process would draw at b·W + r (ris_model.train.distributed);
 - a fixed pool (train when `fresh_train_each_epoch` is off, val, test) is drawn in chunks of POOL_CHUNK
   scenes from (seed, split, chunk), so scene i is reproducible from its index alone.
 Splits use disjoint SeedSequence spawn keys, so no scene can appear in two splits. Resume needs no RNG state.
@@ -21,6 +23,7 @@ from torch import Tensor
 
 from api_schemas import DataConfig, SystemConfig
 from ris_model.physics import bs_response, dft_codebook, steering, steering_far
+from ris_model.train.distributed import n_global_batches, rank_share
 
 POOL_CHUNK = 1024
 _MAX_SEPARATION_ROUNDS = 64
@@ -247,11 +250,17 @@ def _draw_channel(system: SystemConfig, n: int, u: _Uniform, generator: torch.Ge
 
 
 class SceneSource:
-    """All scenes of one run: train batches by (epoch, batch), and the fixed val/test pools."""
+    """All scenes of one run: train batches by (epoch, batch), and the fixed val/test pools.
+
+    With `world_size` > 1 this is one rank's source: `train_batch` returns `rank`'s part of a global batch of
+    world_size x batch_size scenes (ris_model.train.distributed.rank_share), and an epoch has that many fewer
+    batches; val and test pools are whole on every rank."""
 
     def __init__(self, system: SystemConfig, data: DataConfig, device: torch.device | str,
-                 *, symbols_constant: bool = False, val_from_train: bool = False) -> None:
+                 *, symbols_constant: bool = False, val_from_train: bool = False,
+                 rank: int = 0, world_size: int = 1) -> None:
         self.system, self.data, self.device = system, data, torch.device(device)
+        self.rank, self.world_size = rank, world_size
         self._symbols_constant = symbols_constant
         self._val_from_train = val_from_train  # test-only: the seed's leak, val drawn from the train stream
         self._train_pool: SceneBatch | None = None
@@ -263,19 +272,20 @@ class SceneSource:
 
     @property
     def n_batches(self) -> int:
-        return self.data.n_batches_per_epoch
+        """Batches (optimizer steps) per epoch: global batches of world_size x batch_size scenes."""
+        return n_global_batches(self.data.n_train, self.data.batch_size, self.world_size)
 
     def train_batch(self, epoch: int, batch: int) -> SceneBatch:
-        """Batch `batch` of epoch `epoch` (both from 0); the last batch may be smaller."""
-        size = min(self.data.batch_size, self.data.n_train - batch * self.data.batch_size)
+        """This rank's part of batch `batch` of epoch `epoch` (both from 0); the last batch may be smaller."""
+        start, size = rank_share(self.data.n_train, self.data.batch_size, self.world_size, self.rank, batch)
         if self.data.fresh_train_each_epoch:
-            g = make_generator(stream_seed(self.data.seed, Split.TRAIN, epoch, batch), self.device)
+            stream = batch * self.world_size + self.rank
+            g = make_generator(stream_seed(self.data.seed, Split.TRAIN, epoch, stream), self.device)
             return generate_scenes(self.system, size, generator=g, device=self.device,
                                    symbols_constant=self._symbols_constant)
         pool = self.pool(Split.TRAIN_POOL, self.data.n_train)
         g = make_generator(stream_seed(self.data.seed, Split.PERMUTATION, epoch), self.device)
         order = torch.randperm(self.data.n_train, generator=g, device=self.device)
-        start = batch * self.data.batch_size
         return pool.index(order[start:start + size])
 
     def train_batches(self, epoch: int, start: int = 0) -> Iterator[SceneBatch]:

@@ -22,7 +22,7 @@ from typing import Literal
 from redis import Redis
 from redis.exceptions import RedisError
 
-from api_schemas import JobResources
+from api_schemas import Resources
 from worker.cli import visible_gpus
 
 log = logging.getLogger(__name__)
@@ -47,14 +47,14 @@ def local_capacity() -> WorkerCapacity:
     return WorkerCapacity(gpus=len(visible_gpus()), cpus=len(os.sched_getaffinity(0)))
 
 
-def run_device(resources: JobResources, capacity: WorkerCapacity) -> Literal["cuda", "cpu"]:
+def run_device(resources: Resources, capacity: WorkerCapacity) -> Literal["cuda", "cpu"]:
     """Where a job runs on this worker: its `device`, or CUDA when the worker has GPUs."""
     if resources.device is not None:
         return resources.device
     return "cuda" if capacity.gpus > 0 else "cpu"
 
 
-def unfit_reason(resources: JobResources, capacity: WorkerCapacity) -> str | None:
+def unfit_reason(resources: Resources, capacity: WorkerCapacity) -> str | None:
     """None when this worker can run the job, else what it lacks."""
     n = resources.gpus
     if run_device(resources, capacity) == "cuda":
@@ -108,7 +108,7 @@ class CapacityAnnouncer:
             self._next = now + ANNOUNCE_TTL_S / 4
 
 
-def waiting_reason(resources: JobResources, here: str, capacity: WorkerCapacity,
+def waiting_reason(resources: Resources, here: str, capacity: WorkerCapacity,
                    live: dict[str, WorkerCapacity]) -> str | None:
     """Why this worker leaves the job QUEUED (None when it can run it), naming what the live workers have."""
     lack = unfit_reason(resources, capacity)

@@ -3,12 +3,16 @@
 Owns: `run_job` (registered as `server.dispatch.RUN_JOB_TASK`) and its body `execute_job`, which tests call
 without Celery. The task gets a job id, never an object, and re-reads the row (STYLE B7, A3):
 
+0. a job whose `resources` this worker cannot give (worker/capacity.py) is not claimed: it stays QUEUED, its
+   reason is recorded as a QUEUED → QUEUED event, and its message goes back to the queue for another worker;
 1. claim QUEUED → RUNNING with a fresh lease token; None means the message was a duplicate delivery (the
    job already runs, ran, or was cancelled): log and return, and Celery acks the message;
 2. attach the per-job log file, start the monitor thread (heartbeat, cancel flag, timed metric flushes);
 3. build the config from the row, find the checkpoint of an earlier attempt to resume from;
 4. call `ris_model.jobs.run_training_job` (imported here, never in the prefork parent: no CUDA before fork),
-   or, for an `evaluation` job, `worker.evaluation.run_evaluation_job`;
+   as rank 0 of `resources.gpus` processes (worker/launcher.py), or, for an `evaluation` job,
+   `worker.evaluation.run_evaluation_job`; a lost rank requeues the job (FAILED WORKER_LOST once its
+   attempts are spent);
 5. finish: SUCCEEDED (+ report) | CANCELLED | FAILED TIMEOUT | FAILED <classify_failure(exc)> (+ the report a
    NonFiniteAbort carries), one fenced transition, then publish the state on Redis.
 
@@ -34,8 +38,16 @@ from redis.exceptions import RedisError
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from api_schemas import DiagnosticJobConfig, FailureReason, JobKind, JobState, TrainingJobConfig
-from server.dispatch import RUN_JOB_TASK
+from api_schemas import (
+    DiagnosticJobConfig,
+    FailureReason,
+    JobKind,
+    JobState,
+    Resources,
+    TrainingJobConfig,
+    split_stored_config,
+)
+from server.dispatch import RUN_JOB_TASK, DispatchError, dispatch_job, make_producer
 from server.settings import Settings, get_settings
 from server.store import job_queries as store_queries
 from server.store import jobs as store_jobs
@@ -44,6 +56,16 @@ from server.store.artifacts import ArtifactStore
 from server.store.db import make_engine, make_session_factory
 from server.store.errors import InvalidTransition, JobNotFound, LeaseLost
 from worker.app import app
+from worker.capacity import (
+    REQUEUE_DELAY_S,
+    CapacityAnnouncer,
+    WorkerCapacity,
+    announce,
+    live_capacities,
+    local_capacity,
+    run_device,
+    waiting_reason,
+)
 from worker.evaluation import run_evaluation_job
 from worker.failures import TrainerFailed, classify_failure, failure_message, traceback_tail
 from worker.heartbeat import JobMonitor, make_should_stop
@@ -107,15 +129,53 @@ def execute_job(job_id: str, *, worker: str, settings: Settings | None = None) -
     """Run one delivery of `job_id`. Returns the terminal state written, or None (duplicate / lease lost)."""
     res = JobResources.open(settings or get_settings())
     try:
+        capacity = local_capacity()
+        announce(res.redis, worker, capacity)
+        if not _can_run_here(res, job_id, worker=worker, capacity=capacity):
+            return None
         lease_token = uuid.uuid4().hex
         row = _claim(res, job_id, worker=worker, lease_token=lease_token)
         if row is None:
             return None
         with job_log(res.artifacts.log_path(job_id)):
             log.info("claimed job %s (attempt %s) on %s", job_id, row.attempt, worker)
-            return _run_claimed(res, row, lease_token=lease_token)
+            return _run_claimed(res, row, lease_token=lease_token, worker=worker, capacity=capacity)
     finally:
         res.close()
+
+
+def stored_resources(kind: str, config: dict[str, Any]) -> tuple[dict[str, Any], Resources]:
+    """A stored job's config and resources (evaluation jobs keep their config whole and run one process)."""
+    if kind == JobKind.EVALUATION:
+        return config, Resources()
+    return split_stored_config(config)
+
+
+def _can_run_here(res: JobResources, job_id: str, *, worker: str, capacity: WorkerCapacity) -> bool:
+    """True when this worker can give the job its resources (or the job is not QUEUED: the claim decides).
+
+    Otherwise the job stays QUEUED: its reason becomes a job event (once per reason), and after
+    REQUEUE_DELAY_S its message is sent again, to the end of the queue, for another worker."""
+    with res.sessions() as session:
+        try:
+            row = store_jobs.get_job(session, job_id)
+        except JobNotFound:
+            return True  # _claim logs and drops it
+        if row.state != JobState.QUEUED:
+            return True
+        _, resources = stored_resources(row.kind, row.config)
+        reason = waiting_reason(resources, worker, capacity, live_capacities(res.redis))
+        if reason is None:
+            return True
+        if store_jobs.note_waiting(session, job_id, reason):
+            log.info("job %s stays QUEUED: %s", job_id, reason)
+    time.sleep(REQUEUE_DELAY_S)
+    try:
+        with res.sessions() as session:
+            dispatch_job(session, make_producer(res.settings), job_id, res.settings.job_queue)
+    except DispatchError as exc:  # the reaper's dispatch sweep sends it later
+        log.warning("could not send job %s back to the queue: %s", job_id, exc)
+    return False
 
 
 def _claim(res: JobResources, job_id: str, *, worker: str, lease_token: str) -> Any:
@@ -134,7 +194,8 @@ def _claim(res: JobResources, job_id: str, *, worker: str, lease_token: str) -> 
     return row
 
 
-def _run_claimed(res: JobResources, row: Any, *, lease_token: str) -> JobState | None:
+def _run_claimed(res: JobResources, row: Any, *, lease_token: str, worker: str,
+                 capacity: WorkerCapacity) -> JobState | None:
     """Train under a lease and finish; the monitor thread runs for exactly this call."""
     job_id = str(row.id)
     s = res.settings
@@ -142,13 +203,19 @@ def _run_claimed(res: JobResources, row: Any, *, lease_token: str) -> JobState |
         res.sessions, job_id, lease_token=lease_token, artifacts=res.artifacts, redis=res.redis,
         flush_interval_s=s.metrics_flush_interval_s, flush_max_points=s.metrics_flush_max_points,
     )
+    announcer = CapacityAnnouncer(res.redis, worker, capacity)  # a busy worker stays in the live register
+
+    def on_poll() -> None:
+        sink.flush_if_due()
+        announcer.refresh_if_due()
+
     monitor = JobMonitor(
         res.sessions, job_id, lease_token=lease_token, redis=res.redis,
-        heartbeat_interval_s=s.heartbeat_interval_s, on_poll=sink.flush_if_due,
+        heartbeat_interval_s=s.heartbeat_interval_s, on_poll=on_poll,
     )
     monitor.start()
     try:
-        outcome = _train(res, row, sink=sink, monitor=monitor)
+        outcome = _train(res, row, sink=sink, monitor=monitor, capacity=capacity)
     finally:
         monitor.stop()
     if outcome is None or monitor.lease_lost.is_set():
@@ -157,31 +224,46 @@ def _run_claimed(res: JobResources, row: Any, *, lease_token: str) -> JobState |
     return _finish(res, job_id, outcome=outcome, lease_token=lease_token)
 
 
-def _train(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor) -> Outcome | None:
+def _train(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor,
+           capacity: WorkerCapacity) -> Outcome | None:
     """Run the trainer; map its result or exception to an Outcome (None = the lease was lost)."""
     job_id = str(row.id)
     if row.kind == JobKind.EVALUATION:
         return _evaluate(res, row, sink=sink, monitor=monitor)
     try:
-        config = build_config(row.kind, row.config)
+        stored, resources = stored_resources(row.kind, row.config)
+        config = build_config(row.kind, stored)
         resume_from = _resume_path(res, job_id)
-        from ris_model.jobs import run_training_job  # lazy: torch is imported in the child, never before fork
+        # lazy: torch is imported in the child, never before fork
+        from ris_model.jobs import run_training_job
+        from worker.launcher import RankLost, RankSpec, rank_group
 
+        checkpoint_dir = res.artifacts.checkpoint_dir(job_id)
+        spec = RankSpec(label=job_id, kind=row.kind, config=stored, checkpoint_dir=str(checkpoint_dir),
+                        resume_from=str(resume_from) if resume_from is not None else None,
+                        device=run_device(resources, capacity), world_size=resources.gpus)
         deadline = res.started_at + worker_deadline_s(res.settings)
         try:
-            result = run_training_job(
-                config,
-                sink=sink,
-                checkpoint_dir=res.artifacts.checkpoint_dir(job_id),
-                device=None,
-                resume_from=resume_from,
-                should_stop=make_should_stop(monitor, deadline=deadline),
-                checkpoint_interval_s=res.settings.checkpoint_interval_s,
-            )
-        except LeaseLost:
-            raise
-        except Exception as exc:
-            raise TrainerFailed(exc) from exc
+            with rank_group(spec) as group:
+                try:
+                    result = run_training_job(
+                        config,
+                        sink=sink,
+                        checkpoint_dir=checkpoint_dir,
+                        device=str(group.device),
+                        resume_from=resume_from,
+                        should_stop=make_should_stop(monitor, deadline=deadline),
+                        checkpoint_interval_s=res.settings.checkpoint_interval_s,
+                        dist=group.context,
+                    )
+                except LeaseLost:
+                    raise
+                except Exception as exc:
+                    raise TrainerFailed(exc) from exc
+        except RankLost as exc:
+            if monitor.lease_lost.is_set():
+                return None
+            return _rank_lost_outcome(row, exc, sink)
         sink.close()
         return outcome_from_result(result)
     except Exception as exc:  # process boundary: every failure becomes a FAILED row (STYLE B6)
@@ -207,6 +289,19 @@ def _evaluate(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonit
     if result.stopped == "timeout":
         return Outcome(JobState.FAILED, FailureReason.TIMEOUT, "stopped at the worker's time limit")
     return Outcome(JobState.SUCCEEDED, report=result.report)
+
+
+def _rank_lost_outcome(row: Any, exc: BaseException, sink: StoreSink) -> Outcome:
+    """A training process died: requeue the job for a new attempt (it resumes from its last checkpoint), or
+    fail it WORKER_LOST when this was its last attempt."""
+    with contextlib.suppress(Exception):  # what the sink still holds is worth keeping, not worth failing over
+        sink.close()
+    if row.attempt < row.max_attempts:
+        message = f"{exc}; requeued for attempt {row.attempt + 1} of {row.max_attempts}"
+        log.error("%s", message)
+        return Outcome(JobState.QUEUED, message=message)
+    log.error("%s (attempt %d of %d)", exc, row.attempt, row.max_attempts)
+    return Outcome(JobState.FAILED, FailureReason.WORKER_LOST, f"{exc} (attempt {row.attempt} of {row.max_attempts})")
 
 
 def _failed_outcome(exc: BaseException, sink: StoreSink) -> Outcome:
@@ -293,6 +388,12 @@ def _finish(res: JobResources, job_id: str, *, outcome: Outcome, lease_token: st
             return None
     log.info("job %s finished: %s %s", job_id, outcome.state.value, outcome.failure_reason or "")
     _publish_state(res, job_id, outcome.state)
+    if outcome.state is JobState.QUEUED:  # requeued: send it now rather than wait for the reaper's sweep
+        try:
+            with res.sessions() as session:
+                dispatch_job(session, make_producer(res.settings), job_id, res.settings.job_queue)
+        except DispatchError as exc:
+            log.warning("could not send requeued job %s: %s; the reaper's sweep will", job_id, exc)
     return outcome.state
 
 

@@ -27,12 +27,12 @@ from api_schemas import (
     JobEvent,
     JobKind,
     JobPublic,
-    JobResources,
     JobsPage,
     JobState,
     NonfiniteSummary,
     Problem,
     Progress,
+    Resources,
     split_stored_config,
     stored_config,
 )
@@ -98,7 +98,7 @@ def _body_sha256(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _refuse_oversized(resources: JobResources | None, *, max_gpus: int) -> None:
+def _refuse_oversized(resources: Resources | None, *, max_gpus: int) -> None:
     """A 422 naming `resources.gpus` when a job asks more processes than one job may have on this server."""
     if resources is not None and resources.gpus > max_gpus:
         raise RequestValidationError([{
@@ -136,7 +136,7 @@ def create_job(
     ] = None,
 ) -> JobPublic:
     """Submit a job: 202 + Location; the same Idempotency-Key and body returns the same job."""
-    resources: JobResources | None = getattr(body, "resources", None)  # training and diagnostic jobs only
+    resources: Resources | None = getattr(body, "resources", None)  # training and diagnostic jobs only
     _refuse_oversized(resources, max_gpus=settings.max_gpus_per_job)
     body_sha256 = _body_sha256(body) if idempotency_key else None
     if idempotency_key and body_sha256:
@@ -155,7 +155,7 @@ def create_job(
         )
     job = store_jobs.create_job(
         session, kind=JobKind(body.kind), name=body.name,
-        config=stored_config(body.config.model_dump(mode="json"), resources or JobResources()),
+        config=stored_config(body.config.model_dump(mode="json"), resources or Resources()),
         max_attempts=body.max_attempts, principal=principal, idempotency_key=idempotency_key,
         body_sha256=body_sha256,
     )
