@@ -2,7 +2,8 @@
 in one run, and the val K_acc of the same short run for each (docs/ARCHITECTURE.md "Multi-GPU training").
 
     python3 bench/ddp_throughput.py [--gpus N] [--batch-per-gpu 4096] [--steps-per-epoch 25] [--epochs 3]
-                                    [--cuda-graphs on|off] [--device cuda|cpu] [--out var/bench-ddp.json]
+                                    [--val-scenes 4096] [--cuda-graphs on|off] [--device cuda|cpu]
+                                    [--out var/bench-ddp.json]
 
 Each world size W runs the same short `joint` training job (every loss term, EMA, bf16 on CUDA) through the
 worker's own launcher (worker/launcher.py: this process is rank 0, ranks 1..W-1 are `python -m worker.rank`
@@ -10,7 +11,7 @@ children), with `steps-per-epoch` optimizer steps per epoch: W processes see W x
 so the W-GPU run trains on W times as many scenes in the same number of steps. samples/s is the trainer's own
 train/samples_per_s (scenes of all ranks over the epoch's wall time, scene generation included), the median
 over the epochs after the first (the first pays for warm-up and CUDA-graph capture); K_acc is the last
-epoch's val/K_acc on the same 4,096 val scenes. On one GPU the trainer replays CUDA graphs (the default,
+epoch's val/K_acc on the same val scenes (4,096 by default). On one GPU the trainer replays CUDA graphs (the default,
 --cuda-graphs on); the multi-process path always runs eagerly, so `--cuda-graphs off` gives the like-for-like
 scaling of the same eager step. With --gpus 1 (a single-GPU machine) only the 1-GPU run is made.
 
@@ -42,15 +43,17 @@ from ris_model.train.sinks import MemorySink  # noqa: E402
 from worker.launcher import RankSpec, rank_group  # noqa: E402
 
 
-def bench_config(batch: int, world: int, steps: int, epochs: int, cuda_graphs: bool) -> TrainingJobConfig:
+def bench_config(batch: int, world: int, steps: int, epochs: int, cuda_graphs: bool,
+                 val_scenes: int) -> TrainingJobConfig:
     phase = PhaseConfig(name="joint", epochs=epochs, lr=1e-3, ema_decay=0.998, amp=True,
                         loss_weights=LossWeights(lam_cov=0.5, lam_k=1.0, lam_aux=1.0, lam_gap=0.05, lam_margin=0.05))
-    data = DataConfig(n_train=batch * world * steps, n_val=4096, batch_size=batch, seed=0)
+    data = DataConfig(n_train=batch * world * steps, n_val=val_scenes, batch_size=batch, seed=0)
     return TrainingJobConfig(data=data, phases=(phase,), model={"cuda_graphs": cuda_graphs}, log_every_steps=10_000)
 
 
 def run(world: int, args: argparse.Namespace) -> dict[str, Any]:
-    config = bench_config(args.batch_per_gpu, world, args.steps_per_epoch, args.epochs, args.cuda_graphs == "on")
+    config = bench_config(args.batch_per_gpu, world, args.steps_per_epoch, args.epochs, args.cuda_graphs == "on",
+                          args.val_scenes)
     sink = MemorySink()
     with tempfile.TemporaryDirectory() as tmp:
         spec = RankSpec(label=f"bench-ddp-w{world}", kind="training", config=config.model_dump(mode="json"),
@@ -78,6 +81,7 @@ def main() -> None:
     parser.add_argument("--batch-per-gpu", type=int, default=4096)
     parser.add_argument("--steps-per-epoch", type=int, default=25)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--val-scenes", type=int, default=4096)
     parser.add_argument("--cuda-graphs", choices=["on", "off"], default="on")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--out", type=Path, default=Path("var/bench-ddp.json"))

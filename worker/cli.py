@@ -1,8 +1,9 @@
 """The `ris-jobs` command: `serve` (the README's one-command run), `api`, `worker`, `reaper` (DESIGN §3).
 
 Owns process supervision only: starting, watching and stopping child processes. It imports no torch and never
-initialises CUDA: GPUs are counted from CUDA_VISIBLE_DEVICES or `nvidia-smi -L`, and each GPU gets its own
-Celery worker child with CUDA_VISIBLE_DEVICES=<i>, `-c 1 -P prefork --max-tasks-per-child=1` (DESIGN §3.4).
+initialises CUDA: GPUs are counted from CUDA_VISIBLE_DEVICES or `nvidia-smi -L`, and each GPU (or each group
+of `--gpus-per-worker` GPUs, for jobs with resources.gpus > 1) gets its own Celery worker child with
+CUDA_VISIBLE_DEVICES=<ids>, `-c 1 -P prefork --max-tasks-per-child=1` (DESIGN §3.4).
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ def visible_gpus() -> list[str]:
     except (subprocess.SubprocessError, OSError):
         return []
     return [str(i) for i, line in enumerate(ln for ln in out.splitlines() if ln.startswith("GPU "))]
+
+
+def gpu_groups(gpus: list[str], per_worker: int) -> list[list[str]]:
+    """The GPUs of each Celery worker: consecutive groups of `per_worker` (the last may be smaller)."""
+    return [gpus[i:i + per_worker] for i in range(0, len(gpus), per_worker)]
 
 
 def worker_command(settings: Settings, *, name: str, loglevel: str = "INFO") -> list[str]:
@@ -202,7 +208,8 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """One Celery worker per visible GPU (CUDA_VISIBLE_DEVICES=i), or one CPU worker."""
+    """One Celery worker per visible GPU or group of --gpus-per-worker GPUs (CUDA_VISIBLE_DEVICES=ids), or one
+    CPU worker."""
     settings = get_settings()
     sup = Supervisor()
     sup.install_signal_handlers()
@@ -210,9 +217,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not gpus:
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # a CPU worker must not grab a GPU by accident
         sup.start("worker-cpu", worker_command(settings, name="cpu", loglevel=args.loglevel), env=env)
-    for gpu in gpus:
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu)
-        sup.start(f"worker-gpu{gpu}", worker_command(settings, name=f"gpu{gpu}", loglevel=args.loglevel), env=env)
+    for group in gpu_groups(gpus, args.gpus_per_worker):
+        name = "gpu" + "-".join(group)
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(group))
+        sup.start(f"worker-{name}", worker_command(settings, name=name, loglevel=args.loglevel), env=env)
     return sup.wait()
 
 
@@ -241,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
     p = sub.add_parser("worker", help="one Celery worker per visible GPU, or one CPU worker")
     p.add_argument("--cpu", action="store_true", help="one CPU worker even if GPUs are visible")
+    p.add_argument("--gpus-per-worker", type=int, default=1, metavar="N",
+                   help="GPUs each Celery worker owns; a job may ask for up to N (resources.gpus). Default 1")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("reaper", help="requeue or fail jobs whose worker died; re-dispatch lost messages")

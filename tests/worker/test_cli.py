@@ -9,7 +9,7 @@ from pydantic import TypeAdapter
 
 from api_schemas import JobCreate, quickstart_diagnostic
 from server.settings import Settings
-from worker.cli import build_parser, curl_lines, visible_gpus, worker_command
+from worker.cli import build_parser, curl_lines, gpu_groups, visible_gpus, worker_command
 
 
 def test_visible_gpus_reads_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,3 +54,11 @@ def test_curl_post_body_is_the_quickstart_diagnostic() -> None:
     body = json.loads(post.split("-d '", 1)[1].split("' |", 1)[0])
     parsed = TypeAdapter(JobCreate).validate_python(body)
     assert parsed.config == quickstart_diagnostic()
+
+
+def test_gpus_are_grouped_per_worker_for_multi_gpu_jobs() -> None:
+    gpus = ["0", "1", "2", "3", "4"]
+    assert gpu_groups(gpus, 1) == [["0"], ["1"], ["2"], ["3"], ["4"]]
+    assert gpu_groups(gpus, 2) == [["0", "1"], ["2", "3"], ["4"]]
+    assert gpu_groups(gpus, 8) == [gpus]
+    assert build_parser().parse_args(["worker", "--gpus-per-worker", "4"]).gpus_per_worker == 4
