@@ -190,7 +190,7 @@ class PhaseConfig(_Frozen):
 
 
 class DebugConfig(_Frozen):
-    """Test-only switches (fault injection). Off by default; never needed in real use."""
+    """Fault injection for tests. Off by default; the service refuses any switch unless ALLOW_FAULT_INJECTION."""
 
     nan_loss_term: str | None = Field(None, max_length=32, description="inject NaN into this loss term")
     nan_from_step: int = Field(0, ge=0, le=10**9, description="first global step that gets the NaN")
@@ -200,6 +200,11 @@ class DebugConfig(_Frozen):
     oom_at_step: int | None = Field(
         None, ge=0, le=10**9, description="raise torch.OutOfMemoryError at this global step (fault tests)"
     )
+
+    @property
+    def injects_faults(self) -> bool:
+        """True when any switch differs from its default (all-default sections inject nothing)."""
+        return self != DebugConfig()
 
 
 def _default_training_phases() -> tuple[PhaseConfig, ...]:

@@ -37,7 +37,7 @@ from server.store.errors import (
 )
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-#: Kinds that the API accepts in JobCreate (every JobKind since evaluation jobs exist, issue 6).
+#: Kinds that the API accepts in JobCreate.
 IMPLEMENTED_KINDS = (JobKind.DIAGNOSTIC.value, JobKind.TRAINING.value, JobKind.EVALUATION.value)
 #: Methods whose body must be JSON. Only POST has routes; PUT/PATCH fall through to routing's 405.
 _BODY_METHODS = frozenset({"POST"})
@@ -70,6 +70,18 @@ class JobNotDispatched(ApiError):
         )
         self.job_id = job_id
         self.cause = cause
+
+
+class FaultInjectionRefused(ApiError):
+    """A job config's `debug` section asks for fault injection and ALLOW_FAULT_INJECTION is off (HTTP 422)."""
+
+    FIELD = "config.debug"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "fault injection (config.debug) is disabled on this server; remove the debug section, or set "
+            "ALLOW_FAULT_INJECTION=true on the API and the workers of a test deployment"
+        )
 
 
 class NotReady(ApiError):
@@ -150,6 +162,11 @@ def _api_error(request: Request, exc: Exception) -> JSONResponse:
         return problem_response(
             503, str(exc), instance=path, headers={"Location": f"/v1/jobs/{exc.job_id}", "Retry-After": "10"},
             extensions={"job_id": exc.job_id},
+        )
+    if isinstance(exc, FaultInjectionRefused):
+        return problem_response(
+            422, "the request is not valid", instance=path,
+            errors=[FieldError(field=FaultInjectionRefused.FIELD, message=str(exc))],
         )
     if isinstance(exc, NotReady):
         return problem_response(503, str(exc), instance=path, extensions={"checks": exc.checks})

@@ -16,8 +16,10 @@ from typing import Annotated, Any, Literal
 import redis
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
 from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel
 
 from api_schemas import (
+    DebugConfig,
     DiagnosticReport,
     EvaluationReport,
     Failure,
@@ -42,7 +44,7 @@ from server.deps import (
     SettingsDep,
     strict_json_body,
 )
-from server.errors import JobNotDispatched, QueueLimitExceeded
+from server.errors import FaultInjectionRefused, JobNotDispatched, QueueLimitExceeded
 from server.store import job_queries as store_queries
 from server.store import jobs as store_jobs
 from server.store import live
@@ -93,6 +95,13 @@ def _body_sha256(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _refuse_fault_injection(config: BaseModel, *, allowed: bool) -> None:
+    """FaultInjectionRefused when the config (given, or expanded from a preset) switches on a `debug` fault."""
+    debug = getattr(config, "debug", None)
+    if not allowed and isinstance(debug, DebugConfig) and debug.injects_faults:
+        raise FaultInjectionRefused()
+
+
 def _dispatch_or_503(session: SessionDep, producer: ProducerDep, job: JobRow, queue: str) -> None:
     try:
         dispatch.dispatch_job(session, producer, job.id, queue)
@@ -122,6 +131,7 @@ def create_job(
     ] = None,
 ) -> JobPublic:
     """Submit a job: 202 + Location; the same Idempotency-Key and body returns the same job."""
+    _refuse_fault_injection(body.config, allowed=settings.allow_fault_injection)
     body_sha256 = _body_sha256(body) if idempotency_key else None
     if idempotency_key and body_sha256:
         existing = store_jobs.find_idempotent_job(
