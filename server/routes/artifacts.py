@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse
 from api_schemas import Problem
 from server.deps import ArtifactsDep, SessionDep
 from server.store import jobs as store_jobs
-from server.store.artifacts import artifact_file
+from server.store.files import artifact_file
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"])
 _RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -48,7 +48,7 @@ from server.errors import FaultInjectionRefused, JobNotDispatched, QueueLimitExc
 from server.store import job_queries as store_queries
 from server.store import jobs as store_jobs
 from server.store import live
-from server.store.artifacts import read_log
+from server.store.files import read_log
 from server.store.models import JobRow
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -254,7 +254,8 @@ def cancel_job(job_id: str, session: SessionDep, redis_client: RedisDep) -> JobP
 )
 def delete_job(job_id: str, session: SessionDep, artifacts: ArtifactsDep) -> Response:
     """Delete a finished job with its metrics, checkpoints and logs (409 while it is not terminal)."""
-    store_jobs.delete_job(session, job_id, artifacts=artifacts)
+    store_jobs.delete_job(session, job_id)
+    artifacts.delete_job_files(job_id)  # after the rows: a failed removal leaves files, never a dangling row
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
