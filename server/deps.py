@@ -45,11 +45,13 @@ def get_artifacts(request: Request) -> ArtifactStore:
 
 
 def get_redis(request: Request) -> redis.Redis:
-    return request.app.state.redis  # type: ignore[no-any-return]
+    client: redis.Redis = request.app.state.redis
+    return client
 
 
 def get_producer(request: Request) -> Celery:
-    return request.app.state.producer  # type: ignore[no-any-return]
+    producer: Celery = request.app.state.producer
+    return producer
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

@@ -179,7 +179,7 @@ def _api_error(request: Request, exc: Exception) -> JSONResponse:
 
 def _field_path(loc: Sequence[int | str]) -> str:
     """`("body", "diagnostic", "config", "data", "batch_size")` → `config.data.batch_size`."""
-    parts = list(loc)
+    parts = [str(p) for p in loc]
     source = parts.pop(0) if parts and parts[0] in ("body", "query", "path", "header", "cookie") else None
     if source == "body" and parts and parts[0] in {k.value for k in JobKind}:
         parts.pop(0)  # the discriminated union's tag is not a field the client wrote

@@ -97,7 +97,7 @@ class JobResources:
         self.engine.dispose()
 
 
-@app.task(name=RUN_JOB_TASK, bind=True)
+@app.task(name=RUN_JOB_TASK, bind=True)  # type: ignore[untyped-decorator]  # celery ships no types
 def run_job(self: Task, job_id: str) -> str | None:
     """Celery entry point; see the module docstring. Returns the terminal state written, or None."""
     worker = self.request.hostname or socket.gethostname()

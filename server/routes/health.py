@@ -58,7 +58,7 @@ class JobsCollector(Collector):
     def _queue_metrics(self) -> Iterator[GaugeMetricFamily]:
         redis_up = GaugeMetricFamily("ris_jobs_redis_up", "1 if Redis answered this scrape")
         try:
-            depth = int(self._redis.llen(self._queue))  # type: ignore[arg-type]
+            depth = int(self._redis.llen(self._queue))
             gauge = GaugeMetricFamily("ris_jobs_queue_depth", "Messages waiting in the job queue", labels=["queue"])
             gauge.add_metric([self._queue], depth)
             yield gauge

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 import redis
@@ -39,7 +39,7 @@ POLL_INTERVAL_S = 2.0
 PING_INTERVAL_S = 15.0
 #: Points read from SQL per replay step.
 REPLAY_PAGE_POINTS = 1000
-_PROBLEMS = {code: {"model": Problem} for code in (401, 404, 422)}
+_PROBLEMS: dict[int | str, dict[str, Any]] = {code: {"model": Problem} for code in (401, 404, 422)}
 
 
 @router.get("/{job_id}/metrics", operation_id="read_metrics", responses=_PROBLEMS)
@@ -130,7 +130,7 @@ class _LiveFeed:
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):  # runs while the stream is being cancelled
             try:
-                await self._pubsub.aclose()
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
                 await self._client.aclose()
             except (redis.RedisError, OSError) as exc:
                 log.debug("closing live feed %s: %s", self._channel, exc)

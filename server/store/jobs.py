@@ -386,8 +386,17 @@ class ReapAction:
     celery_task_id: str | None
 
 
+#: The reaper's view of one job: id, state, attempt, max_attempts, celery_task_id, heartbeat_at, cancel_requested_at.
+_ReapCandidate = Row[str, str, int, int, str | None, datetime | None, datetime | None]
+
+
 def _reap_one(
-    session: Session, candidate: Row[Any], *, expired: ColumnElement[bool], grace_expired: bool, lease_timeout_s: float
+    session: Session,
+    candidate: _ReapCandidate,
+    *,
+    expired: ColumnElement[bool],
+    grace_expired: bool,
+    lease_timeout_s: float,
 ) -> ReapAction | None:
     """Apply the reaper's rule to one candidate; None when a heartbeat or the worker got there first."""
     state, attempt, max_attempts = JobState(candidate.state), candidate.attempt, candidate.max_attempts
