@@ -104,6 +104,11 @@ class BodyTooLarge(StarletteHTTPException):
 # ---------------------------------------------------------------------------------------------- responses
 
 
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """A route's OpenAPI `responses` for these error codes: each answers a Problem as application/problem+json."""
+    return {code: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}} for code in codes}
+
+
 def problem_response(
     status: int,
     detail: str | None = None,

@@ -31,7 +31,6 @@ from api_schemas import (
     JobsPage,
     JobState,
     NonfiniteSummary,
-    Problem,
     Progress,
 )
 from server import dispatch
@@ -44,7 +43,7 @@ from server.deps import (
     SettingsDep,
     strict_json_body,
 )
-from server.errors import FaultInjectionRefused, JobNotDispatched, QueueLimitExceeded
+from server.errors import FaultInjectionRefused, JobNotDispatched, QueueLimitExceeded, problem_responses
 from server.store import job_queries as store_queries
 from server.store import jobs as store_jobs
 from server.store import live
@@ -56,9 +55,7 @@ log = logging.getLogger(__name__)
 
 #: Largest log chunk one request returns, bytes.
 MAX_LOG_CHUNK_BYTES = 8 * 1024 * 1024
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "content": {"application/problem+json": {}}} for code in (401, 404, 409, 422)
-}
+_PROBLEMS = problem_responses(401, 404, 409, 422)
 
 
 # ---------------------------------------------------------------------------------------------- shaping
