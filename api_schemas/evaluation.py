@@ -1,5 +1,5 @@
-"""Evaluation of a trained model against the classical baselines: the job config and the report (issue 6;
-DESIGN §2.7, §3.2 /report).
+"""Evaluation of a trained model against the classical baselines: the job config and the report
+(DESIGN §2.7, §3.2 /report).
 
 Owns: EvaluationConfig (scenes, baselines, tolerances, CRB; what `ris_model.evaluation.evaluate` takes),
 EvaluationJobConfig (adds the checkpoint source), EvaluationJobCreate's config, the report wire types

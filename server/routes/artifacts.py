@@ -1,4 +1,4 @@
-"""Job artifact downloads (issue 6): `GET /v1/jobs/{id}/artifacts/{name}` serves an evaluation's plots and
+"""Job artifact downloads: `GET /v1/jobs/{id}/artifacts/{name}` serves an evaluation's plots and
 report files.
 
 Same path safety as checkpoint downloads: `name` must match ARTIFACT_NAME_PATTERN (one file name, known

@@ -1,4 +1,4 @@
-"""Checkpoint uploads (issue 6): `POST /v1/checkpoints` stores a checkpoint file for evaluation jobs.
+"""Checkpoint uploads: `POST /v1/checkpoints` stores a checkpoint file for evaluation jobs.
 
 The body is the raw file (`Content-Type: application/octet-stream`, at most MAX_UPLOAD_BYTES; the request
 guard enforces both). It is streamed to `<ARTIFACT_DIR>/uploads/<id>.pt` atomically with its sha256; nothing

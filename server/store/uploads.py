@@ -1,4 +1,4 @@
-"""Uploaded checkpoint files (issue 6): stored by the API, validated by the worker that evaluates them.
+"""Uploaded checkpoint files: stored by the API, validated by the worker that evaluates them.
 
 Owns the layout `<ARTIFACT_DIR>/uploads/<upload id>.pt` (the bytes, written atomically) and `<upload id>.json`
 (size, sha256, created_at, principal), `new_upload_id`, `write_upload`, `read_upload` and `upload_file`.
