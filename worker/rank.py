@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from worker.launcher import STORE_TIMEOUT, RankSpec, rank_device
+from worker.launcher import RankSpec, rank_device
 
 #: Linux prctl option: the signal the kernel sends this process when its parent dies.
 _PR_SET_PDEATHSIG = 1
@@ -62,11 +62,11 @@ def run_rank(spec: RankSpec) -> None:
     from ris_model.train.jobs import run_training_job
     from ris_model.train.sinks import NullSink
 
-    from ris_model.train.distributed import DistContext, init_process_group
+    from ris_model.train.distributed import DistContext, init_process_group, tcp_store
     from worker.tasks import build_config
 
     device = rank_device(spec.device, spec.rank)
-    store = dist.TCPStore("127.0.0.1", spec.store_port, spec.world_size, is_master=False, timeout=STORE_TIMEOUT)
+    store, _ = tcp_store(spec.store_port, spec.world_size, is_master=False)
     init_process_group(store, rank=spec.rank, world_size=spec.world_size, device=device)
     try:
         run_training_job(build_config(spec.kind, spec.config), sink=NullSink(), device=str(device),

@@ -1,7 +1,7 @@
 """Data-parallel training over several processes: the process group, each rank's share of the scene stream,
 and the collectives the trainer needs (DESIGN §2.5, docs/ARCHITECTURE.md "Multi-GPU training").
 
-Owns: DistContext, backend_for, init_process_group, rank_share, n_global_batches, check_shardable,
+Owns: DistContext, backend_for, tcp_store, init_process_group, rank_share, n_global_batches, check_shardable,
 STOP_CODES. Imports no worker, Celery or HTTP code: the worker's launcher (worker/launcher.py) starts the
 processes and hands each its rank; this module only joins them.
 
@@ -33,6 +33,8 @@ Backend = Literal["nccl", "gloo"]
 STOP_CODES: dict[str | None, int] = {None: 0, "cancel": 1, "timeout": 2}
 _STOP_REASONS = {code: reason for reason, code in STOP_CODES.items()}
 
+#: Seconds the ranks have to reach rank 0's store.
+STORE_TIMEOUT = timedelta(minutes=5)
 #: How long a collective may wait for a slow rank (rank 0 validates and checkpoints while the others wait).
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 
@@ -40,6 +42,13 @@ COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 def backend_for(device: torch.device) -> Backend:
     """NCCL between GPUs, gloo between CPU processes."""
     return "nccl" if device.type == "cuda" else "gloo"
+
+
+def tcp_store(port: int, world_size: int, *, is_master: bool) -> tuple[dist.Store, int]:
+    """Rank 0's rendezvous store on 127.0.0.1 (port 0: a free one), or a client of it; and its port."""
+    store = dist.TCPStore("127.0.0.1", port, world_size, is_master=is_master, timeout=STORE_TIMEOUT,
+                          wait_for_workers=False)
+    return store, int(store.port)
 
 
 def init_process_group(store: dist.Store, *, rank: int, world_size: int, device: torch.device) -> None:
