@@ -1,7 +1,7 @@
 """Evaluation of a trained model against the classical baselines: the job config and the report (issue 6;
 DESIGN §2.7, §3.2 /report).
 
-Owns: EvaluationConfig (scenes, baselines, tolerances, CRB; what `ris_model.evaluation.evaluate` takes),
+Owns: EvaluationConfig (scenes, baselines, tolerances, CRB; what `ris_model.evaluate.evaluation.evaluate` takes),
 EvaluationJobConfig (adds the checkpoint source), EvaluationJobCreate's config, the report wire types
 (EvaluationReport and its tables) and the report's Markdown. Pure pydantic, no torch: the API renders the
 report. The system config is not here: the scenes follow the checkpoint's own config, so that they match

@@ -20,7 +20,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from ris_model.estimators.grid import SourceEstimate
+from ris_model.estimators.result import SourceEstimate
 from ris_model.metrics import GeometryTally
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 
 from api_schemas import CheckpointInfo, DiagnosticJobConfig, MetricPoint, TrainingJobConfig
-from ris_model.diagnostics import diagnose
+from ris_model.diagnose.checks import diagnose
 from ris_model.errors import NonFiniteAbort
-from ris_model.faults import Faults
-from ris_model.network import RisNet
-from ris_model.sinks import MetricSink
-from ris_model.trainer import FitResult, StopReason, Trainer, never_stop
+from ris_model.model.network import RisNet
+from ris_model.train.hooks import NO_HOOKS, StepHooks
+from ris_model.train.sinks import MetricSink
+from ris_model.train.trainer import FitResult, StopReason, Trainer, never_stop
 
 __all__ = ["FitResult", "StopReason", "pick_device", "run_training_job"]
 
@@ -49,8 +49,8 @@ class _TeeSink:
 def run_training_job(config: TrainingJobConfig, *, sink: MetricSink, checkpoint_dir: Path,
                      device: str | None = None, resume_from: Path | None = None,
                      should_stop: Callable[[], StopReason | None] = never_stop,
-                     checkpoint_interval_s: float | None = None, faults: Faults | None = None) -> FitResult:
-    """Build the model, run every phase through the Trainer, and return the result.
+                     checkpoint_interval_s: float | None = None, hooks: StepHooks = NO_HOOKS) -> FitResult:
+    """Build the model, run every phase through the Trainer (with `hooks` at each step), and return the result.
 
     A DiagnosticJobConfig also gets its verdict (api_schemas.DiagnosticReport as JSON) in `FitResult.report`;
     when the run aborts on non-finite steps, the report rides on the NonFiniteAbort as `.report`.
@@ -63,7 +63,7 @@ def run_training_job(config: TrainingJobConfig, *, sink: MetricSink, checkpoint_
     tee = _TeeSink(sink)
     trainer = Trainer(config, model, tee, dev, checkpoint_dir=checkpoint_dir,
                       checkpoint_interval_s=checkpoint_interval_s,
-                      kind="diagnostic" if is_diagnostic else "training", faults=faults)
+                      kind="diagnostic" if is_diagnostic else "training", hooks=hooks)
     started = time.perf_counter()
     try:
         result = trainer.fit(should_stop, resume_from=resume_from)
