@@ -5,7 +5,7 @@
 # (carry: baseline_tree; set SKIP_SLOW=1 to leave out the routes-off run and the profile)
 source "$(dirname "$0")/_gpu_out.sh" "${1:-}"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/ris_model/test_kernels.py 2>&1 | tail -8
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests/ris_model/accel/test_kernels.py 2>&1 | tail -8
 timeout 180 python3 bench/grouped_power.py --out "$OUT/grouped_power.json"
 timeout 240 python3 bench/train.py --device cuda --batches 64 256 1024 4096 8192 --steps 20 --out "$OUT/train_fused.json"
 if [ -d baseline_tree ]; then

@@ -5,7 +5,7 @@
 source "$(dirname "$0")/_gpu_out.sh" "${1:-}"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 python3 -m pytest -q -p no:cacheprovider tests/ris_model/test_unrolled.py tests/ris_model/test_physics.py \
-  tests/ris_model/test_scenes.py tests/ris_model/test_spectral.py tests/ris_model/test_graphed_step.py tests/ris_model/test_kernels.py 2>&1 | tail -15
+  tests/ris_model/test_scenes.py tests/ris_model/test_spectral.py tests/ris_model/accel/test_graphed_step.py tests/ris_model/accel/test_kernels.py 2>&1 | tail -15
 python3 bench/train.py --device cuda --batches 4096 8192 --steps 20 --out "$OUT/train_new.json"
 if [ -d baseline_tree ]; then
   (cd baseline_tree && PYTHONPATH="$PWD:${PYTHONPATH:-}" python3 bench/train.py --device cuda --batches 4096 8192 \

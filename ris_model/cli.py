@@ -127,8 +127,9 @@ def _load_config(args: argparse.Namespace) -> BaseModel:
         ValidationError: the file is not a valid config (the message names the field).
         OSError: the file cannot be read.
     """
-    model: type[BaseModel] = {"diagnose": DiagnosticJobConfig, "train": TrainingJobConfig,
-                              "evaluate": EvaluationConfig}[args.command]
+    models: dict[str, type[BaseModel]] = {"diagnose": DiagnosticJobConfig, "train": TrainingJobConfig,
+                                          "evaluate": EvaluationConfig}
+    model = models[args.command]
     if getattr(args, "preset", None) == "quickstart":
         return quickstart_diagnostic()
     if args.config is None:

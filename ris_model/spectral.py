@@ -47,7 +47,8 @@ def hermitian_eigenvectors(A: Tensor, *, method: str | None = None) -> Tensor:
     (torch.linalg.eigh: the default on the CPU, where it does not synchronize anything)."""
     method = method or ("jacobi" if A.is_cuda else "lapack")
     if method == "lapack":
-        return torch.linalg.eigh(A).eigenvectors
+        vectors: Tensor = torch.linalg.eigh(A).eigenvectors
+        return vectors
     return jacobi_eigh(A)[1]
 
 
@@ -181,4 +182,5 @@ def music_denominator_lowrank(F: Tensor, a: Tensor, *, eps: float = 1e-6) -> Ten
     chol = torch.linalg.cholesky(gram + load[:, None, None] * eye)
     proj = F.mH @ a.T.unsqueeze(0)  # [B, K, G]
     w = torch.linalg.solve_triangular(chol, proj, upper=False)
-    return (a.abs().square().sum(-1)).unsqueeze(0) - w.abs().square().sum(1)
+    denominator: Tensor = (a.abs().square().sum(-1)).unsqueeze(0) - w.abs().square().sum(1)
+    return denominator

@@ -257,8 +257,8 @@ def _named_group(model: RisNet, group: str) -> list[tuple[str, torch.nn.Paramete
 def scene_hashes(batch: SceneBatch) -> set[str]:
     """sha1 per scene of its labels and inputs (rounded, so that the same scene hashes the same).
     One device→host copy per batch, not per scene."""
-    labels = torch.cat([batch.azimuth, batch.elevation, batch.range_m, batch.power], -1)
-    labels = torch.round(labels.double() * 1e5).cpu().numpy()  # [B, 4·K_MAX]
+    stacked = torch.cat([batch.azimuth, batch.elevation, batch.range_m, batch.power], -1)
+    labels = torch.round(stacked.double() * 1e5).cpu().numpy()  # [B, 4·K_MAX]
     y = torch.round(torch.view_as_real(batch.y).double() * 1e4).cpu().numpy()  # [B, L, M, 2]
     out = set()
     for i in range(len(batch)):

@@ -46,6 +46,7 @@ class SourceEstimate:
         """The scenes of `parts` (at least one, same slot count S), in order; spectra are dropped, and the
         count posterior is kept where every part has one."""
         priors = [p.k_log_prob for p in parts]
-        prior = None if any(t is None for t in priors) else torch.cat(priors)
+        present = [t for t in priors if t is not None]
+        prior = torch.cat(present) if len(present) == len(priors) else None
         return SourceEstimate(**{f: torch.cat([getattr(p, f) for p in parts]) for f in SourceEstimate.FIELDS},
                               k_log_prob=prior)

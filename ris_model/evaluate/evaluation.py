@@ -105,8 +105,8 @@ def evaluate(estimator_or_checkpoint: Estimator | str | Path, config: Evaluation
         estimates[RAW_MODEL_METHOD], counts[RAW_MODEL_METHOD] = raw, raw.k
     if "somp" in config.baselines:
         report_progress("somp", 0.0)
-        estimates["somp"] = _run_somp(batch, system, config, lambda f: report_progress("somp", f))
-        counts["somp"] = estimates["somp"].k
+        somp_estimate = _run_somp(batch, system, config, lambda f: report_progress("somp", f))
+        estimates["somp"], counts["somp"] = somp_estimate, somp_estimate.k
     report_progress("counts", 0.0)
     counts.update(_count_baselines(batch, config.baselines, seed))
     crb = None
@@ -301,8 +301,10 @@ def _build_report(batch: SceneBatch, config: EvaluationConfig, system: SystemCon
     methods = [MODEL_METHOD, *[b for b in config.baselines]]
     t = config.tolerances
     tol = Tolerances(azimuth_deg=t.azimuth_deg, elevation_deg=t.elevation_deg, range_m=t.range_m)
-    table = lambda label, lo, hi, sel: _scene_table(  # noqa: E731
-        label, lo, hi, sel, batch, methods, counts, estimates, k_max, tol, crb)
+
+    def table(label: str, lo: float | None, hi: float | None, sel: Tensor) -> BinTable:
+        return _scene_table(label, lo, hi, sel, batch, methods, counts, estimates, k_max, tol, crb)
+
     by_snr = [table(f"SNR {lo:g}…{hi:g} dB", lo, hi, (batch.snr_db >= lo) & (batch.snr_db < hi))
               for lo, hi in config.snr_bins_db]
     by_snr.append(table("all", None, None, torch.ones(len(batch), dtype=torch.bool)))

@@ -109,6 +109,7 @@ class RisNet(nn.Module):
             el = el_max * torch.tanh(g[..., 1])
             rng = s.range_min_m + (s.range_max_m - s.range_min_m) * torch.sigmoid(g[..., 2])
         else:  # sub-grid refinement: at most one grid step from the look's anchor
+            assert isinstance(self.backbone, UnrolledOMPBackbone)  # anchors come from its looks only
             step = self.backbone.grid_step
             az = (anchors[..., 0] + step[0] * torch.tanh(g[..., 0])).clamp(-az_max, az_max)
             el = (anchors[..., 1] + step[1] * torch.tanh(g[..., 1])).clamp(-el_max, el_max)

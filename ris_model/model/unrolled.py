@@ -43,6 +43,16 @@ N_LOOK_FEATURES = 27 + 5  # patch, peak ratio, log residual energy before/after,
 
 
 class UnrolledOMPBackbone(nn.Module):
+    # buffers (registered in __init__)
+    anchors: Tensor  # [G, 3]: φ, θ, 1/r of the grid points
+    dictionary: Tensor  # [G, N]
+    dictionary_h: Tensor  # [N, G]
+    dictionary_h_lowp: Tensor  # [2N, 2G]
+    element_xyz: Tensor  # [N, 3]
+    grid_step: Tensor  # [3]
+    patch_index: Tensor  # [27, 3]
+    patch_offsets: Tensor  # [27, 3]
+
     def __init__(self, system: SystemConfig, model: ModelConfig, routes: FusedRoutes = ALL_FUSED) -> None:
         """`routes`: which products of the look pass run as fused Triton kernels where they can (CUDA)."""
         super().__init__()

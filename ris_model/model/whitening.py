@@ -27,4 +27,5 @@ def channel_cholesky(H: Tensor, loading: float = CHANNEL_LOADING) -> Tensor:
 def cholesky_unchecked(a: Tensor) -> Tensor:
     """Cholesky factor without the host synchronization of `torch.linalg.cholesky`'s error check (so it can
     run inside a CUDA graph); for diagonally loaded, hence positive definite, matrices only."""
-    return torch.linalg.cholesky_ex(a, check_errors=False).L
+    factor: Tensor = torch.linalg.cholesky_ex(a, check_errors=False).L
+    return factor

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,7 +34,8 @@ class _TeeSink:
     """Forwards to the caller's sink and keeps the points for the diagnostic checks."""
 
     def __init__(self, sink: MetricSink) -> None:
-        self.sink, self.points = sink, []  # type: list[MetricPoint]
+        self.sink = sink
+        self.points: list[MetricPoint] = []
 
     def log_metrics(self, points: Sequence[MetricPoint]) -> None:
         self.points.extend(points)
@@ -78,8 +80,8 @@ def run_training_job(config: TrainingJobConfig, *, sink: MetricSink, checkpoint_
 
 
 def _report(config: TrainingJobConfig, trainer: Trainer, result: FitResult, tee: _TeeSink,
-            train_seconds: float) -> dict:
+            train_seconds: float) -> dict[str, Any]:
     assert isinstance(config, DiagnosticJobConfig)
-    report = diagnose(config, trainer.model, result, tee.points, trainer.scenes,  # type: ignore[arg-type]
+    report = diagnose(config, trainer.model, result, tee.points, trainer.scenes,
                       confusion=trainer.last_confusion, train_seconds=train_seconds)
     return report.model_dump(mode="json")

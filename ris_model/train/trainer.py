@@ -267,7 +267,7 @@ class Trainer:
         self.consecutive_nonfinite += 1
         self.epoch_stats.n_skipped += 1
         # the skipped batch is step global_step + 1, as in the sampled train/* points of that batch
-        where = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step + 1)
+        where: dict[str, Any] = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step + 1)
         points = [MetricPoint(**where, key=keys.NONFINITE_CAUSE_PREFIX + cause, value=1.0)]
         points += [MetricPoint(**where, key=keys.NONFINITE_TERM_PREFIX + t, value=1.0) for t in terms]
         points += [MetricPoint(**where, key=keys.NONFINITE_GROUP_PREFIX + g, value=1.0) for g in groups]
@@ -300,7 +300,7 @@ class Trainer:
         stats = self.epoch_stats
         val = self._validate(phase)
         delta_total, delta_groups = self._delta_params()
-        where = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step)
+        where: dict[str, Any] = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step)
         values = {
             keys.TRAIN_EPOCH_LOSS: float(stats.loss_sum) / max(stats.n_finite, 1),
             keys.TRAIN_K_ACC: float(stats.k_correct) / max(stats.n_samples, 1),
@@ -344,7 +344,7 @@ class Trainer:
                 for lo, hi, name in keys.SNR_BINS_DB:
                     sel = (batch.snr_db >= lo) & (batch.snr_db < hi)
                     by_bin[name][0].update(batch.k[sel], k_pred[sel])
-                    by_bin[name][1].update(*(e[sel] for e in errors), batch.mask[sel])
+                    by_bin[name][1].update(errors[0][sel], errors[1][sel], errors[2][sel], batch.mask[sel])
                 loss_sum += float(res.total) * len(batch)
                 nmse_sum += float(res.terms["cov"]) * len(batch)
                 n += len(batch)
@@ -367,7 +367,7 @@ class Trainer:
     # ---------------------------------------------------------------- helpers
     def _log_step(self, phase: PhaseConfig, loss: Tensor, res: LossResult, lr: float) -> None:
         """Sampled per-step points; the only place (besides the epoch end) that reads values to the host."""
-        where = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step)
+        where: dict[str, Any] = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step)
         values = {keys.TRAIN_LOSS: float(loss), keys.TRAIN_LR: lr, keys.PROGRESS_FRACTION: self._progress(),
                   keys.TRAIN_GRAD_NORM: float(getattr(self, "_last_grad_norm", float("nan")))}
         values.update({keys.TRAIN_LOSS_TERM_PREFIX + n: float(t.detach()) for n, t in res.terms.items()})
