@@ -9,7 +9,7 @@ without Celery. The task gets a job id, never an object, and re-reads the row (S
    job already runs, ran, or was cancelled): log and return, and Celery acks the message;
 2. attach the per-job log file, start the monitor thread (heartbeat, cancel flag, timed metric flushes);
 3. build the config from the row, find the checkpoint of an earlier attempt to resume from;
-4. call `ris_model.jobs.run_training_job` (imported here, never in the prefork parent: no CUDA before fork),
+4. call `ris_model.train.jobs.run_training_job` (imported here, never in the prefork parent: no CUDA before fork),
    as rank 0 of `resources.gpus` processes (worker/launcher.py), or, for an `evaluation` job,
    `worker.evaluation.run_evaluation_job`; a lost rank requeues the job (FAILED WORKER_LOST once its
    attempts are spent);
@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Task
 from pydantic import BaseModel
@@ -67,9 +67,12 @@ from worker.capacity import (
     waiting_reason,
 )
 from worker.evaluation import run_evaluation_job
-from worker.failures import TrainerFailed, classify_failure, failure_message, traceback_tail
+from worker.failures import TrainerFailed, UserInputRejected, classify_failure, failure_message, traceback_tail
 from worker.heartbeat import JobMonitor, make_should_stop
 from worker.sink import StoreSink
+
+if TYPE_CHECKING:
+    from ris_model.train.hooks import StepHooks
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +243,10 @@ def _train(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor,
             return Outcome(JobState.FAILED, FailureReason.USER_CONFIG, FAULT_INJECTION_REFUSED)
         resume_from = _resume_path(res, job_id)
         # lazy: torch is imported in the child, never before fork
-        from ris_model.jobs import run_training_job
+        from ris_model.train.jobs import run_training_job
         from worker.launcher import RankLost, RankSpec, rank_group
+
+        hooks = training_hooks(config, stored)
 
         checkpoint_dir = res.artifacts.checkpoint_dir(job_id)
         spec = RankSpec(label=job_id, kind=row.kind, config=stored, checkpoint_dir=str(checkpoint_dir),
@@ -259,6 +264,7 @@ def _train(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor,
                         resume_from=resume_from,
                         should_stop=make_should_stop(monitor, deadline=deadline),
                         checkpoint_interval_s=res.settings.checkpoint_interval_s,
+                        hooks=hooks,
                         dist=group.context,
                     )
                 except LeaseLost:
@@ -289,11 +295,7 @@ def _evaluate(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonit
         if _is_lease_lost(exc) or monitor.lease_lost.is_set():
             return None
         return _failed_outcome(exc, sink)
-    if result.stopped == "cancel":
-        return Outcome(JobState.CANCELLED, message="cancelled by request")
-    if result.stopped == "timeout":
-        return Outcome(JobState.FAILED, FailureReason.TIMEOUT, "stopped at the worker's time limit")
-    return Outcome(JobState.SUCCEEDED, report=result.report)
+    return outcome_from_result(result)
 
 
 def _rank_lost_outcome(row: Any, exc: BaseException, sink: StoreSink) -> Outcome:
@@ -332,6 +334,18 @@ def _is_lease_lost(exc: BaseException) -> bool:
     return isinstance(exc, LeaseLost) or isinstance(exc.__cause__, LeaseLost)
 
 
+def training_hooks(config: TrainingJobConfig, stored: dict[str, Any]) -> StepHooks:
+    """The StepHooks of a job: fault injection only for a job whose stored config has a `debug` section
+    (every rank of a multi-process job builds the same). Raises UserInputRejected for an unusable one."""
+    from ris_model.train.fault_hooks import DebugHooks
+    from ris_model.train.hooks import NO_HOOKS
+
+    try:
+        return DebugHooks(config.debug) if "debug" in stored else NO_HOOKS
+    except ValueError as exc:
+        raise UserInputRejected(str(exc)) from exc
+
+
 def build_config(kind: str, config: dict[str, Any]) -> TrainingJobConfig:
     """The config model of a stored job; raises pydantic ValidationError (→ USER_CONFIG) or ValueError."""
     if kind == JobKind.DIAGNOSTIC:
@@ -352,12 +366,15 @@ def worker_deadline_s(settings: Settings) -> float:
 
 
 def outcome_from_result(result: Any) -> Outcome:
-    """SUCCEEDED / CANCELLED / FAILED TIMEOUT from a FitResult."""
+    """SUCCEEDED / CANCELLED / FAILED TIMEOUT from a FitResult or an EvaluationResult (`stopped`, `report`;
+    a training run also names its stop checkpoint)."""
     if result.stopped == "cancel":
         return Outcome(JobState.CANCELLED, message="cancelled by request")
     if result.stopped == "timeout":
-        step = result.last_checkpoint.step if result.last_checkpoint is not None else None
-        message = f"stopped at the worker's time limit; stop checkpoint at step {step} is downloadable"
+        message = "stopped at the worker's time limit"
+        if hasattr(result, "last_checkpoint"):
+            step = result.last_checkpoint.step if result.last_checkpoint is not None else None
+            message += f"; stop checkpoint at step {step} is downloadable"
         return Outcome(JobState.FAILED, FailureReason.TIMEOUT, message)
     report = result.report
     if isinstance(report, BaseModel):

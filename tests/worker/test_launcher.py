@@ -24,11 +24,10 @@ import torch
 from api_schemas import LossWeights, TrainingJobConfig
 from api_schemas import metrics as keys
 from ris_model.errors import CheckpointError
-from ris_model.model.network import RisNet
-from ris_model.train import checkpoint as ckpt
 from ris_model.losses import LossResult, weighted_total
-from ris_model.model.network import ModelOutput
+from ris_model.model.network import ModelOutput, RisNet
 from ris_model.scenes import SceneBatch
+from ris_model.train import checkpoint as ckpt
 from ris_model.train.hooks import NoHooks, StepHooks
 from ris_model.train.jobs import FitResult, StopReason, never_stop, run_training_job
 from ris_model.train.sinks import MemorySink

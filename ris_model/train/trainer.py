@@ -5,10 +5,18 @@ _save_checkpoint. Knows nothing of Celery or HTTP: everything leaves through the
 Rules pinned by tests: one optimizer step per batch; the LR is a function of the step and is set every step;
 the epoch loss is the mean over the epoch's finite batches; validated weights == saved weights (EMA);
 non-finite steps are skipped, counted by cause and attributed, never zeroed (no nan_to_num).
+
+Data-parallel (a DistContext of world_size W > 1, ris_model.train.distributed): every rank runs this same
+loop on its own share of each global batch, with the model wrapped in DistributedDataParallel (gradients
+averaged over the ranks, eager path only: no CUDA-graph replay). Each step all-reduces one small vector (the
+ranks' losses, non-finite flags, correct K counts and scene counts), so the skip decision, the epoch's totals
+and the sampled losses are the same on every rank; rank 0's stop decision is shared before each step.
+Rank 0 alone validates, writes checkpoints and sends metric points.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 import uuid
@@ -20,18 +28,20 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from api_schemas import CheckpointInfo, MetricPoint, PhaseConfig, TrainingJobConfig
 from api_schemas import metrics as keys
-from ris_model import checkpoint as ckpt
+from ris_model.accel.graphed_step import GraphedLoss
 from ris_model.errors import CheckpointError, NonFiniteAbort, NonFiniteAttribution
-from ris_model.faults import Faults, eigenvector_alignment_loss
-from ris_model.graphed_step import GraphedLoss
 from ris_model.losses import LossResult, compute_loss
 from ris_model.metrics import CountingTally, GeometryTally
-from ris_model.network import RisNet
+from ris_model.model.network import ModelOutput, RisNet, k_from_logits
 from ris_model.scenes import SceneBatch, SceneSource
-from ris_model.sinks import MetricSink
+from ris_model.train import checkpoint as ckpt
+from ris_model.train.distributed import SINGLE, DistContext, check_shardable
+from ris_model.train.hooks import NO_HOOKS, StepHooks
+from ris_model.train.sinks import MetricSink
 
 StopReason = Literal["cancel", "timeout"]
 
@@ -73,17 +83,18 @@ class _EpochStats:
 class Trainer:
     def __init__(self, config: TrainingJobConfig, model: RisNet, sink: MetricSink, device: torch.device | str,
                  *, checkpoint_dir: Path, checkpoint_interval_s: float | None = None,
-                 kind: str = "training", faults: Faults | None = None) -> None:
+                 kind: str = "training", hooks: StepHooks = NO_HOOKS, dist: DistContext = SINGLE) -> None:
         self.config, self.model, self.sink = config, model.to(device), sink
         self.device = torch.device(device)
         self.checkpoint_dir, self.checkpoint_interval_s, self.kind = checkpoint_dir, checkpoint_interval_s, kind
-        self.faults = faults or Faults()
-        if self.faults.unused_head:  # plant a head that no loss uses (dead parameters)
-            model.k_head["unused"] = nn.Linear(config.model.d_model, 1).to(device)
-        self.graphed = GraphedLoss(self.model, config.system)  # CUDA only; see ris_model.graphed_step
-        self.scenes = SceneSource(config.system, config.data, self.device,
-                                  symbols_constant=self.faults.symbols_constant,
-                                  val_from_train=self.faults.val_from_train)
+        self.hooks = hooks
+        self.dist = dist
+        if dist.distributed:
+            check_shardable(config.data.n_train, config.data.batch_size, dist.world_size)
+        self.scenes = hooks.attach(self.model, SceneSource(config.system, config.data, self.device,
+                                                           rank=dist.rank, world_size=dist.world_size))
+        self.ddp: nn.Module | None = None  # the DistributedDataParallel wrapper of the current phase (W > 1)
+        self.graphed = GraphedLoss(self.model, config.system)  # CUDA only; see ris_model.accel.graphed_step
         self.group_of = {id(p): g for g, ps in model.param_groups().items() for p in ps}
         self.names = {id(p): n for n, p in model.named_parameters()}
         self.pos = _Position()
@@ -144,7 +155,13 @@ class Trainer:
             for p in params:
                 p.requires_grad_(group not in frozen)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        # fused on CUDA: one kernel for every parameter instead of a few per tensor (issue 4)
+        if self.dist.distributed:  # DDP reduces the gradients of the parameters that train in this phase
+            self.ddp = None
+            gc.collect()  # the previous phase's wrapper must be gone (with its gradient hooks) before the next
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)  # a phase's loss need not reach every trainable parameter
+        # fused on CUDA: one kernel for every parameter instead of a few per tensor
         self.optimizer = torch.optim.AdamW(trainable, lr=phase.lr, weight_decay=phase.weight_decay,
                                            fused=self.device.type == "cuda" and bool(trainable))
         self.model.zero_grad(set_to_none=True)
@@ -160,7 +177,6 @@ class Trainer:
 
     # ---------------------------------------------------------------- an epoch
     def _train_epoch(self, phase: PhaseConfig, should_stop: Callable[[], StopReason | None]) -> StopReason | None:
-        debug = self.config.debug
         n_batches = self.scenes.n_batches
         data_epoch = sum(p.epochs for p in self.config.phases[: self.pos.phase_index]) + self.pos.epoch
         started, stats_before = time.perf_counter(), self.epoch_stats.n_samples
@@ -173,8 +189,9 @@ class Trainer:
 
         while (batch := upcoming[0]) is not None:
             upcoming[0] = None
-            # cooperative stop, polled between steps
-            reason = None if debug.ignore_cancel else should_stop()
+            # cooperative stop, polled between steps (rank 0 decides for every rank)
+            asked = should_stop() if self.dist.is_main and self.hooks.polls_stop() else None
+            reason = self.dist.agree_stop(asked, self.device)
             if reason is not None:
                 return reason
             # LR is a function of the step within the phase (set every step)
@@ -183,15 +200,15 @@ class Trainer:
             for g in self.optimizer.param_groups:  # type: ignore[union-attr]
                 g["lr"] = lr
             # forward / backward / (skip or step)
-            take_step = (not self.faults.one_step_per_epoch) or self.pos.batch == n_batches - 1
+            take_step = self.hooks.takes_optimizer_step(self.pos.batch, n_batches)
             loss, res = self._train_step(phase, batch, take_step=take_step, prefetch=prefetch)
             self.pos.batch += 1
             self.pos.global_step += 1
             if self.pos.global_step % self.config.log_every_steps == 0:
                 self._log_step(phase, loss, res, lr)
-            if debug.sleep_per_step_s:
-                time.sleep(debug.sleep_per_step_s)
-            self._maybe_interval_checkpoint(phase)
+            self.hooks.after_step(self.pos.global_step)
+            if self.dist.is_main:
+                self._maybe_interval_checkpoint(phase)
         elapsed = time.perf_counter() - started
         self._samples_per_s = (self.epoch_stats.n_samples - stats_before) / max(elapsed, 1e-9)
         return None
@@ -203,21 +220,20 @@ class Trainer:
         sync, so that the CPU issues it while the GPU is still busy."""
         model, opt = self.model, self.optimizer
         assert opt is not None  # set by _setup_phase (internal invariant, not input)
-        if self.config.debug.oom_at_step == self.pos.global_step:  # fault tests: an OOM without a huge tensor
-            raise torch.OutOfMemoryError(f"debug.oom_at_step: simulated out-of-memory at step {self.pos.global_step}")
+        self.hooks.before_step(self.pos.global_step)
         model.train()
+        forward = self.ddp if self.ddp is not None else model
         graphed = (self.graphed.run(batch, phase.loss_weights, autocast=self._amp(phase))
                    if self._graphable(batch) else None)
         if graphed is not None:  # forward + loss replayed as a CUDA graph; backward() replays its backward graph
             res, k_logits = graphed
         else:
             with self._autocast(phase):
-                out = model(batch.y, batch.H, batch.codes, batch.snr_db)
+                out = forward(batch.y, batch.H, batch.codes, batch.snr_db)
                 res = self._loss(out, batch, phase)
             k_logits = out.k_logits
         stats = self.epoch_stats
         stats.n_batches += 1
-        stats.n_samples += len(batch)
         total = res.total
         if total.requires_grad:
             total.backward()  # a non-finite loss gives non-finite gradients; the step is skipped below
@@ -226,47 +242,49 @@ class Trainer:
         trainable = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
         max_norm = phase.grad_clip_norm if phase.grad_clip_norm is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm) if trainable else total.detach() * 0
-        # the step's only host sync: is everything finite?
-        if not bool(torch.isfinite(total) & torch.isfinite(grad_norm)):
-            self._skip(phase, batch, res, cause="grad" if bool(torch.isfinite(total)) else "loss")
-            return total.detach(), res
+        loss, loss_finite, k_correct, n_samples = self._step_totals(total, k_logits, batch)
+        # the step's only host sync: is everything finite? (the gradients are the same on every rank: averaged)
+        if not bool(loss_finite & torch.isfinite(grad_norm)):
+            stats.n_samples += n_samples
+            self._skip(phase, batch, res, cause="grad" if bool(loss_finite) else "loss")
+            return loss, res
         self.consecutive_nonfinite = 0
-        stats.loss_sum = stats.loss_sum + total.detach().double()  # device-side sums, read at the epoch end
+        stats.loss_sum = stats.loss_sum + loss.double()  # device-side sums, read at the epoch end
         stats.n_finite += 1
-        stats.k_correct = stats.k_correct + (res_k_pred(k_logits) == batch.k).sum()
+        stats.n_samples += n_samples
+        stats.k_correct = stats.k_correct + k_correct
         if take_step:
             self._mark_updated()
             opt.step()
             opt.zero_grad(set_to_none=True)
             stats.n_optimizer_steps += 1
-            if self.faults.frozen_still_moves is not None:
-                self._plant_frozen_update(self.faults.frozen_still_moves)
+            self.hooks.after_optimizer_step(self.model)
             self._update_ema(phase)
         self._last_grad_norm = grad_norm
-        return total.detach(), res
+        return loss, res
+
+    def _step_totals(self, total: Tensor, k_logits: Tensor, batch: SceneBatch) -> tuple[Tensor, Tensor, Tensor, int]:
+        """The step's loss (mean over the ranks), whether every rank's loss is finite, the correct K counts and
+        the scenes over all ranks: one all-reduce of one small vector (none on a single process)."""
+        correct = (k_from_logits(k_logits) == batch.k).sum()
+        if not self.dist.distributed:
+            return total.detach(), torch.isfinite(total), correct, len(batch)
+        shared = torch.stack([total.detach().double(), (~torch.isfinite(total)).double(), correct.double(),
+                              torch.tensor(float(len(batch)), dtype=torch.float64, device=total.device)])
+        self.dist.sum_(shared)
+        loss = (shared[0] / self.dist.world_size).to(total.dtype)
+        return loss, shared[1] == 0, shared[2], int(shared[3].item())
 
     def _graphable(self, batch: SceneBatch) -> bool:
-        """The CUDA-graph path runs the plain loss: not with a planted fault or an injected NaN this step, and
-        only at the configured batch size (a short last batch runs eagerly rather than capturing its own)."""
-        return (self.device.type == "cuda" and len(batch) == self.config.data.batch_size
-                and self._nan_term() is None and not self.faults.eigvec_loss and not self.faults.unused_head
+        """The CUDA-graph path runs the plain loss: not where the hooks change this step, and only at the
+        configured batch size (a short last batch runs eagerly rather than capturing its own)."""
+        return (self.device.type == "cuda" and len(batch) == self.config.data.batch_size and self.ddp is None
+                and not self.hooks.runs_eagerly(self.pos.global_step)
                 and any(p.requires_grad for p in self.model.parameters()))
 
-    def _nan_term(self) -> str | None:
-        """The loss term that debug.nan_loss_term makes NaN at this step, if any (fault tests)."""
-        debug = self.config.debug
-        if debug.nan_loss_term is not None and self.pos.global_step >= debug.nan_from_step:
-            if debug.nan_n_steps == 0 or self.pos.global_step < debug.nan_from_step + debug.nan_n_steps:
-                return debug.nan_loss_term
-        return None
-
-    def _loss(self, out: Any, batch: SceneBatch, phase: PhaseConfig) -> LossResult:
-        res = compute_loss(out, batch, phase.loss_weights, self.config.system, inject_nan=self._nan_term())
-        if self.faults.eigvec_loss:
-            term = eigenvector_alignment_loss(out.cov_factor, batch)
-            res.terms["eigvec_align"] = term
-            res.total = res.total + 0.1 * term
-        return res
+    def _loss(self, out: ModelOutput, batch: SceneBatch, phase: PhaseConfig) -> LossResult:
+        res = compute_loss(out, batch, phase.loss_weights, self.config.system)
+        return self.hooks.loss(res, out, batch, phase.loss_weights, self.pos.global_step)
 
     # ---------------------------------------------------------------- non-finite guard
     def _skip(self, phase: PhaseConfig, batch: SceneBatch, res: LossResult, *, cause: str) -> None:
@@ -274,12 +292,12 @@ class Trainer:
         assert self.optimizer is not None
         weights = phase.loss_weights.model_dump()
         active = {n: t for n, t in res.terms.items() if weights.get(f"lam_{n}", 1.0) > 0}
-        terms = [n for n, t in active.items() if not bool(torch.isfinite(t))]
+        terms = self._any_rank([n for n, t in active.items() if not bool(torch.isfinite(t))], list(active))
         groups: list[str] = []
         if cause == "grad":
             groups = sorted({self.group_of[id(p)] for p in self.model.parameters()
                              if p.grad is not None and not bool(torch.isfinite(p.grad).all())})
-            terms = self._attribute_grad_terms(phase, batch)
+            terms = self._any_rank(self._attribute_grad_terms(phase, batch), list(active))
             if phase.amp and self.device.type == "cuda" and not terms:
                 cause = "amp_overflow"
         self.optimizer.zero_grad(set_to_none=True)
@@ -287,7 +305,7 @@ class Trainer:
         self.consecutive_nonfinite += 1
         self.epoch_stats.n_skipped += 1
         # the skipped batch is step global_step + 1, as in the sampled train/* points of that batch
-        where = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step + 1)
+        where: dict[str, Any] = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step + 1)
         points = [MetricPoint(**where, key=keys.NONFINITE_CAUSE_PREFIX + cause, value=1.0)]
         points += [MetricPoint(**where, key=keys.NONFINITE_TERM_PREFIX + t, value=1.0) for t in terms]
         points += [MetricPoint(**where, key=keys.NONFINITE_GROUP_PREFIX + g, value=1.0) for g in groups]
@@ -298,6 +316,14 @@ class Trainer:
                 f"{self.consecutive_nonfinite} consecutive non-finite steps in phase {phase.name!r} "
                 f"(last at step {self.pos.global_step}: cause {cause}, loss terms {terms or '-'}, "
                 f"parameter groups {groups or '-'})", attribution)
+
+    def _any_rank(self, names: list[str], among: list[str]) -> list[str]:
+        """The names in `among` that some rank listed (this rank's own `names` on a single process)."""
+        if not self.dist.distributed or not among:
+            return names
+        flags = torch.tensor([float(n in names) for n in among], device=self.device)
+        self.dist.sum_(flags)
+        return [n for n, f in zip(among, flags.tolist(), strict=True) if f > 0]
 
     def _attribute_grad_terms(self, phase: PhaseConfig, batch: SceneBatch) -> list[str]:
         """Which weighted loss terms give non-finite gradients: recompute in fp32, one backward per term.
@@ -318,9 +344,14 @@ class Trainer:
     # ---------------------------------------------------------------- epoch end
     def _end_epoch(self, phase: PhaseConfig) -> None:
         stats = self.epoch_stats
+        if not self.dist.is_main:  # rank 0 validates, reports and checkpoints for every rank
+            self.pos.epoch += 1
+            self.pos.batch = 0
+            self.epoch_stats = _EpochStats()
+            return
         val = self._validate(phase)
         delta_total, delta_groups = self._delta_params()
-        where = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step)
+        where: dict[str, Any] = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step)
         values = {
             keys.TRAIN_EPOCH_LOSS: float(stats.loss_sum) / max(stats.n_finite, 1),
             keys.TRAIN_K_ACC: float(stats.k_correct) / max(stats.n_samples, 1),
@@ -338,7 +369,7 @@ class Trainer:
         self.pos.batch = 0
         self.epoch_stats = _EpochStats()
         self._save_checkpoint(phase, f"{phase.name}-last")
-        self.epoch_start = self._snapshot()
+        self.epoch_start = self._snapshot()  # rank 0 only: the other ranks report no parameter deltas
 
     @torch.no_grad()
     def _validate(self, phase: PhaseConfig) -> dict[str, float]:
@@ -354,7 +385,7 @@ class Trainer:
                 with self._autocast(phase):
                     out = self.model(batch.y, batch.H, batch.codes, batch.snr_db)
                     res = compute_loss(out, batch, phase.loss_weights, self.config.system)
-                k_pred = res_k_pred(out.k_logits)
+                k_pred = k_from_logits(out.k_logits)
                 counting.update(batch.k, k_pred)
                 a = res.assignment
                 errors = (out.azimuth.gather(1, a).float() - batch.azimuth,
@@ -364,7 +395,7 @@ class Trainer:
                 for lo, hi, name in keys.SNR_BINS_DB:
                     sel = (batch.snr_db >= lo) & (batch.snr_db < hi)
                     by_bin[name][0].update(batch.k[sel], k_pred[sel])
-                    by_bin[name][1].update(*(e[sel] for e in errors), batch.mask[sel])
+                    by_bin[name][1].update(errors[0][sel], errors[1][sel], errors[2][sel], batch.mask[sel])
                 loss_sum += float(res.total) * len(batch)
                 nmse_sum += float(res.terms["cov"]) * len(batch)
                 n += len(batch)
@@ -387,10 +418,12 @@ class Trainer:
     # ---------------------------------------------------------------- helpers
     def _log_step(self, phase: PhaseConfig, loss: Tensor, res: LossResult, lr: float) -> None:
         """Sampled per-step points; the only place (besides the epoch end) that reads values to the host."""
-        where = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step)
+        where: dict[str, Any] = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step)
         values = {keys.TRAIN_LOSS: float(loss), keys.TRAIN_LR: lr, keys.PROGRESS_FRACTION: self._progress(),
                   keys.TRAIN_GRAD_NORM: float(getattr(self, "_last_grad_norm", float("nan")))}
-        values.update({keys.TRAIN_LOSS_TERM_PREFIX + n: float(t.detach()) for n, t in res.terms.items()})
+        terms = torch.stack([t.detach().float() for t in res.terms.values()])
+        terms = self.dist.sum_(terms) / self.dist.world_size  # the mean over the ranks (every rank logs here)
+        values.update({keys.TRAIN_LOSS_TERM_PREFIX + n: float(t) for n, t in zip(res.terms, terms, strict=True)})
         # non-finite values are reported by the guard as events; the sampled series keeps finite points only
         self.sink.log_metrics([MetricPoint(**where, key=k, value=v) for k, v in values.items() if math.isfinite(v)])
 
@@ -409,11 +442,6 @@ class Trainer:
         for p in self.model.parameters():
             if p.requires_grad and p.grad is not None:
                 self.updated.add(self.names[id(p)])
-
-    def _plant_frozen_update(self, group: str) -> None:
-        with torch.no_grad():
-            for p in self.model.param_groups()[group]:
-                p.add_(1e-3)
 
     def _update_ema(self, phase: PhaseConfig) -> None:
         if self.ema is None or phase.ema_decay is None:
@@ -462,9 +490,11 @@ class Trainer:
             self._save_checkpoint(phase, f"{phase.name}-last")
 
     # ---------------------------------------------------------------- checkpoints
-    def _save_checkpoint(self, phase: PhaseConfig, name: str) -> CheckpointInfo:
-        """Write the full training state under `name` and report it to the sink."""
+    def _save_checkpoint(self, phase: PhaseConfig, name: str) -> CheckpointInfo | None:
+        """Write the full training state under `name` and report it to the sink (rank 0; None elsewhere)."""
         assert self.optimizer is not None
+        if not self.dist.is_main:
+            return None
         eval_state = self.ema if self.ema is not None else self.model.state_dict()
         state = {
             ckpt.KIND_KEY: self.kind,
@@ -479,7 +509,9 @@ class Trainer:
             ckpt.POSITION_KEY: {"phase_index": self.pos.phase_index, "phase": phase.name, "epoch": self.pos.epoch,
                                 "batch": self.pos.batch, "global_step": self.pos.global_step,
                                 # the phase that owns the optimizer/EMA state (one behind after a phase end)
-                                "optimizer_phase": phase.name},
+                                "optimizer_phase": phase.name,
+                                # the position counts global batches of world_size x batch_size scenes
+                                "world_size": self.dist.world_size},
             ckpt.COUNTERS_KEY: {"nonfinite_total": self.nonfinite_total,
                                 "consecutive_nonfinite": self.consecutive_nonfinite,
                                 "updated": sorted(self.updated),
@@ -519,8 +551,15 @@ class Trainer:
         state = ckpt.load_checkpoint(path, map_location=self.device)
         if state[ckpt.CONFIG_SHA_KEY] != self.config.sha256():
             raise CheckpointError(f"checkpoint {path.name} was written for another config; cannot resume")
-        self.model.load_state_dict(state[ckpt.MODEL_KEY])
         p = state[ckpt.POSITION_KEY]
+        written_by = int(p.get("world_size", 1))
+        if written_by != self.dist.world_size:
+            raise CheckpointError(
+                f"checkpoint {path.name} was written by a run of {written_by} training processes and this run has "
+                f"{self.dist.world_size}: its position counts steps of {written_by} x data.batch_size scenes, and "
+                "the steps per epoch, the learning-rate schedule and each process's scenes all depend on that "
+                f"number; resume with resources.gpus = {written_by}")
+        self.model.load_state_dict(state[ckpt.MODEL_KEY])
         self.pos = _Position(p["phase_index"], p["epoch"], p["batch"], p["global_step"])
         counters = state[ckpt.COUNTERS_KEY]
         self.nonfinite_total = counters["nonfinite_total"]
@@ -532,11 +571,6 @@ class Trainer:
         if self.device.type == "cuda" and state[ckpt.RNG_KEY]["cuda"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in state[ckpt.RNG_KEY]["cuda"]])
         self._resume_state = state
-
-
-def res_k_pred(k_logits: Tensor) -> Tensor:
-    """Predicted K in 1..K_MAX from logits [B, K_MAX] (class i ↔ K = i + 1, as the labels)."""
-    return k_logits.argmax(-1) + 1
 
 
 def lr_at(phase: PhaseConfig, step: int, total_steps: int) -> float:

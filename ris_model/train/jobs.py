@@ -8,16 +8,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from api_schemas import CheckpointInfo, DiagnosticJobConfig, MetricPoint, TrainingJobConfig
-from ris_model.diagnostics import diagnose
+from ris_model.diagnose.checks import diagnose
 from ris_model.errors import NonFiniteAbort
-from ris_model.faults import Faults
-from ris_model.network import RisNet
-from ris_model.sinks import MetricSink
-from ris_model.trainer import FitResult, StopReason, Trainer, never_stop
+from ris_model.model.network import RisNet
+from ris_model.train.distributed import SINGLE, DistContext
+from ris_model.train.hooks import NO_HOOKS, StepHooks
+from ris_model.train.sinks import MetricSink
+from ris_model.train.trainer import FitResult, StopReason, Trainer, never_stop
 
 __all__ = ["FitResult", "StopReason", "pick_device", "run_training_job"]
 
@@ -33,7 +35,8 @@ class _TeeSink:
     """Forwards to the caller's sink and keeps the points for the diagnostic checks."""
 
     def __init__(self, sink: MetricSink) -> None:
-        self.sink, self.points = sink, []  # type: list[MetricPoint]
+        self.sink = sink
+        self.points: list[MetricPoint] = []
 
     def log_metrics(self, points: Sequence[MetricPoint]) -> None:
         self.points.extend(points)
@@ -49,12 +52,16 @@ class _TeeSink:
 def run_training_job(config: TrainingJobConfig, *, sink: MetricSink, checkpoint_dir: Path,
                      device: str | None = None, resume_from: Path | None = None,
                      should_stop: Callable[[], StopReason | None] = never_stop,
-                     checkpoint_interval_s: float | None = None, faults: Faults | None = None) -> FitResult:
-    """Build the model, run every phase through the Trainer, and return the result.
+                     checkpoint_interval_s: float | None = None, hooks: StepHooks = NO_HOOKS,
+                     dist: DistContext = SINGLE) -> FitResult:
+    """Build the model, run every phase through the Trainer (with `hooks` at each step), and return the result.
 
     A DiagnosticJobConfig also gets its verdict (api_schemas.DiagnosticReport as JSON) in `FitResult.report`;
     when the run aborts on non-finite steps, the report rides on the NonFiniteAbort as `.report`.
     The sink is not closed here.
+
+    With `dist` (one rank of a data-parallel group, ris_model.train.distributed) every rank calls this with the
+    same config; rank 0 alone reports, checkpoints and builds the diagnostic's report.
     """
     dev = pick_device(device)
     torch.manual_seed(config.data.seed)
@@ -63,23 +70,23 @@ def run_training_job(config: TrainingJobConfig, *, sink: MetricSink, checkpoint_
     tee = _TeeSink(sink)
     trainer = Trainer(config, model, tee, dev, checkpoint_dir=checkpoint_dir,
                       checkpoint_interval_s=checkpoint_interval_s,
-                      kind="diagnostic" if is_diagnostic else "training", faults=faults)
+                      kind="diagnostic" if is_diagnostic else "training", hooks=hooks, dist=dist)
     started = time.perf_counter()
     try:
         result = trainer.fit(should_stop, resume_from=resume_from)
     except NonFiniteAbort as exc:
-        if is_diagnostic:
+        if is_diagnostic and dist.is_main:
             aborted = trainer.result_so_far()
             exc.report = _report(config, trainer, aborted, tee, time.perf_counter() - started)
         raise
-    if is_diagnostic and result.stopped is None:
+    if is_diagnostic and result.stopped is None and dist.is_main:
         result.report = _report(config, trainer, result, tee, time.perf_counter() - started)
     return result
 
 
 def _report(config: TrainingJobConfig, trainer: Trainer, result: FitResult, tee: _TeeSink,
-            train_seconds: float) -> dict:
+            train_seconds: float) -> dict[str, Any]:
     assert isinstance(config, DiagnosticJobConfig)
-    report = diagnose(config, trainer.model, result, tee.points, trainer.scenes,  # type: ignore[arg-type]
+    report = diagnose(config, trainer.model, result, tee.points, trainer.scenes,
                       confusion=trainer.last_confusion, train_seconds=train_seconds)
     return report.model_dump(mode="json")
