@@ -1,9 +1,9 @@
 """Data-parallel training over several processes: the process group, each rank's share of the scene stream,
 and the collectives the trainer needs (DESIGN §2.5, docs/ARCHITECTURE.md "Multi-GPU training").
 
-Owns: DistContext, backend_for, tcp_store, init_process_group, rank_share, n_global_batches, check_shardable,
-STOP_CODES. Imports no worker, Celery or HTTP code: the worker's launcher (worker/launcher.py) starts the
-processes and hands each its rank; this module only joins them.
+Owns: DistContext, StopReason, backend_for, tcp_store, init_process_group, rank_share, n_global_batches,
+check_shardable, STOP_CODES. Imports no worker, Celery or HTTP code: the worker's launcher (worker/launcher.py)
+starts the processes and hands each its rank; this module only joins them.
 
 The contract, shared by every rank:
 - a step has one *global batch* of `world_size x batch_size` scenes: the per-rank batch is the configured
@@ -26,11 +26,15 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch._C._distributed_c10d import TCPStore  # where torch.distributed itself takes it from (typed)
+from torch.distributed.distributed_c10d import Store
 
 Backend = Literal["nccl", "gloo"]
+#: Why a run stops before its end: a cancel request or the worker's time limit.
+StopReason = Literal["cancel", "timeout"]
 
 #: The stop reasons as the integers that ranks all-reduce (max): rank 0 decides, every rank follows.
-STOP_CODES: dict[str | None, int] = {None: 0, "cancel": 1, "timeout": 2}
+STOP_CODES: dict[StopReason | None, int] = {None: 0, "cancel": 1, "timeout": 2}
 _STOP_REASONS = {code: reason for reason, code in STOP_CODES.items()}
 
 #: Seconds the ranks have to reach rank 0's store.
@@ -44,14 +48,14 @@ def backend_for(device: torch.device) -> Backend:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def tcp_store(port: int, world_size: int, *, is_master: bool) -> tuple[dist.Store, int]:
+def tcp_store(port: int, world_size: int, *, is_master: bool) -> tuple[Store, int]:
     """Rank 0's rendezvous store on 127.0.0.1 (port 0: a free one), or a client of it; and its port."""
-    store = dist.TCPStore("127.0.0.1", port, world_size, is_master=is_master, timeout=STORE_TIMEOUT,
+    store = TCPStore("127.0.0.1", port, world_size, is_master=is_master, timeout=STORE_TIMEOUT,
                           wait_for_workers=False)
     return store, int(store.port)
 
 
-def init_process_group(store: dist.Store, *, rank: int, world_size: int, device: torch.device) -> None:
+def init_process_group(store: Store, *, rank: int, world_size: int, device: torch.device) -> None:
     """Join the default process group through `store` (a TCPStore that rank 0 hosts)."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -108,7 +112,7 @@ class DistContext:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
-    def agree_stop(self, reason: str | None, device: torch.device) -> str | None:
+    def agree_stop(self, reason: StopReason | None, device: torch.device) -> StopReason | None:
         """Rank 0's stop reason, on every rank (the other ranks pass None)."""
         if not self.distributed:
             return reason

@@ -16,10 +16,10 @@ from api_schemas import CheckpointInfo, DiagnosticJobConfig, MetricPoint, Traini
 from ris_model.diagnose.checks import diagnose
 from ris_model.errors import NonFiniteAbort
 from ris_model.model.network import RisNet
-from ris_model.train.distributed import SINGLE, DistContext
+from ris_model.train.distributed import SINGLE, DistContext, StopReason
 from ris_model.train.hooks import NO_HOOKS, StepHooks
 from ris_model.train.sinks import MetricSink
-from ris_model.train.trainer import FitResult, StopReason, Trainer, never_stop
+from ris_model.train.trainer import FitResult, Trainer, never_stop
 
 __all__ = ["FitResult", "StopReason", "pick_device", "run_training_job"]
 

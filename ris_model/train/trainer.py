@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -39,11 +39,9 @@ from ris_model.metrics import CountingTally, GeometryTally
 from ris_model.model.network import ModelOutput, RisNet, k_from_logits
 from ris_model.scenes import SceneBatch, SceneSource
 from ris_model.train import checkpoint as ckpt
-from ris_model.train.distributed import SINGLE, DistContext, check_shardable
+from ris_model.train.distributed import SINGLE, DistContext, StopReason, check_shardable
 from ris_model.train.hooks import NO_HOOKS, StepHooks
 from ris_model.train.sinks import MetricSink
-
-StopReason = Literal["cancel", "timeout"]
 
 
 def never_stop() -> StopReason | None:
