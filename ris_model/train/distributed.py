@@ -1,9 +1,10 @@
-"""Data-parallel training over several processes: the process group, each rank's share of the scene stream,
-and the collectives the trainer needs (DESIGN §2.5, docs/ARCHITECTURE.md "Multi-GPU training").
+"""Data-parallel training over several processes: the process group and the collectives the trainer needs
+(DESIGN §2.5, docs/ARCHITECTURE.md "Multi-GPU training").
 
-Owns: DistContext, StopReason, backend_for, tcp_store, init_process_group, rank_share, n_global_batches,
-check_shardable, STOP_CODES. Imports no worker, Celery or HTTP code: the worker's launcher (worker/launcher.py)
-starts the processes and hands each its rank; this module only joins them.
+Owns: DistContext, StopReason, backend_for, tcp_store, init_process_group and STOP_CODES; each rank's share
+of the scenes is ris_model.scenes' (rank_share, n_global_batches, check_shardable). Imports no worker, Celery
+or HTTP code: the worker's launcher (worker/launcher.py) starts the processes and hands each its rank; this
+module only joins them.
 
 The contract, shared by every rank:
 - a step has one *global batch* of `world_size x batch_size` scenes: the per-rank batch is the configured
@@ -18,7 +19,6 @@ The contract, shared by every rank:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
@@ -62,32 +62,6 @@ def init_process_group(store: Store, *, rank: int, world_size: int, device: torc
     dist.init_process_group(backend_for(device), store=store, rank=rank, world_size=world_size,
                             timeout=COLLECTIVE_TIMEOUT,
                             device_id=device if device.type == "cuda" else None)
-
-
-def n_global_batches(n_train: int, batch_size: int, world_size: int) -> int:
-    """Optimizer steps per epoch: global batches of world_size x batch_size scenes over n_train scenes."""
-    return math.ceil(n_train / (batch_size * world_size))
-
-
-def rank_share(n_train: int, batch_size: int, world_size: int, rank: int, batch: int) -> tuple[int, int]:
-    """(first scene index, number of scenes) of `rank`'s part of global batch `batch` of an epoch."""
-    per_step = batch_size * world_size
-    start = batch * per_step
-    n = min(per_step, n_train - start)
-    if n == per_step:
-        return start + rank * batch_size, batch_size
-    base, extra = divmod(n, world_size)  # the last, short global batch: as even as possible, in rank order
-    return start + rank * base + min(rank, extra), base + (rank < extra)
-
-
-def check_shardable(n_train: int, batch_size: int, world_size: int) -> None:
-    """Raise ValueError when some rank would get no scene in the last global batch of an epoch."""
-    last = n_train - (n_global_batches(n_train, batch_size, world_size) - 1) * batch_size * world_size
-    if last < world_size:
-        raise ValueError(
-            f"data.n_train ({n_train}) leaves a last step of {last} scenes for {world_size} processes; "
-            f"every process needs at least one: make n_train a multiple of {world_size} x data.batch_size "
-            f"({world_size * batch_size}) or leave at least {world_size} scenes for the last step")
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,9 @@ from ris_model.errors import CheckpointError, NonFiniteAbort, NonFiniteAttributi
 from ris_model.losses import LossResult, compute_loss
 from ris_model.metrics import CountingTally, GeometryTally
 from ris_model.model.network import ModelOutput, RisNet, k_from_logits
-from ris_model.scenes import SceneBatch, SceneSource
+from ris_model.scenes import SceneBatch, SceneSource, check_shardable
 from ris_model.train import checkpoint as ckpt
-from ris_model.train.distributed import SINGLE, DistContext, StopReason, check_shardable
+from ris_model.train.distributed import SINGLE, DistContext, StopReason
 from ris_model.train.hooks import NO_HOOKS, StepHooks
 from ris_model.train.sinks import MetricSink
 
