@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict
 
-from ris_model.train.distributed import SINGLE, DistContext, init_process_group, tcp_store
+from ris_model.train.distributed import SINGLE, DistContext, all_ready, init_process_group, tcp_store
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,11 @@ def rank_group(spec: RankSpec) -> Iterator[RankGroup]:
         log.info("started ranks 1..%d of job %s (pids %s)", spec.world_size - 1, spec.label,
                  ", ".join(str(p.pid) for p in procs.values()))
         watchdog.start()
+        # join only once every rank runs: a rank that dies while starting would leave the join waiting
+        while not all_ready(store, spec.world_size):
+            if watchdog.lost is not None:
+                raise RuntimeError("a training process died before it joined the group")
+            time.sleep(WATCH_INTERVAL_S)
         init_process_group(store, rank=0, world_size=spec.world_size, device=device)
         yield RankGroup(DistContext(rank=0, world_size=spec.world_size), device)
         ok = True

@@ -60,13 +60,14 @@ def run_rank(spec: RankSpec) -> None:
     """Join the group and train this rank's share of the job."""
     import torch.distributed as dist
 
-    from ris_model.train.distributed import DistContext, init_process_group, tcp_store
+    from ris_model.train.distributed import DistContext, init_process_group, say_ready, tcp_store
     from ris_model.train.jobs import run_training_job
     from ris_model.train.sinks import NullSink
     from worker.tasks import build_config, training_hooks
 
     device = rank_device(spec.device, spec.rank)
     store, _ = tcp_store(spec.store_port, spec.world_size, is_master=False)
+    say_ready(store, spec.rank)
     init_process_group(store, rank=spec.rank, world_size=spec.world_size, device=device)
     config = build_config(spec.kind, spec.config)
     try:

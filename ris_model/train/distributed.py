@@ -1,8 +1,8 @@
 """Data-parallel training over several processes: the process group and the collectives the trainer needs
 (DESIGN §2.5, docs/ARCHITECTURE.md "Multi-GPU training").
 
-Owns: DistContext, StopReason, backend_for, tcp_store, init_process_group and STOP_CODES; each rank's share
-of the scenes is ris_model.scenes' (rank_share, n_global_batches, check_shardable). Imports no worker, Celery
+Owns: DistContext, StopReason, backend_for, tcp_store, say_ready, all_ready, init_process_group, STOP_CODES;
+each rank's share of the scenes is ris_model.scenes' (rank_share, n_global_batches, check_shardable). Imports no worker, Celery
 or HTTP code: the worker's launcher (worker/launcher.py) starts the processes and hands each its rank; this
 module only joins them.
 
@@ -53,6 +53,16 @@ def tcp_store(port: int, world_size: int, *, is_master: bool) -> tuple[Store, in
     store = TCPStore("127.0.0.1", port, world_size, is_master=is_master, timeout=STORE_TIMEOUT,
                           wait_for_workers=False)
     return store, int(store.port)
+
+
+def say_ready(store: Store, rank: int) -> None:
+    """Tell rank 0 (through the store) that this rank runs and is about to join the group."""
+    store.set(f"rank-ready/{rank}", "1")
+
+
+def all_ready(store: Store, world_size: int) -> bool:
+    """Whether every rank 1..world_size-1 said it is ready (a non-blocking look at the store)."""
+    return bool(store.check([f"rank-ready/{r}" for r in range(1, world_size)]))
 
 
 def init_process_group(store: Store, *, rank: int, world_size: int, device: torch.device) -> None:
