@@ -2,9 +2,9 @@
 (DESIGN §2.5, docs/ARCHITECTURE.md "Multi-GPU training").
 
 Owns: DistContext, StopReason, backend_for, tcp_store, say_ready, all_ready, init_process_group, STOP_CODES;
-each rank's share of the scenes is ris_model.scenes' (rank_share, n_global_batches, check_shardable). Imports no worker, Celery
-or HTTP code: the worker's launcher (worker/launcher.py) starts the processes and hands each its rank; this
-module only joins them.
+each rank's share of the scenes is ris_model.scenes' (rank_share, n_global_batches, check_shardable).
+Imports no worker, Celery or HTTP code: the worker's launcher (worker/launcher.py) starts the processes and
+hands each its rank; this module only joins them.
 
 The contract, shared by every rank:
 - a step has one *global batch* of `world_size x batch_size` scenes: the per-rank batch is the configured
