@@ -56,6 +56,10 @@ MUTATIONS = (
     Mutation("azimuth and elevation swapped when building A", "ris_model/scenes.py",
              "A = steering(system, az, el, torch.where(", "A = steering(system, el, az, torch.where(",
              ("tests/ris_model/test_scene_contract.py",)),
+    Mutation("the reaper's last-resort terminate not sent", "worker/reaper.py",
+             '            self._producer.control.revoke(task_id, terminate=True, signal="SIGKILL")\n',
+             "            pass\n",
+             ("tests/fault/test_reaper_terminate.py",)),
 )
 
 
