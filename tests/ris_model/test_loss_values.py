@@ -199,3 +199,31 @@ def test_compute_loss_total_is_each_weight_times_its_own_term() -> None:
     assert all(float(v) > 0 for v in t.values()), {n: float(v) for n, v in t.items()}
     expected = 2.0 * t["cov"] + 3.0 * t["k"] + 5.0 * t["aux"] + 7.0 * t["gap"] + 11.0 * t["margin"]
     assert_close(res.total, expected)
+
+
+def test_compute_loss_with_every_weight_zero_is_a_zero_tensor() -> None:
+    batch = _batch([1, 2])
+    res = compute_loss(_out(batch, cov_factor=1.1 * batch.covariance_factor()), batch,
+                       LossWeights(lam_cov=0.0, lam_k=0.0, lam_aux=0.0), SYSTEM)
+    assert isinstance(res.total, torch.Tensor) and res.total.shape == () and float(res.total) == 0.0
+    assert float(res.terms["cov"]) > 0  # the terms are still reported
+
+
+def test_compute_loss_returns_the_set_losss_assignment() -> None:
+    batch = _batch([2, 3])
+    perm = torch.tensor([2, 0, 1])
+    out = _out(batch, azimuth=batch.azimuth[:, perm], elevation=batch.elevation[:, perm],
+               range_m=batch.range_m[:, perm])
+    res = compute_loss(out, batch, LossWeights(), SYSTEM)
+    expected, _ = geometry_set_loss(out, batch, SYSTEM)
+    assert torch.equal(res.assignment, expected)
+    assert res.assignment[1].tolist() == [1, 2, 0]  # true source j sits in predicted slot perm⁻¹[j]
+
+
+def test_eigen_terms_normalize_each_scene_by_its_own_energy() -> None:
+    # scene 2 has a thousandth of scene 1's energy, scene 3 a millionth: each is normalized on its own, so all
+    # three give the same values (the eigenvalues are not divided by a batch total, nor floored at 1)
+    eigs = torch.cat([EIGS, 1e-3 * EIGS, 1e-6 * EIGS])
+    k = torch.tensor([1, 1, 1])
+    assert_close(subspace_margin(eigs, k), torch.tensor(0.5))
+    assert_close(eigengap_hinge(eigs, k), torch.tensor(0.5 - 0.1 / (0.5 + 1e-6), dtype=torch.float32))
