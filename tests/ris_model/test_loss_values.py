@@ -89,6 +89,11 @@ def test_covariance_nmse_hand_values() -> None:
     assert_close(covariance_nmse(both, e0), torch.tensor(0.5))
 
 
+def test_covariance_nmse_takes_a_double_precision_prediction() -> None:
+    # a float64 model gives a complex128 factor; the target stays complex64
+    assert_close(covariance_nmse(_unit(4, 1).to(torch.complex128), _unit(4, 0)), torch.tensor(2.0))
+
+
 def test_covariance_nmse_of_a_zero_target_is_bounded_by_the_floor() -> None:
     # a zero target (no energy) divides by the 1e-12 floor, not by zero
     value = covariance_nmse(_unit(4, 0), torch.zeros(1, 4, 1, dtype=torch.complex64))
