@@ -27,13 +27,13 @@ class Mutation:
 
 
 MUTATIONS = (
-    Mutation("resume restores nothing (returns after the config check)", "ris_model/trainer.py",
+    Mutation("resume restores nothing (returns after the config check)", "ris_model/train/trainer.py",
              'was written for another config; cannot resume")\n',
              'was written for another config; cannot resume")\n        return\n',
-             ("tests/ris_model/test_resume_exact.py",)),
-    Mutation("resume does not restore the RNG state", "ris_model/trainer.py",
+             ("tests/ris_model/train/test_resume_exact.py",)),
+    Mutation("resume does not restore the RNG state", "ris_model/train/trainer.py",
              '        torch.set_rng_state(state[ckpt.RNG_KEY]["torch"].cpu())\n', "",
-             ("tests/ris_model/test_resume_exact.py",)),
+             ("tests/ris_model/train/test_resume_exact.py",)),
     Mutation("RUNNING a source of CANCELLED", "server/store/jobs.py",
              "S.CANCELLED: frozenset({S.QUEUED, S.CANCELLING}),",
              "S.CANCELLED: frozenset({S.QUEUED, S.CANCELLING, S.RUNNING}),",

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from api_schemas import ModelConfig, SystemConfig
-from ris_model import checkpoint as ckpt
-from ris_model.network import RisNet
+from ris_model.model.network import RisNet
+from ris_model.train import checkpoint as ckpt
 
 #: every key the trainer writes (the format marker is added by save_checkpoint)
 TRAINING_CHECKPOINT_KEYS = frozenset({

@@ -20,7 +20,7 @@ from ris_model.losses import (
     match_slots,
     subspace_margin,
 )
-from ris_model.network import ModelOutput
+from ris_model.model.network import ModelOutput
 from ris_model.scenes import SceneBatch, generate_scenes, make_generator
 
 CPU = torch.device("cpu")

@@ -21,9 +21,9 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from api_schemas import LossWeights, ModelConfig
 from api_schemas import metrics as keys
-from ris_model import checkpoint as ckpt
-from ris_model.sinks import MemorySink
-from ris_model.trainer import FitResult, StopReason, Trainer
+from ris_model.train import checkpoint as ckpt
+from ris_model.train.sinks import MemorySink
+from ris_model.train.trainer import FitResult, StopReason, Trainer
 from tests.ris_model.conftest import make_model, tiny_config, tiny_phase
 
 BATCHES_PER_EPOCH = 4  # tiny_config: n_train 64, batch 16
