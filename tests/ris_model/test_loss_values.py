@@ -232,3 +232,36 @@ def test_eigen_terms_normalize_each_scene_by_its_own_energy() -> None:
     k = torch.tensor([1, 1, 1])
     assert_close(subspace_margin(eigs, k), torch.tensor(0.5))
     assert_close(eigengap_hinge(eigs, k), torch.tensor(0.5 - 0.1 / (0.5 + 1e-6), dtype=torch.float32))
+
+
+def test_set_loss_averages_over_the_valid_sources_of_the_whole_batch() -> None:
+    # two scenes: the first as in the hand value above (errors 0.625 and 1.5), the second exact; three sources
+    batch = _batch([2, 1])
+    out = _out(batch)
+    out.azimuth[0, 0] += math.radians(5.0)
+    out.range_m[0, 0] += 0.5
+    out.elevation[0, 1] += math.radians(10.0)
+    _, loss = geometry_set_loss(out, batch, SYSTEM)
+    assert_close(loss, torch.tensor((0.5 + 0.125 + 1.5) / 3 + math.log(2.0)), rtol=1e-5, atol=1e-6)
+
+
+def test_set_loss_of_a_single_source_is_its_own_error() -> None:
+    batch = _batch([1])
+    out = _out(batch)
+    out.azimuth[0, 0] += math.radians(5.0)  # scaled error 1: Huber ½
+    _, loss = geometry_set_loss(out, batch, SYSTEM)
+    assert_close(loss, torch.tensor(0.5 + math.log(2.0)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [6, 7], ids=["permutations", "hungarian"])
+def test_match_slots_finds_a_planted_permutation(k: int) -> None:
+    # cost 0 where predicted slot i = perm[j] serves true slot j, 1 elsewhere; with K = 7 the Hungarian path
+    perm = torch.tensor([3, 0, 6, 1, 5, 2, 4][:k]) if k == 7 else torch.tensor([3, 0, 5, 1, 4, 2])
+    cost = torch.ones(2, k, k)
+    cost[:, perm, torch.arange(k)] = 0.0
+    mask = torch.ones(2, k, dtype=torch.bool)
+    mask[1, k - 2:] = False  # the second scene: its last two true slots absent
+    got = match_slots(cost, mask)
+    assert got.dtype == torch.long and got.shape == (2, k)
+    assert got[0].tolist() == perm.tolist()
+    assert got[1, : k - 2].tolist() == perm[: k - 2].tolist()
