@@ -34,6 +34,7 @@ from server.store import ArtifactStore, create_job, create_schema, get_job, make
 from server.store.artifacts import file_sha256
 from server.store.models import CheckpointRow, MetricRow
 from tests.factories import tiny_config
+from tests.services import service_missing
 from worker.cli import redis_answers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,7 +90,7 @@ class RedisServer:
     def __init__(self, directory: Path) -> None:
         binary = shutil.which("redis-server")
         if binary is None or shutil.which("redis-cli") is None:
-            pytest.skip("redis-server/redis-cli are not installed (apt-get install redis-server)")
+            service_missing("redis-server", "PATH", "redis-server/redis-cli not installed (apt-get install it)")
         self._binary = binary
         self._dir = directory
         self.port = free_port()

@@ -133,18 +133,24 @@ def test_every_torch_load_in_the_service_is_weights_only() -> None:
 
 
 class _Exploit:
+    """Unpickled by a full unpickler, it writes `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Path.write_text, (Path("/tmp/ris-jobs-pwned"), "pwned"))
+        return (Path.write_text, (self.marker, "pwned"))
 
 
 def test_a_checkpoint_holding_code_is_refused_and_never_run(tmp_path: Path) -> None:
     from ris_model.errors import CheckpointError
     from ris_model.train.checkpoint import load_checkpoint
 
-    marker = Path("/tmp/ris-jobs-pwned")
-    marker.unlink(missing_ok=True)
+    marker = tmp_path / "pwned"
     hostile = tmp_path / "hostile.pt"
-    hostile.write_bytes(pickle.dumps({"model": _Exploit()}))
-    with pytest.raises(CheckpointError):
+    hostile.write_bytes(pickle.dumps({"model": _Exploit(marker)}))
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
         load_checkpoint(hostile)
     assert not marker.exists(), "the pickle's code ran"
+    pickle.loads(hostile.read_bytes())  # the payload is live: a full unpickler runs it
+    assert marker.read_text() == "pwned"

@@ -13,8 +13,10 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_schemas import FailureReason, JobKind, JobState
+from api_schemas.metrics import VAL_K_ACC
 from server.settings import Settings
-from server.store import ArtifactStore, create_job, get_job, list_checkpoints
+from server.store import ArtifactStore, create_job, get_job, list_checkpoints, read_points
+from tests.checkpoints import assert_training_checkpoint
 from tests.worker.configs import quick_diagnostic_config
 from worker.tasks import execute_job, worker_deadline_s
 
@@ -50,7 +52,12 @@ def test_execute_job_tiny_diagnostic_succeeds_with_final_checkpoint(sessions, se
         names = [c.name for c in list_checkpoints(s, job_id)]
     assert job.state == JobState.SUCCEEDED
     assert "final" in names
-    assert job.latest_metrics.get("val/k_acc") is not None
+    # the job's latest value is the last stored point, and a share of the val scenes
+    with sessions() as s:
+        history = read_points(s, job_id, keys=[VAL_K_ACC]).points
+    k_acc, n_val = job.latest_metrics[VAL_K_ACC], quick_diagnostic_config()["data"]["n_val"]
+    assert [p.value for p in history][-1] == k_acc
+    assert k_acc * n_val == pytest.approx(round(k_acc * n_val), abs=1e-6)
 
 
 def test_execute_job_diagnostic_stores_the_report(sessions, settings) -> None:
@@ -126,4 +133,4 @@ def test_execute_job_worker_deadline_fails_timeout_with_a_stop_checkpoint(sessio
     assert job.failure_reason == FailureReason.TIMEOUT
     assert checkpoints, "the stop checkpoint must stay downloadable"
     path = ArtifactStore(settings.artifact_dir).resolve(job_id, checkpoints[-1].path)
-    assert isinstance(torch.load(path, weights_only=True), dict)
+    assert_training_checkpoint(torch.load(path, weights_only=True), kind="diagnostic", phase="k_only")

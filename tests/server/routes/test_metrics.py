@@ -110,10 +110,8 @@ def test_stream_forwards_live_points_once_and_closes_at_terminal_state(
 
     thread = threading.Thread(target=worker)
     thread.start()
-    started = time.monotonic()
     r = client.get(f"/v1/jobs/{job.id}/metrics/stream")
     thread.join()
     events = _events(r.text)
     assert [e.get("id") for e in events if e["event"] == "metric"] == ["1", "2", "3", "4", "5"]
     assert [json.loads(e["data"])["state"] for e in events if e["event"] == "state"] == ["RUNNING", "SUCCEEDED"]
-    assert time.monotonic() - started < 10
