@@ -1,6 +1,7 @@
 """Engines, schema and sessions of the job store (DESIGN §3.3).
 
-Owns: `make_engine` (SQLite in WAL mode by default, PostgreSQL through psycopg 3), `create_schema`,
+Owns: `make_engine` (SQLite in WAL mode by default, PostgreSQL through psycopg 3), `create_schema` (Alembic's
+upgrade to the newest revision, see `server.store.migrate`),
 `make_session_factory`, `utcnow`. Must not import FastAPI or torch.
 
 Transactions: every store function that writes opens its own transaction (ending any read the session had
@@ -18,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from server.store.models import Base
+from server.store.migrate import upgrade_schema
 
 #: How long SQLite waits for the write lock before it raises "database is locked", milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -62,8 +63,10 @@ def make_engine(url: str) -> Engine:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create every table and index that does not exist yet (no migrations: the schema is additive)."""
-    Base.metadata.create_all(engine)
+    """Bring the database to the newest schema revision with Alembic (`server.store.migrate.upgrade_schema`):
+    an empty database is created, one that predates migrations is stamped and upgraded, one at the newest
+    revision is left as it is."""
+    upgrade_schema(engine)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -1,0 +1,83 @@
+"""Schema migrations of the job store, run programmatically with Alembic (DESIGN §3.3).
+
+Owns: `upgrade_schema` (bring a database to the newest revision: create it, stamp a database that predates
+migrations, apply what is missing), `current_revision`, `head_revision` and `schema_diff` (what differs between
+the models and a database). The revisions live in `server/store/migrations/` (package data).
+
+One runner at a time: on PostgreSQL the upgrade holds a transaction-scoped advisory lock, so API processes
+and `ris-jobs migrate` that start together apply each revision once; on SQLite the database's write lock
+serializes them. Every revision runs in the same transaction as its version stamp (PostgreSQL's DDL is
+transactional), so a crash leaves the database at the previous revision.
+
+Must not import FastAPI or torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, inspect, text
+
+from server.store.models import Base
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+#: The revision that equals the schema `create_all` built before migrations existed.
+BASELINE_REVISION = "0001"
+#: Key of PostgreSQL's advisory lock held while migrating (any constant; "ris-jobs" in ASCII, truncated).
+_PG_LOCK_KEY = 0x7269732D6A6F6273
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic config pointing at the packaged revisions; `connection` is what env.py migrates."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    """The newest revision shipped with this package."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migrations found in {MIGRATIONS_DIR}")
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The database's revision; None for an empty database or one that predates migrations."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def _predates_migrations(connection: Connection) -> bool:
+    tables = set(inspect(connection).get_table_names())
+    return "jobs" in tables and "alembic_version" not in tables
+
+
+def upgrade_schema(engine: Engine, revision: str = "head") -> None:
+    """Bring the database to `revision` (default: the newest).
+
+    An empty database gets every revision; one built by `create_all` before migrations existed (tables, no
+    alembic_version) is stamped BASELINE_REVISION first; one already at `revision` is left as it is.
+    """
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+        config = alembic_config(connection)
+        if _predates_migrations(connection):
+            command.stamp(config, BASELINE_REVISION)
+        command.upgrade(config, revision)
+
+
+def schema_diff(engine: Engine) -> list[Any]:
+    """Differences between the models (`Base.metadata`) and the database; [] when they agree."""
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
