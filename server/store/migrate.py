@@ -1,8 +1,8 @@
 """Schema migrations of the job store, run programmatically with Alembic (DESIGN §3.3).
 
-Owns: `upgrade_schema` (bring a database to the newest revision: create it, stamp a database that predates
-migrations, apply what is missing), `current_revision`, `head_revision` and `schema_diff` (what differs between
-the models and a database). The revisions live in `server/store/migrations/` (package data).
+Owns: `VERSION_TABLE`, `upgrade_schema` (bring a database to the newest revision: create it, stamp a database
+that predates migrations, apply what is missing), `current_revision`, `head_revision` and `schema_diff` (what
+differs between the models and a database). The revisions live in `server/store/migrations/` (package data).
 
 One runner at a time: on PostgreSQL the upgrade holds a transaction-scoped advisory lock, so API processes
 and `ris-jobs migrate` that start together apply each revision once; on SQLite the database's write lock
@@ -29,6 +29,9 @@ from server.store.models import Base
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 #: The revision that equals the schema `create_all` built before migrations existed.
 BASELINE_REVISION = "0001"
+#: Where the job store's revision is kept (Alembic's default `alembic_version` belongs to other tools sharing the
+#: database, e.g. Optuna's study storage).
+VERSION_TABLE = "ris_jobs_alembic_version"
 #: Key of PostgreSQL's advisory lock held while migrating (any constant; "ris-jobs" in ASCII, truncated).
 _PG_LOCK_KEY = 0x7269732D6A6F6273
 
@@ -53,12 +56,12 @@ def head_revision() -> str:
 def current_revision(engine: Engine) -> str | None:
     """The database's revision; None for an empty database or one that predates migrations."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
 
 
 def _predates_migrations(connection: Connection) -> bool:
     tables = set(inspect(connection).get_table_names())
-    return "jobs" in tables and "alembic_version" not in tables
+    return "jobs" in tables and VERSION_TABLE not in tables
 
 
 def upgrade_schema(engine: Engine, revision: str = "head") -> None:
@@ -76,8 +79,15 @@ def upgrade_schema(engine: Engine, revision: str = "head") -> None:
         command.upgrade(config, revision)
 
 
+def _ours(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Compare only the job store's tables (others in the same database, e.g. Optuna's, are not ours)."""
+    return type_ != "table" or name in Base.metadata.tables
+
+
 def schema_diff(engine: Engine) -> list[Any]:
-    """Differences between the models (`Base.metadata`) and the database; [] when they agree."""
+    """Differences between the models (`Base.metadata`) and the job store's tables; [] when they agree."""
     with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "version_table": VERSION_TABLE, "include_name": _ours}
+        )
         return list(compare_metadata(context, Base.metadata))

@@ -16,7 +16,14 @@ from sqlalchemy import Engine, text
 
 from server.store import get_job, list_checkpoints, list_events, make_engine, make_session_factory, read_points
 from server.store.db import create_schema
-from server.store.migrate import BASELINE_REVISION, current_revision, head_revision, schema_diff, upgrade_schema
+from server.store.migrate import (
+    BASELINE_REVISION,
+    VERSION_TABLE,
+    current_revision,
+    head_revision,
+    schema_diff,
+    upgrade_schema,
+)
 from server.store.principals import ADMIN
 from tests.server.conftest import _reachable_pg_url
 
@@ -124,10 +131,10 @@ def test_revision_1_database_upgrades_with_its_data_intact(empty_engine: Engine)
 
 
 def test_database_from_before_migrations_is_stamped_then_upgraded(empty_engine: Engine) -> None:
-    """A database that `create_all` built before migrations existed has the tables but no alembic_version."""
+    """A database that `create_all` built before migrations existed has the tables but no version table."""
     upgrade_schema(empty_engine, BASELINE_REVISION)
     with empty_engine.begin() as conn:
-        conn.execute(text("DROP TABLE alembic_version"))
+        conn.execute(text(f"DROP TABLE {VERSION_TABLE}"))
     assert current_revision(empty_engine) is None
     ids = _fill_revision_1(empty_engine)
     create_schema(empty_engine)
