@@ -17,11 +17,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_schemas import FieldError, JobKind, Problem
 from server.dispatch import DispatchError
+from server.ratelimit import RateLimited
+from server.store.db import is_transient
 from server.store.errors import (
     ArtifactRejected,
     CheckpointNotFound,
@@ -37,6 +40,8 @@ from server.store.errors import (
 )
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+#: Retry-After of a 503 while the job store is unreachable, seconds (a database restart takes a few).
+STORE_RETRY_AFTER_S = 5
 #: Kinds that the API accepts in JobCreate (every JobKind since evaluation jobs exist, issue 6).
 IMPLEMENTED_KINDS = (JobKind.DIAGNOSTIC.value, JobKind.TRAINING.value, JobKind.EVALUATION.value)
 #: Methods whose body must be JSON. Only POST has routes; PUT/PATCH fall through to routing's 405.
@@ -70,6 +75,10 @@ class JobNotDispatched(ApiError):
         )
         self.job_id = job_id
         self.cause = cause
+
+
+class StoreUnavailable(ApiError):
+    """The job store could not be reached (HTTP 503 with Retry-After); nothing was changed by the request."""
 
 
 class NotReady(ApiError):
@@ -152,7 +161,10 @@ def _api_error(request: Request, exc: Exception) -> JSONResponse:
             extensions={"job_id": exc.job_id},
         )
     if isinstance(exc, NotReady):
-        return problem_response(503, str(exc), instance=path, extensions={"checks": exc.checks})
+        return problem_response(503, str(exc), instance=path, extensions={"checks": exc.checks},
+                                headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
+    if isinstance(exc, StoreUnavailable):
+        return problem_response(503, str(exc), instance=path, headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
     log.error("unmapped API error on %s: %r", path, exc)
     return problem_response(500, "internal error", instance=path)
 
@@ -192,6 +204,21 @@ def field_errors(errors: Sequence[Any]) -> list[FieldError]:
     return out
 
 
+def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """A database error: 503 + Retry-After when the store is unreachable (a restart), else a logged 500. The
+    driver's message (host names, SQL) never reaches the client."""
+    if is_transient(exc):
+        log.warning("job store unavailable on %s: %s", request.url.path, str(exc).splitlines()[0])
+        return _api_error(request, StoreUnavailable("the job store is unavailable; retry shortly"))
+    log.error("database error on %s: %r", request.url.path, exc)
+    return problem_response(500, "internal error", instance=request.url.path)
+
+
+def _rate_limited(request: Request, exc: Exception) -> JSONResponse:
+    retry_after_s = cast(RateLimited, exc).retry_after_s  # registered for this type only
+    return problem_response(429, str(exc), instance=request.url.path, headers={"Retry-After": str(retry_after_s)})
+
+
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     errors = cast(RequestValidationError, exc).errors()  # registered for this type only
     if any(e.get("type") == "json_invalid" for e in errors):
@@ -228,6 +255,8 @@ def install_error_handlers(app: FastAPI) -> None:
     """Register every domain → problem+json mapping on `app`, and document it in the OpenAPI schema."""
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(SQLAlchemyError, _database_error)
+    app.add_exception_handler(RateLimited, _rate_limited)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     _document_problems(app)

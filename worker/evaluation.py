@@ -28,6 +28,7 @@ from api_schemas.metrics import PROGRESS_FRACTION
 from server.store import get_checkpoint
 from server.store.artifacts import ARTIFACT_MEDIA_TYPES, ArtifactStore, artifact_path, checkpoint_file, write_atomic
 from server.store.errors import ArtifactRejected, CheckpointNotFound, JobNotFound, LeaseLost, UploadNotFound
+from server.store.principals import WORKER
 from server.store.uploads import upload_file
 from worker.failures import TrainerFailed, UserInputRejected
 
@@ -57,9 +58,9 @@ def resolve_checkpoint(config: EvaluationJobConfig, *, sessions: sessionmaker[Se
     try:
         if isinstance(source, JobCheckpointSource):
             with sessions() as session:
-                row = get_checkpoint(session, source.job_id, source.checkpoint)
+                row = get_checkpoint(session, source.job_id, source.checkpoint, principal=WORKER)
                 return checkpoint_file(artifacts, row)
-        return upload_file(artifacts, source.upload_id)
+        return upload_file(artifacts, source.upload_id, principal=WORKER)
     except (JobNotFound, CheckpointNotFound, UploadNotFound, ArtifactRejected) as exc:
         raise UserInputRejected(f"checkpoint source {source.model_dump()} cannot be used: {exc}") from exc
 

@@ -46,6 +46,7 @@ from server.store import job_queries as store_queries
 from server.store import jobs as store_jobs
 from server.store.db import make_engine, make_session_factory, utcnow
 from server.store.jobs import ReapOutcome
+from server.store.principals import REAPER
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,8 @@ class Reaper:
         page_token: str | None = None
         with self._sessions() as session:
             while True:
-                page = store_queries.list_jobs(session, state=JobState.QUEUED, limit=500, page_token=page_token)
+                page = store_queries.list_jobs(session, principal=REAPER, state=JobState.QUEUED, limit=500,
+                                               page_token=page_token)
                 stale.extend(job.id for job in page.jobs if job.queued_at < cutoff)
                 page_token = page.next_page_token
                 if page_token is None:

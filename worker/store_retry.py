@@ -1,6 +1,6 @@
 """Riding out a database outage: retry a worker's store write with bounded exponential backoff.
 
-Owns: `is_transient` (the database could not be reached, or dropped the connection) and `retry_store`. Used by
+Owns: `retry_store`; what counts as a transient database error is `server.store.db.is_transient`. Used by
 the StoreSink (metric flushes, checkpoint records) and by the task's terminal write, so that a PostgreSQL
 restart mid-job delays those writes instead of failing the job or losing what the trainer produced. Everything
 else (a constraint violation, LeaseLost, a bug) is raised at once. Imports no torch.
@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from server.store.db import is_transient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -21,14 +21,6 @@ T = TypeVar("T")
 #: First wait after a failed attempt, and the longest wait between two attempts, seconds.
 FIRST_DELAY_S = 0.2
 MAX_DELAY_S = 5.0
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True when the database was unreachable or dropped the connection (a restart, a failover, a network
-    blip): the write may be tried again. SQLite's "database is locked" is transient too."""
-    if isinstance(exc, OperationalError | InterfaceError):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 def retry_store(

@@ -2,7 +2,7 @@
 
 Owns: `make_engine` (SQLite in WAL mode by default, PostgreSQL through psycopg 3), `create_schema` (Alembic's
 upgrade to the newest revision, see `server.store.migrate`),
-`make_session_factory`, `utcnow`. Must not import FastAPI or torch.
+`make_session_factory`, `utcnow`, `is_transient`. Must not import FastAPI or torch.
 
 Transactions: every store function that writes opens its own transaction (ending any read the session had
 open) and commits before it returns. Under SQLite WAL a read transaction cannot be upgraded to a write once
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.store.migrate import upgrade_schema
@@ -78,3 +79,12 @@ def ping_database(session_factory: sessionmaker[Session]) -> None:
     """Run `SELECT 1`; raises sqlalchemy.exc.SQLAlchemyError when the database is unreachable."""
     with session_factory() as session:
         session.execute(text("SELECT 1"))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the database was unreachable or dropped the connection (a restart, a failover, a network blip;
+    SQLite's "database is locked" too): the same statement may succeed later. The API answers 503 with
+    Retry-After; the worker retries (`worker.store_retry`)."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)

@@ -33,6 +33,7 @@ from server.settings import Settings
 from server.store import ArtifactStore, create_job, create_schema, get_job, make_engine, make_session_factory
 from server.store.artifacts import file_sha256
 from server.store.models import CheckpointRow, MetricRow
+from server.store.principals import ADMIN, ANONYMOUS
 from tests.factories import tiny_config
 from worker.cli import redis_answers
 
@@ -204,7 +205,7 @@ class Service:
     def submit(self, config: dict[str, Any], *, kind: JobKind = JobKind.TRAINING, max_attempts: int = 2,
                dispatch: bool = True) -> str:
         with self.sessions() as s:
-            job = create_job(s, kind=kind, name="fault", config=config, max_attempts=max_attempts)
+            job = create_job(s, kind=kind, name="fault", config=config, max_attempts=max_attempts, principal=ANONYMOUS)
             if dispatch:
                 dispatch_job(s, make_producer(self.settings), job.id, self.settings.job_queue)
             return job.id
@@ -215,7 +216,7 @@ class Service:
 
     def job(self, job_id: str) -> Any:
         with self.sessions() as s:
-            return get_job(s, job_id)
+            return get_job(s, job_id, principal=ADMIN)
 
     def wait_state(self, job_id: str, *states: JobState, deadline_s: float = 90.0) -> Any:
         return wait_for(f"job {job_id} in {[s.value for s in states]}",
