@@ -77,6 +77,15 @@ class JobNotDispatched(ApiError):
         self.cause = cause
 
 
+class InvalidReference(ApiError):
+    """The request names something the caller cannot use (an evaluation's checkpoint job, name or upload that
+    does not exist or is not theirs): HTTP 422 naming the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class StoreUnavailable(ApiError):
     """The job store could not be reached (HTTP 503 with Retry-After); nothing was changed by the request."""
 
@@ -163,6 +172,9 @@ def _api_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, NotReady):
         return problem_response(503, str(exc), instance=path, extensions={"checks": exc.checks},
                                 headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
+    if isinstance(exc, InvalidReference):
+        return problem_response(422, "the request is not valid", instance=path,
+                                errors=[FieldError(field=exc.field, message=str(exc))])
     if isinstance(exc, StoreUnavailable):
         return problem_response(503, str(exc), instance=path, headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
     log.error("unmapped API error on %s: %r", path, exc)

@@ -19,9 +19,11 @@ from fastapi.responses import PlainTextResponse
 
 from api_schemas import (
     DiagnosticReport,
+    EvaluationJobCreate,
     EvaluationReport,
     Failure,
     FailureReason,
+    JobCheckpointSource,
     JobCreate,
     JobEvent,
     JobKind,
@@ -42,12 +44,14 @@ from server.deps import (
     SettingsDep,
     strict_json_body,
 )
-from server.errors import JobNotDispatched, QueueLimitExceeded
+from server.errors import InvalidReference, JobNotDispatched, QueueLimitExceeded
 from server.store import job_queries as store_queries
 from server.store import jobs as store_jobs
 from server.store import live
-from server.store.artifacts import read_log
+from server.store.artifacts import checkpoint_file, get_checkpoint, read_log
+from server.store.errors import CheckpointNotFound, JobNotFound, UploadNotFound
 from server.store.models import JobRow
+from server.store.uploads import read_upload
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
@@ -93,6 +97,22 @@ def _body_sha256(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _check_checkpoint_source(body: JobCreate, session: SessionDep, artifacts: ArtifactsDep,
+                             principal: PrincipalDep) -> None:
+    """An evaluation must name a checkpoint the caller can use: a job of theirs that has it (with its file), or
+    an upload of theirs. Refused here (422) rather than as a FAILED job a second later."""
+    if not isinstance(body, EvaluationJobCreate):
+        return
+    source = body.config.checkpoint
+    try:
+        if isinstance(source, JobCheckpointSource):
+            checkpoint_file(artifacts, get_checkpoint(session, source.job_id, source.checkpoint, principal=principal))
+        else:
+            read_upload(artifacts, source.upload_id, principal=principal)
+    except (JobNotFound, CheckpointNotFound, UploadNotFound) as exc:
+        raise InvalidReference("config.checkpoint", str(exc)) from exc
+
+
 def _dispatch_or_503(session: SessionDep, producer: ProducerDep, job: JobRow, queue: str) -> None:
     try:
         dispatch.dispatch_job(session, producer, job.id, queue)
@@ -114,6 +134,7 @@ def create_job(
     body: Annotated[JobCreate, Body()],
     response: Response,
     session: SessionDep,
+    artifacts: ArtifactsDep,
     settings: SettingsDep,
     producer: ProducerDep,
     principal: PrincipalDep,
@@ -133,6 +154,7 @@ def create_job(
             response.headers["Location"] = f"/v1/jobs/{existing.id}"
             response.headers["Idempotent-Replayed"] = "true"
             return to_job_public(store_jobs.get_job(session, existing.id, principal=principal))
+    _check_checkpoint_source(body, session, artifacts, principal)
     if store_queries.count_queued(session, principal=principal) >= settings.max_queued_jobs_per_key:
         raise QueueLimitExceeded(
             f"{settings.max_queued_jobs_per_key} jobs are already QUEUED for this API key; wait or cancel some"
