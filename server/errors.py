@@ -280,7 +280,8 @@ def _problem_content() -> dict[str, Any]:
 
 def _document_problems(app: FastAPI) -> None:
     """Make the OpenAPI schema say what the handlers do: every 4xx/5xx body is application/problem+json,
-    and every /v1 or keyed operation may answer 401 (API key) and 422 (validation)."""
+    and every /v1 or keyed operation may answer 401 (API key), 422 (validation), 429 (the key's rate limit) and
+    503 (the job store is unavailable)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -296,6 +297,8 @@ def _document_problems(app: FastAPI) -> None:
                 if path.startswith("/v1/") or operation.get("security"):  # every route behind the API key
                     responses.setdefault("401", {"description": "missing or invalid X-API-Key"})
                     responses.setdefault("422", {"description": "invalid request"})
+                    responses.setdefault("429", {"description": "the API key's rate limit; see Retry-After"})
+                    responses.setdefault("503", {"description": "the job store is unavailable; see Retry-After"})
                 for code, response in responses.items():
                     if code[0] in "45":
                         response["content"] = _problem_content()

@@ -4,7 +4,8 @@ Owns: `VERSION_TABLE`, `upgrade_schema` (bring a database to the newest revision
 that predates migrations, apply what is missing), `current_revision`, `head_revision` and `schema_diff` (what
 differs between the models and a database). The revisions live in `server/store/migrations/` (package data).
 
-One runner at a time: on PostgreSQL the upgrade holds a transaction-scoped advisory lock, so API processes
+One runner at a time: within a process a lock (Alembic's context is process-global); on PostgreSQL the upgrade
+also holds a transaction-scoped advisory lock, so API processes
 and `ris-jobs migrate` that start together apply each revision once; on SQLite the database's write lock
 serializes them. Every revision runs in the same transaction as its version stamp (PostgreSQL's DDL is
 transactional), so a crash leaves the database at the previous revision.
@@ -14,6 +15,7 @@ Must not import FastAPI or torch.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,10 @@ BASELINE_REVISION = "0001"
 VERSION_TABLE = "ris_jobs_alembic_version"
 #: Key of PostgreSQL's advisory lock held while migrating (any constant; "ris-jobs" in ASCII, truncated).
 _PG_LOCK_KEY = 0x7269732D6A6F6273
+
+
+#: Alembic's migration context is a process-wide global: one upgrade at a time per process (threads).
+_ALEMBIC_LOCK = threading.Lock()
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -70,7 +76,7 @@ def upgrade_schema(engine: Engine, revision: str = "head") -> None:
     An empty database gets every revision; one built by `create_all` before migrations existed (tables, no
     alembic_version) is stamped BASELINE_REVISION first; one already at `revision` is left as it is.
     """
-    with engine.begin() as connection:
+    with _ALEMBIC_LOCK, engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
         config = alembic_config(connection)

@@ -154,3 +154,44 @@ def test_head_downgrades_to_revision_1_and_back(empty_engine: Engine) -> None:
     assert current_revision(empty_engine) == BASELINE_REVISION
     upgrade_schema(empty_engine)
     assert schema_diff(empty_engine) == []
+
+
+def test_ris_jobs_migrate_upgrades_a_database_from_before_migrations(tmp_path: Path) -> None:
+    """`ris-jobs migrate` (a real process, configured by the environment like every service command)."""
+    import os
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = make_engine(url)
+    upgrade_schema(engine, BASELINE_REVISION)
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {VERSION_TABLE}"))
+    ids = _fill_revision_1(engine)
+    repo = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "DATABASE_URL": url, "ARTIFACT_DIR": str(tmp_path / "artifacts"), "PYTHONPATH": str(repo)}
+    done = subprocess.run([sys.executable, "-m", "worker.cli", "migrate"], env=env, cwd=repo, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"revision {head_revision()}" in done.stdout
+    assert current_revision(engine) == head_revision()
+    _assert_intact(engine, ids)
+    engine.dispose()
+
+
+def test_compose_migrates_once_before_the_api_starts() -> None:
+    import yaml
+
+    services = yaml.safe_load((Path(__file__).resolve().parents[3] / "docker-compose.yml").read_text())["services"]
+    assert services["migrate"]["command"] == ["ris-jobs", "migrate"]
+    assert services["api"]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+
+
+def test_concurrent_upgrades_apply_each_revision_once(empty_engine: Engine) -> None:
+    """Several processes starting together (API replicas, `ris-jobs migrate`) all succeed on one schema."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda _: upgrade_schema(empty_engine), range(4)))
+    assert current_revision(empty_engine) == head_revision()
+    assert schema_diff(empty_engine) == []
