@@ -18,6 +18,7 @@ from server.store import ArtifactStore, create_job, get_job, list_checkpoints
 from server.store.principals import ADMIN, ANONYMOUS
 from tests.worker.configs import quick_diagnostic_config
 from worker.tasks import execute_job, worker_deadline_s
+from server.store.principals import ADMIN
 
 CLOSED_REDIS = "redis://127.0.0.1:1/0"
 
@@ -27,6 +28,7 @@ def settings(tmp_path: Path, sessions: sessionmaker[Session]) -> Settings:
     return Settings(
         database_url=f"sqlite:///{tmp_path / 'store.sqlite'}", redis_url=CLOSED_REDIS,
         artifact_dir=tmp_path / "artifacts", heartbeat_interval_s=0.2, lease_timeout_s=5.0,
+        allow_fault_injection=True,
     )
 
 
@@ -88,6 +90,19 @@ def test_execute_job_invalid_stored_config_fails_user_config(sessions, settings)
         job = get_job(s, job_id, principal=ADMIN)
     assert job.failure_reason == FailureReason.USER_CONFIG
     assert "data.batch_size" in (job.failure_message or "")
+
+
+def test_execute_job_with_debug_faults_fails_user_config_when_the_worker_forbids_them(sessions, settings) -> None:
+    forbidding = settings.model_copy(update={"allow_fault_injection": False})
+    job_id = _submit(sessions, _with(quick_diagnostic_config(), debug={"nan_loss_term": "k"}))
+    assert execute_job(job_id, worker="w1", settings=forbidding) is JobState.FAILED
+    with sessions() as s:
+        job = get_job(s, job_id, principal=ADMIN)
+        checkpoints = list_checkpoints(s, job_id, principal=ADMIN)
+    assert job.failure_reason == FailureReason.USER_CONFIG
+    assert "config.debug" in (job.failure_message or "")
+    assert "ALLOW_FAULT_INJECTION" in (job.failure_message or "")
+    assert job.step == 0 and not checkpoints, "the refused job must not have trained"
 
 
 def test_execute_job_endless_nan_fails_nonfinite_abort(sessions, settings) -> None:
