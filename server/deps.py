@@ -147,6 +147,34 @@ def _coerced_scalars(raw: Any, parsed: Any, loc: tuple[str | int, ...]) -> list[
     return []
 
 
+class _NonFinite:
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+
+def _nonfinite_numbers(body: bytes) -> list[tuple[tuple[str | int, ...], str]]:
+    """Where the body has NaN, Infinity or -Infinity (Python's json accepts them, JSON does not): each is one
+    clear error at its own field, instead of whatever a range check or a later validator makes of a NaN."""
+    try:
+        raw = json.loads(body, parse_constant=_NonFinite)
+    except ValueError:
+        return []  # not JSON at all: FastAPI's 400 answers it
+    hits: list[tuple[tuple[str | int, ...], str]] = []
+
+    def walk(value: Any, loc: tuple[str | int, ...]) -> None:
+        if isinstance(value, _NonFinite):
+            hits.append((loc, value.token))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, (*loc, k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, (*loc, i))
+
+    walk(raw, ("body",))
+    return hits
+
+
 def strict_json_body(model: Any) -> Callable[[Request], Awaitable[None]]:
     """A dependency that refuses bodies which only pydantic's lax coercion makes valid.
 
@@ -159,8 +187,16 @@ def strict_json_body(model: Any) -> Callable[[Request], Awaitable[None]]:
     adapter: TypeAdapter[Any] = TypeAdapter(model)
 
     async def check(request: Request) -> None:
+        body = await request.body()
+        nonfinite = _nonfinite_numbers(body)
+        if nonfinite:
+            raise RequestValidationError([
+                {"type": "finite_number", "loc": loc, "input": None,
+                 "msg": f"{token} is not a number JSON allows; give a finite number"}
+                for loc, token in nonfinite
+            ])
         try:
-            raw = json.loads(await request.body())
+            raw = json.loads(body)
             parsed = adapter.dump_python(adapter.validate_python(raw), mode="json", by_alias=True)
         except (ValueError, ValidationError):
             return  # FastAPI's own parse and validation answer this one (400 / 422)

@@ -224,6 +224,10 @@ def _field_message(error: dict[str, Any]) -> str:
         return f"kind must be one of {', '.join(IMPLEMENTED_KINDS)}, got {tag!r}"
     if error.get("type") == "union_tag_not_found":
         return f"kind is required: one of {', '.join(IMPLEMENTED_KINDS)}"
+    if error.get("type") == "int_parsing_size":  # e.g. 1e30 where an integer is expected
+        return "the number is too large for this integer field"
+    if error.get("type") == "value_error" and str(error.get("msg", "")).startswith("Value error, "):
+        return str(error["msg"]).removeprefix("Value error, ")
     return str(error.get("msg", "invalid value"))
 
 

@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse
 
 from server.deps import ArtifactsDep, PrincipalDep, SessionDep
 from server.errors import problem_responses
+from server.ranges import RangedFileResponse
 from server.store import jobs as store_jobs
 from server.store.files import artifact_file
 
@@ -32,4 +33,4 @@ def download_artifact(job_id: str, name: str, session: SessionDep, artifacts: Ar
     """An output file of the job (e.g. `k_acc_vs_snr.png`, `report.json`)."""
     job = store_jobs.get_job(session, job_id, principal=principal)
     path, media_type = artifact_file(artifacts, job.id, name)
-    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, no-cache"})
+    return RangedFileResponse(path, media_type=media_type, headers={"Cache-Control": "private, no-cache"})

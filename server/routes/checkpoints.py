@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse
 from api_schemas import CheckpointPublic
 from server.deps import ArtifactsDep, PrincipalDep, SessionDep
 from server.errors import problem_responses
+from server.ranges import RangedFileResponse
 from server.store import get_checkpoint, list_checkpoints
 from server.store.artifacts import checkpoint_file
 from server.store.models import CheckpointRow
@@ -84,6 +85,6 @@ def download_checkpoint(
     }
     if _etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
-    return FileResponse(
+    return RangedFileResponse(
         path, media_type="application/octet-stream", filename=f"{row.job_id}-{row.name}.pt", headers=headers
     )

@@ -529,8 +529,18 @@ def set_report(session: Session, job_id: str | UUID, report: dict[str, Any], *, 
 
 
 def get_report(session: Session, job_id: str | UUID, *, principal: Principal) -> dict[str, Any]:
-    """The job's report. Raises JobNotFound, ReportNotFound (not written yet)."""
+    """The job's report. A CANCELLED job without one gets a report that says it was cancelled, when, and how
+    far it got. Raises JobNotFound, ReportNotFound (not written yet)."""
     job = get_job(session, job_id, principal=principal)
+    if job.report is None and job.state == S.CANCELLED.value:
+        when = job.cancel_requested_at.isoformat() if job.cancel_requested_at else None
+        started = job.started_at is not None
+        return {"state": S.CANCELLED.value, "cancelled": {
+            "message": "the job was cancelled by request " + (
+                f"while running, at phase {job.phase} epoch {job.epoch} step {job.step}; checkpoints written until "
+                "then stay downloadable" if started else "before it started; it has no results"),
+            "requested_at": when, "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        }}
     if job.report is None:
         raise ReportNotFound(job.id)
     return job.report

@@ -18,7 +18,6 @@ from server.store import ArtifactStore, create_job, get_job, list_checkpoints
 from server.store.principals import ADMIN, ANONYMOUS
 from tests.worker.configs import quick_diagnostic_config
 from worker.tasks import execute_job, worker_deadline_s
-from server.store.principals import ADMIN
 
 CLOSED_REDIS = "redis://127.0.0.1:1/0"
 
