@@ -235,6 +235,28 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+def build_service(directory: Path, redis_server: RedisServer, **overrides: str) -> tuple[Service, Any]:
+    """One fault world in `directory` (FAULT_ENV overridden by upper-case `overrides`), its schema migrated;
+    returns it and its engine (dispose it when done). Also used by bench/soak.py."""
+    values = {
+        **FAULT_ENV,
+        "DATABASE_URL": f"sqlite:///{directory / 'jobs.sqlite'}",
+        "REDIS_URL": redis_server.url,
+        "ARTIFACT_DIR": str(directory / "artifacts"),
+        "JOB_QUEUE": f"fault-{uuid.uuid4().hex[:8]}",
+        **overrides,
+    }
+    env = {**os.environ, **values, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    settings = Settings(**{k.lower(): v for k, v in values.items()})  # type: ignore[arg-type]
+    engine = make_engine(settings.database_url)
+    create_schema(engine)
+    log_dir = directory / "logs"
+    log_dir.mkdir(exist_ok=True)
+    svc = Service(env=env, settings=settings, sessions=make_session_factory(engine), log_dir=log_dir,
+                  redis=redis_server)
+    return svc, engine
+
+
 @pytest.fixture
 def make_service(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable[..., Service]]:
     """`make_service(**env)`: one fault world with FAULT_ENV overridden by `env` (upper-case names)."""
@@ -242,23 +264,8 @@ def make_service(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable
     engines: list[Any] = []
 
     def make(**overrides: str) -> Service:
-        values = {
-            **FAULT_ENV,
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.sqlite'}",
-            "REDIS_URL": redis_server.url,
-            "ARTIFACT_DIR": str(tmp_path / "artifacts"),
-            "JOB_QUEUE": f"fault-{uuid.uuid4().hex[:8]}",
-            **overrides,
-        }
-        env = {**os.environ, **values, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-        settings = Settings(**{k.lower(): v for k, v in values.items()})  # type: ignore[arg-type]
-        engine = make_engine(settings.database_url)
-        create_schema(engine)
+        svc, engine = build_service(tmp_path, redis_server, **overrides)
         engines.append(engine)
-        log_dir = tmp_path / "logs"
-        log_dir.mkdir(exist_ok=True)
-        svc = Service(env=env, settings=settings, sessions=make_session_factory(engine), log_dir=log_dir,
-                      redis=redis_server)
         made.append(svc)
         return svc
 
