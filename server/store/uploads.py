@@ -5,7 +5,7 @@ Owns the layout `<ARTIFACT_DIR>/uploads/<upload id>.pt` (the bytes, written atom
 `delete_upload`. An upload belongs to the principal that posted it (`principal` = its owner id, as on jobs):
 another principal gets UploadNotFound, as for an upload that does not exist; one that sees all sees every upload.
 Must not import FastAPI or torch: the API never unpickles an upload. The worker loads it with
-`torch.load(weights_only=True)` (`ris_model.checkpoint.load_checkpoint`) when an evaluation job runs, after
+`torch.load(weights_only=True)` (`ris_model.train.checkpoint.load_checkpoint`) when an evaluation job runs, after
 checking the sha256 recorded here.
 
 Safety: an upload id is a 32-digit hex uuid (never a path); both files are resolved inside `uploads/` and
