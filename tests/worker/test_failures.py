@@ -128,8 +128,8 @@ def test_failure_messages_carry_no_server_paths() -> None:
 
 
 def test_a_checkpoint_holding_code_is_rejected_naming_the_refused_global(tmp_path: Path) -> None:
-    from ris_model.checkpoint import load_checkpoint
     from ris_model.errors import CheckpointError
+    from ris_model.train.checkpoint import load_checkpoint
     from tests.factories import malicious_checkpoint_bytes
     from worker.evaluation import rejection_reason
 
