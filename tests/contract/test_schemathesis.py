@@ -58,7 +58,7 @@ def _make_fuzz_app() -> FastAPI:
     root = Path(tempfile.mkdtemp(prefix="ris-fuzz-"))
     return create_app(Settings(  # type: ignore[call-arg]
         database_url=f"sqlite:///{root / 'fuzz.sqlite'}", redis_url=REDIS_URL, artifact_dir=root / "artifacts",
-        job_queue=QUEUE, api_keys=API_KEY, max_queued_jobs_per_key=1_000_000,
+        job_queue=QUEUE, api_keys=API_KEY, max_queued_jobs_per_key=1_000_000, rate_limit_per_s=0,
     ))
 
 

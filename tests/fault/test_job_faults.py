@@ -14,6 +14,7 @@ import torch
 
 from api_schemas import JobState
 from server.store.job_queries import list_events
+from server.store.principals import ADMIN
 from tests.checkpoints import assert_training_checkpoint
 from tests.fault.conftest import Service, acknowledged, api_client, audit, slow_training_config, wait_for
 
@@ -22,13 +23,13 @@ pytestmark = pytest.mark.fault
 
 def _events(svc: Service, job_id: str) -> list[str]:
     with svc.sessions() as s:
-        return [e.to_state for e in list_events(s, job_id)]
+        return [e.to_state for e in list_events(s, job_id, principal=ADMIN)]
 
 
 def _last_event_message(svc: Service, job_id: str) -> str | None:
     """The message of the job's last transition: who decided it (the worker, the reaper or the API)."""
     with svc.sessions() as s:
-        return list_events(s, job_id)[-1].message
+        return list_events(s, job_id, principal=ADMIN)[-1].message
 
 
 # ---------------------------------------------------------------------------------------------- 5. cancel
@@ -189,7 +190,7 @@ def test_artifact_root_that_is_a_file_fails_the_job_not_the_worker(make_service:
     with svc.sessions() as s:
         from server.store import list_checkpoints
 
-        assert list_checkpoints(s, job_id) == []
+        assert list_checkpoints(s, job_id, principal=ADMIN) == []
 
 
 # ---------------------------------------------------------------------------------------------- 8. OOM

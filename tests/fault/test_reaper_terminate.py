@@ -12,6 +12,7 @@ import pytest
 from api_schemas import JobState
 from server.dispatch import RUN_JOB_TASK, make_producer
 from server.store.job_queries import list_events
+from server.store.principals import ADMIN
 from tests.fault.conftest import Service, acknowledged, api_client, slow_training_config, wait_for
 
 pytestmark = pytest.mark.fault
@@ -56,7 +57,7 @@ def test_wedged_task_is_terminated_and_the_worker_runs_the_next_job(make_service
     final = svc.wait_terminal(job_id, deadline_s=30)
     assert final.state == JobState.CANCELLED
     with svc.sessions() as s:
-        assert list_events(s, job_id)[-1].message == ESCALATION_MESSAGE
+        assert list_events(s, job_id, principal=ADMIN)[-1].message == ESCALATION_MESSAGE
     frozen = acknowledged(svc, job_id)
 
     # the last resort: the reaper names the task it terminates, and that pool process dies

@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from api_schemas import CheckpointInfo, JobState
+from server.deps import principal_of
 from server.store import ArtifactStore, register_checkpoint, write_atomic
 from tests.factories import make_job
 from tests.security.conftest import GOOD_KEY
@@ -25,7 +26,7 @@ CONTENT = bytes(range(256)) * 8  # 2048 bytes
 def job_id(secured_app: FastAPI) -> str:
     artifacts: ArtifactStore = secured_app.state.artifacts
     with secured_app.state.session_factory() as session:
-        job = make_job(session, JobState.RUNNING)
+        job = make_job(session, JobState.RUNNING, principal=principal_of(GOOD_KEY))
         path = artifacts.checkpoint_dir(job.id) / "final.pt"
         digest = write_atomic(path, CONTENT)
         info = CheckpointInfo(name="final", phase="k_only", epoch=0, step=4, path=str(path), size=digest.size,

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from api_schemas import FailureReason, JobState
 from server.store import InvalidTransition, get_job, request_cancel, transition
 from server.store.job_queries import list_events
+from server.store.principals import ADMIN
 from tests.factories import make_job, new_lease
 
 S = JobState
@@ -55,35 +56,35 @@ def test_transition_is_allowed_exactly_when_the_design_allows_it(
     session: Session, source: JobState, target: JobState
 ) -> None:
     job = make_job(session, source)
-    events_before = [(e.from_state, e.to_state) for e in list_events(session, job.id)]
+    events_before = [(e.from_state, e.to_state) for e in list_events(session, job.id, principal=ADMIN)]
     if (source, target) in DESIGN_TRANSITIONS:
         _move(session, job.id, target)
-        assert get_job(session, job.id).state == target.value
-        events = [(e.from_state, e.to_state) for e in list_events(session, job.id)]
+        assert get_job(session, job.id, principal=ADMIN).state == target.value
+        events = [(e.from_state, e.to_state) for e in list_events(session, job.id, principal=ADMIN)]
         assert events == [*events_before, (source.value, target.value)]
     else:
         with pytest.raises(InvalidTransition):
             _move(session, job.id, target)
-        assert get_job(session, job.id).state == source.value
-        assert [(e.from_state, e.to_state) for e in list_events(session, job.id)] == events_before
+        assert get_job(session, job.id, principal=ADMIN).state == source.value
+        assert [(e.from_state, e.to_state) for e in list_events(session, job.id, principal=ADMIN)] == events_before
 
 
 def test_running_job_is_never_cancelled_directly(session: Session) -> None:
     job = make_job(session, S.RUNNING)
     with pytest.raises(InvalidTransition, match="from RUNNING to CANCELLED"):
         transition(session, job.id, S.CANCELLED, lease_token=job.lease_token)
-    assert get_job(session, job.id).state == S.RUNNING.value
+    assert get_job(session, job.id, principal=ADMIN).state == S.RUNNING.value
     # the user's cancel goes through CANCELLING
-    assert request_cancel(session, job.id).state == S.CANCELLING.value
+    assert request_cancel(session, job.id, principal=ADMIN).state == S.CANCELLING.value
 
 
 def test_requeue_past_max_attempts_is_refused(session: Session) -> None:
     job = make_job(session, S.RUNNING, max_attempts=1)
     with pytest.raises(InvalidTransition, match=r"attempts exhausted \(1 of 1\)"):
         transition(session, job.id, S.QUEUED)
-    after = get_job(session, job.id)
+    after = get_job(session, job.id, principal=ADMIN)
     assert (after.state, after.attempt, after.max_attempts) == (S.RUNNING.value, 1, 1)
-    assert [e.to_state for e in list_events(session, job.id)] == ["QUEUED", "RUNNING"]
+    assert [e.to_state for e in list_events(session, job.id, principal=ADMIN)] == ["QUEUED", "RUNNING"]
 
 
 def test_requeue_counts_attempts_and_stops_at_the_last(session: Session) -> None:
@@ -95,9 +96,9 @@ def test_requeue_counts_attempts_and_stops_at_the_last(session: Session) -> None
         transition(session, job.id, S.RUNNING, lease_token=new_lease())
     with pytest.raises(InvalidTransition, match=r"attempts exhausted \(3 of 3\)"):
         transition(session, job.id, S.QUEUED)
-    after = get_job(session, job.id)
+    after = get_job(session, job.id, principal=ADMIN)
     assert (after.state, after.attempt) == (S.RUNNING.value, 3)
-    assert [(e.to_state, e.attempt) for e in list_events(session, job.id)] == [
+    assert [(e.to_state, e.attempt) for e in list_events(session, job.id, principal=ADMIN)] == [
         ("QUEUED", 1), ("RUNNING", 1), ("QUEUED", 2), ("RUNNING", 2), ("QUEUED", 3), ("RUNNING", 3)
     ]
 
@@ -105,15 +106,15 @@ def test_requeue_counts_attempts_and_stops_at_the_last(session: Session) -> None
 @pytest.mark.parametrize("terminal", TERMINAL, ids=[s.value for s in TERMINAL])
 def test_cancel_from_a_terminal_state_changes_nothing(session: Session, terminal: JobState) -> None:
     job = make_job(session, terminal)
-    events_before = [(e.from_state, e.to_state) for e in list_events(session, job.id)]
+    events_before = [(e.from_state, e.to_state) for e in list_events(session, job.id, principal=ADMIN)]
     with pytest.raises(InvalidTransition):
         transition(session, job.id, S.CANCELLED)
     with pytest.raises(InvalidTransition):
         transition(session, job.id, S.CANCELLING)
     if terminal is S.CANCELLED:
-        assert request_cancel(session, job.id).state == S.CANCELLED.value  # idempotent, no new event
+        assert request_cancel(session, job.id, principal=ADMIN).state == S.CANCELLED.value  # idempotent, no new event
     else:
         with pytest.raises(InvalidTransition, match="already finished"):
-            request_cancel(session, job.id)
-    assert get_job(session, job.id).state == terminal.value
-    assert [(e.from_state, e.to_state) for e in list_events(session, job.id)] == events_before
+            request_cancel(session, job.id, principal=ADMIN)
+    assert get_job(session, job.id, principal=ADMIN).state == terminal.value
+    assert [(e.from_state, e.to_state) for e in list_events(session, job.id, principal=ADMIN)] == events_before
