@@ -12,6 +12,7 @@ from api_schemas import JobState
 from server.main import create_app
 from server.store import get_job
 from server.store.jobs import note_waiting
+from server.store.principals import ADMIN
 from tests.factories import tiny_config
 from tests.server.conftest import make_settings
 
@@ -33,7 +34,7 @@ def test_resources_round_trip_beside_the_config(client: TestClient, api_session:
     again = client.get(f"/v1/jobs/{job['id']}").json()
     assert again["resources"] == {"gpus": 2, "device": "cpu"}
     # the store keeps them inside the job's JSON config column (no schema change)
-    assert get_job(api_session, job["id"]).config["resources"] == {"gpus": 2, "device": "cpu"}
+    assert get_job(api_session, job["id"], principal=ADMIN).config["resources"] == {"gpus": 2, "device": "cpu"}
 
 
 def test_more_gpus_than_max_gpus_per_job_is_a_422_naming_the_field(tmp_path: Path, job_queue: str) -> None:
