@@ -25,7 +25,7 @@ from server.store.migrate import (
     upgrade_schema,
 )
 from server.store.principals import ADMIN
-from tests.server.conftest import _reachable_pg_url
+from tests.services import PG_URL, reachable_pg_url, service_missing
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -36,9 +36,9 @@ def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Eng
         yield engine
         engine.dispose()
         return
-    url, reason = _reachable_pg_url()
+    url, reason = reachable_pg_url()
     if url is None:
-        pytest.skip(f"PostgreSQL unreachable: {reason}")
+        service_missing("PostgreSQL", PG_URL, reason)
     schema = f"ris_migrate_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(url)
     with admin.begin() as conn:
