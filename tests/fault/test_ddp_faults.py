@@ -72,7 +72,7 @@ def test_cancel_ends_every_rank(service: Service) -> None:
     service.start_worker("w-ddp")
     assert _running_ranks(service, job_id)
     with service.sessions() as s:
-        request_cancel(s, job_id, principal=ADMIN)  # CANCELLING: rank 0's heartbeat sees it and every rank stops together
+        request_cancel(s, job_id, principal=ADMIN)  # CANCELLING: rank 0 sees it; every rank stops together
     job = service.wait_terminal(job_id, deadline_s=120)
     assert job.state == JobState.CANCELLED
     assert rank_pids(job_id) == []
