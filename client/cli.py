@@ -47,7 +47,7 @@ def exit_code_of(state: JobState) -> int:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.url, args.api_key or None)
+    return Client(args.url, args.api_key or os.environ.get(API_KEY_ENV) or None)
 
 
 def _print_json(data: Any, out: TextIO = sys.stdout) -> None:
@@ -142,18 +142,18 @@ def _watch(client: Client, job: JobPublic, *, quiet: bool = False) -> JobPublic:
 
     view = LiveProgress.of_job(job)
     resolution = 1000
-    with tqdm(total=resolution, file=sys.stderr, disable=quiet, unit="‰", dynamic_ncols=True,
-              bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}") as bar:
+    with tqdm(total=resolution, file=sys.stderr, disable=quiet, dynamic_ncols=True, mininterval=0.5,
+              bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}") as bar:
         bar.set_description_str(view.state.value)
         for item in client.stream_metrics(job.id):
             view.update(item)
+            bar.set_postfix_str(view.summary(), refresh=False)
             if isinstance(item, StateChange):
-                bar.set_description_str(item.state.value)
+                bar.set_description_str(item.state.value, refresh=False)
                 if item.failure is not None:
                     bar.write(f"{item.state.value}: {view.failure}")
-            bar.n = round(view.fraction * resolution)
-            bar.set_postfix_str(view.summary(), refresh=False)
-            bar.refresh()
+            bar.update(round(view.fraction * resolution) - bar.n)  # redraws at most every mininterval
+        bar.refresh()
     return client.get(job.id)
 
 
@@ -254,7 +254,7 @@ def _connection_options() -> argparse.ArgumentParser:
     group = common.add_argument_group("connection and output")
     group.add_argument("--url", default=os.environ.get(URL_ENV, DEFAULT_URL),
                        help=f"the API's base URL (environment: {URL_ENV})")
-    group.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), metavar="KEY",
+    group.add_argument("--api-key", default=None, metavar="KEY",  # the environment's key is read later: never shown
                        help=f"sent as X-API-Key; needed when the server has API keys (environment: {API_KEY_ENV})")
     group.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
     return common
