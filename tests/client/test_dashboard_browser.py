@@ -41,10 +41,11 @@ def until(what: str, check: Callable[[], T | None], deadline_s: float = DEADLINE
     raise AssertionError(f"timed out waiting for {what} (last error: {last_error!r})")
 
 
-def screenshot(driver: Any, tmp_path: Path, name: str) -> None:
+def screenshot(driver: Any, tmp_path: Path, name: str, *, publish: bool = False) -> None:
+    """Save a screenshot to tmp_path; with `publish` and RIS_UI_SCREENSHOTS set, also to docs/img/."""
     path = tmp_path / f"{name}.png"
     driver.save_screenshot(str(path))
-    if os.environ.get("RIS_UI_SCREENSHOTS"):
+    if publish and os.environ.get("RIS_UI_SCREENSHOTS"):
         from PIL import Image
 
         target = REPO / "docs" / "img" / f"{name}.png"
@@ -114,11 +115,11 @@ def test_submit_watch_download_and_verdict(live: Live, browser: Any, tmp_path: P
     until("the download to finish", lambda: hashlib.sha256(downloaded.read_bytes()).hexdigest() == sha256)
 
     driver.execute_script("window.scrollTo(0, 0)")
-    screenshot(driver, tmp_path, "dashboard-job")
+    screenshot(driver, tmp_path, "dashboard-job", publish=True)
     driver.get(f"{live.url}/ui/#/jobs")
     row = until("the job in the list", lambda: driver.find_element(By.CSS_SELECTOR, f'tr[data-id="{job_id}"]'))
     assert row.get_attribute("data-state") == "SUCCEEDED"
-    screenshot(driver, tmp_path, "dashboard-jobs")
+    screenshot(driver, tmp_path, "dashboard-jobs", publish=True)
     assert {urlsplit(live.url).netloc} == requested_hosts(driver)
 
 
