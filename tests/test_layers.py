@@ -51,3 +51,16 @@ def test_nothing_outside_imports_worker_or_the_api_modules() -> None:
                     if (name == private or name.startswith(private + ".")) and package != owner:
                         bad.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not bad, "\n".join(bad)
+
+
+#: what the client (client/) may import besides the standard library: it runs where neither torch nor the
+#: server is installed
+CLIENT_ALLOWED = {"api_schemas", "client", "httpx", "pydantic", "tqdm"}
+
+
+def test_the_client_imports_only_api_schemas_httpx_and_the_standard_library() -> None:
+    import sys
+
+    bad = [f"{path.relative_to(ROOT)} imports {name}" for path in _files("client") for name in _imports(path)
+           if name.split(".")[0] not in CLIENT_ALLOWED | set(sys.stdlib_module_names)]
+    assert not bad, "\n".join(bad)
