@@ -160,3 +160,30 @@ def test_docs_pages_work_with_a_key_and_load_nothing_from_other_hosts(live: Live
     driver.get(f"{live.url}/redoc")
     until("ReDoc's operations", lambda: "Create Job" in driver.find_element(By.ID, "redoc").text)
     assert {urlsplit(live.url).netloc} == requested_hosts(driver)
+
+
+def test_two_runs_overlay_on_one_chart_and_the_list_filters(live: Live, browser: Any, finished_job: str,
+                                                            tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    with live.client() as client:
+        other = client.submit("diagnostic", quick_diagnostic_config(), name="browser-compare")
+        assert client.wait(other.id, timeout_s=300).state == "SUCCEEDED"
+    driver = browser
+    _use_key(driver, live)
+    driver.get(f"{live.url}/ui/#/jobs")
+    Select(until("the state filter", lambda: driver.find_element(By.ID, "filter-state"))).select_by_value("SUCCEEDED")
+    for job_id in (finished_job, other.id):
+        until("the job's row", lambda job_id=job_id: driver.find_element(
+            By.CSS_SELECTOR, f'tr[data-id="{job_id}"] input[type=checkbox]'), deadline_s=30).click()
+    assert all(r.get_attribute("data-state") == "SUCCEEDED"
+               for r in driver.find_elements(By.CSS_SELECTOR, "#jobs tbody tr"))
+    driver.find_element(By.ID, "compare").click()
+    until("the compare page", lambda: "#/compare?ids=" in driver.current_url, deadline_s=30)
+    chart = until("the overlay chart", lambda: driver.find_element(By.CSS_SELECTOR, ".chart"), deadline_s=30)
+    until("points of both runs", lambda: int(chart.get_attribute("data-points")) >= 8, deadline_s=30)
+    legend = until("two series", lambda: [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".u-legend .u-label")
+                                          if e.text and e.text != "step"], deadline_s=30)
+    assert {finished_job[:8], other.id[:8]} <= {label.rsplit(" ", 1)[-1] for label in legend}
+    screenshot(driver, tmp_path, "dashboard-compare")
