@@ -305,13 +305,14 @@ class Client:
         if stream:
             last_read = time.monotonic()
             try:
-                for item in self.stream_metrics(job_id, read_timeout_s=min(remaining_s(), STREAM_READ_TIMEOUT_S)):
+                # with a deadline, a silent or dropped stream falls back to polling (which keeps the deadline)
+                for item in self.stream_metrics(job_id, reconnect=deadline is None,
+                                                read_timeout_s=min(remaining_s(), STREAM_READ_TIMEOUT_S)):
                     remaining_s()
                     if isinstance(item, StateChange) or time.monotonic() - last_read >= poll_interval_s:
                         job, last_read = read(), time.monotonic()
-            except httpx.ReadTimeout as exc:
-                remaining_s()  # WaitTimeout when the deadline passed; else the stream was silent: poll
-                del exc
+            except httpx.TransportError:
+                remaining_s()  # WaitTimeout once the deadline passed; else poll from here
             job = read()
         while not job.state.is_terminal():
             time.sleep(min(poll_interval_s, remaining_s()))

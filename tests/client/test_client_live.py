@@ -17,6 +17,7 @@ from client import (
     StateChange,
     Unauthorized,
     ValidationFailed,
+    WaitTimeout,
 )
 from tests.client.conftest import API_KEY, Live, slow_config
 from tests.client.proxy import CuttingProxy
@@ -106,6 +107,10 @@ def test_list_paging_cancel_and_conflict(live: Live) -> None:
         ids = [client.submit("diagnostic", slow_config(), name=name).id for _ in range(3)]
         with pytest.raises(Conflict):
             client.delete(ids[0])  # not terminal yet
+        with pytest.raises(WaitTimeout):
+            client.wait(ids[0], timeout_s=1.0)
+        with pytest.raises(WaitTimeout):
+            client.wait(ids[-1], timeout_s=1.0, stream=False)
         paged = [j.id for j in client.iter_jobs(kind="diagnostic", page_size=1) if j.name == name]
         assert paged == ids[::-1], "newest first, each job once"
         first = client.list_jobs(kind="diagnostic", limit=1)
