@@ -16,6 +16,8 @@ export function renderJob(view, jobId) {
   const events = el("ol", { class: "timeline", id: "events" });
   const checkpoints = el("tbody");
   const report = el("section", { id: "report" });
+  const log = el("pre", { class: "log", id: "log" });
+  let logOffset = 0;
   const error = el("p", { class: "error", hidden: true });
   view.append(
     head, error,
@@ -26,6 +28,7 @@ export function renderJob(view, jobId) {
         el("table", { id: "checkpoints" }, el("thead", {}, el("tr", {},
           ["name", "phase", "epoch", "step", "size", "sha256"].map((h) => el("th", {}, h)))), checkpoints))),
     el("h2", {}, "Report"), report,
+    el("details", { id: "log-box" }, el("summary", {}, "Log"), log),
   );
 
   const byChart = JOB_CHARTS.map((spec) => ({ spec, chart: new MetricChart(charts, spec) }));
@@ -68,7 +71,7 @@ export function renderJob(view, jobId) {
     try {
       job = await getJson(base);
       renderHead();
-      await Promise.all([loadEvents(), loadCheckpoints()]);
+      await Promise.all([loadEvents(), loadCheckpoints(), loadLog()]);
       if (TERMINAL.includes(job.state) && !reportShown) {
         reportShown = true;
         await loadReport();
@@ -83,6 +86,27 @@ export function renderJob(view, jobId) {
     events.replaceChildren(...list.map((e) => el("li", {},
       el("time", {}, fmtTime(e.at)), " ", e.from_state ? `${e.from_state} → ` : "", stateBadge(e.to_state),
       e.message ? el("span", { class: "muted" }, ` ${e.message}`) : null)));
+  }
+
+  let logBusy = false;
+  async function loadLog() {
+    if (logBusy) return; // another call is reading: the offsets must not interleave
+    logBusy = true;
+    try {
+      await readLog();
+    } finally {
+      logBusy = false;
+    }
+  }
+
+  async function readLog() {
+    for (;;) { // read every new byte; the server hands the next offset back
+      const response = await request("GET", `${base}/logs`, { query: { offset: logOffset } });
+      const text = await response.text();
+      logOffset = Number(response.headers.get("X-Next-Offset") || logOffset);
+      if (!text) return;
+      log.append(text);
+    }
   }
 
   async function loadCheckpoints() {

@@ -103,6 +103,8 @@ def test_submit_watch_download_and_verdict(live: Live, browser: Any, tmp_path: P
     assert verdict.startswith("Verdict: ") and any(s in verdict for s in ("PASS", "WARN", "FAIL"))
     assert len(driver.find_elements(By.CSS_SELECTOR, "#checks tbody tr")) >= 5
     assert "SUCCEEDED" in driver.find_element(By.ID, "job-head").text
+    driver.find_element(By.CSS_SELECTOR, "#log-box summary").click()
+    until("the job's log", lambda: "claimed job" in driver.find_element(By.ID, "log").text, deadline_s=30)
     events = driver.find_element(By.ID, "events").text
     assert "QUEUED" in events and "RUNNING" in events and "SUCCEEDED" in events
 
