@@ -121,7 +121,7 @@ def test_submit_watch_download_and_verdict(live: Live, browser: Any, tmp_path: P
     driver.get(f"{live.url}/ui/#/jobs")
     row = until("the job in the list", lambda: driver.find_element(By.CSS_SELECTOR, f'tr[data-id="{job_id}"]'))
     assert row.get_attribute("data-state") == "SUCCEEDED"
-    screenshot(driver, tmp_path, "dashboard-jobs", publish=True)
+    screenshot(driver, tmp_path, "dashboard-jobs")
     assert {urlsplit(live.url).netloc} == requested_hosts(driver)
 
 
@@ -188,4 +188,4 @@ def test_two_runs_overlay_on_one_chart_and_the_list_filters(live: Live, browser:
     legend = until("two series", lambda: [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".u-legend .u-label")
                                           if e.text and e.text != "step"], deadline_s=30)
     assert {finished_job[:8], other.id[:8]} <= {label.rsplit(" ", 1)[-1] for label in legend}
-    screenshot(driver, tmp_path, "dashboard-compare")
+    screenshot(driver, tmp_path, "dashboard-compare", publish=True)
