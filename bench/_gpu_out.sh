@@ -1,6 +1,7 @@
-# Sourced by the bench/gpu_*.sh scripts (device tool calls): OUT is a folder deeper than the device tool
-# returns, and on exit everything in it but checkpoints is packed into DEST/results.tgz, the one file that
-# comes back. Usage inside a script: source "$(dirname "$0")/_gpu_out.sh" "$1"
+# Output folder of the bench/gpu_*.sh scripts (sourced, not run): the raw outputs go under OUT = DEST/raw/a/b,
+# and on exit everything in OUT but checkpoints (*.pt) is packed into DEST/results.tgz, one file to copy back
+# from a remote GPU machine. Also prints the GPUs and puts the repository on PYTHONPATH.
+# Usage inside a script: source "$(dirname "$0")/_gpu_out.sh" "$1"
 set -uo pipefail
 DEST="${1:?out dir}"
 OUT="$DEST/raw/a/b"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# A three-phase training job (the defaults, or CONFIG) and its evaluation (device tool); the final checkpoint
-# is copied to OUT_DIR/final.pt so that later calls can evaluate it again. Throughput: gpu_speed_quick.sh.
-# Usage: bash bench/gpu_train_eval.sh OUT_DIR [CONFIG_JSON]   (results in OUT_DIR/results.tgz)
+# A three-phase training job on one GPU (the defaults, or CONFIG_JSON) and its evaluation on the test stream
+# against the baselines and the CRB; prints the training and evaluation wall times and the 10-20 dB table.
+# Usage: bash bench/gpu_train_eval.sh OUT_DIR [CONFIG_JSON]
+# Output: OUT_DIR/results.tgz (train/: the job's outputs but checkpoints; eval/: report.json, report.md, plots) and
+#   OUT_DIR/final.pt, the trained checkpoint, for later evaluations
 source "$(dirname "$0")/_gpu_out.sh" "${1:-}"
 config=()
 [ -n "${2:-}" ] && config=(--config "$2")

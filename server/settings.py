@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     metrics_flush_max_points: int = Field(
         200, ge=1, le=10_000, description="the worker flushes when this many metric points are buffered"
     )
+    allow_fault_injection: bool = Field(
+        False,
+        description="accept job configs whose `debug` section injects faults (NaN losses, sleeps, ignored cancels, "
+        "OOM); false: the API answers 422 naming config.debug and a worker fails such a job USER_CONFIG",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

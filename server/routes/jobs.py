@@ -16,8 +16,10 @@ from typing import Annotated, Any, Literal
 import redis
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
 from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel
 
 from api_schemas import (
+    DebugConfig,
     DiagnosticReport,
     EvaluationReport,
     Failure,
@@ -29,7 +31,6 @@ from api_schemas import (
     JobsPage,
     JobState,
     NonfiniteSummary,
-    Problem,
     Progress,
 )
 from server import dispatch
@@ -42,11 +43,11 @@ from server.deps import (
     SettingsDep,
     strict_json_body,
 )
-from server.errors import JobNotDispatched, QueueLimitExceeded
+from server.errors import FaultInjectionRefused, JobNotDispatched, QueueLimitExceeded, problem_responses
 from server.store import job_queries as store_queries
 from server.store import jobs as store_jobs
 from server.store import live
-from server.store.artifacts import read_log
+from server.store.files import read_log
 from server.store.models import JobRow
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -54,9 +55,7 @@ log = logging.getLogger(__name__)
 
 #: Largest log chunk one request returns, bytes.
 MAX_LOG_CHUNK_BYTES = 8 * 1024 * 1024
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "content": {"application/problem+json": {}}} for code in (401, 404, 409, 422)
-}
+_PROBLEMS = problem_responses(401, 404, 409, 422)
 
 
 # ---------------------------------------------------------------------------------------------- shaping
@@ -93,6 +92,13 @@ def _body_sha256(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _refuse_fault_injection(config: BaseModel, *, allowed: bool) -> None:
+    """FaultInjectionRefused when the config (given, or expanded from a preset) switches on a `debug` fault."""
+    debug = getattr(config, "debug", None)
+    if not allowed and isinstance(debug, DebugConfig) and debug.injects_faults:
+        raise FaultInjectionRefused()
+
+
 def _dispatch_or_503(session: SessionDep, producer: ProducerDep, job: JobRow, queue: str) -> None:
     try:
         dispatch.dispatch_job(session, producer, job.id, queue)
@@ -122,6 +128,7 @@ def create_job(
     ] = None,
 ) -> JobPublic:
     """Submit a job: 202 + Location; the same Idempotency-Key and body returns the same job."""
+    _refuse_fault_injection(body.config, allowed=settings.allow_fault_injection)
     body_sha256 = _body_sha256(body) if idempotency_key else None
     if idempotency_key and body_sha256:
         existing = store_jobs.find_idempotent_job(
@@ -166,8 +173,8 @@ async def read_job(job_id: str, request: Request) -> JobPublic:
     """One job: state, progress, non-finite steps, latest metrics, failure, attempt, links.
 
     The hot path that clients poll: one primary-key read (~0.1 ms on SQLite), so it runs on the event loop
-    instead of two thread-pool hops (a sync dependency and a sync route); measured on the 2-core VM with wrk:
-    853 → 1,496 requests/s (bench/api.py)."""
+    instead of two thread-pool hops (a sync dependency and a sync route), which costs more than the read itself
+    (bench/api.py measures it)."""
     with request.app.state.session_factory() as session:
         return to_job_public(store_jobs.get_job(session, job_id))
 
@@ -215,9 +222,9 @@ def read_job_report(
 ) -> Response:
     """The job's report (a dict of sections) as JSON, or rendered as Markdown with `?format=md`."""
     report = store_jobs.get_report(session, job_id)
-    if fmt == "md" and report.get("kind") == JobKind.EVALUATION.value:  # the report's own rendering (issue 6)
+    if fmt == "md" and report.get("kind") == JobKind.EVALUATION.value:  # the report's own rendering
         return Response(EvaluationReport.model_validate(report).to_markdown(), media_type="text/markdown")
-    if fmt == "md" and report.get("kind") == JobKind.DIAGNOSTIC.value:  # checks table and verdict (issue 5)
+    if fmt == "md" and report.get("kind") == JobKind.DIAGNOSTIC.value:  # checks table and verdict
         return Response(DiagnosticReport.model_validate(report).to_markdown(), media_type="text/markdown")
     if fmt == "md":
         return Response(render_markdown(report, title=f"Report of job {job_id}"), media_type="text/markdown")
@@ -244,7 +251,8 @@ def cancel_job(job_id: str, session: SessionDep, redis_client: RedisDep) -> JobP
 )
 def delete_job(job_id: str, session: SessionDep, artifacts: ArtifactsDep) -> Response:
     """Delete a finished job with its metrics, checkpoints and logs (409 while it is not terminal)."""
-    store_jobs.delete_job(session, job_id, artifacts=artifacts)
+    store_jobs.delete_job(session, job_id)
+    artifacts.delete_job_files(job_id)  # after the rows: a failed removal leaves files, never a dangling row
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
