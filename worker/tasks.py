@@ -23,7 +23,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +191,7 @@ def _train(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor)
         sink.close()
         outcome = outcome_from_result(result)
         if outcome.state == JobState.SUCCEEDED:
-            outcome.report = _report_with_plots(res, job_id, row.kind, outcome.report)
+            outcome = replace(outcome, report=_report_with_plots(res, job_id, row.kind, outcome.report))
         return outcome
     except Exception as exc:  # process boundary: every failure becomes a FAILED row (STYLE B6)
         if _is_lease_lost(exc) or monitor.lease_lost.is_set():
