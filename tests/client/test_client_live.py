@@ -77,6 +77,11 @@ def test_report_logs_and_events(live: Live, finished_job: str) -> None:
         assert "".join(client.logs(finished_job, offset=len(text.encode()))) == ""
         states = [e.to_state for e in client.events(finished_job)]
         assert states[0] == JobState.QUEUED and states[-1] == JobState.SUCCEEDED
+        plots = {a["name"]: a for a in report["artifacts"]}
+        assert set(plots) == {"loss_curves.png", "k_acc_per_epoch.png"}
+        for name, listed in plots.items():
+            data = client.artifact(finished_job, name)
+            assert data.startswith(b"\x89PNG") and hashlib.sha256(data).hexdigest() == listed["sha256"]
 
 
 def test_typed_errors_carry_the_problem(live: Live) -> None:

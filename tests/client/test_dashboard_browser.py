@@ -102,6 +102,9 @@ def test_submit_watch_download_and_verdict(live: Live, browser: Any, tmp_path: P
     verdict = until("the verdict", lambda: driver.find_element(By.ID, "verdict").text)
     assert verdict.startswith("Verdict: ") and any(s in verdict for s in ("PASS", "WARN", "FAIL"))
     assert len(driver.find_elements(By.CSS_SELECTOR, "#checks tbody tr")) >= 5
+    loss_plot = 'img[data-name="loss_curves.png"]'
+    plot = until("the loss curves plot", lambda: driver.find_element(By.CSS_SELECTOR, loss_plot))
+    until("the plot to load", lambda: driver.execute_script("return arguments[0].naturalWidth", plot) > 100)
     assert "SUCCEEDED" in driver.find_element(By.ID, "job-head").text
     driver.find_element(By.CSS_SELECTOR, "#log-box summary").click()
     until("the job's log", lambda: "claimed job" in driver.find_element(By.ID, "log").text, deadline_s=30)
