@@ -7,7 +7,7 @@ without Celery. The task gets a job id, never an object, and re-reads the row (S
    job already runs, ran, or was cancelled): log and return, and Celery acks the message;
 2. attach the per-job log file, start the monitor thread (heartbeat, cancel flag, timed metric flushes);
 3. build the config from the row, find the checkpoint of an earlier attempt to resume from;
-4. call `ris_model.jobs.run_training_job` (imported here, never in the prefork parent: no CUDA before fork),
+4. call `ris_model.train.jobs.run_training_job` (imported here, never in the prefork parent: no CUDA before fork),
    or, for an `evaluation` job, `worker.evaluation.run_evaluation_job`;
 5. finish: SUCCEEDED (+ report) | CANCELLED | FAILED TIMEOUT | FAILED <classify_failure(exc)> (+ the report a
    NonFiniteAbort carries), one fenced transition, then publish the state on Redis.
@@ -45,7 +45,7 @@ from server.store.db import make_engine, make_session_factory
 from server.store.errors import InvalidTransition, JobNotFound, LeaseLost
 from worker.app import app
 from worker.evaluation import run_evaluation_job
-from worker.failures import TrainerFailed, classify_failure, failure_message, traceback_tail
+from worker.failures import TrainerFailed, UserInputRejected, classify_failure, failure_message, traceback_tail
 from worker.heartbeat import JobMonitor, make_should_stop
 from worker.plots import write_metric_plots
 from worker.sink import StoreSink
@@ -171,8 +171,16 @@ def _train(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor)
             log.error("refusing to run: %s", FAULT_INJECTION_REFUSED)
             return Outcome(JobState.FAILED, FailureReason.USER_CONFIG, FAULT_INJECTION_REFUSED)
         resume_from = _resume_path(res, job_id)
-        from ris_model.jobs import run_training_job  # lazy: torch is imported in the child, never before fork
+        # lazy: torch is imported in the child, never before fork
+        from ris_model.train.fault_hooks import DebugHooks
+        from ris_model.train.hooks import NO_HOOKS
+        from ris_model.train.jobs import run_training_job
 
+        # fault injection only for a job whose stored config has a debug section
+        try:
+            hooks = DebugHooks(config.debug) if "debug" in row.config else NO_HOOKS
+        except ValueError as exc:
+            raise UserInputRejected(str(exc)) from exc
         deadline = res.started_at + worker_deadline_s(res.settings)
         try:
             result = run_training_job(
@@ -183,6 +191,7 @@ def _train(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor)
                 resume_from=resume_from,
                 should_stop=make_should_stop(monitor, deadline=deadline),
                 checkpoint_interval_s=res.settings.checkpoint_interval_s,
+                hooks=hooks,
             )
         except LeaseLost:
             raise
@@ -211,11 +220,7 @@ def _evaluate(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonit
         if _is_lease_lost(exc) or monitor.lease_lost.is_set():
             return None
         return _failed_outcome(exc, sink)
-    if result.stopped == "cancel":
-        return Outcome(JobState.CANCELLED, message="cancelled by request")
-    if result.stopped == "timeout":
-        return Outcome(JobState.FAILED, FailureReason.TIMEOUT, "stopped at the worker's time limit")
-    return Outcome(JobState.SUCCEEDED, report=result.report)
+    return outcome_from_result(result)
 
 
 def _report_with_plots(res: JobResources, job_id: str, kind: str, report: dict[str, Any] | None
@@ -275,12 +280,15 @@ def worker_deadline_s(settings: Settings) -> float:
 
 
 def outcome_from_result(result: Any) -> Outcome:
-    """SUCCEEDED / CANCELLED / FAILED TIMEOUT from a FitResult."""
+    """SUCCEEDED / CANCELLED / FAILED TIMEOUT from a FitResult or an EvaluationResult (`stopped`, `report`;
+    a training run also names its stop checkpoint)."""
     if result.stopped == "cancel":
         return Outcome(JobState.CANCELLED, message="cancelled by request")
     if result.stopped == "timeout":
-        step = result.last_checkpoint.step if result.last_checkpoint is not None else None
-        message = f"stopped at the worker's time limit; stop checkpoint at step {step} is downloadable"
+        message = "stopped at the worker's time limit"
+        if hasattr(result, "last_checkpoint"):
+            step = result.last_checkpoint.step if result.last_checkpoint is not None else None
+            message += f"; stop checkpoint at step {step} is downloadable"
         return Outcome(JobState.FAILED, FailureReason.TIMEOUT, message)
     report = result.report
     if isinstance(report, BaseModel):
