@@ -46,7 +46,10 @@ export function renderJobs(view) {
       el("td", { class: "mono" }, job.id.slice(0, 8)));
   }
 
+  let generation = 0; // a refresh started before a filter change must not draw over a later one
+
   async function refresh() {
+    const mine = ++generation;
     try {
       const rows = [];
       let next = null;
@@ -55,6 +58,7 @@ export function renderJobs(view) {
         rows.push(...page.items);
         next = page.next_page_token;
       }
+      if (mine !== generation) return;
       body.replaceChildren(...rows.map(row));
       more.hidden = !next;
       if (next) more.dataset.token = next;

@@ -173,17 +173,25 @@ def test_two_runs_overlay_on_one_chart_and_the_list_filters(live: Live, browser:
     from selenium.webdriver.support.ui import Select
 
     with live.client() as client:
-        other = client.submit("diagnostic", quick_diagnostic_config(), name="browser-compare")
+        config = quick_diagnostic_config()
+        config["data"]["seed"] = 7  # another run: other scenes, a higher learning rate
+        config["phases"][0]["lr"] = 3e-3
+        other = client.submit("diagnostic", config, name="browser-compare")
         assert client.wait(other.id, timeout_s=300).state == "SUCCEEDED"
     driver = browser
     _use_key(driver, live)
     driver.get(f"{live.url}/ui/#/jobs")
     Select(until("the state filter", lambda: driver.find_element(By.ID, "filter-state"))).select_by_value("SUCCEEDED")
+    until("only SUCCEEDED rows", lambda: {r.get_attribute("data-state") for r in
+                                          driver.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")} == {"SUCCEEDED"},
+          deadline_s=30)
+
+    def tick(job_id: str) -> bool:  # the table is redrawn every 2 s: find and click in one go
+        driver.find_element(By.CSS_SELECTOR, f'tr[data-id="{job_id}"] input[type=checkbox]').click()
+        return True
+
     for job_id in (finished_job, other.id):
-        until("the job's row", lambda job_id=job_id: driver.find_element(
-            By.CSS_SELECTOR, f'tr[data-id="{job_id}"] input[type=checkbox]'), deadline_s=30).click()
-    assert all(r.get_attribute("data-state") == "SUCCEEDED"
-               for r in driver.find_elements(By.CSS_SELECTOR, "#jobs tbody tr"))
+        until("the job's row", lambda job_id=job_id: tick(job_id), deadline_s=30)
     driver.find_element(By.ID, "compare").click()
     until("the compare page", lambda: "#/compare?ids=" in driver.current_url, deadline_s=30)
     chart = until("the overlay chart", lambda: driver.find_element(By.CSS_SELECTOR, ".chart"), deadline_s=30)
