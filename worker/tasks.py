@@ -27,7 +27,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +70,7 @@ from worker.capacity import (
 from worker.evaluation import run_evaluation_job
 from worker.failures import TrainerFailed, UserInputRejected, classify_failure, failure_message, traceback_tail
 from worker.heartbeat import JobMonitor, make_should_stop
+from worker.plots import write_metric_plots
 from worker.sink import StoreSink
 from worker.store_retry import retry_store
 
@@ -279,7 +280,10 @@ def _train(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor,
                 return None
             return _rank_lost_outcome(row, exc, sink)
         sink.close()
-        return outcome_from_result(result)
+        outcome = outcome_from_result(result)
+        if outcome.state == JobState.SUCCEEDED:
+            outcome = replace(outcome, report=_report_with_plots(res, job_id, row.kind, outcome.report))
+        return outcome
     except Exception as exc:  # process boundary: every failure becomes a FAILED row (STYLE B6)
         if _is_lease_lost(exc) or monitor.lease_lost.is_set():
             return None
@@ -312,6 +316,20 @@ def _rank_lost_outcome(row: Any, exc: BaseException, sink: StoreSink) -> Outcome
         return Outcome(JobState.QUEUED, message=message)
     log.error("%s (attempt %d of %d)", exc, row.attempt, row.max_attempts)
     return Outcome(JobState.FAILED, FailureReason.WORKER_LOST, f"{exc} (attempt {row.attempt} of {row.max_attempts})")
+
+
+def _report_with_plots(res: JobResources, job_id: str, kind: str, report: dict[str, Any] | None
+                       ) -> dict[str, Any] | None:
+    """The report with the run's plots (worker/plots.py) listed under `artifacts`; a training job's report is
+    these plots alone. Plots are an extra: when they cannot be made the job still succeeds, without them."""
+    try:
+        written = write_metric_plots(job_id, sessions=res.sessions, artifacts=res.artifacts)
+    except Exception as exc:  # matplotlib or the disk: log it, keep the run's result
+        log.warning("the run's plots could not be written: %s", exc)
+        return report
+    if not written:
+        return report
+    return {**(report or {"kind": kind}), "artifacts": [a.model_dump(mode="json") for a in written]}
 
 
 def _failed_outcome(exc: BaseException, sink: StoreSink) -> Outcome:
