@@ -23,6 +23,7 @@ from server.main import create_app
 from server.routes import metrics as metrics_route
 from server.store import append_points, transition
 from server.store.live import live_channel, publish_points
+from server.store.principals import ADMIN
 from tests.factories import make_job
 from tests.server.conftest import REDIS_DOWN_URL, make_settings
 from tests.server.sse_client import EventReader, serve
@@ -72,7 +73,7 @@ def test_failed_job_stream_reports_the_reason_and_message(
     client: TestClient, api_session: Session, message: str | None, reported: str
 ) -> None:
     job = make_job(api_session, JobState.RUNNING)
-    transition(api_session, job.id, JobState.FAILED, lease_token=job.lease_token,
+    transition(api_session, job.id, JobState.FAILED, principal=ADMIN, lease_token=job.lease_token,
                failure_reason=FailureReason.TRAINING_ERROR, message=message)
     events = _events(client.get(f"/v1/jobs/{job.id}/metrics/stream").text)
     assert [_state(e) for e in events] == [
@@ -86,7 +87,7 @@ def test_replay_longer_than_one_page_sends_every_point(
     monkeypatch.setattr(metrics_route, "REPLAY_PAGE_POINTS", 3)
     job = make_job(api_session, JobState.RUNNING)
     append_points(api_session, job.id, _points(7), lease_token=job.lease_token)
-    transition(api_session, job.id, JobState.SUCCEEDED, lease_token=job.lease_token)
+    transition(api_session, job.id, JobState.SUCCEEDED, principal=ADMIN, lease_token=job.lease_token)
     events = _events(client.get(f"/v1/jobs/{job.id}/metrics/stream").text)
     # the state comes with the first page; the stream ends once the last page is sent
     assert [e.get("id") for e in events] == ["1", "2", "3", None, "4", "5", "6", "7"]
@@ -105,7 +106,8 @@ def test_job_that_ends_without_a_state_message_is_ended_by_the_sql_poll(
     with serve(app) as base_url, _stream(base_url, job.id) as events:
         assert _state(events.next())["state"] == "RUNNING"
         append_points(api_session, job.id, _points(2), lease_token=job.lease_token)
-        transition(api_session, job.id, JobState.FAILED, failure_reason=FailureReason.WORKER_LOST, message="lost")
+        transition(api_session, job.id, JobState.FAILED, principal=ADMIN, failure_reason=FailureReason.WORKER_LOST,
+                   message="lost")
         rest = [events.next(), events.next(), events.next()]
         assert [e["event"] for e in rest[:2]] == ["metric", "metric"]  # type: ignore[index]
         assert _state(rest[2]) == {"state": "FAILED", "failure": {"reason": "WORKER_LOST", "message": "lost"}}
@@ -123,7 +125,7 @@ def test_stream_with_redis_down_polls_sql_and_says_so(
         with serve(app) as base_url, _stream(base_url, job.id) as events:
             assert _state(events.next())["state"] == "RUNNING"
             append_points(session, job.id, _points(1), lease_token=job.lease_token)
-            transition(session, job.id, JobState.SUCCEEDED, lease_token=job.lease_token)
+            transition(session, job.id, JobState.SUCCEEDED, principal=ADMIN, lease_token=job.lease_token)
             assert events.next()["id"] == "1"  # type: ignore[index]
             assert _state(events.next())["state"] == "SUCCEEDED"
             assert events.next() is None
@@ -148,7 +150,7 @@ def test_stream_that_loses_redis_goes_on_polling_and_says_so_once(
                 assert _state(events.next())["state"] == "RUNNING"
                 private.shutdown_nosave()
                 append_points(session, job.id, _points(1), lease_token=job.lease_token)
-                transition(session, job.id, JobState.SUCCEEDED, lease_token=job.lease_token)
+                transition(session, job.id, JobState.SUCCEEDED, principal=ADMIN, lease_token=job.lease_token)
                 assert events.next()["id"] == "1"  # type: ignore[index]
                 assert _state(events.next())["state"] == "SUCCEEDED"
                 assert events.next() is None
@@ -170,7 +172,7 @@ def test_malformed_live_message_is_logged_and_skipped(
         stored = append_points(api_session, job.id, _points(1), lease_token=job.lease_token)
         publish_points(redis_client, job.id, stored)
         assert events.next()["id"] == "1"  # type: ignore[index]
-        transition(api_session, job.id, JobState.SUCCEEDED, lease_token=job.lease_token)
+        transition(api_session, job.id, JobState.SUCCEEDED, principal=ADMIN, lease_token=job.lease_token)
         from server.store.live import publish_state
 
         publish_state(redis_client, job.id, JobState.SUCCEEDED)

@@ -19,6 +19,7 @@ from api_schemas.metrics import TRAIN_LOSS
 from server.routes import metrics as metrics_route
 from server.store import append_points, transition, utcnow
 from server.store.live import live_channel, publish_points, publish_state
+from server.store.principals import ADMIN
 from tests.factories import make_job
 from tests.server.sse_client import EventReader, serve
 
@@ -64,7 +65,7 @@ def test_live_points_arrive_without_waiting_for_the_sql_poll(
         assert [json.loads(e["data"])["value"] for e in live] == [1.0, 1.5, 2.0]
 
         # a state message makes the stream re-read SQL at once: it reports the terminal state and ends
-        transition(api_session, job.id, JobState.SUCCEEDED, lease_token=job.lease_token)
+        transition(api_session, job.id, JobState.SUCCEEDED, principal=ADMIN, lease_token=job.lease_token)
         publish_state(redis_client, job.id, JobState.SUCCEEDED)
         final = events.next()
         assert final is not None and final["event"] == "state"
@@ -88,7 +89,7 @@ def test_live_points_not_yet_in_sql_are_forwarded_in_seq_order(
         assert publish_points(redis_client, job.id, pending) == 1
         assert [(e["event"], e["id"]) for e in (events.next(), events.next())] == [("metric", "1"), ("metric", "2")]
         append_points(api_session, job.id, _points(2), lease_token=job.lease_token)
-        transition(api_session, job.id, JobState.SUCCEEDED, lease_token=job.lease_token)
+        transition(api_session, job.id, JobState.SUCCEEDED, principal=ADMIN, lease_token=job.lease_token)
         publish_state(redis_client, job.id, JobState.SUCCEEDED)
         final = events.next()
         assert final is not None and json.loads(final["data"])["state"] == "SUCCEEDED"

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from api_schemas import JobState
 from server.store import InvalidTransition, ReapOutcome, get_job, reap_expired, request_cancel, utcnow
 from server.store.job_queries import list_events
+from server.store.principals import ADMIN
 from tests.factories import make_job
 
 S = JobState
@@ -23,7 +24,7 @@ def _reap(session: Session, *, after_s: float = LEASE_TIMEOUT_S + 1, cancel_grac
 
 
 def _last(session: Session, job_id: str) -> tuple[str | None, str, int, str | None]:
-    e = list_events(session, job_id)[-1]
+    e = list_events(session, job_id, principal=ADMIN)[-1]
     return e.from_state, e.to_state, e.attempt, e.message
 
 
@@ -40,7 +41,7 @@ def test_reaper_failure_event_and_failure_message_say_worker_lost(session: Sessi
     assert action.outcome is ReapOutcome.FAILED_WORKER_LOST
     message = "worker lost: no heartbeat for 60 s (attempt 1 of 1)"
     assert _last(session, job.id) == ("RUNNING", "FAILED", 1, message)
-    failed = get_job(session, job.id)
+    failed = get_job(session, job.id, principal=ADMIN)
     assert (failed.failure_reason, failed.failure_message) == ("WORKER_LOST", message)
 
 
@@ -63,13 +64,13 @@ def test_reaper_escalates_a_cancel_past_its_grace_period(session: Session) -> No
 def test_reaper_leaves_a_live_lease_alone(session: Session) -> None:
     job = make_job(session, S.RUNNING)
     assert _reap(session, after_s=LEASE_TIMEOUT_S - 5) == []
-    assert get_job(session, job.id).state == S.RUNNING.value
+    assert get_job(session, job.id, principal=ADMIN).state == S.RUNNING.value
 
 
 @pytest.mark.parametrize(("source", "target"), [(S.QUEUED, S.CANCELLED), (S.RUNNING, S.CANCELLING)])
 def test_user_cancel_event_says_cancel_requested(session: Session, source: JobState, target: JobState) -> None:
     job = make_job(session, source)
-    assert request_cancel(session, job.id).state == target.value
+    assert request_cancel(session, job.id, principal=ADMIN).state == target.value
     assert _last(session, job.id) == (source.value, target.value, 1, "cancel requested")
 
 
@@ -77,6 +78,6 @@ def test_user_cancel_event_says_cancel_requested(session: Session, source: JobSt
 def test_cancel_of_a_finished_job_is_refused_naming_job_and_states(session: Session, finished: JobState) -> None:
     job = make_job(session, finished)
     with pytest.raises(InvalidTransition) as info:
-        request_cancel(session, job.id)
+        request_cancel(session, job.id, principal=ADMIN)
     assert (info.value.job_id, info.value.current, info.value.target) == (job.id, finished.value, "CANCELLED")
     assert str(info.value) == f"job {job.id} cannot go from {finished.value} to CANCELLED: the job already finished"
