@@ -60,7 +60,7 @@ def _accuracy(out: SourceEstimate, batch: SceneBatch, k_max: int) -> dict[str, f
         sel = (snr >= lo) & (snr < hi) if hi < SNR_BINS_DB[-1][1] else (snr >= lo)
         row[f"k_acc_{lo:g}_{hi:g}db"] = float((out.k[sel] == batch.k.cpu()[sel]).double().mean()) if bool(
             sel.any()) else None
-    for lo, hi in ((None, None), (10.0, 20.0)):
+    for lo in (None, 10.0):
         sel = torch.ones_like(snr, dtype=torch.bool) if lo is None else snr >= lo
         idx = sel.nonzero().squeeze(1)
         sub = out.map(lambda t, idx=idx: t[idx])
@@ -70,7 +70,8 @@ def _accuracy(out: SourceEstimate, batch: SceneBatch, k_max: int) -> dict[str, f
         row[f"f1{tag}"] = ev.f1
         if lo is not None:
             row.update({f"rmse{tag}_azimuth_deg": ev.rmse_azimuth_deg,
-                        f"rmse{tag}_elevation_deg": ev.rmse_elevation_deg, f"rmse{tag}_range_m": ev.rmse_range_m, f"tp_rmse{tag}_azimuth_deg": ev.tp_rmse_azimuth_deg,
+                        f"rmse{tag}_elevation_deg": ev.rmse_elevation_deg, f"rmse{tag}_range_m": ev.rmse_range_m,
+                        f"tp_rmse{tag}_azimuth_deg": ev.tp_rmse_azimuth_deg,
                         f"tp_rmse{tag}_elevation_deg": ev.tp_rmse_elevation_deg,
                         f"tp_rmse{tag}_range_m": ev.tp_rmse_range_m,
                         f"outliers{tag}": 1 - ev.n_true_positive / max(ev.n_matched, 1)})
