@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from ris_model.estimators.grid import SearchGrid, SourceEstimate
-from ris_model.estimators.varpro import Fits, Scenes, energy_of, least_squares
+from ris_model.estimators.varpro import Fits, Scenes, energy_of, least_squares, slot_index
 
 DEFAULT_REBIRTHS = 1
 DEFAULT_SPLITS = 1
@@ -173,7 +173,14 @@ def _relocation_trials(scenes: Scenes, fits: Fits, n_trials: int) -> Tensor:
     by a grid point rather than by the slot itself, that slot moved to the grid point."""
     b, T, S, _ = fits.p.shape
     loo = _leave_one_out(scenes, fits)
-    best_p, best_score = scenes.grid_best(loo.residual.reshape(b, T * S, scenes.L, scenes.M))
+    targets = loo.residual.reshape(b, T * S, scenes.L, scenes.M)
+    if fits.n_slots is None:
+        best_p, best_score = scenes.grid_best(targets)
+    else:  # only the slots in use
+        index = slot_index(fits.n_slots, S, targets.device)
+        used_p, used_score = scenes.grid_best(targets.index_select(1, index))
+        best_p = fits.p.new_zeros(b, T * S, 3).index_copy_(1, index, used_p)
+        best_score = used_score.new_zeros(b, T * S).index_copy_(1, index, used_score)
     # the energy slot j explains of its own target: Σ_l |b_lᴴt_l|²/‖b_l‖², b_l its atom, t_l the residual
     atom = loo.atoms.permute(0, 1, 4, 2, 3)  # [b, T, S, L, M]
     corr = (atom.conj() * loo.residual).sum(-1)

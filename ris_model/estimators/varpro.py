@@ -84,7 +84,7 @@ def small_solve(A: Tensor, rhs: Tensor) -> Tensor:
 _SLOT_INDEX: dict[tuple[tuple[int, ...], int, str], Tensor] = {}
 
 
-def _slot_index(n_slots: tuple[int, ...], S: int, device: torch.device) -> Tensor:
+def slot_index(n_slots: tuple[int, ...], S: int, device: torch.device) -> Tensor:
     """Flat indices t·S + s of the used slots (s < n_slots[t]), made once per structure and device."""
     key = (n_slots, S, str(device))
     if key not in _SLOT_INDEX:
@@ -94,7 +94,8 @@ def _slot_index(n_slots: tuple[int, ...], S: int, device: torch.device) -> Tenso
 
 class Scenes:
     """One chunk's measurements y complex64 [b, L, M] and operators H·diag(c_l) complex64 [b, L·M, N], made once
-    and shared by every configuration, count and iteration; the search grid's dictionary on first use."""
+    and shared by every configuration, count and iteration; the search grid's dictionary on first use (the
+    global moves' candidates)."""
 
     def __init__(self, y: Tensor, H: Tensor, codes: Tensor, grid: SearchGrid) -> None:
         b, L, M = y.shape
@@ -103,7 +104,7 @@ class Scenes:
         self.ops = (H[:, None] * codes[:, :, None, :]).to(torch.complex64).reshape(b, L * M, -1)
         self.box = fov_box(grid, y.device)
         self.steps = torch.tensor(grid.steps(), dtype=torch.float64, device=y.device)
-        self._dictionary: tuple[Tensor, Tensor] | None = None
+        self._dictionary: Tensor | None = None
 
     def atoms(self, p: Tensor, jacobian: bool, n_slots: tuple[int, ...] | None = None
               ) -> tuple[Tensor, Tensor | None]:
@@ -112,7 +113,7 @@ class Scenes:
         counts, static): configuration t uses only its first n_slots[t] slots; the others' atoms are zero and
         cost nothing."""
         b, T, S, _ = p.shape
-        index = None if n_slots is None or min(n_slots) == S else _slot_index(n_slots, S, p.device)
+        index = None if n_slots is None or min(n_slots) == S else slot_index(n_slots, S, p.device)
         q = p.reshape(b, T * S, 3) if index is None else p.reshape(b, T * S, 3).index_select(1, index)
         a, da = atom_jacobians(self.grid, q) if jacobian else (steering(
             self.grid.system, q[..., 0].float(), q[..., 1].float(), (1 / q[..., 2]).float()), None)
@@ -125,21 +126,23 @@ class Scenes:
         out = out.reshape(b, self.L, self.M, T, S, C).permute(0, 3, 1, 2, 4, 5)  # [b, T, L, M, S, C]
         return out[..., 0], (out[..., 1:] if jacobian else None)
 
-    def dictionary(self) -> tuple[Tensor, Tensor]:
-        """The grid's effective atoms complex64 [b, L, M, G] and their squared norms [b, L, G]."""
+    def dictionary(self) -> Tensor:
+        """The grid's effective atoms scaled to unit norm per snapshot, complex64 [b, L, G, M]."""
         if self._dictionary is None:
             b = self.y.shape[0]
-            d = (self.ops @ self.grid.steering.to(self.y.device, torch.complex64).T).reshape(b, self.L, self.M, -1)
-            self._dictionary = d, torch.view_as_real(d).square().sum((2, -1)).clamp_min(1e-30)
+            steer = self.grid.steering.to(self.y.device, torch.complex64)
+            d = (self.ops @ steer.T).reshape(b, self.L, self.M, -1).transpose(2, 3)  # [b, L, G, M]
+            norm2 = torch.view_as_real(d).square().sum((-1, -2)).clamp_min(1e-30)  # [b, L, G]
+            self._dictionary = d * norm2.rsqrt()[..., None]
         return self._dictionary
 
     def grid_best(self, target: Tensor) -> tuple[Tensor, Tensor]:
         """For targets [b, T, L, M]: the grid point that explains most energy, Σ_l |b_lᴴt_l|²/‖b_l‖², as (φ, θ,
         1/r) float64 [b, T, 3], and that energy [b, T]."""
-        d, norm2 = self.dictionary()
-        corr = torch.einsum("btlm,blmg->btlg", target.conj(), d)
-        score = (torch.view_as_real(corr).square().sum(-1) / norm2[:, None]).sum(2)  # [b, T, G]
-        best, g = score.max(-1)
+        b, T = target.shape[:2]
+        corr = self.dictionary().conj() @ target.permute(0, 2, 3, 1)  # [b, L, G, T]: the conjugates of b̂_lᴴt_l
+        score = torch.view_as_real(corr).square().sum((1, -1))  # [b, G, T]
+        best, g = score.max(1)  # [b, T]
         az, el, rng = self.grid.points(g)
         return torch.stack([az, el, 1 / rng], -1).to(torch.float64), best.double()
 
@@ -225,6 +228,8 @@ def _normal_equations(scenes: Scenes, p: Tensor, valid: Tensor, n_slots: tuple[i
     D = (dphi * (coef * valid[:, :, None])[:, :, :, None, :, None]).reshape(b, T, L, M, 3 * S)  # ∂Φ·ŝ
     X = phi.mH @ D  # [b, T, L, S, 3S]
     Z = small_solve(gram, X)  # G⁻¹X
-    normal = (D.mH @ D - X.mH @ Z).real.sum(2).double()  # [b, T, 3S, 3S]
-    gradient = (D.mH @ residual.unsqueeze(-1)).squeeze(-1).real.sum(2).double()  # [b, T, 3S]
+    # the sums over snapshots as single products over the stacked rows (inner sizes L·M and L·S)
+    D, X, Z = D.reshape(b, T, L * M, 3 * S), X.reshape(b, T, L * S, 3 * S), Z.reshape(b, T, L * S, 3 * S)
+    normal = (D.mH @ D - X.mH @ Z).real.double()  # [b, T, 3S, 3S]
+    gradient = (D.mH @ residual.reshape(b, T, L * M, 1)).squeeze(-1).real.double()  # [b, T, 3S]
     return energy_of(residual), normal, gradient
