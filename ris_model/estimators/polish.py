@@ -131,6 +131,8 @@ def _keep_best(fits: Fits, trials: Tensor, scenes: Scenes, schedule: Schedule) -
     tried = Fits(trials.reshape(b, T * R, S, 3), valid.reshape(b, T * R, S), n_slots=n_slots).lm(
         scenes, schedule.trial_iters)
     assert tried.energy is not None and fits.energy is not None
+    assert tried.normal is not None and fits.normal is not None and tried.gradient is not None
+    assert fits.gradient is not None and tried.damping is not None and fits.damping is not None
     energy = tried.energy.reshape(b, T, R)
     best_energy, r = energy.min(-1)  # [b, T]
     better = best_energy < fits.energy

@@ -175,7 +175,8 @@ class Fits:
         the energy. Each step moves a coordinate by at most one grid step and stays in the field of view."""
         if self.energy is None:
             self.evaluate(scenes)
-        assert self.normal is not None and self.gradient is not None and self.damping is not None
+        assert self.energy is not None and self.normal is not None and self.gradient is not None
+        assert self.damping is not None
         b, T, S, _ = self.p.shape
         eye = torch.eye(3 * S, dtype=torch.float64, device=self.p.device)
         cap = scenes.steps.repeat(S)  # [3S]
