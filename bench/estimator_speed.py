@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from ris_model.estimators.grid import SourceEstimate  # noqa: E402
 from ris_model.estimators.matching import evaluate_sources  # noqa: E402
-from ris_model.evaluation import evaluation_scenes  # noqa: E402
+from ris_model.estimators.result import SourceEstimate  # noqa: E402
+from ris_model.evaluate.evaluation import evaluation_scenes  # noqa: E402
 from ris_model.inference import Estimator, load_estimator  # noqa: E402
 from ris_model.scenes import SceneBatch  # noqa: E402
 
