@@ -154,13 +154,14 @@ def ensure_redis(url: str, supervisor: Supervisor) -> None:
 
 
 def create_schema(settings: Settings) -> None:
-    """Create the job store's tables (idempotent) and the artifact directory."""
+    """Create the job store's tables (idempotent) and, when the artifact store is a directory, that directory."""
     from server.store.db import create_schema as create
     from server.store.db import make_engine
 
     if settings.database_url.startswith("sqlite:///"):
         Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    Path(settings.artifact_dir).mkdir(parents=True, exist_ok=True)
+    if settings.artifact_url is None:
+        Path(settings.artifact_dir).mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url)
     try:
         create(engine)

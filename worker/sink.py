@@ -2,7 +2,15 @@
 
 Owns: buffering metric points, flushing them through `server.store.metrics.append_points` (fenced by the
 lease, one transaction per flush), publishing the stored points (with their seq) on `job:{id}:live`, and
-registering checkpoints. Imports no torch and no ris_model (it only has to satisfy the MetricSink protocol).
+uploading then registering checkpoints. Imports no torch and no ris_model (it only has to satisfy the
+MetricSink protocol).
+
+A checkpoint the trainer wrote to the worker's scratch directory is uploaded to the artifact store (temporary
+key, then commit; retried CHECKPOINT_UPLOAD_TRIES times), and only then recorded, so that a record never
+points at a missing or partial object. The object the record pointed at before (a rewritten `<phase>-last`) is
+removed afterwards; if that fails, the reaper's orphan sweep removes it. An upload that keeps failing raises
+ArtifactUploadFailed: the job fails INTERNAL with the store's error, or, if the worker dies meanwhile, the
+next attempt resumes from the last checkpoint that was recorded.
 
 When a flush happens: every `flush_interval_s` (checked on each `log_metrics` call and by the task's
 heartbeat thread through `flush_if_due`), when `flush_max_points` are buffered, immediately for non-finite
@@ -26,10 +34,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from api_schemas import CheckpointInfo, MetricPoint, StoredMetricPoint
 from api_schemas.metrics import NONFINITE_PREFIX
 from server.store import live
-from server.store.artifacts import ArtifactStore, register_checkpoint
+from server.store.artifacts import ArtifactStore, recorded_checkpoint_path, register_checkpoint
+from server.store.errors import ArtifactRejected, ArtifactUploadFailed
 from server.store.metrics import append_points
 
 log = logging.getLogger(__name__)
+
+#: Attempts at uploading one checkpoint, and the pause before the second (doubled for each later one), seconds.
+CHECKPOINT_UPLOAD_TRIES = 3
+UPLOAD_RETRY_DELAY_S = 1.0
 
 
 class StoreSink:
@@ -77,14 +90,24 @@ class StoreSink:
                 self._flush_locked()
 
     def log_checkpoint(self, info: CheckpointInfo) -> None:
-        """Flush buffered points, then register the checkpoint (fenced by the lease) in one transaction."""
+        """Flush buffered points, upload the checkpoint file to the artifact store, then register it (fenced by
+        the lease) in one transaction, and remove the object the record pointed at before."""
         self._raise_background_error()
         with self._lock:
             self._flush_locked()
+            stored = self._upload(info)
             with self._sessions() as session:
-                register_checkpoint(session, self._job_id, info, lease_token=self._lease_token, store=self._artifacts)
+                previous = recorded_checkpoint_path(session, self._job_id, info.name)
+                register_checkpoint(session, self._job_id, stored, lease_token=self._lease_token,
+                                    store=self._artifacts)
                 session.commit()
-        log.info("checkpoint %s registered (phase=%s epoch=%d step=%d)", info.name, info.phase, info.epoch, info.step)
+        if previous is not None and previous != stored.path:
+            try:
+                self._artifacts.objects.delete(self._artifacts.job_key(self._job_id, previous))
+            except Exception as exc:  # noqa: BLE001 - an orphan costs space only; the reaper's sweep removes it
+                log.warning("could not remove the replaced checkpoint object %s: %s", previous, exc)
+        log.info("checkpoint %s stored as %s (phase=%s epoch=%d step=%d)", info.name, stored.path, info.phase,
+                 info.epoch, info.step)
 
     def close(self) -> None:
         """Flush what is left. Idempotent."""
@@ -112,6 +135,26 @@ class StoreSink:
             self._flush_locked()
 
     # -- internals --
+
+    def _upload(self, info: CheckpointInfo) -> CheckpointInfo:
+        """`ArtifactStore.put_checkpoint`, retried; raises ArtifactUploadFailed once every try failed."""
+        delay_s = UPLOAD_RETRY_DELAY_S
+        for attempt in range(1, CHECKPOINT_UPLOAD_TRIES + 1):
+            try:
+                return self._artifacts.put_checkpoint(self._job_id, info)
+            except ArtifactRejected:
+                raise
+            except Exception as exc:
+                if attempt == CHECKPOINT_UPLOAD_TRIES:
+                    raise ArtifactUploadFailed(
+                        f"checkpoint {info.name} could not be uploaded to the artifact store "
+                        f"{self._artifacts.objects.url} ({attempt} tries): {type(exc).__name__}: {exc}"
+                    ) from exc
+                log.warning("upload of checkpoint %s failed (try %d of %d), retrying in %.0f s: %s", info.name,
+                            attempt, CHECKPOINT_UPLOAD_TRIES, delay_s, exc)
+                time.sleep(delay_s)
+                delay_s *= 2
+        raise AssertionError("unreachable")
 
     def _due(self) -> bool:
         if not self._buffer:

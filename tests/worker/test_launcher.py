@@ -20,14 +20,14 @@ from typing import Any
 
 import pytest
 import torch
+from ris_model.model.network import RisNet
+from ris_model.train.jobs import FitResult, StopReason, never_stop, run_training_job
+from ris_model.train.sinks import MemorySink
 
 from api_schemas import TrainingJobConfig
 from api_schemas import metrics as keys
 from ris_model.errors import CheckpointError
-from ris_model.model.network import RisNet
 from ris_model.train import checkpoint as ckpt
-from ris_model.train.jobs import FitResult, StopReason, never_stop, run_training_job
-from ris_model.train.sinks import MemorySink
 from tests.factories import tiny_config
 from worker.launcher import RankLost, RankSpec, rank_group
 
