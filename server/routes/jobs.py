@@ -18,6 +18,7 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
+from sqlalchemy.orm import Session
 
 from api_schemas import (
     DebugConfig,
@@ -36,6 +37,7 @@ from api_schemas import (
     Resources,
     split_stored_config,
     stored_config,
+    stored_priority,
 )
 from server import dispatch
 from server.deps import (
@@ -74,8 +76,9 @@ def job_links(job_id: str) -> dict[str, str]:
     }
 
 
-def to_job_public(job: JobRow) -> JobPublic:
-    """The wire form of a job row (non-finite latest values, stored as null, become NaN → JSON null)."""
+def to_job_public(job: JobRow, waiting_reason: str | None = None) -> JobPublic:
+    """The wire form of a job row (non-finite latest values, stored as null, become NaN → JSON null);
+    `waiting_reason` comes from `store_queries.waiting_reasons` (QUEUED jobs only)."""
     config, resources = split_stored_config(job.config)
     failure = None
     if job.failure_reason is not None:
@@ -87,8 +90,16 @@ def to_job_public(job: JobRow) -> JobPublic:
         progress=Progress(phase=job.phase, epoch=job.epoch, step=job.step, fraction=job.progress_fraction),
         nonfinite_steps=NonfiniteSummary.model_validate(job.nonfinite or {}),
         latest_metrics={k: (math.nan if v is None else float(v)) for k, v in (job.latest_metrics or {}).items()},
-        failure=failure, config=config, resources=resources, links=job_links(job.id),
+        failure=failure, config=config, resources=resources, priority=stored_priority(job.config),
+        waiting_reason=waiting_reason if job.state == JobState.QUEUED else None, links=job_links(job.id),
     )
+
+
+def job_public(session: Session, job: JobRow) -> JobPublic:
+    """`to_job_public` with the job's waiting reason (one more read, for QUEUED jobs only)."""
+    if job.state != JobState.QUEUED:
+        return to_job_public(job)
+    return to_job_public(job, store_queries.waiting_reasons(session, [job.id]).get(job.id))
 
 
 def _body_sha256(body: Any) -> str:
@@ -143,7 +154,7 @@ def create_job(
 ) -> JobPublic:
     """Submit a job: 202 + Location; the same Idempotency-Key and body returns the same job."""
     _refuse_fault_injection(body.config, allowed=settings.allow_fault_injection)
-    resources: Resources | None = getattr(body, "resources", None)  # training and diagnostic jobs only
+    resources: Resources = body.resources
     _refuse_oversized(resources, max_gpus=settings.max_gpus_per_job)
     body_sha256 = _body_sha256(body) if idempotency_key else None
     if idempotency_key and body_sha256:
@@ -162,7 +173,7 @@ def create_job(
         )
     job = store_jobs.create_job(
         session, kind=JobKind(body.kind), name=body.name,
-        config=stored_config(body.config.model_dump(mode="json"), resources or Resources()),
+        config=stored_config(body.config.model_dump(mode="json"), resources, body.priority),
         max_attempts=body.max_attempts, principal=principal, idempotency_key=idempotency_key,
         body_sha256=body_sha256,
     )
@@ -182,7 +193,9 @@ def read_jobs(
 ) -> JobsPage:
     """Jobs newest first, filtered by state and kind, paged by `next_page_token`."""
     listing = store_queries.list_jobs(session, state=state, kind=kind, limit=limit, page_token=page_token)
-    return JobsPage(items=[to_job_public(j) for j in listing.jobs], next_page_token=listing.next_page_token)
+    reasons = store_queries.waiting_reasons(session, [j.id for j in listing.jobs if j.state == JobState.QUEUED])
+    return JobsPage(items=[to_job_public(j, reasons.get(j.id)) for j in listing.jobs],
+                    next_page_token=listing.next_page_token)
 
 
 @router.get("/{job_id}", operation_id="read_job", responses=_PROBLEMS)
@@ -193,7 +206,7 @@ async def read_job(job_id: str, request: Request) -> JobPublic:
     instead of two thread-pool hops (a sync dependency and a sync route), which costs more than the read itself
     (bench/api.py measures it)."""
     with request.app.state.session_factory() as session:
-        return to_job_public(store_jobs.get_job(session, job_id))
+        return job_public(session, store_jobs.get_job(session, job_id))
 
 
 @router.get("/{job_id}/events", operation_id="read_job_events", responses=_PROBLEMS)
