@@ -13,10 +13,13 @@ One sweep:
    when Redis restarted without persistence (task id recorded, message gone). A message is live if it waits
    in the queue's Redis lists, or if a worker received it (kombu's `unacked` hash) less than
    `redispatch_after_s` ago — a worker that got a message and did not claim its job within that time died.
-3. Orphaned artifact objects (worker/artifact_sweep.py), every ARTIFACT_SWEEP_INTERVAL_S: temporary keys of
+3. Unserved queues: a QUEUED job whose device queue (`gpu`, `cpu`) no live worker consumes gets its waiting
+   reason ("waiting for a cuda worker: …") as a QUEUED → QUEUED event, shown as JobPublic.waiting_reason
+   (worker/capacity.py keeps the register of live workers and what they serve).
+4. Orphaned artifact objects (worker/artifact_sweep.py), every ARTIFACT_SWEEP_INTERVAL_S: temporary keys of
    writes that never committed, checkpoint objects no record points at, objects of deleted jobs — each only
    once older than ORPHAN_GRACE_S.
-4. Last resort for a wedged cancel: after the store escalated CANCELLING → CANCELLED, the worker's heartbeat
+5. Last resort for a wedged cancel: after the store escalated CANCELLING → CANCELLED, the worker's heartbeat
    and every fenced write fail with LeaseLost, which stops a trainer that polls `should_stop` or logs metrics.
    If, one more grace period later, a worker still executes that job's task (`inspect().active()`, matched by
    the job id in its args), the reaper calls `revoke(task_id, terminate=True)` for that task id only; workers
@@ -43,7 +46,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api_schemas import JobState
+from api_schemas import JobState, split_stored_config
 from server.dispatch import RUN_JOB_TASK, DispatchError, all_job_queues, dispatch_job, make_producer, queue_keys
 from server.settings import Settings, get_settings
 from server.store import job_queries as store_queries
@@ -52,6 +55,7 @@ from server.store.db import make_engine, make_session_factory, utcnow
 from server.store.files import ArtifactStore
 from server.store.jobs import ReapOutcome
 from worker.artifact_sweep import sweep_orphans
+from worker.capacity import live_capacities, queue_waiting_reason
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,8 @@ class ReapReport:
     terminated: list[str] = field(default_factory=list)
     #: artifact-store keys removed as orphans
     orphans_removed: list[str] = field(default_factory=list)
+    #: jobs that got a new waiting reason (their queue has no live worker)
+    waiting: list[str] = field(default_factory=list)
 
 
 class Reaper:
@@ -103,6 +109,7 @@ class Reaper:
         report = ReapReport()
         self._reap_expired(report)
         self._redispatch_lost(report)
+        self._note_unserved(report)
         self._sweep_artifacts(report)
         self._terminate_wedged(report)
         return report
@@ -180,7 +187,20 @@ class Reaper:
             bodies.extend(b for b in unacked if b is not None)
         return bodies
 
-    # -- 3. orphaned artifact objects --
+    # -- 3. QUEUED jobs that no live worker serves --
+
+    def _note_unserved(self, report: ReapReport) -> None:
+        live = live_capacities(self._redis)
+        with self._sessions() as session:
+            page = store_queries.list_jobs(session, state=JobState.QUEUED, limit=500)
+            for job in page.jobs:
+                _, resources = split_stored_config(job.config)
+                reason = queue_waiting_reason(resources, live)
+                if reason is not None and store_jobs.note_waiting(session, job.id, reason):
+                    log.info("job %s stays QUEUED: %s", job.id, reason)
+                    report.waiting.append(job.id)
+
+    # -- 4. orphaned artifact objects --
 
     def _sweep_artifacts(self, report: ReapReport) -> None:
         if self._artifacts is None or time.monotonic() < self._next_artifact_sweep:
@@ -193,7 +213,7 @@ class Reaper:
             return
         report.orphans_removed.extend(swept.removed)
 
-    # -- 4. last resort for wedged cancels --
+    # -- 5. last resort for wedged cancels --
 
     def _terminate_wedged(self, report: ReapReport) -> None:
         for job_id, escalated_at in list(self._escalated.items()):

@@ -68,6 +68,7 @@ from worker.capacity import (
     live_capacities,
     local_capacity,
     run_device,
+    served_queues,
     waiting_reason,
 )
 from worker.evaluation import run_evaluation_job
@@ -139,7 +140,7 @@ def execute_job(job_id: str, *, worker: str, settings: Settings | None = None) -
     """Run one delivery of `job_id`. Returns the terminal state written, or None (duplicate / lease lost)."""
     res = JobResources.open(settings or get_settings())
     try:
-        capacity = local_capacity()
+        capacity = local_capacity(served_queues(app, res.settings.job_queue))
         announce(res.redis, worker, capacity)
         if not _can_run_here(res, job_id, worker=worker, capacity=capacity):
             return None

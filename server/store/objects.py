@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import Any, Protocol
 
 from server.store.errors import ArtifactRejected
 
@@ -47,10 +47,20 @@ class ObjectInfo:
     modified_at: datetime | None  # UTC; None when the backend does not say
 
 
+class BinaryWriter(Protocol):
+    """What a store's temporary object offers while it is written."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class HashingWriter:
     """A binary writer wrapper that counts bytes and updates a sha256 on every write."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: BinaryWriter) -> None:
         self._raw = raw
         self._hash = hashlib.sha256()
         self.size = 0
@@ -98,8 +108,8 @@ class ObjectStore(ABC):
     # -- writes: temporary key, then commit --
 
     @abstractmethod
-    def _open_temp(self, temp_key: str) -> IO[bytes]:
-        """A binary file open for writing at `temp_key` (closed by the caller)."""
+    def _open_temp(self, temp_key: str) -> BinaryWriter:
+        """A binary file open for writing at `temp_key` (closed by the caller; closing completes it)."""
 
     @abstractmethod
     def _commit(self, temp_key: str, key: str) -> None:
@@ -117,9 +127,12 @@ class ObjectStore(ABC):
         temp_key = f"{TEMP_PREFIX}/{uuid.uuid4().hex}"
         committed = False
         try:
-            with self._open_temp(temp_key) as raw:
+            raw = self._open_temp(temp_key)
+            try:
                 writer = HashingWriter(raw)
                 yield writer
+            finally:
+                raw.close()
             self._commit(temp_key, key)
             committed = True
         finally:
@@ -204,8 +217,7 @@ class LocalObjectStore(ObjectStore):
     """Objects as files below a root directory. Symlinks anywhere below the root are refused."""
 
     def __init__(self, root: Path | str) -> None:
-        self.root = Path(os.path.realpath(root))
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = Path(os.path.realpath(root))  # created by the first write: a bad root fails that write
         self.url = str(self.root)
 
     def path(self, key: str) -> Path:
@@ -218,7 +230,7 @@ class LocalObjectStore(ObjectStore):
                 raise ArtifactRejected(f"symlink in artifact path: {key!r}")
         return current
 
-    def _open_temp(self, temp_key: str) -> IO[bytes]:
+    def _open_temp(self, temp_key: str) -> BinaryWriter:
         path = self.path(temp_key)
         path.parent.mkdir(parents=True, exist_ok=True)
         return _SyncedFile(path)
@@ -273,13 +285,13 @@ class LocalObjectStore(ObjectStore):
             shutil.rmtree(base)
 
 
-class _SyncedFile(IO[bytes]):
+class _SyncedFile:
     """A file opened for writing that is fsynced before it closes (so that the rename publishes durable bytes)."""
 
     def __init__(self, path: Path) -> None:
         self._f = path.open("wb")
 
-    def write(self, data: Any) -> int:
+    def write(self, data: bytes, /) -> int:
         return self._f.write(data)
 
     def flush(self) -> None:
@@ -290,12 +302,6 @@ class _SyncedFile(IO[bytes]):
             self._f.flush()
             os.fsync(self._f.fileno())
             self._f.close()
-
-    def __enter__(self) -> _SyncedFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # ---------------------------------------------------------------------------------------------- fsspec
@@ -317,8 +323,8 @@ class FsspecObjectStore(ObjectStore):
     def _full(self, key: str) -> str:
         return f"{self._base}/{check_key(key)}"
 
-    def _open_temp(self, temp_key: str) -> IO[bytes]:
-        handle: IO[bytes] = self.fs.open(self._full(temp_key), "wb")
+    def _open_temp(self, temp_key: str) -> BinaryWriter:
+        handle: BinaryWriter = self.fs.open(self._full(temp_key), "wb")
         return handle
 
     def _commit(self, temp_key: str, key: str) -> None:

@@ -85,7 +85,7 @@ def test_unsafe_keys_are_refused(store: ObjectStore, key: str) -> None:
 def test_local_store_refuses_symlinks(tmp_path: Path) -> None:
     store = LocalObjectStore(tmp_path / "objects")
     (tmp_path / "secret").write_text("s")
-    (store.root / "jobs").mkdir()
+    (store.root / "jobs").mkdir(parents=True)
     (store.root / "jobs" / "link").symlink_to(tmp_path / "secret")
     with pytest.raises(ArtifactRejected):
         store.stat("jobs/link")
