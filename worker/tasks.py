@@ -12,8 +12,8 @@ without Celery. The task gets a job id, never an object, and re-reads the row (S
    timed metric flushes, log uploads);
 3. build the config from the row; download the latest recorded checkpoint of an earlier attempt (on whichever
    machine it ran) from the artifact store into the scratch directory, to resume from;
-4. call `ris_model.jobs.run_training_job` (imported here, never in the prefork parent: no CUDA before fork),
-   as rank 0 of `resources.gpus` processes (worker/launcher.py), writing checkpoints to the scratch directory
+4. call `ris_model.train.jobs.run_training_job` (imported here, never in the prefork parent: no CUDA before
+   fork), as rank 0 of `resources.gpus` processes (worker/launcher.py), writing checkpoints to the scratch directory
    (the sink uploads each one to the artifact store before recording it), or, for an `evaluation` job,
    `worker.evaluation.run_evaluation_job`; a lost rank requeues the job (FAILED WORKER_LOST once its
    attempts are spent);
@@ -72,7 +72,7 @@ from worker.capacity import (
     waiting_reason,
 )
 from worker.evaluation import run_evaluation_job
-from worker.failures import TrainerFailed, classify_failure, failure_message, traceback_tail
+from worker.failures import TrainerFailed, UserInputRejected, classify_failure, failure_message, traceback_tail
 from worker.heartbeat import JobMonitor, make_should_stop
 from worker.scratch import JobScratch, LogUploader
 from worker.sink import StoreSink
@@ -260,9 +260,16 @@ def _train(res: JobResources, row: Any, *, scratch: JobScratch, sink: StoreSink,
             return Outcome(JobState.FAILED, FailureReason.USER_CONFIG, FAULT_INJECTION_REFUSED)
         resume_from = _fetch_resume_checkpoint(res, job_id, scratch)
         # lazy: torch is imported in the child, never before fork
-        from ris_model.jobs import run_training_job
+        from ris_model.train.fault_hooks import DebugHooks
+        from ris_model.train.hooks import NO_HOOKS
+        from ris_model.train.jobs import run_training_job
         from worker.launcher import RankLost, RankSpec, rank_group
 
+        # fault injection only for a job whose stored config has a debug section
+        try:
+            hooks = DebugHooks(config.debug) if "debug" in row.config else NO_HOOKS
+        except ValueError as exc:
+            raise UserInputRejected(str(exc)) from exc
         checkpoint_dir = scratch.checkpoint_dir
         spec = RankSpec(label=job_id, kind=row.kind, config=stored, checkpoint_dir=str(checkpoint_dir),
                         resume_from=str(resume_from) if resume_from is not None else None,
@@ -270,6 +277,8 @@ def _train(res: JobResources, row: Any, *, scratch: JobScratch, sink: StoreSink,
         deadline = res.started_at + worker_deadline_s(res.settings)
         try:
             with rank_group(spec) as group:
+                # the process group goes to the trainer only when there is one (several ranks)
+                distributed: dict[str, Any] = {"dist": group.context} if spec.world_size > 1 else {}
                 try:
                     result = run_training_job(
                         config,
@@ -279,7 +288,8 @@ def _train(res: JobResources, row: Any, *, scratch: JobScratch, sink: StoreSink,
                         resume_from=resume_from,
                         should_stop=make_should_stop(monitor, deadline=deadline),
                         checkpoint_interval_s=res.settings.checkpoint_interval_s,
-                        dist=group.context,
+                        hooks=hooks,
+                        **distributed,
                     )
                 except LeaseLost:
                     raise
@@ -311,11 +321,7 @@ def _evaluate(res: JobResources, row: Any, *, scratch: JobScratch, sink: StoreSi
         if _is_lease_lost(exc) or monitor.lease_lost.is_set():
             return None
         return _failed_outcome(exc, sink)
-    if result.stopped == "cancel":
-        return Outcome(JobState.CANCELLED, message="cancelled by request")
-    if result.stopped == "timeout":
-        return Outcome(JobState.FAILED, FailureReason.TIMEOUT, "stopped at the worker's time limit")
-    return Outcome(JobState.SUCCEEDED, report=result.report)
+    return outcome_from_result(result)
 
 
 def _rank_lost_outcome(row: Any, exc: BaseException, sink: StoreSink) -> Outcome:
@@ -374,12 +380,15 @@ def worker_deadline_s(settings: Settings) -> float:
 
 
 def outcome_from_result(result: Any) -> Outcome:
-    """SUCCEEDED / CANCELLED / FAILED TIMEOUT from a FitResult."""
+    """SUCCEEDED / CANCELLED / FAILED TIMEOUT from a FitResult or an EvaluationResult (`stopped`, `report`;
+    a training run also names its stop checkpoint)."""
     if result.stopped == "cancel":
         return Outcome(JobState.CANCELLED, message="cancelled by request")
     if result.stopped == "timeout":
-        step = result.last_checkpoint.step if result.last_checkpoint is not None else None
-        message = f"stopped at the worker's time limit; stop checkpoint at step {step} is downloadable"
+        message = "stopped at the worker's time limit"
+        if hasattr(result, "last_checkpoint"):
+            step = result.last_checkpoint.step if result.last_checkpoint is not None else None
+            message += f"; stop checkpoint at step {step} is downloadable"
         return Outcome(JobState.FAILED, FailureReason.TIMEOUT, message)
     report = result.report
     if isinstance(report, BaseModel):

@@ -4,7 +4,7 @@ Owns the layout `uploads/<upload id>.pt` (the bytes, written under a temporary k
 `uploads/<upload id>.json` (size, sha256, created_at, principal; written once the bytes are in place), in the
 artifact store, `new_upload_id`, `write_upload`, `read_upload` and `upload_object`. Must not import FastAPI or
 torch: the API never unpickles an upload. The worker downloads it, checks the sha256 recorded here, and loads
-it with `torch.load(weights_only=True)` (`ris_model.checkpoint.load_checkpoint`) when an evaluation job runs.
+it with `torch.load(weights_only=True)` (`ris_model.train.checkpoint.load_checkpoint`) when an evaluation job runs.
 
 Safety: an upload id is a 32-digit hex uuid (never a path), so both keys stay inside `uploads/`.
 """
