@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
+import threading
 from pathlib import Path
 
 from server.store.artifacts import ArtifactStore
@@ -44,40 +44,63 @@ class JobScratch:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class LogUploader:
-    """Copies the job's local log file to the artifact store's `jobs/<id>/log.txt` (the API reads it there).
+class LogUploader(threading.Thread):
+    """Copies the job's local log file to the artifact store's `jobs/<id>/log.txt` (the API reads it there)
+    every `interval_s`, from a thread of its own: a slow store never delays the lease heartbeat.
 
-    The log of every attempt continues the one before: `restore` downloads what the store holds before the
-    attempt appends to it. Upload errors are logged, never raised: a log must not fail a job.
+    The log of every attempt continues the one before: `restore` reads what the store holds (the earlier
+    attempts' lines), and every upload sends those lines followed by this attempt's file. Nothing is uploaded
+    before `restore` ran, so an early upload can never replace the earlier lines. Upload errors are logged,
+    never raised: a log must not fail a job.
     """
 
     def __init__(self, artifacts: ArtifactStore, job_id: str, path: Path, *, interval_s: float) -> None:
+        super().__init__(name=f"log-uploader-{job_id}", daemon=True)
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
         self._artifacts = artifacts
         self._key = artifacts.log_key(job_id)
         self._path = path
         self._interval_s = interval_s
-        self._next = time.monotonic() + interval_s
         self._uploaded_size = -1
+        self._earlier = b""
+        self._restored = False
 
     def restore(self) -> None:
-        """Download the log of earlier attempts into the local file (nothing to do when there is none)."""
+        """Read the log of earlier attempts from the store (nothing when there is none)."""
         try:
-            if self._artifacts.objects.stat(self._key) is not None:
-                self._artifacts.objects.get_file(self._key, self._path)
+            info = self._artifacts.objects.stat(self._key)
+            if info is not None:
+                self._earlier = self._artifacts.objects.read_range(self._key, 0, info.size)
         except Exception as exc:  # noqa: BLE001 - the new attempt still logs; the earlier lines stay in the store
             log.warning("could not fetch the job's earlier log: %s", exc)
+            return  # uploading now would replace the earlier lines: this attempt's log stays local
+        self._restored = True
 
-    def upload_if_due(self) -> None:
-        if time.monotonic() >= self._next:
+    def run(self) -> None:
+        self.restore()
+        while not self._stopped.wait(self._interval_s):
             self.upload()
 
+    def stop(self) -> None:
+        """Stop the thread, then upload what the log holds now (the last lines of the attempt)."""
+        self._stopped.set()
+        if self.is_alive():
+            self.join(timeout=60.0)
+        self.upload()
+
     def upload(self) -> None:
-        self._next = time.monotonic() + self._interval_s
+        with self._lock:
+            self._upload_locked()
+
+    def _upload_locked(self) -> None:
+        if not self._restored:
+            return
         try:
             size = self._path.stat().st_size
             if size == self._uploaded_size:
                 return
-            self._artifacts.objects.put_file(self._path, self._key)
+            self._artifacts.objects.write(self._key, self._earlier + self._path.read_bytes())
             self._uploaded_size = size
         except FileNotFoundError:
             return

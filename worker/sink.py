@@ -93,9 +93,9 @@ class StoreSink:
         """Flush buffered points, upload the checkpoint file to the artifact store, then register it (fenced by
         the lease) in one transaction, and remove the object the record pointed at before."""
         self._raise_background_error()
+        stored = self._upload(info)  # outside the lock: the heartbeat thread's flushes must not wait for the store
         with self._lock:
             self._flush_locked()
-            stored = self._upload(info)
             with self._sessions() as session:
                 previous = recorded_checkpoint_path(session, self._job_id, info.name)
                 register_checkpoint(session, self._job_id, stored, lease_token=self._lease_token,

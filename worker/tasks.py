@@ -152,14 +152,13 @@ def execute_job(job_id: str, *, worker: str, settings: Settings | None = None) -
         scratch.remove()  # what an earlier attempt on this machine left is stale: the store has what counts
         scratch.create()
         uploader = LogUploader(res.artifacts, job_id, scratch.log_path, interval_s=res.settings.log_upload_interval_s)
-        uploader.restore()
         try:
             with job_log(scratch.log_path):
                 log.info("claimed job %s (attempt %s) on %s", job_id, row.attempt, worker)
                 return _run_claimed(res, row, scratch=scratch, uploader=uploader, lease_token=lease_token,
                                     worker=worker, capacity=capacity)
         finally:
-            uploader.upload()
+            uploader.stop()
             scratch.remove()
     finally:
         res.close()
@@ -229,13 +228,13 @@ def _run_claimed(res: JobResources, row: Any, *, scratch: JobScratch, uploader: 
     def on_poll() -> None:
         sink.flush_if_due()
         announcer.refresh_if_due()
-        uploader.upload_if_due()
 
     monitor = JobMonitor(
         res.sessions, job_id, lease_token=lease_token, redis=res.redis,
         heartbeat_interval_s=s.heartbeat_interval_s, on_poll=on_poll,
     )
     monitor.start()
+    uploader.start()  # restores the earlier attempts' log lines, then uploads the log every LOG_UPLOAD_INTERVAL_S
     try:
         outcome = _train(res, row, scratch=scratch, sink=sink, monitor=monitor, capacity=capacity)
     finally:
