@@ -55,7 +55,7 @@ def test_a_job_killed_on_one_machine_resumes_on_another_from_the_object_store(s3
     svc.kill(first)
     before = acknowledged(svc, job_id)
     svc.start_worker("machine-b")
-    final = svc.wait_terminal(job_id)
+    final = svc.wait_terminal(job_id, deadline_s=300)
     assert final.state == JobState.SUCCEEDED, final.failure_message
     assert final.attempt == 2 and final.worker.startswith("machine-b")
     assert "fetched from the artifact store" in svc.log_text_of_job(job_id)
