@@ -19,7 +19,7 @@ import pytest
 AWS_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -66,7 +66,7 @@ def _client_kwargs() -> dict[str, str]:
 def moto_server() -> Iterator[MotoS3]:
     pytest.importorskip("moto.server", reason="moto[server] is a dev dependency")
     pytest.importorskip("s3fs", reason="s3fs is the [s3] extra")
-    server = MotoS3(port=_free_port())
+    server = MotoS3(port=free_port())
     server.start()
     yield server
     server.stop()
