@@ -30,6 +30,7 @@ from api_schemas.resources import MAX_PRIORITY, DeviceQueue
 from server.settings import Settings
 from server.store.job_queries import list_undispatched
 from server.store.jobs import get_job, record_dispatch
+from server.store.principals import DISPATCHER
 
 #: The task name the worker registers (worker/tasks.py); the API sends it by name.
 RUN_JOB_TASK = "ris_jobs.run_job"
@@ -116,7 +117,7 @@ def enqueue_job(producer: Celery, job_id: str, queue: str, *, priority: int = DE
 def dispatch_job(session: Session, producer: Celery, job_id: str, queue_prefix: str) -> str:
     """Enqueue a committed QUEUED job on its device queue (`<queue_prefix>.gpu|cpu`, from its resources) with its
     priority, and record its task id (commits). Raises DispatchError, JobNotFound."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, principal=DISPATCHER)
     _, resources = split_stored_config(job.config)
     queue = job_queue_name(queue_prefix, device_queue(resources))
     task_id = enqueue_job(producer, job_id, queue, priority=stored_priority(job.config))

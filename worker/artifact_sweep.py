@@ -2,9 +2,9 @@
 
 Owns `sweep_orphans`. An object is an orphan when nothing can ever point at it again:
 - a temporary key (`_tmp/…`) older than ORPHAN_GRACE_S: a write that crashed before its commit;
-- a checkpoint object (`jobs/<id>/checkpoints/…`) that no checkpoint record points at, older than
-  ORPHAN_GRACE_S: an upload whose worker died before recording it, or the object of a rewritten checkpoint
-  that its writer could not remove;
+- a checkpoint object (`jobs/<id>/checkpoints/…`) of a finished job that no checkpoint record points at, older
+  than ORPHAN_GRACE_S: an upload whose worker died before recording it, or the object of a rewritten checkpoint
+  that its writer could not remove (a QUEUED, RUNNING or CANCELLING job may yet record what it uploaded);
 - any object of a job that no longer exists, older than ORPHAN_GRACE_S (the job's deletion removes its
   objects; this catches a removal that failed);
 - an upload's bytes (`uploads/<id>.pt`) without its metadata, older than ORPHAN_GRACE_S.
@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from api_schemas import TERMINAL_STATES
 from server.store.db import utcnow
 from server.store.files import JOBS_PREFIX, ArtifactStore
 from server.store.models import CheckpointRow, JobRow
@@ -29,6 +30,7 @@ from server.store.uploads import UPLOADS_SUBDIR
 
 log = logging.getLogger(__name__)
 _CHECKPOINTS = "checkpoints"
+_TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 
 
 @dataclass
@@ -56,7 +58,9 @@ def sweep_orphans(artifacts: ArtifactStore, sessions: sessionmaker[Session], *, 
             by_job.setdefault(parts[1], []).append(info)
     if by_job:
         with sessions() as session:
-            existing = set(session.scalars(select(JobRow.id).where(JobRow.id.in_(list(by_job)))))
+            states = dict(session.execute(select(JobRow.id, JobRow.state).where(JobRow.id.in_(list(by_job)))).tuples())
+            existing = set(states)
+            finished = {job_id for job_id, state in states.items() if state in _TERMINAL}
             recorded = {
                 (job_id, path) for job_id, path in session.execute(
                     select(CheckpointRow.job_id, CheckpointRow.path).where(CheckpointRow.job_id.in_(list(existing)))
@@ -69,7 +73,7 @@ def sweep_orphans(artifacts: ArtifactStore, sessions: sessionmaker[Session], *, 
                 rel = info.key.split("/", 2)[2]
                 if job_id not in existing:
                     doomed.append(info.key)
-                elif rel.startswith(f"{_CHECKPOINTS}/") and (job_id, rel) not in recorded:
+                elif job_id in finished and rel.startswith(f"{_CHECKPOINTS}/") and (job_id, rel) not in recorded:
                     doomed.append(info.key)
 
     uploads = objects.list(UPLOADS_SUBDIR)

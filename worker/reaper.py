@@ -54,6 +54,7 @@ from server.store import jobs as store_jobs
 from server.store.db import make_engine, make_session_factory, utcnow
 from server.store.files import ArtifactStore
 from server.store.jobs import ReapOutcome
+from server.store.principals import REAPER
 from worker.artifact_sweep import sweep_orphans
 from worker.capacity import live_capacities, queue_waiting_reason
 
@@ -101,7 +102,7 @@ class Reaper:
         self._redispatch_after_s = settings.redispatch_after_s if redispatch_after_s is None else redispatch_after_s
         #: job id -> monotonic time the sweep escalated its cancel (for the last-resort terminate)
         self._escalated: dict[str, float] = {}
-        self._artifacts = artifacts
+        self._artifacts = artifacts if artifacts is not None else ArtifactStore(settings.artifact_location)
         self._next_artifact_sweep = 0.0  # monotonic; the first sweep looks at once
 
     def reap_once(self) -> ReapReport:
@@ -166,7 +167,8 @@ class Reaper:
         page_token: str | None = None
         with self._sessions() as session:
             while True:
-                page = store_queries.list_jobs(session, state=JobState.QUEUED, limit=500, page_token=page_token)
+                page = store_queries.list_jobs(session, principal=REAPER, state=JobState.QUEUED, limit=500,
+                                               page_token=page_token)
                 stale.extend(job.id for job in page.jobs if job.queued_at < cutoff)
                 page_token = page.next_page_token
                 if page_token is None:
@@ -192,7 +194,7 @@ class Reaper:
     def _note_unserved(self, report: ReapReport) -> None:
         live = live_capacities(self._redis)
         with self._sessions() as session:
-            page = store_queries.list_jobs(session, state=JobState.QUEUED, limit=500)
+            page = store_queries.list_jobs(session, principal=REAPER, state=JobState.QUEUED, limit=500)
             for job in page.jobs:
                 _, resources = split_stored_config(job.config)
                 reason = queue_waiting_reason(resources, live)
@@ -203,7 +205,7 @@ class Reaper:
     # -- 4. orphaned artifact objects --
 
     def _sweep_artifacts(self, report: ReapReport) -> None:
-        if self._artifacts is None or time.monotonic() < self._next_artifact_sweep:
+        if time.monotonic() < self._next_artifact_sweep:
             return
         self._next_artifact_sweep = time.monotonic() + self._settings.artifact_sweep_interval_s
         try:

@@ -59,6 +59,7 @@ from server.store import live
 from server.store.artifacts import ArtifactStore
 from server.store.db import make_engine, make_session_factory
 from server.store.errors import InvalidTransition, JobNotFound, LeaseLost
+from server.store.principals import WORKER
 from worker.app import app
 from worker.capacity import (
     REQUEUE_DELAY_S,
@@ -76,6 +77,7 @@ from worker.failures import TrainerFailed, UserInputRejected, classify_failure, 
 from worker.heartbeat import JobMonitor, make_should_stop
 from worker.scratch import JobScratch, LogUploader
 from worker.sink import StoreSink
+from worker.store_retry import retry_store
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +224,7 @@ def _run_claimed(res: JobResources, row: Any, *, scratch: JobScratch, uploader: 
     sink = StoreSink(
         res.sessions, job_id, lease_token=lease_token, artifacts=res.artifacts, redis=res.redis,
         flush_interval_s=s.metrics_flush_interval_s, flush_max_points=s.metrics_flush_max_points,
+        store_retry_deadline_s=s.store_retry_deadline_s,
     )
     announcer = CapacityAnnouncer(res.redis, worker, capacity)  # a busy worker stays in the live register
 
@@ -436,14 +439,32 @@ def _finish(res: JobResources, job_id: str, *, outcome: Outcome, lease_token: st
 
 
 def _write_outcome(res: JobResources, job_id: str, *, outcome: Outcome, lease_token: str) -> None:
-    with res.sessions() as session:
-        if outcome.report is not None:
-            store_jobs.set_report(session, job_id, outcome.report, lease_token=lease_token)
-        store_jobs.transition(
-            session, job_id, outcome.state, lease_token=lease_token,
-            failure_reason=outcome.failure_reason, message=outcome.message,
-        )
-        session.commit()
+    """The report and the terminal state; retried while the database is unreachable (`worker.store_retry`).
+
+    A retry first looks whether the attempt whose connection broke had committed the state (the lease is then
+    cleared, so repeating the fenced transition would report LeaseLost for a write that succeeded)."""
+    broken = False
+
+    def note_failure(_exc: BaseException) -> None:
+        nonlocal broken
+        broken = True
+
+    def write() -> None:
+        with res.sessions() as session:
+            if broken:
+                job = store_jobs.get_job(session, job_id, principal=WORKER)
+                if job.state == outcome.state.value and job.lease_token is None:
+                    return
+            if outcome.report is not None:
+                store_jobs.set_report(session, job_id, outcome.report, lease_token=lease_token)
+            store_jobs.transition(
+                session, job_id, outcome.state, principal=WORKER, lease_token=lease_token,
+                failure_reason=outcome.failure_reason, message=outcome.message,
+            )
+            session.commit()
+
+    retry_store(write, what=f"terminal state {outcome.state.value} of job {job_id}",
+                deadline_s=res.settings.store_retry_deadline_s, on_retry=note_failure)
 
 
 def _publish_state(res: JobResources, job_id: str, state: JobState) -> None:

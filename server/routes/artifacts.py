@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
 
-from server.deps import ArtifactsDep, SessionDep, SettingsDep
+from server.deps import ArtifactsDep, PrincipalDep, SessionDep, SettingsDep
 from server.errors import problem_responses
 from server.routes.downloads import object_response
 from server.store import jobs as store_jobs
@@ -30,10 +30,10 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
             responses=_RESPONSES)
 def download_artifact(
     job_id: str, name: str, request: Request, session: SessionDep, artifacts: ArtifactsDep, settings: SettingsDep,
-    range_header: Annotated[str | None, Header(alias="Range")] = None,
+    principal: PrincipalDep, range_header: Annotated[str | None, Header(alias="Range")] = None,
 ) -> Response:
     """An output file of the job (e.g. `k_acc_vs_snr.png`, `report.json`)."""
-    job = store_jobs.get_job(session, job_id)
+    job = store_jobs.get_job(session, job_id, principal=principal)
     info, media_type = artifact_object(artifacts, job.id, name)
     return object_response(artifacts.objects, info.key, info, settings=settings, method=request.method,
                            media_type=media_type, range_header=range_header)

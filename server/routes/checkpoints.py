@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, Response
 
 from api_schemas import CheckpointPublic
-from server.deps import ArtifactsDep, SessionDep, SettingsDep
+from server.deps import ArtifactsDep, PrincipalDep, SessionDep, SettingsDep
 from server.errors import problem_responses
 from server.routes.downloads import object_response
 from server.store import get_checkpoint, list_checkpoints
@@ -37,9 +37,9 @@ def to_checkpoint_public(row: CheckpointRow) -> CheckpointPublic:
 
 
 @router.get("/{job_id}/checkpoints", operation_id="read_checkpoints", responses=_PROBLEMS)
-def read_checkpoints(job_id: str, session: SessionDep) -> list[CheckpointPublic]:
+def read_checkpoints(job_id: str, session: SessionDep, principal: PrincipalDep) -> list[CheckpointPublic]:
     """The job's checkpoints by step (available while it runs)."""
-    return [to_checkpoint_public(row) for row in list_checkpoints(session, job_id)]
+    return [to_checkpoint_public(row) for row in list_checkpoints(session, job_id, principal=principal)]
 
 
 _DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -67,6 +67,7 @@ def download_checkpoint(
     session: SessionDep,
     artifacts: ArtifactsDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
     range_header: Annotated[str | None, Header(alias="Range")] = None,
     if_range: Annotated[str | None, Header(alias="If-Range")] = None,

@@ -4,9 +4,10 @@ and an optional redirect to a presigned URL (ARTIFACT_PRESIGNED_REDIRECT).
 Owns `object_response`, shared by checkpoint and job-artifact downloads. The bytes stream from the store in
 1 MiB chunks (`ObjectStore.iter_range`), so a large checkpoint on S3 is never held in memory.
 
-Ranges: one `bytes=a-b`, `bytes=a-` or `bytes=-n` range is served as 206 (416 with `Content-Range: bytes */size`
-when it starts past the end). A Range header that is malformed or asks for several ranges is ignored, as RFC 9110
-§14.2 allows, and the whole object is sent (200): that never amplifies a response.
+Ranges (RFC 9110 §14): one `bytes=a-b`, `bytes=a-` or `bytes=-n` range is served as 206; a range that starts
+past the end is a 416 problem+json with `Content-Range: bytes */size`; a malformed Range header is a 400
+problem+json naming it; a range in another unit than `bytes`, or several ranges at once, is ignored and the whole
+object is sent (200), as §14.2 allows: that never amplifies a response.
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ from urllib.parse import quote
 from fastapi import Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
+from server.errors import problem_response
 from server.settings import Settings
 from server.store.objects import ObjectInfo, ObjectStore
 
-_RANGE_RE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
+#: `unit=spec`: the unit is an RFC 9110 token.
+_UNIT_RE = re.compile(r"^\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*=(.*)$")
+_SPEC_RE = re.compile(r"^(\d*)-(\d*)$")
+MALFORMED, UNSATISFIABLE = "malformed", "unsatisfiable"
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
@@ -31,28 +36,32 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in candidates or etag in candidates
 
 
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
-    """[start, end) of a single satisfiable range; None to send everything; "unsatisfiable" for a 416."""
+def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """[start, end) of one satisfiable byte range; None to send everything; MALFORMED (400) or UNSATISFIABLE
+    (416)."""
     if header is None:
         return None
-    match = _RANGE_RE.match(header.strip())
-    if match is None:
+    unit = _UNIT_RE.match(header)
+    if unit is None:
+        return MALFORMED
+    if unit.group(1).lower() != "bytes":
         return None
+    spec = unit.group(2).strip()
+    if "," in spec:
+        return None
+    match = _SPEC_RE.match(spec)
+    if match is None or match.groups() == ("", ""):
+        return MALFORMED
     first, last = match.groups()
-    if not first and not last:
-        return None
     if not first:  # suffix: the last n bytes
         n = int(last)
-        if n == 0:
-            return "unsatisfiable"
-        return max(0, size - n), size
+        return UNSATISFIABLE if n == 0 else (max(0, size - n), size)
     start = int(first)
-    end = size if not last else int(last) + 1
     if last and int(last) < start:
-        return None
+        return MALFORMED
     if start >= size:
-        return "unsatisfiable"
-    return start, min(end, size)
+        return UNSATISFIABLE
+    return start, (min(size, int(last) + 1) if last else size)
 
 
 def object_response(
@@ -84,8 +93,11 @@ def object_response(
             return RedirectResponse(url, status_code=307, headers=out)
     size = info.size
     wanted = parse_range(range_header, size) if (if_range is None or if_range == etag) else None
-    if wanted == "unsatisfiable":
-        return Response(status_code=416, headers={**out, "Content-Range": f"bytes */{size}"})
+    if wanted == MALFORMED:
+        return problem_response(400, f"malformed Range header {str(range_header)[:100]!r}; use bytes=<start>-<end>")
+    if wanted == UNSATISFIABLE:
+        return problem_response(416, f"no byte of the range lies within the file ({size} bytes)",
+                                headers={"Content-Range": f"bytes */{size}"})
     status, start, end = 200, 0, size
     if isinstance(wanted, tuple):
         status, (start, end) = 206, wanted

@@ -23,9 +23,11 @@ from sqlalchemy.orm import Session
 from api_schemas import (
     DebugConfig,
     DiagnosticReport,
+    EvaluationJobCreate,
     EvaluationReport,
     Failure,
     FailureReason,
+    JobCheckpointSource,
     JobCreate,
     JobEvent,
     JobKind,
@@ -50,12 +52,21 @@ from server.deps import (
     SettingsDep,
     strict_json_body,
 )
-from server.errors import FaultInjectionRefused, JobNotDispatched, QueueLimitExceeded, problem_responses
+from server.errors import (
+    FaultInjectionRefused,
+    InvalidReference,
+    JobNotDispatched,
+    QueueLimitExceeded,
+    problem_responses,
+)
 from server.store import job_queries as store_queries
 from server.store import jobs as store_jobs
 from server.store import live
+from server.store.artifacts import checkpoint_object, get_checkpoint
+from server.store.errors import CheckpointNotFound, JobNotFound, UploadNotFound
 from server.store.files import read_log
 from server.store.models import JobRow
+from server.store.uploads import read_upload
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
@@ -118,6 +129,22 @@ def _refuse_oversized(resources: Resources | None, *, max_gpus: int) -> None:
         }])
 
 
+def _check_checkpoint_source(body: JobCreate, session: SessionDep, artifacts: ArtifactsDep,
+                             principal: PrincipalDep) -> None:
+    """An evaluation must name a checkpoint the caller can use: a job of theirs that has it (with its file), or
+    an upload of theirs. Refused here (422) rather than as a FAILED job a second later."""
+    if not isinstance(body, EvaluationJobCreate):
+        return
+    source = body.config.checkpoint
+    try:
+        if isinstance(source, JobCheckpointSource):
+            checkpoint_object(artifacts, get_checkpoint(session, source.job_id, source.checkpoint, principal=principal))
+        else:
+            read_upload(artifacts, source.upload_id, principal=principal)
+    except (JobNotFound, CheckpointNotFound, UploadNotFound) as exc:
+        raise InvalidReference("config.checkpoint", str(exc)) from exc
+
+
 def _refuse_fault_injection(config: BaseModel, *, allowed: bool) -> None:
     """FaultInjectionRefused when the config (given, or expanded from a preset) switches on a `debug` fault."""
     debug = getattr(config, "debug", None)
@@ -146,6 +173,7 @@ def create_job(
     body: Annotated[JobCreate, Body()],
     response: Response,
     session: SessionDep,
+    artifacts: ArtifactsDep,
     settings: SettingsDep,
     producer: ProducerDep,
     principal: PrincipalDep,
@@ -167,7 +195,8 @@ def create_job(
                 _dispatch_or_503(session, producer, existing, settings.job_queue)
             response.headers["Location"] = f"/v1/jobs/{existing.id}"
             response.headers["Idempotent-Replayed"] = "true"
-            return to_job_public(store_jobs.get_job(session, existing.id))
+            return to_job_public(store_jobs.get_job(session, existing.id, principal=principal))
+    _check_checkpoint_source(body, session, artifacts, principal)
     if store_queries.count_queued(session, principal=principal) >= settings.max_queued_jobs_per_key:
         raise QueueLimitExceeded(
             f"{settings.max_queued_jobs_per_key} jobs are already QUEUED for this API key; wait or cancel some"
@@ -181,44 +210,47 @@ def create_job(
     if job.celery_task_id is None:  # an idempotent race may hand back a job that is already dispatched
         _dispatch_or_503(session, producer, job, settings.job_queue)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return to_job_public(store_jobs.get_job(session, job.id))
+    return to_job_public(store_jobs.get_job(session, job.id, principal=principal))
 
 
 @router.get("", operation_id="read_jobs", responses=_PROBLEMS)
 def read_jobs(
     session: SessionDep,
+    principal: PrincipalDep,
     state: JobState | None = None,
     kind: JobKind | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     page_token: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobsPage:
-    """Jobs newest first, filtered by state and kind, paged by `next_page_token`."""
-    listing = store_queries.list_jobs(session, state=state, kind=kind, limit=limit, page_token=page_token)
+    """The caller's jobs (every job for an admin key) newest first, filtered by state and kind, paged by
+    `next_page_token`."""
+    listing = store_queries.list_jobs(session, principal=principal, state=state, kind=kind, limit=limit,
+                                      page_token=page_token)
     reasons = store_queries.waiting_reasons(session, [j.id for j in listing.jobs if j.state == JobState.QUEUED])
     return JobsPage(items=[to_job_public(j, reasons.get(j.id)) for j in listing.jobs],
                     next_page_token=listing.next_page_token)
 
 
 @router.get("/{job_id}", operation_id="read_job", responses=_PROBLEMS)
-async def read_job(job_id: str, request: Request) -> JobPublic:
+async def read_job(job_id: str, request: Request, principal: PrincipalDep) -> JobPublic:
     """One job: state, progress, non-finite steps, latest metrics, failure, attempt, links.
 
     The hot path that clients poll: one primary-key read (~0.1 ms on SQLite), so it runs on the event loop
     instead of two thread-pool hops (a sync dependency and a sync route), which costs more than the read itself
     (bench/api.py measures it)."""
     with request.app.state.session_factory() as session:
-        return job_public(session, store_jobs.get_job(session, job_id))
+        return job_public(session, store_jobs.get_job(session, job_id, principal=principal))
 
 
 @router.get("/{job_id}/events", operation_id="read_job_events", responses=_PROBLEMS)
-def read_job_events(job_id: str, session: SessionDep) -> list[JobEvent]:
+def read_job_events(job_id: str, session: SessionDep, principal: PrincipalDep) -> list[JobEvent]:
     """The job's state transitions, oldest first."""
     return [
         JobEvent(
             from_state=JobState(e.from_state) if e.from_state else None, to_state=JobState(e.to_state), at=e.at,
             message=e.message,
         )
-        for e in store_queries.list_events(session, job_id)
+        for e in store_queries.list_events(session, job_id, principal=principal)
     ]
 
 
@@ -233,11 +265,12 @@ def read_job_logs(
     job_id: str,
     session: SessionDep,
     artifacts: ArtifactsDep,
+    principal: PrincipalDep,
     offset: Annotated[int, Query(ge=0, description="byte offset")] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_LOG_CHUNK_BYTES, description="bytes")] = 1024 * 1024,
 ) -> Response:
     """Log bytes from `offset`; pass `X-Next-Offset` back as `offset` to continue."""
-    job = store_jobs.get_job(session, job_id)
+    job = store_jobs.get_job(session, job_id, principal=principal)
     chunk = read_log(artifacts, job.id, offset=offset, limit=limit)
     return Response(
         content=chunk.data, media_type="text/plain; charset=utf-8", headers={"X-Next-Offset": str(chunk.next_offset)}
@@ -249,10 +282,11 @@ def read_job_logs(
     responses={**_PROBLEMS, 200: {"content": {"application/json": {}, "text/markdown": {}}}},
 )
 def read_job_report(
-    job_id: str, session: SessionDep, fmt: Annotated[Literal["json", "md"], Query(alias="format")] = "json"
+    job_id: str, session: SessionDep, principal: PrincipalDep,
+    fmt: Annotated[Literal["json", "md"], Query(alias="format")] = "json",
 ) -> Response:
     """The job's report (a dict of sections) as JSON, or rendered as Markdown with `?format=md`."""
-    report = store_jobs.get_report(session, job_id)
+    report = store_jobs.get_report(session, job_id, principal=principal)
     if fmt == "md" and report.get("kind") == JobKind.EVALUATION.value:  # the report's own rendering
         return Response(EvaluationReport.model_validate(report).to_markdown(), media_type="text/markdown")
     if fmt == "md" and report.get("kind") == JobKind.DIAGNOSTIC.value:  # checks table and verdict
@@ -265,9 +299,9 @@ def read_job_report(
 @router.post(
     "/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, operation_id="cancel_job", responses=_PROBLEMS
 )
-def cancel_job(job_id: str, session: SessionDep, redis_client: RedisDep) -> JobPublic:
+def cancel_job(job_id: str, session: SessionDep, redis_client: RedisDep, principal: PrincipalDep) -> JobPublic:
     """Cooperative cancel: QUEUED → CANCELLED now, RUNNING → CANCELLING (the worker stops at its next step)."""
-    job = store_jobs.request_cancel(session, job_id)
+    job = store_jobs.request_cancel(session, job_id, principal=principal)
     try:
         if job.state == JobState.CANCELLING:
             live.set_cancel_flag(redis_client, job.id)  # the worker also sees CANCELLING in its heartbeat
@@ -280,9 +314,9 @@ def cancel_job(job_id: str, session: SessionDep, redis_client: RedisDep) -> JobP
 @router.delete(
     "/{job_id}", status_code=status.HTTP_204_NO_CONTENT, operation_id="delete_job", responses=_PROBLEMS
 )
-def delete_job(job_id: str, session: SessionDep, artifacts: ArtifactsDep) -> Response:
+def delete_job(job_id: str, session: SessionDep, artifacts: ArtifactsDep, principal: PrincipalDep) -> Response:
     """Delete a finished job with its metrics, checkpoints and logs (409 while it is not terminal)."""
-    store_jobs.delete_job(session, job_id)
+    store_jobs.delete_job(session, job_id, principal=principal)
     artifacts.delete_job_files(job_id)  # after the rows: a failed removal leaves files, never a dangling row
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -24,6 +24,7 @@ from server.store.db import utcnow
 from server.store.errors import InvalidCursor
 from server.store.jobs import get_job
 from server.store.models import CheckpointRow, JobEventRow, JobRow
+from server.store.principals import Principal, owned_by
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -54,17 +55,19 @@ def _decode_cursor(token: str) -> tuple[datetime, str]:
 def list_jobs(
     session: Session,
     *,
+    principal: Principal,
     state: JobState | None = None,
     kind: JobKind | None = None,
     limit: int = 50,
     page_token: str | None = None,
 ) -> JobListing:
-    """Jobs newest first (created_at, then id), optionally filtered, paged by an opaque token.
+    """The jobs `principal` may see, newest first (created_at, then id), optionally filtered, paged by an opaque
+    token.
 
     Raises:
         InvalidCursor: `page_token` was not issued by `list_jobs`.
     """
-    stmt = select(JobRow)
+    stmt = select(JobRow).where(owned_by(principal))
     if state is not None:
         stmt = stmt.where(JobRow.state == JobState(state).value)
     if kind is not None:
@@ -80,9 +83,9 @@ def list_jobs(
     return JobListing(jobs=rows, next_page_token=_encode_cursor(rows[-1]) if more and rows else None)
 
 
-def list_events(session: Session, job_id: str | UUID) -> list[JobEventRow]:
+def list_events(session: Session, job_id: str | UUID, *, principal: Principal) -> list[JobEventRow]:
     """The job's state transitions, oldest first. Raises JobNotFound."""
-    get_job(session, job_id)
+    get_job(session, job_id, principal=principal)
     return list(
         session.scalars(select(JobEventRow).where(JobEventRow.job_id == str(job_id)).order_by(JobEventRow.id))
     )
@@ -102,9 +105,9 @@ def waiting_reasons(session: Session, job_ids: Sequence[str]) -> dict[str, str]:
     return {job_id: message for job_id, message in rows if message}
 
 
-def count_queued(session: Session, *, principal: str | None) -> int:
-    """How many QUEUED jobs this principal (None = anonymous) has."""
-    owner = JobRow.principal.is_(None) if principal is None else JobRow.principal == principal
+def count_queued(session: Session, *, principal: Principal) -> int:
+    """How many QUEUED jobs this principal owns (an admin counts its own too, not everyone's)."""
+    owner = JobRow.principal.is_(None) if principal.owner is None else JobRow.principal == principal.owner
     queued = JobRow.state == JobState.QUEUED.value
     return session.scalar(select(func.count()).select_from(JobRow).where(owner, queued)) or 0
 

@@ -96,6 +96,7 @@ class JobRow(Base):
     __table_args__ = (
         Index("ix_jobs_created_id", "created_at", "id"),
         Index("ix_jobs_principal_state", "principal", "state"),
+        Index("ix_jobs_principal_created", "principal", "created_at", "id"),  # one principal's listing
     )
 
 
@@ -109,6 +110,9 @@ class JobEventRow(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     attempt: Mapped[int] = mapped_column(Integer)
     message: Mapped[str | None] = mapped_column(Text)
+    #: who caused it: a principal id (`key-<16 hex>`, `anonymous`, `system:worker`, `system:reaper`); NULL on
+    #: events older than schema revision 0002
+    principal: Mapped[str | None] = mapped_column(String(64))
 
 
 class MetricRow(Base):

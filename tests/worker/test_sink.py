@@ -13,6 +13,7 @@ from server.store import ArtifactStore, get_job, list_checkpoints, read_points
 from server.store.errors import ArtifactUploadFailed, LeaseLost
 from server.store.jobs import transition
 from server.store.objects import LocalObjectStore
+from server.store.principals import ADMIN
 from tests.factories import make_job
 from tests.worker.conftest import RecordingRedis
 from worker.sink import StoreSink
@@ -59,7 +60,7 @@ def _sink(
 
 def _stored_keys(sessions: sessionmaker[Session], job_id: str) -> list[str]:
     with sessions() as s:
-        return [p.key for p in read_points(s, job_id).points]
+        return [p.key for p in read_points(s, job_id, principal=ADMIN).points]
 
 
 def test_log_metrics_buffers_until_the_flush_interval(sessions, artifacts, redis_stub, running_job, clock) -> None:
@@ -85,7 +86,7 @@ def test_nonfinite_points_flush_immediately_into_the_job_summary(
     sink = _sink(sessions, artifacts, redis_stub, running_job, clock)
     sink.log_metrics(_nonfinite_points(5))
     with sessions() as s:
-        job = get_job(s, running_job[0])
+        job = get_job(s, running_job[0], principal=ADMIN)
     assert job.nonfinite_total == 1
     assert job.nonfinite["by_cause"] == {"loss": 1}
     assert job.nonfinite["by_loss_term"] == {"k": 1}
@@ -126,7 +127,7 @@ def test_log_checkpoint_flushes_points_uploads_then_registers(
     sink.log_checkpoint(_scratch_checkpoint(tmp_path, "k_only-1", b"weights"))
     assert _stored_keys(sessions, job_id) == ["train/loss"]
     with sessions() as s:
-        [row] = list_checkpoints(s, job_id)
+        [row] = list_checkpoints(s, job_id, principal=ADMIN)
     assert row.name == "k_only-1" and not row.path.startswith("/"), "the record names the store's key"
     key = artifacts.job_key(job_id, row.path)
     assert artifacts.objects.read_range(key, 0, 100) == b"weights"
@@ -140,7 +141,7 @@ def test_a_rewritten_checkpoint_replaces_its_object_after_the_record(
     sink.log_checkpoint(_scratch_checkpoint(tmp_path, "k_only-last", b"first"))
     sink.log_checkpoint(_scratch_checkpoint(tmp_path, "k_only-last", b"second"))
     with sessions() as s:
-        [row] = list_checkpoints(s, job_id)
+        [row] = list_checkpoints(s, job_id, principal=ADMIN)
     objects = artifacts.objects.list(artifacts.job_prefix(job_id))
     assert [o.key for o in objects] == [artifacts.job_key(job_id, row.path)], "the replaced object is gone"
     assert row.sha256 == hashlib.sha256(b"second").hexdigest()
@@ -157,7 +158,7 @@ def test_a_checkpoint_the_store_does_not_take_is_never_recorded(
     with pytest.raises(ArtifactUploadFailed, match="could not be uploaded to the artifact store"):
         sink.log_checkpoint(_scratch_checkpoint(tmp_path, "k_only-1", b"weights"))
     with sessions() as s:
-        assert list_checkpoints(s, job_id) == []
+        assert list_checkpoints(s, job_id, principal=ADMIN) == []
 
 
 def test_redis_publish_failure_does_not_fail_the_job(sessions, artifacts, running_job, clock) -> None:
@@ -171,7 +172,7 @@ def test_flush_after_lease_lost_raises(sessions, artifacts, redis_stub, running_
     job_id, lease = running_job
     sink = _sink(sessions, artifacts, redis_stub, running_job, clock)
     with sessions() as s:
-        transition(s, job_id, JobState.SUCCEEDED, lease_token=lease)
+        transition(s, job_id, JobState.SUCCEEDED, lease_token=lease, principal=ADMIN)
     with pytest.raises(LeaseLost):
         sink.log_metrics(_nonfinite_points(1))
 
@@ -183,7 +184,7 @@ def test_background_flush_error_is_raised_on_the_next_trainer_call(
     sink = _sink(sessions, artifacts, redis_stub, running_job, clock)
     sink.log_metrics([_point(1)])
     with sessions() as s:
-        transition(s, job_id, JobState.SUCCEEDED, lease_token=lease)
+        transition(s, job_id, JobState.SUCCEEDED, lease_token=lease, principal=ADMIN)
     clock.now += 2.0
     sink.flush_if_due()  # the heartbeat thread's call: must not raise there
     with pytest.raises(LeaseLost):

@@ -15,6 +15,7 @@ from server.main import create_app
 from server.store import ArtifactStore, get_checkpoint, register_checkpoint
 from server.store.models import JobRow
 from server.store.objects import LocalObjectStore
+from server.store.principals import ADMIN
 from tests.factories import make_job, stored_checkpoint
 from tests.s3 import moto_server, s3_env  # noqa: F401  (fixtures)
 from tests.server.conftest import make_settings
@@ -91,7 +92,7 @@ def test_download_checkpoint_replaced_by_symlink_returns_404(
     client: TestClient, job: JobRow, api_session: Session, api_artifacts: ArtifactStore
 ) -> None:
     assert isinstance(api_artifacts.objects, LocalObjectStore)
-    key = api_artifacts.job_key(job.id, get_checkpoint(api_session, job.id, "final").path)
+    key = api_artifacts.job_key(job.id, get_checkpoint(api_session, job.id, "final", principal=ADMIN).path)
     path = api_artifacts.objects.path(key)
     path.unlink()
     path.symlink_to("/etc/passwd")

@@ -13,8 +13,16 @@ import pytest
 from sqlalchemy.orm import Session
 
 from api_schemas import CheckpointInfo, JobState
-from server.store import ArtifactRejected, ArtifactStore, make_session_factory, register_checkpoint, utcnow
+from server.store import (
+    ArtifactRejected,
+    ArtifactStore,
+    make_session_factory,
+    register_checkpoint,
+    transition,
+    utcnow,
+)
 from server.store.objects import TEMP_PREFIX, FsspecObjectStore, LocalObjectStore, ObjectStore, open_object_store
+from server.store.principals import WORKER
 from tests.factories import make_job
 from tests.s3 import moto_server, s3_env  # noqa: F401  (fixtures)
 from worker.artifact_sweep import sweep_orphans
@@ -121,6 +129,7 @@ def test_checkpoint_upload_record_fetch_and_orphan_sweep(store: ObjectStore, ses
     assert fetched.read_bytes() == b"weights 1"
     with pytest.raises(ArtifactRejected):
         artifacts.fetch(artifacts.job_key(job.id, kept.path), tmp_path / "bad.pt", sha256="f" * 64)
+    transition(session, job.id, JobState.SUCCEEDED, lease_token=job.lease_token, principal=WORKER)
     store.write(f"{TEMP_PREFIX}/crashed-write", b"partial")
     store.write("jobs/no-such-job/log.txt", b"a deleted job's leftover")
 
