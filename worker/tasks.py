@@ -180,7 +180,7 @@ def _can_run_here(res: JobResources, job_id: str, *, worker: str, capacity: Work
     REQUEUE_DELAY_S its message is sent again, to the end of the queue, for another worker."""
     with res.sessions() as session:
         try:
-            row = store_jobs.get_job(session, job_id)
+            row = store_jobs.get_job(session, job_id, principal=WORKER)
         except JobNotFound:
             return True  # _claim logs and drops it
         if row.state != JobState.QUEUED:

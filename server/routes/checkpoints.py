@@ -73,7 +73,7 @@ def download_checkpoint(
     if_range: Annotated[str | None, Header(alias="If-Range")] = None,
 ) -> Response:
     """The checkpoint file (`final` and `latest` are aliases); resumable with Range."""
-    row = get_checkpoint(session, job_id, name)
+    row = get_checkpoint(session, job_id, name, principal=principal)
     key, info = checkpoint_object(artifacts, row)
     digest = f"sha-256=:{base64.b64encode(bytes.fromhex(row.sha256)).decode()}:"
     return object_response(
