@@ -58,7 +58,8 @@ def sweep_orphans(artifacts: ArtifactStore, sessions: sessionmaker[Session], *, 
             by_job.setdefault(parts[1], []).append(info)
     if by_job:
         with sessions() as session:
-            states = dict(session.execute(select(JobRow.id, JobRow.state).where(JobRow.id.in_(list(by_job)))).tuples())
+            rows = session.execute(select(JobRow.id, JobRow.state).where(JobRow.id.in_(list(by_job))))
+            states = {job_id: state for job_id, state in rows}
             existing = set(states)
             finished = {job_id for job_id, state in states.items() if state in _TERMINAL}
             recorded = {

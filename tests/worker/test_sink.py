@@ -152,7 +152,6 @@ def test_a_checkpoint_the_store_does_not_take_is_never_recorded(
 ) -> None:
     job_id, _ = running_job
     broken = ArtifactStore(LocalObjectStore(tmp_path / "store"))
-    (tmp_path / "store").rmdir()
     (tmp_path / "store").write_text("a file where the store's directory should be")
     sink = _sink(sessions, broken, redis_stub, running_job, clock)
     with pytest.raises(ArtifactUploadFailed, match="could not be uploaded to the artifact store"):
