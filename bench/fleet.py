@@ -37,6 +37,7 @@ from api_schemas import CheckpointInfo, JobKind, JobState, Resources, stored_con
 from server.dispatch import dispatch_job, job_queue_name, make_producer  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from server.store import ArtifactStore, create_job, create_schema, get_job, make_engine, make_session_factory  # noqa: E402,E501
+from server.store.principals import ADMIN, ANONYMOUS  # noqa: E402
 from tests.s3 import MotoS3, free_port  # noqa: E402
 from tests.worker.configs import quick_diagnostic_config  # noqa: E402
 
@@ -72,13 +73,14 @@ def run_throughput(n_workers: int, n_jobs: int, redis_url: str, timeout_s: float
         ids = []
         with sessions() as s:
             for _ in range(n_jobs):
-                job = create_job(s, kind=JobKind.DIAGNOSTIC, name="bench", config=config, max_attempts=1)
+                job = create_job(s, kind=JobKind.DIAGNOSTIC, name="bench", config=config, max_attempts=1,
+                                 principal=ANONYMOUS)
                 dispatch_job(s, producer, job.id, queue)
                 ids.append(job.id)
         deadline = started + timeout_s
         while True:
             with sessions() as s:
-                rows = [get_job(s, job_id) for job_id in ids]
+                rows = [get_job(s, job_id, principal=ADMIN) for job_id in ids]
             if all(JobState(r.state) in TERMINAL for r in rows):
                 break
             if time.monotonic() > deadline:
