@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 
 from api_schemas import DEVICE_QUEUES, Resources, device_queue
 from server.dispatch import job_queue_name
-from worker.cli import visible_gpus
+from worker.gpus import visible_gpus
 
 log = logging.getLogger(__name__)
 

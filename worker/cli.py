@@ -36,6 +36,7 @@ from api_schemas import DEVICE_QUEUES
 from api_schemas.resources import DeviceQueue
 from server.dispatch import job_queue_name
 from server.settings import Settings, get_settings
+from worker.gpus import visible_gpus
 
 #: Seconds a child gets to exit after SIGTERM before it is killed.
 STOP_GRACE_S = 20.0
@@ -47,21 +48,6 @@ REDIS_INSTALL_HINT = (
 
 
 # -- GPU discovery (no CUDA in this process) --
-
-
-def visible_gpus() -> list[str]:
-    """GPU ids a worker may use: CUDA_VISIBLE_DEVICES if set, else `nvidia-smi -L`; [] when there is none."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")  # device visibility, not a service setting (B5)
-    if env is not None:
-        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return []
-    try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
-    except (subprocess.SubprocessError, OSError):
-        return []
-    return [str(i) for i, line in enumerate(ln for ln in out.splitlines() if ln.startswith("GPU "))]
 
 
 def gpu_groups(gpus: list[str], per_worker: int) -> list[list[str]]:
