@@ -35,11 +35,11 @@ sys.path.insert(0, str(REPO))
 os.environ["PYTHONPATH"] = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"  # for the rank processes
 
 import torch  # noqa: E402
-from ris_model.train.jobs import run_training_job  # noqa: E402
-from ris_model.train.sinks import MemorySink  # noqa: E402
 
 from api_schemas import DataConfig, LossWeights, PhaseConfig, TrainingJobConfig  # noqa: E402
 from api_schemas import metrics as keys  # noqa: E402
+from ris_model.train.jobs import run_training_job  # noqa: E402
+from ris_model.train.sinks import MemorySink  # noqa: E402
 from worker.launcher import RankSpec, rank_group  # noqa: E402
 
 

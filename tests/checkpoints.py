@@ -19,7 +19,7 @@ TRAINING_CHECKPOINT_KEYS = frozenset({
     ckpt.RNG_KEY, ckpt.CONFIG_KEY, ckpt.CONFIG_SHA_KEY, ckpt.POSITION_KEY, ckpt.COUNTERS_KEY, "epoch_start",
     "eval_model",
 })
-POSITION_FIELDS = frozenset({"phase_index", "phase", "epoch", "batch", "global_step", "optimizer_phase"})
+POSITION_FIELDS = frozenset({"phase_index", "phase", "epoch", "batch", "global_step", "optimizer_phase", "world_size"})
 
 
 def assert_training_checkpoint(state: dict[str, Any], *, kind: str, phase: str) -> None:

@@ -1,4 +1,5 @@
-"""The `ris-jobs` command: `serve` (the README's one-command run), `api`, `worker`, `reaper` (DESIGN §3).
+"""The `ris-jobs` command: `serve` (the README's one-command run), `api`, `worker`, `reaper` (DESIGN §3), and
+the user commands of `client.cli` (submit, list, status, watch, logs, download, report, cancel, ...).
 
 Owns process supervision only: starting, watching and stopping child processes. It imports no torch and never
 initialises CUDA: GPUs are counted from CUDA_VISIBLE_DEVICES or `nvidia-smi -L`, and each GPU (or each group
@@ -34,6 +35,7 @@ from redis.exceptions import RedisError
 
 from api_schemas import DEVICE_QUEUES
 from api_schemas.resources import DeviceQueue
+from client import cli as user_cli
 from server.dispatch import job_queue_name
 from server.settings import Settings, get_settings
 from worker.gpus import visible_gpus
@@ -270,8 +272,9 @@ def cmd_reaper(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ris-jobs", description=__doc__.split("\n", 1)[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="ris-jobs", description=__doc__.split("\n\n", 1)[0],
+                                     epilog="`ris-jobs COMMAND --help` describes each command.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, func, help_text in (
         ("serve", cmd_serve, "run everything on this machine: Redis if needed, API, one worker, reaper"),
         ("api", cmd_api, "run the HTTP API (one uvicorn process)"),
@@ -293,11 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reaper)
     p = sub.add_parser("migrate", help="upgrade the job store's schema to the newest revision, then exit")
     p.set_defaults(func=cmd_migrate)
+    user_cli.add_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in user_cli.COMMANDS:
+        return user_cli.run(args)
     return int(args.func(args))
 
 

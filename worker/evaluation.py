@@ -150,16 +150,21 @@ def run_evaluation_job(job_id: str, config_json: dict[str, Any], *, sessions: se
     return EvaluationResult(report=report.model_copy(update={"artifacts": files}).model_dump(mode="json"))
 
 
+def write_artifact(artifacts: ArtifactStore, job_id: str, name: str, data: bytes) -> EvaluationArtifact:
+    """Write one output file of the job to the artifact store's `jobs/<id>/artifacts/` (a temporary key, then
+    committed) and describe it (name, media type, size, sha256, download URL) for the report."""
+    digest = artifacts.objects.write(artifact_key(artifacts, job_id, name), data)
+    return EvaluationArtifact(name=name, media_type=ARTIFACT_MEDIA_TYPES[name.rsplit(".", 1)[1]], size=digest.size,
+                              sha256=digest.sha256, url=f"/v1/jobs/{job_id}/artifacts/{name}")
+
+
 def _write_files(job_id: str, artifacts: ArtifactStore, report: Any, figures: dict[str, bytes]
                  ) -> list[EvaluationArtifact]:
     """Write the PNGs, then report.md (linking them), then report.json (listing them), each committed whole."""
     written: list[EvaluationArtifact] = []
 
     def write(name: str, data: bytes) -> None:
-        digest = artifacts.objects.write(artifact_key(artifacts, job_id, name), data)
-        written.append(EvaluationArtifact(name=name, media_type=ARTIFACT_MEDIA_TYPES[name.rsplit(".", 1)[1]],
-                                          size=digest.size, sha256=digest.sha256,
-                                          url=f"/v1/jobs/{job_id}/artifacts/{name}"))
+        written.append(write_artifact(artifacts, job_id, name, data))
 
     for name, data in figures.items():
         write(name, data)

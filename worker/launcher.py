@@ -29,14 +29,13 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict
 
-from ris_model.train.distributed import SINGLE, DistContext, init_process_group
+from ris_model.train.distributed import SINGLE, DistContext, all_ready, init_process_group, tcp_store
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +47,6 @@ ERROR_GRACE_S = 2.0
 WATCH_INTERVAL_S = 0.2
 #: Seconds a blocked NCCL collective gets, after a rank died, before the watchdog aborts the group.
 NCCL_ABORT_AFTER_S = 10.0
-#: Seconds the ranks have to connect to rank 0's store.
-STORE_TIMEOUT = timedelta(minutes=5)
 
 
 class RankSpec(BaseModel):
@@ -175,18 +172,22 @@ def rank_group(spec: RankSpec) -> Iterator[RankGroup]:
     threads = torch.get_num_threads()
     if spec.device == "cpu":
         torch.set_num_threads(cpu_threads_per_rank(spec.world_size))
-    store = dist.TCPStore("127.0.0.1", 0, spec.world_size, is_master=True, timeout=STORE_TIMEOUT,
-                          wait_for_workers=False)
+    store, port = tcp_store(0, spec.world_size, is_master=True)
     procs: dict[int, subprocess.Popen[bytes]] = {}
     watchdog = _Watchdog(procs, abort_nccl=spec.device == "cuda")
     ok = False
     try:
         for rank in range(1, spec.world_size):
-            procs[rank] = _spawn(spec.model_copy(update={"rank": rank, "store_port": store.port,
+            procs[rank] = _spawn(spec.model_copy(update={"rank": rank, "store_port": port,
                                                         "parent_pid": os.getpid()}))
         log.info("started ranks 1..%d of job %s (pids %s)", spec.world_size - 1, spec.label,
                  ", ".join(str(p.pid) for p in procs.values()))
         watchdog.start()
+        # join only once every rank runs: a rank that dies while starting would leave the join waiting
+        while not all_ready(store, spec.world_size):
+            if watchdog.lost is not None:
+                raise RuntimeError("a training process died before it joined the group")
+            time.sleep(WATCH_INTERVAL_S)
         init_process_group(store, rank=0, world_size=spec.world_size, device=device)
         yield RankGroup(DistContext(rank=0, world_size=spec.world_size), device)
         ok = True

@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from worker.launcher import STORE_TIMEOUT, RankSpec, rank_device
+from worker.launcher import RankSpec, rank_device
 
 #: Linux prctl option: the signal the kernel sends this process when its parent dies.
 _PR_SET_PDEATHSIG = 1
@@ -59,17 +59,19 @@ def main(argv: list[str] | None = None) -> int:
 def run_rank(spec: RankSpec) -> None:
     """Join the group and train this rank's share of the job."""
     import torch.distributed as dist
+
+    from ris_model.train.distributed import DistContext, init_process_group, say_ready, tcp_store
     from ris_model.train.jobs import run_training_job
     from ris_model.train.sinks import NullSink
-
-    from ris_model.train.distributed import DistContext, init_process_group
-    from worker.tasks import build_config
+    from worker.tasks import build_config, training_hooks
 
     device = rank_device(spec.device, spec.rank)
-    store = dist.TCPStore("127.0.0.1", spec.store_port, spec.world_size, is_master=False, timeout=STORE_TIMEOUT)
+    store, _ = tcp_store(spec.store_port, spec.world_size, is_master=False)
+    say_ready(store, spec.rank)
     init_process_group(store, rank=spec.rank, world_size=spec.world_size, device=device)
+    config = build_config(spec.kind, spec.config)
     try:
-        run_training_job(build_config(spec.kind, spec.config), sink=NullSink(), device=str(device),
+        run_training_job(config, sink=NullSink(), device=str(device), hooks=training_hooks(config, spec.config),
                          checkpoint_dir=Path(spec.checkpoint_dir),
                          resume_from=Path(spec.resume_from) if spec.resume_from else None,
                          dist=DistContext(rank=spec.rank, world_size=spec.world_size))

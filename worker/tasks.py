@@ -13,8 +13,8 @@ without Celery. The task gets a job id, never an object, and re-reads the row (S
 3. build the config from the row; download the latest recorded checkpoint of an earlier attempt (on whichever
    machine it ran) from the artifact store into the scratch directory, to resume from;
 4. call `ris_model.train.jobs.run_training_job` (imported here, never in the prefork parent: no CUDA before
-   fork), as rank 0 of `resources.gpus` processes (worker/launcher.py), writing checkpoints to the scratch directory
-   (the sink uploads each one to the artifact store before recording it), or, for an `evaluation` job,
+   fork), as rank 0 of `resources.gpus` processes (worker/launcher.py), writing checkpoints to the scratch
+   directory (the sink uploads each one to the artifact store before recording it), or, for an `evaluation` job,
    `worker.evaluation.run_evaluation_job`; a lost rank requeues the job (FAILED WORKER_LOST once its
    attempts are spent);
 5. finish: SUCCEEDED (+ report) | CANCELLED | FAILED TIMEOUT | FAILED <classify_failure(exc)> (+ the report a
@@ -31,9 +31,9 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Task
 from pydantic import BaseModel
@@ -75,9 +75,13 @@ from worker.capacity import (
 from worker.evaluation import run_evaluation_job
 from worker.failures import TrainerFailed, UserInputRejected, classify_failure, failure_message, traceback_tail
 from worker.heartbeat import JobMonitor, make_should_stop
+from worker.plots import write_metric_plots
 from worker.scratch import JobScratch, LogUploader
 from worker.sink import StoreSink
 from worker.store_retry import retry_store
+
+if TYPE_CHECKING:
+    from ris_model.train.hooks import StepHooks
 
 log = logging.getLogger(__name__)
 
@@ -262,16 +266,10 @@ def _train(res: JobResources, row: Any, *, scratch: JobScratch, sink: StoreSink,
             return Outcome(JobState.FAILED, FailureReason.USER_CONFIG, FAULT_INJECTION_REFUSED)
         resume_from = _fetch_resume_checkpoint(res, job_id, scratch)
         # lazy: torch is imported in the child, never before fork
-        from ris_model.train.fault_hooks import DebugHooks
-        from ris_model.train.hooks import NO_HOOKS
         from ris_model.train.jobs import run_training_job
         from worker.launcher import RankLost, RankSpec, rank_group
 
-        # fault injection only for a job whose stored config has a debug section
-        try:
-            hooks = DebugHooks(config.debug) if "debug" in row.config else NO_HOOKS
-        except ValueError as exc:
-            raise UserInputRejected(str(exc)) from exc
+        hooks = training_hooks(config, stored)
         checkpoint_dir = scratch.checkpoint_dir
         spec = RankSpec(label=job_id, kind=row.kind, config=stored, checkpoint_dir=str(checkpoint_dir),
                         resume_from=str(resume_from) if resume_from is not None else None,
@@ -279,8 +277,6 @@ def _train(res: JobResources, row: Any, *, scratch: JobScratch, sink: StoreSink,
         deadline = res.started_at + worker_deadline_s(res.settings)
         try:
             with rank_group(spec) as group:
-                # the process group goes to the trainer only when there is one (several ranks)
-                distributed: dict[str, Any] = {"dist": group.context} if spec.world_size > 1 else {}
                 try:
                     result = run_training_job(
                         config,
@@ -291,7 +287,7 @@ def _train(res: JobResources, row: Any, *, scratch: JobScratch, sink: StoreSink,
                         should_stop=make_should_stop(monitor, deadline=deadline),
                         checkpoint_interval_s=res.settings.checkpoint_interval_s,
                         hooks=hooks,
-                        **distributed,
+                        dist=group.context,
                     )
                 except LeaseLost:
                     raise
@@ -302,7 +298,10 @@ def _train(res: JobResources, row: Any, *, scratch: JobScratch, sink: StoreSink,
                 return None
             return _rank_lost_outcome(row, exc, sink)
         sink.close()
-        return outcome_from_result(result)
+        outcome = outcome_from_result(result)
+        if outcome.state == JobState.SUCCEEDED:
+            outcome = replace(outcome, report=_report_with_plots(res, job_id, row.kind, outcome.report))
+        return outcome
     except Exception as exc:  # process boundary: every failure becomes a FAILED row (STYLE B6)
         if _is_lease_lost(exc) or monitor.lease_lost.is_set():
             return None
@@ -339,6 +338,20 @@ def _rank_lost_outcome(row: Any, exc: BaseException, sink: StoreSink) -> Outcome
     return Outcome(JobState.FAILED, FailureReason.WORKER_LOST, f"{exc} (attempt {row.attempt} of {row.max_attempts})")
 
 
+def _report_with_plots(res: JobResources, job_id: str, kind: str, report: dict[str, Any] | None
+                       ) -> dict[str, Any] | None:
+    """The report with the run's plots (worker/plots.py) listed under `artifacts`; a training job's report is
+    these plots alone. Plots are an extra: when they cannot be made the job still succeeds, without them."""
+    try:
+        written = write_metric_plots(job_id, sessions=res.sessions, artifacts=res.artifacts)
+    except Exception as exc:  # matplotlib or the disk: log it, keep the run's result
+        log.warning("the run's plots could not be written: %s", exc)
+        return report
+    if not written:
+        return report
+    return {**(report or {"kind": kind}), "artifacts": [a.model_dump(mode="json") for a in written]}
+
+
 def _failed_outcome(exc: BaseException, sink: StoreSink) -> Outcome:
     """Log the failure with its traceback tail, flush what the sink still holds, and build the Outcome."""
     reason = classify_failure(exc)
@@ -360,6 +373,18 @@ def _carried_report(exc: BaseException) -> dict[str, Any] | None:
 
 def _is_lease_lost(exc: BaseException) -> bool:
     return isinstance(exc, LeaseLost) or isinstance(exc.__cause__, LeaseLost)
+
+
+def training_hooks(config: TrainingJobConfig, stored: dict[str, Any]) -> StepHooks:
+    """The StepHooks of a job: fault injection only for a job whose stored config has a `debug` section
+    (every rank of a multi-process job builds the same). Raises UserInputRejected for an unusable one."""
+    from ris_model.train.fault_hooks import DebugHooks
+    from ris_model.train.hooks import NO_HOOKS
+
+    try:
+        return DebugHooks(config.debug) if "debug" in stored else NO_HOOKS
+    except ValueError as exc:
+        raise UserInputRejected(str(exc)) from exc
 
 
 def build_config(kind: str, config: dict[str, Any]) -> TrainingJobConfig:

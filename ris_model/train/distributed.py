@@ -1,9 +1,10 @@
-"""Data-parallel training over several processes: the process group, each rank's share of the scene stream,
-and the collectives the trainer needs (DESIGN §2.5, docs/ARCHITECTURE.md "Multi-GPU training").
+"""Data-parallel training over several processes: the process group and the collectives the trainer needs
+(DESIGN §2.5, docs/ARCHITECTURE.md "Multi-GPU training").
 
-Owns: DistContext, backend_for, init_process_group, rank_share, n_global_batches, check_shardable,
-STOP_CODES. Imports no worker, Celery or HTTP code: the worker's launcher (worker/launcher.py) starts the
-processes and hands each its rank; this module only joins them.
+Owns: DistContext, StopReason, backend_for, tcp_store, say_ready, all_ready, init_process_group, STOP_CODES;
+each rank's share of the scenes is ris_model.scenes' (rank_share, n_global_batches, check_shardable).
+Imports no worker, Celery or HTTP code: the worker's launcher (worker/launcher.py) starts the processes and
+hands each its rank; this module only joins them.
 
 The contract, shared by every rank:
 - a step has one *global batch* of `world_size x batch_size` scenes: the per-rank batch is the configured
@@ -18,7 +19,6 @@ The contract, shared by every rank:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
@@ -26,13 +26,19 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch._C._distributed_c10d import TCPStore  # where torch.distributed itself takes it from (typed)
+from torch.distributed.distributed_c10d import Store
 
 Backend = Literal["nccl", "gloo"]
+#: Why a run stops before its end: a cancel request or the worker's time limit.
+StopReason = Literal["cancel", "timeout"]
 
 #: The stop reasons as the integers that ranks all-reduce (max): rank 0 decides, every rank follows.
-STOP_CODES: dict[str | None, int] = {None: 0, "cancel": 1, "timeout": 2}
+STOP_CODES: dict[StopReason | None, int] = {None: 0, "cancel": 1, "timeout": 2}
 _STOP_REASONS = {code: reason for reason, code in STOP_CODES.items()}
 
+#: Seconds the ranks have to reach rank 0's store.
+STORE_TIMEOUT = timedelta(minutes=5)
 #: How long a collective may wait for a slow rank (rank 0 validates and checkpoints while the others wait).
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 
@@ -42,39 +48,30 @@ def backend_for(device: torch.device) -> Backend:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def init_process_group(store: dist.Store, *, rank: int, world_size: int, device: torch.device) -> None:
+def tcp_store(port: int, world_size: int, *, is_master: bool) -> tuple[Store, int]:
+    """Rank 0's rendezvous store on 127.0.0.1 (port 0: a free one), or a client of it; and its port."""
+    store = TCPStore("127.0.0.1", port, world_size, is_master=is_master, timeout=STORE_TIMEOUT,
+                          wait_for_workers=False)
+    return store, int(store.port)
+
+
+def say_ready(store: Store, rank: int) -> None:
+    """Tell rank 0 (through the store) that this rank runs and is about to join the group."""
+    store.set(f"rank-ready/{rank}", "1")
+
+
+def all_ready(store: Store, world_size: int) -> bool:
+    """Whether every rank 1..world_size-1 said it is ready (a non-blocking look at the store)."""
+    return bool(store.check([f"rank-ready/{r}" for r in range(1, world_size)]))
+
+
+def init_process_group(store: Store, *, rank: int, world_size: int, device: torch.device) -> None:
     """Join the default process group through `store` (a TCPStore that rank 0 hosts)."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend_for(device), store=store, rank=rank, world_size=world_size,
                             timeout=COLLECTIVE_TIMEOUT,
                             device_id=device if device.type == "cuda" else None)
-
-
-def n_global_batches(n_train: int, batch_size: int, world_size: int) -> int:
-    """Optimizer steps per epoch: global batches of world_size x batch_size scenes over n_train scenes."""
-    return math.ceil(n_train / (batch_size * world_size))
-
-
-def rank_share(n_train: int, batch_size: int, world_size: int, rank: int, batch: int) -> tuple[int, int]:
-    """(first scene index, number of scenes) of `rank`'s part of global batch `batch` of an epoch."""
-    per_step = batch_size * world_size
-    start = batch * per_step
-    n = min(per_step, n_train - start)
-    if n == per_step:
-        return start + rank * batch_size, batch_size
-    base, extra = divmod(n, world_size)  # the last, short global batch: as even as possible, in rank order
-    return start + rank * base + min(rank, extra), base + (rank < extra)
-
-
-def check_shardable(n_train: int, batch_size: int, world_size: int) -> None:
-    """Raise ValueError when some rank would get no scene in the last global batch of an epoch."""
-    last = n_train - (n_global_batches(n_train, batch_size, world_size) - 1) * batch_size * world_size
-    if last < world_size:
-        raise ValueError(
-            f"data.n_train ({n_train}) leaves a last step of {last} scenes for {world_size} processes; "
-            f"every process needs at least one: make n_train a multiple of {world_size} x data.batch_size "
-            f"({world_size * batch_size}) or leave at least {world_size} scenes for the last step")
 
 
 @dataclass(frozen=True)
@@ -99,7 +96,7 @@ class DistContext:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
-    def agree_stop(self, reason: str | None, device: torch.device) -> str | None:
+    def agree_stop(self, reason: StopReason | None, device: torch.device) -> StopReason | None:
         """Rank 0's stop reason, on every rank (the other ranks pass None)."""
         if not self.distributed:
             return reason

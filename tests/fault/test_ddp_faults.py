@@ -14,6 +14,7 @@ import pytest
 from api_schemas import JobState, Resources, stored_config
 from server.store.job_queries import list_events
 from server.store.jobs import request_cancel
+from server.store.principals import ADMIN
 from tests.fault.conftest import Service, audit, slow_training_config, wait_for
 from tests.worker.test_launcher import rank_pids
 
@@ -38,7 +39,7 @@ def _running_ranks(svc: Service, job_id: str) -> list[int]:
 
 def _messages(svc: Service, job_id: str) -> list[str]:
     with svc.sessions() as s:
-        return [e.message or "" for e in list_events(s, job_id)]
+        return [e.message or "" for e in list_events(s, job_id, principal=ADMIN)]
 
 
 def test_a_killed_rank_requeues_the_job_which_resumes_and_finishes(service: Service) -> None:
@@ -71,7 +72,7 @@ def test_cancel_ends_every_rank(service: Service) -> None:
     service.start_worker("w-ddp")
     assert _running_ranks(service, job_id)
     with service.sessions() as s:
-        request_cancel(s, job_id)  # CANCELLING: rank 0's heartbeat sees it and every rank stops together
+        request_cancel(s, job_id, principal=ADMIN)  # CANCELLING: rank 0 sees it; every rank stops together
     job = service.wait_terminal(job_id, deadline_s=120)
     assert job.state == JobState.CANCELLED
     assert rank_pids(job_id) == []

@@ -20,16 +20,20 @@ from typing import Any
 
 import pytest
 import torch
-from ris_model.model.network import RisNet
-from ris_model.train.jobs import FitResult, StopReason, never_stop, run_training_job
-from ris_model.train.sinks import MemorySink
 
-from api_schemas import TrainingJobConfig
+from api_schemas import LossWeights, TrainingJobConfig
 from api_schemas import metrics as keys
 from ris_model.errors import CheckpointError
+from ris_model.losses import LossResult, weighted_total
+from ris_model.model.network import ModelOutput, RisNet
+from ris_model.scenes import SceneBatch
 from ris_model.train import checkpoint as ckpt
+from ris_model.train.hooks import NoHooks, StepHooks
+from ris_model.train.jobs import FitResult, StopReason, never_stop, run_training_job
+from ris_model.train.sinks import MemorySink
 from tests.factories import tiny_config
 from worker.launcher import RankLost, RankSpec, rank_group
+from worker.tasks import training_hooks
 
 #: Largest ‖w_2proc − w_1proc‖ / ‖w_end − w_start‖ accepted (see the module docstring).
 REL_TOL = 1e-2
@@ -50,17 +54,19 @@ def ddp_config(*, batch_size: int, epochs: int = 2, **data: Any) -> dict[str, An
 
 
 def train(config: dict[str, Any], checkpoint_dir: Path, *, world_size: int, label: str = "test",
-          should_stop: Callable[[], StopReason | None] = never_stop,
-          resume_from: Path | None = None) -> tuple[FitResult, MemorySink]:
-    """Run the job as rank 0 of `world_size` CPU processes; returns rank 0's result and points."""
+          should_stop: Callable[[], StopReason | None] = never_stop, resume_from: Path | None = None,
+          hooks: StepHooks | None = None) -> tuple[FitResult, MemorySink]:
+    """Run the job as rank 0 of `world_size` CPU processes; returns rank 0's result and points. `hooks` are
+    rank 0's alone (the other ranks build theirs from the config, as on a worker)."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     spec = RankSpec(label=label, kind="training", config=config, checkpoint_dir=str(checkpoint_dir),
                     resume_from=str(resume_from) if resume_from else None, device="cpu", world_size=world_size)
     sink = MemorySink()
+    job = TrainingJobConfig.model_validate(config)
     with rank_group(spec) as group:
-        result = run_training_job(TrainingJobConfig.model_validate(config), sink=sink, checkpoint_dir=checkpoint_dir,
-                                  device=str(group.device), resume_from=resume_from, should_stop=should_stop,
-                                  dist=group.context)
+        result = run_training_job(job, sink=sink, checkpoint_dir=checkpoint_dir, device=str(group.device),
+                                  resume_from=resume_from, should_stop=should_stop, dist=group.context,
+                                  hooks=hooks if hooks is not None else training_hooks(job, config))
     return result, sink
 
 
@@ -130,6 +136,41 @@ def test_a_stopped_two_process_run_resumes_to_the_weights_of_an_uninterrupted_on
     assert resumed.global_step == whole.global_step == 16
     a, b = final_weights(whole), final_weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same operations in the same order: bit for bit
+
+
+class NanOnThisRank(NoHooks):
+    """The `k` term is NaN at step `step`, on the rank that holds these hooks only."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def runs_eagerly(self, step: int) -> bool:
+        return step == self.step
+
+    def loss(self, res: LossResult, out: ModelOutput, batch: SceneBatch, weights: LossWeights,
+             step: int) -> LossResult:
+        if step != self.step:
+            return res
+        terms = {**res.terms, "k": res.terms["k"] * float("nan")}
+        return LossResult(total=weighted_total(terms, weights, res.total.device), terms=terms,
+                          assignment=res.assignment)
+
+
+def test_a_non_finite_loss_on_one_rank_skips_the_step_on_every_rank_and_counts_once(tmp_path: Path) -> None:
+    everywhere = ddp_config(batch_size=8, epochs=1)
+    everywhere["debug"] = {"nan_loss_term": "k", "nan_from_step": 2, "nan_n_steps": 1}
+    all_ranks, all_sink = train(everywhere, tmp_path / "all", world_size=2)
+    rank_0, sink_0 = train(ddp_config(batch_size=8, epochs=1), tmp_path / "one", world_size=2,
+                           hooks=NanOnThisRank(step=2))
+    for result, sink in ((all_ranks, all_sink), (rank_0, sink_0)):
+        assert result.nonfinite_total == 1  # one skipped step, not one per rank
+        assert sink.values(keys.TRAIN_NONFINITE_SKIPPED) == [1.0]
+        assert sink.values(keys.TRAIN_OPTIMIZER_STEPS) == [3.0]
+        assert sink.values(keys.NONFINITE_CAUSE_PREFIX + "loss") == [1.0]
+        assert sink.values(keys.NONFINITE_TERM_PREFIX + "k") == [1.0]
+    a, b = final_weights(all_ranks), final_weights(rank_0)
+    # rank 1's loss was finite, yet it skipped the step too: otherwise the weights would part
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resuming_with_another_number_of_processes_is_refused_with_the_reason(tmp_path: Path) -> None:

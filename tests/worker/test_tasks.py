@@ -56,7 +56,7 @@ def test_execute_job_tiny_diagnostic_succeeds_with_final_checkpoint(sessions, se
     assert "final" in names
     # the job's latest value is the last stored point, and a share of the val scenes
     with sessions() as s:
-        history = read_points(s, job_id, keys=[VAL_K_ACC], principal=ADMIN).points
+        history = read_points(s, job_id, principal=ADMIN, keys=[VAL_K_ACC]).points
     k_acc, n_val = job.latest_metrics[VAL_K_ACC], quick_diagnostic_config()["data"]["n_val"]
     assert [p.value for p in history][-1] == k_acc
     assert k_acc * n_val == pytest.approx(round(k_acc * n_val), abs=1e-6)

@@ -1,4 +1,4 @@
-"""Each rank's share of the scene stream (ris_model.train.distributed, SceneSource with world_size > 1):
+"""Each rank's share of the scene stream (ris_model.scenes.rank_share, SceneSource with world_size > 1):
 disjoint, complete, a pure function of (seed, split, index), and independent of the number of processes."""
 
 from __future__ import annotations
@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from api_schemas import DataConfig, SystemConfig
-from ris_model.scenes import SceneBatch, SceneSource
-from ris_model.train.distributed import check_shardable, n_global_batches, rank_share
+from ris_model.scenes import SceneBatch, SceneSource, check_shardable, n_global_batches, rank_share
 
 SYSTEM = SystemConfig(n_ris_h=4, n_ris_v=4, n_bs_antennas=4, n_snapshots=4, k_max=2)
 
