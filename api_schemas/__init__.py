@@ -41,7 +41,16 @@ from api_schemas.jobs import (
 from api_schemas.metrics import MetricPoint, MetricsPage, StoredMetricPoint, fold_nonfinite
 from api_schemas.problems import FieldError, Problem
 from api_schemas.reports import CheckResult, CheckStatus, DiagnosticReport, Verdict
-from api_schemas.resources import DEFAULT_RESOURCES, Resources, split_stored_config, stored_config
+from api_schemas.resources import (
+    DEFAULT_PRIORITY,
+    DEFAULT_RESOURCES,
+    DEVICE_QUEUES,
+    Resources,
+    device_queue,
+    split_stored_config,
+    stored_config,
+    stored_priority,
+)
 
 __all__ = [
     "BASELINES",
@@ -50,7 +59,9 @@ __all__ = [
     "CheckpointInfo",
     "CheckpointPublic",
     "CheckpointUploadPublic",
+    "DEFAULT_PRIORITY",
     "DEFAULT_RESOURCES",
+    "DEVICE_QUEUES",
     "DataConfig",
     "DebugConfig",
     "DiagnosticJobConfig",
@@ -90,6 +101,8 @@ __all__ = [
     "Verdict",
     "fold_nonfinite",
     "quickstart_diagnostic",
+    "device_queue",
     "split_stored_config",
     "stored_config",
+    "stored_priority",
 ]

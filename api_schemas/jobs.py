@@ -2,7 +2,7 @@
 
 Owns: JobKind, JobState, FailureReason, TERMINAL_STATES, JobCreate (+ per-kind bodies: diagnostic, training,
 evaluation), JobPublic, JobsPage, Progress, NonfiniteSummary, Failure, JobEvent. Imports nothing of ours but
-api_schemas; no torch. Training and diagnostic bodies take `resources` (api_schemas.resources) beside `config`.
+api_schemas; no torch. Every body takes `resources` and `priority` (api_schemas.resources) beside `config`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from api_schemas.config import DiagnosticJobConfig, TrainingJobConfig, quickstart_diagnostic
 from api_schemas.evaluation import EvaluationJobConfig
-from api_schemas.resources import DEFAULT_RESOURCES, Resources
+from api_schemas.resources import DEFAULT_PRIORITY, DEFAULT_RESOURCES, PRIORITY_FIELD, Resources
 
 
 class JobKind(StrEnum):
@@ -71,6 +71,7 @@ class _Body(BaseModel):
         None, max_length=200, description="free text without control characters"
     )
     max_attempts: int = Field(2, ge=1, le=5, description="attempts before a lost worker fails the job")
+    priority: int = PRIORITY_FIELD
 
 
 class DiagnosticJobCreate(_Body):
@@ -100,6 +101,13 @@ class TrainingJobCreate(_Body):
 class EvaluationJobCreate(_Body):
     kind: Literal["evaluation"]
     config: EvaluationJobConfig  # no default: the checkpoint to evaluate is required
+    resources: Resources = DEFAULT_RESOURCES
+
+    @model_validator(mode="after")
+    def _one_process(self) -> EvaluationJobCreate:
+        if self.resources.gpus != 1:
+            raise ValueError("an evaluation job runs one process: resources.gpus must be 1")
+        return self
 
 
 #: The body of POST /v1/jobs; `kind` selects the config model, so errors name `config.<field>`.
@@ -153,8 +161,13 @@ class JobPublic(BaseModel):
     latest_metrics: dict[str, float]
     failure: Failure | None
     config: dict[str, Any]
-    #: the processes and device the job asked for (the defaults for an evaluation job)
+    #: the processes and device the job asked for
     resources: Resources = DEFAULT_RESOURCES
+    #: 0..9, 9 the most urgent
+    priority: int = DEFAULT_PRIORITY
+    #: why a QUEUED job is not running yet, when something is missing (e.g. "waiting for a cuda worker: …");
+    #: null while it simply waits its turn, and once it runs
+    waiting_reason: str | None = None
     links: dict[str, str]
 
 

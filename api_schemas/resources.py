@@ -1,11 +1,17 @@
 """What a job asks of the worker that runs it: processes (one per GPU) and the device (DESIGN §3.4).
 
-Owns: Resources, DEFAULT_RESOURCES, stored_config and split_stored_config. Imports nothing of ours; no torch.
+Owns: Resources, DEFAULT_RESOURCES, the job priority (PRIORITY_FIELD, DEFAULT_PRIORITY), device_queue,
+stored_config, split_stored_config and stored_priority. Imports nothing of ours; no torch.
 
-`resources` is a sibling of `config` in the job body, not part of it: a training config's sha256 (which a
-checkpoint must match to resume) does not depend on how many processes train it. The job store keeps
-`resources` inside the job's JSON `config` column under RESOURCES_KEY (no schema change); split_stored_config
-takes it back out, so a stored config without it (every job made before it existed) reads as the defaults.
+`resources` and `priority` are siblings of `config` in the job body, not part of it: a training config's
+sha256 (which a checkpoint must match to resume) does not depend on how many processes train it or how urgent
+it is. The job store keeps them inside the job's JSON `config` column under RESOURCES_KEY and PRIORITY_KEY (no
+schema change); split_stored_config takes them back out, so a stored config without them (every job made before
+they existed) reads as the defaults.
+
+Queues: a job goes to the `gpu` queue unless `resources.device` is "cpu" (then the `cpu` queue); see
+`device_queue`. Priority: 0..9, 9 the most urgent; among the jobs waiting in one queue, a more urgent one is
+delivered first (equal priorities in submission order).
 """
 
 from __future__ import annotations
@@ -14,10 +20,22 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-#: The key under which the store keeps a job's resources inside its JSON config column.
+#: The keys under which the store keeps a job's resources and priority inside its JSON config column.
 RESOURCES_KEY = "resources"
+PRIORITY_KEY = "priority"
 
 Device = Literal["cuda", "cpu"]
+#: The queues workers serve: `gpu` (jobs that want CUDA: the default) and `cpu` (jobs that ask for the CPU).
+DeviceQueue = Literal["gpu", "cpu"]
+DEVICE_QUEUES: tuple[DeviceQueue, ...] = ("gpu", "cpu")
+
+#: Job priority: 0 (least urgent) .. 9 (most urgent); jobs that do not say get DEFAULT_PRIORITY.
+MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 0, 9, 5
+PRIORITY_FIELD = Field(
+    DEFAULT_PRIORITY, ge=MIN_PRIORITY, le=MAX_PRIORITY,
+    description="0..9, 9 the most urgent: among the jobs waiting in one queue (gpu or cpu), a more urgent one "
+    "starts first; equal priorities start in submission order. A running job is never preempted",
+)
 
 
 class Resources(BaseModel):
@@ -39,8 +57,9 @@ class Resources(BaseModel):
     )
     device: Device | None = Field(
         None,
-        description="cuda: run on GPUs only; cpu: run on the CPU even on a GPU worker; null: CUDA where the "
-        "worker has GPUs, else the CPU",
+        description="cuda: run on GPUs only (the gpu queue); cpu: run on the CPU (the cpu queue; any CPU worker, "
+        "also on a GPU host); null, the default of every kind: the gpu queue, on CUDA where the worker has GPUs, "
+        "else on the CPU (a single machine without GPUs serves the gpu queue on its CPU)",
     )
 
 
@@ -48,16 +67,31 @@ class Resources(BaseModel):
 DEFAULT_RESOURCES = Resources()
 
 
-def stored_config(config: dict[str, Any], resources: Resources) -> dict[str, Any]:
-    """The JSON the store keeps for a job: its config with `resources` beside the config's own fields
-    (left out when they are the defaults, so that such a job's stored config is its config alone)."""
-    if resources == DEFAULT_RESOURCES:
-        return dict(config)
-    return {**config, RESOURCES_KEY: resources.model_dump(mode="json")}
+def device_queue(resources: Resources) -> DeviceQueue:
+    """The queue a job waits in: `cpu` when it asks for the CPU, else `gpu`."""
+    return "cpu" if resources.device == "cpu" else "gpu"
+
+
+def stored_config(config: dict[str, Any], resources: Resources, priority: int = DEFAULT_PRIORITY) -> dict[str, Any]:
+    """The JSON the store keeps for a job: its config with `resources` and `priority` beside the config's own
+    fields (each left out when it is the default, so that such a job's stored config is its config alone)."""
+    out = dict(config)
+    if resources != DEFAULT_RESOURCES:
+        out[RESOURCES_KEY] = resources.model_dump(mode="json")
+    if priority != DEFAULT_PRIORITY:
+        out[PRIORITY_KEY] = priority
+    return out
 
 
 def split_stored_config(stored: dict[str, Any]) -> tuple[dict[str, Any], Resources]:
     """The job's config and its resources from what stored_config made (the defaults when absent)."""
     config = dict(stored)
     raw = config.pop(RESOURCES_KEY, None)
+    config.pop(PRIORITY_KEY, None)
     return config, (Resources.model_validate(raw) if raw is not None else DEFAULT_RESOURCES)
+
+
+def stored_priority(stored: dict[str, Any]) -> int:
+    """The job's priority from what stored_config made (DEFAULT_PRIORITY when absent)."""
+    value = stored.get(PRIORITY_KEY, DEFAULT_PRIORITY)
+    return int(value) if isinstance(value, int) else DEFAULT_PRIORITY

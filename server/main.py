@@ -65,14 +65,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the API from `settings` (default: the environment). Creates missing tables and the artifact root."""
+    """Build the API from `settings` (default: the environment). Creates missing tables."""
     settings = settings or get_settings()
     engine = make_engine(settings.database_url)
     create_schema(engine)
     session_factory = make_session_factory(engine)
     redis_client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=2.0)
-    artifacts = ArtifactStore(settings.artifact_dir)
-    artifacts.root.mkdir(parents=True, exist_ok=True)
+    artifacts = ArtifactStore(settings.artifact_location)
 
     # With API keys on, the schema is served behind the key too (every data endpoint but health and readiness
     # answers 401 without a valid key); the self-hosted docs pages stay open and fetch it with the user's key.

@@ -1,13 +1,17 @@
 """What a worker can run, and why a job waits (DESIGN §3.4; docs/ARCHITECTURE.md "Multi-GPU training").
 
-Owns: WorkerCapacity, local_capacity, unfit_reason, run_device, the Redis register of live workers
-(`announce`, `live_capacities`, `CapacityAnnouncer`) and `waiting_reason`. Imports no torch: the prefork parent
-may import it (GPUs are counted as `ris-jobs worker` counts them, from CUDA_VISIBLE_DEVICES or nvidia-smi).
+Owns: WorkerCapacity, local_capacity, served_queues, unfit_reason, run_device, the Redis register of live
+workers (`announce`, `live_capacities`, `CapacityAnnouncer`), `waiting_reason` and `queue_waiting_reason`.
+Imports no torch: the prefork parent may import it (GPUs are counted as `ris-jobs worker` counts them, from
+CUDA_VISIBLE_DEVICES or nvidia-smi).
 
 A worker takes a job only if it can give it `resources.gpus` GPUs (or, for a CPU job, as many CPU processes as
 it has cores). A worker that cannot leaves the job QUEUED, records why as a QUEUED → QUEUED job event, and
 sends the job's message back to the end of the queue after REQUEUE_DELAY_S, so that another worker gets it.
-Workers announce what they can run in Redis with a time to live, so the reason names what live workers have.
+Workers announce what they can run in Redis with a time to live, so the reason names what live workers have:
+their GPUs, cores and the device queues (`gpu`, `cpu`) they consume. An idle worker announces itself too
+(worker/app.py: at start and with Celery's event heartbeat), so that the reaper can tell a job that waits its
+turn from one that no live worker serves (`queue_waiting_reason`: "waiting for a cuda worker: …").
 """
 
 from __future__ import annotations
@@ -17,13 +21,15 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from celery.signals import heartbeat_sent, worker_ready
 from redis import Redis
 from redis.exceptions import RedisError
 
-from api_schemas import Resources
-from worker.cli import visible_gpus
+from api_schemas import DEVICE_QUEUES, Resources, device_queue
+from server.dispatch import job_queue_name
+from worker.gpus import visible_gpus
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +42,22 @@ _KEY_PREFIX = "ris:worker-capacity:"
 
 @dataclass(frozen=True)
 class WorkerCapacity:
-    """GPUs this worker may use (0 on a CPU worker) and its CPU cores."""
+    """GPUs this worker may use (0 on a CPU worker), its CPU cores, and the device queues it consumes."""
 
     gpus: int
     cpus: int
+    queues: tuple[str, ...] = ()
 
 
-def local_capacity() -> WorkerCapacity:
+def served_queues(celery_app: Any, prefix: str) -> tuple[str, ...]:
+    """The device queues (`gpu`, `cpu`) this Celery worker consumes (its `-Q` selection of `<prefix>.<q>`)."""
+    consumed = set(celery_app.amqp.queues.consume_from)
+    return tuple(q for q in DEVICE_QUEUES if job_queue_name(prefix, q) in consumed)
+
+
+def local_capacity(queues: tuple[str, ...] = ()) -> WorkerCapacity:
     """This worker's capacity: the GPUs in CUDA_VISIBLE_DEVICES (or all of nvidia-smi's), the usable cores."""
-    return WorkerCapacity(gpus=len(visible_gpus()), cpus=len(os.sched_getaffinity(0)))
+    return WorkerCapacity(gpus=len(visible_gpus()), cpus=len(os.sched_getaffinity(0)), queues=queues)
 
 
 def run_device(resources: Resources, capacity: WorkerCapacity) -> Literal["cuda", "cpu"]:
@@ -72,7 +85,7 @@ def unfit_reason(resources: Resources, capacity: WorkerCapacity) -> str | None:
 def announce(redis: Redis, worker: str, capacity: WorkerCapacity) -> None:
     """Say in Redis, for ANNOUNCE_TTL_S, that `worker` is alive with `capacity` (Redis errors are logged)."""
     try:
-        redis.set(_KEY_PREFIX + worker, json.dumps(asdict(capacity)), ex=ANNOUNCE_TTL_S)
+        redis.set(_KEY_PREFIX + worker, json.dumps(asdict(capacity)), ex=ANNOUNCE_TTL_S)  # tuples → JSON lists
     except RedisError as exc:
         log.warning("could not announce this worker's capacity: %s", exc)
 
@@ -90,7 +103,8 @@ def live_capacities(redis: Redis) -> dict[str, WorkerCapacity]:
         if value is None:  # expired between SCAN and MGET
             continue
         name = (key.decode() if isinstance(key, bytes) else str(key)).removeprefix(_KEY_PREFIX)
-        live[name] = WorkerCapacity(**json.loads(value))
+        raw = json.loads(value)
+        live[name] = WorkerCapacity(gpus=int(raw["gpus"]), cpus=int(raw["cpus"]), queues=tuple(raw.get("queues", ())))
     return live
 
 
@@ -108,6 +122,18 @@ class CapacityAnnouncer:
             self._next = now + ANNOUNCE_TTL_S / 4
 
 
+def queue_waiting_reason(resources: Resources, live: dict[str, WorkerCapacity]) -> str | None:
+    """Why a QUEUED job is not picked up at all: no live worker consumes its device queue (None when one does)."""
+    queue = device_queue(resources)
+    if any(queue in c.queues for c in live.values()):
+        return None
+    wanted = "cuda" if queue == "gpu" else "cpu"
+    served = sorted({q for c in live.values() for q in c.queues})
+    return (f"waiting for a {wanted} worker: no live worker serves the {queue} queue "
+            f"(live workers serve: {', '.join(served) if served else 'none'}; start one with "
+            f"`ris-jobs worker --queues {queue}`)")
+
+
 def waiting_reason(resources: Resources, here: str, capacity: WorkerCapacity,
                    live: dict[str, WorkerCapacity]) -> str | None:
     """Why this worker leaves the job QUEUED (None when it can run it), naming what the live workers have."""
@@ -121,3 +147,28 @@ def waiting_reason(resources: Resources, here: str, capacity: WorkerCapacity,
     most = max(live.items(), key=lambda item: (item[1].gpus, item[1].cpus))
     return (f"waiting: no live worker can run it; {lack} (the largest live worker, {most[0]}, has "
             f"{most[1].gpus} GPUs and {most[1].cpus} cores)")
+
+
+# -- idle workers announce themselves too (Celery signals, in the worker's main process) --
+
+_idle_announcer: CapacityAnnouncer | None = None
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]  # celery ships no types
+def _announce_at_start(sender: Any = None, **_: Any) -> None:
+    """At worker start: announce this worker and what it serves, before it has received any message."""
+    global _idle_announcer
+    from server.settings import get_settings
+
+    settings = get_settings()
+    redis = Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    capacity = local_capacity(served_queues(sender.app, settings.job_queue))
+    _idle_announcer = CapacityAnnouncer(redis, sender.hostname, capacity)
+    _idle_announcer.refresh_if_due()
+
+
+@heartbeat_sent.connect  # type: ignore[untyped-decorator]
+def _announce_while_idle(**_: Any) -> None:
+    """Celery's event heartbeat (every 2 s): keep the announcement alive while the worker waits for messages."""
+    if _idle_announcer is not None:
+        _idle_announcer.refresh_if_due()

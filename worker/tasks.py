@@ -7,10 +7,14 @@ without Celery. The task gets a job id, never an object, and re-reads the row (S
    reason is recorded as a QUEUED → QUEUED event, and its message goes back to the queue for another worker;
 1. claim QUEUED → RUNNING with a fresh lease token; None means the message was a duplicate delivery (the
    job already runs, ran, or was cancelled): log and return, and Celery acks the message;
-2. attach the per-job log file, start the monitor thread (heartbeat, cancel flag, timed metric flushes);
-3. build the config from the row, find the checkpoint of an earlier attempt to resume from;
-4. call `ris_model.train.jobs.run_training_job` (imported here, never in the prefork parent: no CUDA before fork),
-   as rank 0 of `resources.gpus` processes (worker/launcher.py), or, for an `evaluation` job,
+2. attach the per-job log file (in the job's scratch directory, worker/scratch.py, continuing the log of earlier
+   attempts and uploaded to the artifact store as it grows), start the monitor thread (heartbeat, cancel flag,
+   timed metric flushes, log uploads);
+3. build the config from the row; download the latest recorded checkpoint of an earlier attempt (on whichever
+   machine it ran) from the artifact store into the scratch directory, to resume from;
+4. call `ris_model.train.jobs.run_training_job` (imported here, never in the prefork parent: no CUDA before
+   fork), as rank 0 of `resources.gpus` processes (worker/launcher.py), writing checkpoints to the scratch
+   directory (the sink uploads each one to the artifact store before recording it), or, for an `evaluation` job,
    `worker.evaluation.run_evaluation_job`; a lost rank requeues the job (FAILED WORKER_LOST once its
    attempts are spent);
 5. finish: SUCCEEDED (+ report) | CANCELLED | FAILED TIMEOUT | FAILED <classify_failure(exc)> (+ the report a
@@ -65,12 +69,14 @@ from worker.capacity import (
     live_capacities,
     local_capacity,
     run_device,
+    served_queues,
     waiting_reason,
 )
 from worker.evaluation import run_evaluation_job
 from worker.failures import TrainerFailed, UserInputRejected, classify_failure, failure_message, traceback_tail
 from worker.heartbeat import JobMonitor, make_should_stop
 from worker.plots import write_metric_plots
+from worker.scratch import JobScratch, LogUploader
 from worker.sink import StoreSink
 from worker.store_retry import retry_store
 
@@ -98,13 +104,15 @@ class Outcome:
 
 @dataclass
 class JobResources:
-    """What one task execution opens and must close: DB engine, sessions, Redis, artifact store."""
+    """What one task execution opens and must close: DB engine, sessions, Redis, artifact store, and where
+    this worker's local scratch directory is."""
 
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
     redis: Redis
     artifacts: ArtifactStore
+    scratch_root: Path
     #: time.monotonic() when the task started: Celery's time limits count from here, and so does the trainer's
     #: stop deadline (the child's torch import and setup come out of the same budget)
     started_at: float = field(default_factory=time.monotonic)
@@ -117,7 +125,8 @@ class JobResources:
             engine=engine,
             sessions=make_session_factory(engine),
             redis=Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0),
-            artifacts=ArtifactStore(Path(settings.artifact_dir)),
+            artifacts=ArtifactStore(settings.artifact_location),
+            scratch_root=Path(settings.scratch_dir),
         )
 
     def close(self) -> None:
@@ -137,7 +146,7 @@ def execute_job(job_id: str, *, worker: str, settings: Settings | None = None) -
     """Run one delivery of `job_id`. Returns the terminal state written, or None (duplicate / lease lost)."""
     res = JobResources.open(settings or get_settings())
     try:
-        capacity = local_capacity()
+        capacity = local_capacity(served_queues(app, res.settings.job_queue))
         announce(res.redis, worker, capacity)
         if not _can_run_here(res, job_id, worker=worker, capacity=capacity):
             return None
@@ -145,9 +154,18 @@ def execute_job(job_id: str, *, worker: str, settings: Settings | None = None) -
         row = _claim(res, job_id, worker=worker, lease_token=lease_token)
         if row is None:
             return None
-        with job_log(res.artifacts.log_path(job_id)):
-            log.info("claimed job %s (attempt %s) on %s", job_id, row.attempt, worker)
-            return _run_claimed(res, row, lease_token=lease_token, worker=worker, capacity=capacity)
+        scratch = JobScratch(res.scratch_root, job_id)
+        scratch.remove()  # what an earlier attempt on this machine left is stale: the store has what counts
+        scratch.create()
+        uploader = LogUploader(res.artifacts, job_id, scratch.log_path, interval_s=res.settings.log_upload_interval_s)
+        try:
+            with job_log(scratch.log_path):
+                log.info("claimed job %s (attempt %s) on %s", job_id, row.attempt, worker)
+                return _run_claimed(res, row, scratch=scratch, uploader=uploader, lease_token=lease_token,
+                                    worker=worker, capacity=capacity)
+        finally:
+            uploader.stop()
+            scratch.remove()
     finally:
         res.close()
 
@@ -202,8 +220,8 @@ def _claim(res: JobResources, job_id: str, *, worker: str, lease_token: str) -> 
     return row
 
 
-def _run_claimed(res: JobResources, row: Any, *, lease_token: str, worker: str,
-                 capacity: WorkerCapacity) -> JobState | None:
+def _run_claimed(res: JobResources, row: Any, *, scratch: JobScratch, uploader: LogUploader, lease_token: str,
+                 worker: str, capacity: WorkerCapacity) -> JobState | None:
     """Train under a lease and finish; the monitor thread runs for exactly this call."""
     job_id = str(row.id)
     s = res.settings
@@ -223,8 +241,9 @@ def _run_claimed(res: JobResources, row: Any, *, lease_token: str, worker: str,
         heartbeat_interval_s=s.heartbeat_interval_s, on_poll=on_poll,
     )
     monitor.start()
+    uploader.start()  # restores the earlier attempts' log lines, then uploads the log every LOG_UPLOAD_INTERVAL_S
     try:
-        outcome = _train(res, row, sink=sink, monitor=monitor, capacity=capacity)
+        outcome = _train(res, row, scratch=scratch, sink=sink, monitor=monitor, capacity=capacity)
     finally:
         monitor.stop()
     if outcome is None or monitor.lease_lost.is_set():
@@ -233,26 +252,25 @@ def _run_claimed(res: JobResources, row: Any, *, lease_token: str, worker: str,
     return _finish(res, job_id, outcome=outcome, lease_token=lease_token)
 
 
-def _train(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor,
+def _train(res: JobResources, row: Any, *, scratch: JobScratch, sink: StoreSink, monitor: JobMonitor,
            capacity: WorkerCapacity) -> Outcome | None:
     """Run the trainer; map its result or exception to an Outcome (None = the lease was lost)."""
     job_id = str(row.id)
     if row.kind == JobKind.EVALUATION:
-        return _evaluate(res, row, sink=sink, monitor=monitor)
+        return _evaluate(res, row, scratch=scratch, sink=sink, monitor=monitor)
     try:
         stored, resources = stored_resources(row.kind, row.config)
         config = build_config(row.kind, stored)
         if config.debug.injects_faults and not res.settings.allow_fault_injection:
             log.error("refusing to run: %s", FAULT_INJECTION_REFUSED)
             return Outcome(JobState.FAILED, FailureReason.USER_CONFIG, FAULT_INJECTION_REFUSED)
-        resume_from = _resume_path(res, job_id)
+        resume_from = _fetch_resume_checkpoint(res, job_id, scratch)
         # lazy: torch is imported in the child, never before fork
         from ris_model.train.jobs import run_training_job
         from worker.launcher import RankLost, RankSpec, rank_group
 
         hooks = training_hooks(config, stored)
-
-        checkpoint_dir = res.artifacts.checkpoint_dir(job_id)
+        checkpoint_dir = scratch.checkpoint_dir
         spec = RankSpec(label=job_id, kind=row.kind, config=stored, checkpoint_dir=str(checkpoint_dir),
                         resume_from=str(resume_from) if resume_from is not None else None,
                         device=run_device(resources, capacity), world_size=resources.gpus)
@@ -290,12 +308,14 @@ def _train(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor,
         return _failed_outcome(exc, sink)
 
 
-def _evaluate(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor) -> Outcome | None:
+def _evaluate(res: JobResources, row: Any, *, scratch: JobScratch, sink: StoreSink,
+              monitor: JobMonitor) -> Outcome | None:
     """Run an evaluation job (worker/evaluation.py) and map its result or exception to an Outcome."""
     job_id = str(row.id)
     try:
         deadline = res.started_at + worker_deadline_s(res.settings)
-        result = run_evaluation_job(job_id, row.config, sessions=res.sessions, artifacts=res.artifacts, sink=sink,
+        result = run_evaluation_job(job_id, row.config, sessions=res.sessions, artifacts=res.artifacts,
+                                    inputs_dir=scratch.inputs_dir, sink=sink,
                                     should_stop=make_should_stop(monitor, deadline=deadline))
         sink.close()
     except Exception as exc:  # process boundary, as in _train
@@ -403,15 +423,18 @@ def outcome_from_result(result: Any) -> Outcome:
     return Outcome(JobState.SUCCEEDED, report=report)
 
 
-def _resume_path(res: JobResources, job_id: str) -> Path | None:
-    """The latest checkpoint file of an earlier attempt, if any."""
+def _fetch_resume_checkpoint(res: JobResources, job_id: str, scratch: JobScratch) -> Path | None:
+    """The latest recorded checkpoint of an earlier attempt, downloaded from the artifact store into the scratch
+    directory with its sha256 checked; None when there is none."""
     with res.sessions() as session:
         ckpt = store_queries.latest_resume_checkpoint(session, job_id)
         if ckpt is None:
             return None
-        path = res.artifacts.resolve(job_id, ckpt.path)  # recorded relative to the job directory
-    log.info("resuming from checkpoint %s", path)
-    return path
+        key, sha256, name = res.artifacts.job_key(job_id, ckpt.path), ckpt.sha256, ckpt.name
+    dest = scratch.inputs_dir / f"resume-{name}.pt"
+    res.artifacts.fetch(key, dest, sha256=sha256)
+    log.info("resuming from checkpoint %s (%s, fetched from the artifact store)", name, key)
+    return dest
 
 
 def _finish(res: JobResources, job_id: str, *, outcome: Outcome, lease_token: str) -> JobState | None:
@@ -480,9 +503,10 @@ def _publish_state(res: JobResources, job_id: str, state: JobState) -> None:
 def job_log(path: Path) -> Iterator[None]:
     """Send INFO records of the worker and ris_model loggers to the job's log file for the block's duration.
 
-    If the artifact directory cannot take the log (full, read-only, not a directory), the job still runs with
+    If the scratch directory cannot take the log (full, read-only, not a directory), the job still runs with
     its records on the worker's own log only: its first checkpoint then fails it FAILED(INTERNAL) with the
     storage error as the reason, instead of the task dying with the job left RUNNING for the reaper.
+    The file is the job's scratch log; `LogUploader` copies it to the artifact store.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

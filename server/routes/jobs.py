@@ -18,6 +18,7 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
+from sqlalchemy.orm import Session
 
 from api_schemas import (
     DebugConfig,
@@ -38,6 +39,7 @@ from api_schemas import (
     Resources,
     split_stored_config,
     stored_config,
+    stored_priority,
 )
 from api_schemas.markdown import markdown_table
 from server import dispatch
@@ -60,7 +62,7 @@ from server.errors import (
 from server.store import job_queries as store_queries
 from server.store import jobs as store_jobs
 from server.store import live
-from server.store.artifacts import checkpoint_file, get_checkpoint
+from server.store.artifacts import checkpoint_object, get_checkpoint
 from server.store.errors import CheckpointNotFound, JobNotFound, UploadNotFound
 from server.store.files import read_log
 from server.store.models import JobRow
@@ -86,8 +88,9 @@ def job_links(job_id: str) -> dict[str, str]:
     }
 
 
-def to_job_public(job: JobRow) -> JobPublic:
-    """The wire form of a job row (non-finite latest values, stored as null, become NaN → JSON null)."""
+def to_job_public(job: JobRow, waiting_reason: str | None = None) -> JobPublic:
+    """The wire form of a job row (non-finite latest values, stored as null, become NaN → JSON null);
+    `waiting_reason` comes from `store_queries.waiting_reasons` (QUEUED jobs only)."""
     config, resources = split_stored_config(job.config)
     failure = None
     if job.failure_reason is not None:
@@ -99,8 +102,16 @@ def to_job_public(job: JobRow) -> JobPublic:
         progress=Progress(phase=job.phase, epoch=job.epoch, step=job.step, fraction=job.progress_fraction),
         nonfinite_steps=NonfiniteSummary.model_validate(job.nonfinite or {}),
         latest_metrics={k: (math.nan if v is None else float(v)) for k, v in (job.latest_metrics or {}).items()},
-        failure=failure, config=config, resources=resources, links=job_links(job.id),
+        failure=failure, config=config, resources=resources, priority=stored_priority(job.config),
+        waiting_reason=waiting_reason if job.state == JobState.QUEUED else None, links=job_links(job.id),
     )
+
+
+def job_public(session: Session, job: JobRow) -> JobPublic:
+    """`to_job_public` with the job's waiting reason (one more read, for QUEUED jobs only)."""
+    if job.state != JobState.QUEUED:
+        return to_job_public(job)
+    return to_job_public(job, store_queries.waiting_reasons(session, [job.id]).get(job.id))
 
 
 def _body_sha256(body: Any) -> str:
@@ -127,7 +138,7 @@ def _check_checkpoint_source(body: JobCreate, session: SessionDep, artifacts: Ar
     source = body.config.checkpoint
     try:
         if isinstance(source, JobCheckpointSource):
-            checkpoint_file(artifacts, get_checkpoint(session, source.job_id, source.checkpoint, principal=principal))
+            checkpoint_object(artifacts, get_checkpoint(session, source.job_id, source.checkpoint, principal=principal))
         else:
             read_upload(artifacts, source.upload_id, principal=principal)
     except (JobNotFound, CheckpointNotFound, UploadNotFound) as exc:
@@ -172,7 +183,7 @@ def create_job(
 ) -> JobPublic:
     """Submit a job: 202 + Location; the same Idempotency-Key and body returns the same job."""
     _refuse_fault_injection(body.config, allowed=settings.allow_fault_injection)
-    resources: Resources | None = getattr(body, "resources", None)  # training and diagnostic jobs only
+    resources: Resources = body.resources
     _refuse_oversized(resources, max_gpus=settings.max_gpus_per_job)
     body_sha256 = _body_sha256(body) if idempotency_key else None
     if idempotency_key and body_sha256:
@@ -192,7 +203,7 @@ def create_job(
         )
     job = store_jobs.create_job(
         session, kind=JobKind(body.kind), name=body.name,
-        config=stored_config(body.config.model_dump(mode="json"), resources or Resources()),
+        config=stored_config(body.config.model_dump(mode="json"), resources, body.priority),
         max_attempts=body.max_attempts, principal=principal, idempotency_key=idempotency_key,
         body_sha256=body_sha256,
     )
@@ -215,7 +226,9 @@ def read_jobs(
     `next_page_token`."""
     listing = store_queries.list_jobs(session, principal=principal, state=state, kind=kind, limit=limit,
                                       page_token=page_token)
-    return JobsPage(items=[to_job_public(j) for j in listing.jobs], next_page_token=listing.next_page_token)
+    reasons = store_queries.waiting_reasons(session, [j.id for j in listing.jobs if j.state == JobState.QUEUED])
+    return JobsPage(items=[to_job_public(j, reasons.get(j.id)) for j in listing.jobs],
+                    next_page_token=listing.next_page_token)
 
 
 @router.get("/{job_id}", operation_id="read_job", responses=_PROBLEMS)
@@ -226,7 +239,7 @@ async def read_job(job_id: str, request: Request, principal: PrincipalDep) -> Jo
     instead of two thread-pool hops (a sync dependency and a sync route), which costs more than the read itself
     (bench/api.py measures it)."""
     with request.app.state.session_factory() as session:
-        return to_job_public(store_jobs.get_job(session, job_id, principal=principal))
+        return job_public(session, store_jobs.get_job(session, job_id, principal=principal))
 
 
 @router.get("/{job_id}/events", operation_id="read_job_events", responses=_PROBLEMS)

@@ -4,17 +4,19 @@ and a job that waits QUEUED names why in its events."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from api_schemas import JobState
+from server.dispatch import broker_priority, job_queue_name, queue_keys
 from server.main import create_app
 from server.store import get_job
 from server.store.jobs import note_waiting
 from server.store.principals import ADMIN
 from tests.factories import tiny_config
-from tests.server.conftest import make_settings
+from tests.server.conftest import make_settings, redis_client  # noqa: F401  (fixture)
 
 BODY = {"kind": "diagnostic", "config": tiny_config()}
 
@@ -35,6 +37,18 @@ def test_resources_round_trip_beside_the_config(client: TestClient, api_session:
     assert again["resources"] == {"gpus": 2, "device": "cpu"}
     # the store keeps them inside the job's JSON config column (no schema change)
     assert get_job(api_session, job["id"], principal=ADMIN).config["resources"] == {"gpus": 2, "device": "cpu"}
+
+
+def test_device_and_priority_choose_the_queue_and_its_priority_list(
+    client: TestClient, redis_client: Any, job_queue: str  # noqa: F811
+) -> None:
+    body = {"kind": "diagnostic", "config": tiny_config(), "resources": {"device": "cpu"}, "priority": 9}
+    job = client.post("/v1/jobs", json=body).json()
+    assert (job["priority"], job["resources"]["device"]) == (9, "cpu")
+    urgent_list = queue_keys(job_queue_name(job_queue, "cpu"))[broker_priority(9)]
+    assert any(job["id"].encode() in m for m in redis_client.lrange(urgent_list, 0, -1))
+    assert client.post("/v1/jobs", json={**body, "priority": 10}).status_code == 422
+    redis_client.delete(*queue_keys(job_queue_name(job_queue, "cpu")))
 
 
 def test_more_gpus_than_max_gpus_per_job_is_a_422_naming_the_field(tmp_path: Path, job_queue: str) -> None:
