@@ -6,7 +6,7 @@ batch of `batch_size` scenes = 1), so that the fraction advances about evenly in
 - training: every optimizer step, plus each epoch's validation forward passes;
 - checks: the overfit probe's full-batch steps, the identifiability check's scenes and oracle, one val batch
   for the covariance check, the hashed batches of the leakage check; the bookkeeping checks cost ~nothing.
-The constants below were read off the quickstart diagnostic's own timing on a 2-core CPU (report `timing_s`).
+The constants below are estimates relative to a training step; the report's `timing_s` shows the real split.
 """
 
 from __future__ import annotations
