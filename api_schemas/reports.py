@@ -16,9 +16,13 @@ from api_schemas.markdown import markdown_table
 
 
 class CheckStatus(StrEnum):
+    """A check's outcome. SKIP: the run's budget (scenes, epochs, probe steps) is too small for the check to
+    judge; its summary says why. A SKIP never makes the verdict WARN or FAIL."""
+
     PASS = "PASS"
     WARN = "WARN"
     FAIL = "FAIL"
+    SKIP = "SKIP"
 
 
 class CheckResult(BaseModel):

@@ -184,13 +184,19 @@ def create_schema(settings: Settings) -> None:
 
 
 def curl_lines(base: str) -> list[str]:
-    """The README's three curl lines: submit the quick-start diagnostic, poll it, download its final checkpoint."""
-    body = {"kind": "diagnostic", "preset": "quickstart"}
+    """The README's "First job" lines (its bash block, line for line): submit the quick-start diagnostic, poll
+    it, download its final checkpoint, read its verdict. `base` is host:port, e.g. 127.0.0.1:8000."""
+    body = json.dumps({"kind": "diagnostic", "preset": "quickstart"})
+    commented = [
+        (f"curl -s {base}/v1/jobs/$ID", "poll: state, progress, nonfinite_steps, metrics"),
+        (f"curl -s -OJ {base}/v1/jobs/$ID/checkpoints/final", "the trained checkpoint (ETag = sha256)"),
+        (f'curl -s "{base}/v1/jobs/$ID/report?format=md"', "the diagnostic's verdict"),
+    ]
+    width = max(len(cmd) for cmd, _ in commented) + 3  # the comments line up
     return [
-        f"ID=$(curl -s -X POST {base}/v1/jobs -H 'Content-Type: application/json' -d '{json.dumps(body)}' "
-        "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"id\"])')",
-        f"curl -s {base}/v1/jobs/$ID | python3 -m json.tool",
-        f"curl -s -OJ {base}/v1/jobs/$ID/checkpoints/final",
+        f"ID=$(curl -s -X POST {base}/v1/jobs -H 'Content-Type: application/json' \\",
+        f"      -d '{body}' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"id\"])')",
+        *(f"{cmd:<{width}}# {comment}" for cmd, comment in commented),
     ]
 
 
@@ -207,7 +213,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sup.start("reaper", here + ["reaper"])
     base = f"http://{args.host}:{args.port}"
     print(f"ris-jobs: API on {base} (docs: {base}/docs). Try:\n")
-    print("\n".join(curl_lines(base)) + "\n", flush=True)
+    print("\n".join(curl_lines(f"{args.host}:{args.port}")) + "\n", flush=True)
     return sup.wait()
 
 

@@ -5,6 +5,7 @@ Owns run_training_job. Imports no Celery, HTTP, SQL or Redis: the caller passes 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,15 +14,24 @@ from typing import Any
 import torch
 
 from api_schemas import CheckpointInfo, DiagnosticJobConfig, MetricPoint, TrainingJobConfig
+from api_schemas import metrics as keys
 from ris_model.diagnose.checks import diagnose
+from ris_model.diagnose.progress import ProgressPlan
 from ris_model.errors import NonFiniteAbort
 from ris_model.model.network import RisNet
+from ris_model.scenes import Split
 from ris_model.train.distributed import SINGLE, DistContext, StopReason
 from ris_model.train.hooks import NO_HOOKS, StepHooks
 from ris_model.train.sinks import MetricSink
 from ris_model.train.trainer import FitResult, Trainer, never_stop
 
 __all__ = ["FitResult", "StopReason", "pick_device", "run_training_job"]
+
+log = logging.getLogger(__name__)
+#: the progress phase of building the model and drawing the fixed scene pools, before the first optimizer step
+SETUP_PHASE = "setup"
+#: the progress phase of a diagnostic's checks, after the last training phase
+CHECKS_PHASE = "checks"
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -32,15 +42,23 @@ def pick_device(device: str | None) -> torch.device:
 
 
 class _TeeSink:
-    """Forwards to the caller's sink and keeps the points for the diagnostic checks."""
+    """Forwards to the caller's sink and keeps the points for the diagnostic checks. The trainer's
+    `progress/fraction` (its share of steps done) is forwarded as the job's fraction (`ProgressPlan`), so that
+    setup and checks have their own share of the bar."""
 
-    def __init__(self, sink: MetricSink) -> None:
-        self.sink = sink
+    def __init__(self, sink: MetricSink, plan: ProgressPlan) -> None:
+        self.sink, self.plan = sink, plan
         self.points: list[MetricPoint] = []
 
     def log_metrics(self, points: Sequence[MetricPoint]) -> None:
         self.points.extend(points)
-        self.sink.log_metrics(points)
+        self.sink.log_metrics([p.model_copy(update={"value": self.plan.fraction_training(p.value)})
+                               if p.key == keys.PROGRESS_FRACTION else p for p in points])
+
+    def log_progress(self, phase: str, step: int, fraction: float) -> None:
+        """A progress point of a part the trainer does not run (setup, checks); not kept for the checks."""
+        self.sink.log_metrics([MetricPoint(phase=phase, epoch=0, step=step, key=keys.PROGRESS_FRACTION,
+                                           value=fraction)])
 
     def log_checkpoint(self, info: CheckpointInfo) -> None:
         self.sink.log_checkpoint(info)
@@ -64,13 +82,16 @@ def run_training_job(config: TrainingJobConfig, *, sink: MetricSink, checkpoint_
     same config; rank 0 alone reports, checkpoints and builds the diagnostic's report.
     """
     dev = pick_device(device)
+    plan = ProgressPlan.for_config(config)
+    tee = _TeeSink(sink, plan)
+    tee.log_progress(SETUP_PHASE, 0, plan.fraction_setup(0.0))
     torch.manual_seed(config.data.seed)
     model = RisNet(config.system, config.model)
     is_diagnostic = isinstance(config, DiagnosticJobConfig)
-    tee = _TeeSink(sink)
     trainer = Trainer(config, model, tee, dev, checkpoint_dir=checkpoint_dir,
                       checkpoint_interval_s=checkpoint_interval_s,
                       kind="diagnostic" if is_diagnostic else "training", hooks=hooks, dist=dist)
+    _draw_scene_pools(trainer, tee)
     started = time.perf_counter()
     try:
         result = trainer.fit(should_stop, resume_from=resume_from)
@@ -84,9 +105,29 @@ def run_training_job(config: TrainingJobConfig, *, sink: MetricSink, checkpoint_
     return result
 
 
+def _draw_scene_pools(trainer: Trainer, tee: _TeeSink) -> None:
+    """Draw the run's fixed scene pools (train unless fresh each epoch, then val) as part of the setup phase,
+    with a progress point after each, rather than inside the first training step and the first validation."""
+    data, step, t0 = trainer.config.data, trainer.pos.global_step, time.perf_counter()
+    train_scenes = 0 if data.fresh_train_each_epoch else data.n_train
+    total = train_scenes + data.n_val
+    if train_scenes:
+        trainer.scenes.pool(Split.TRAIN_POOL, train_scenes)
+        tee.log_progress(SETUP_PHASE, step, tee.plan.fraction_setup(train_scenes / total))
+    next(iter(trainer.scenes.val_batches()), None)
+    tee.log_progress(SETUP_PHASE, step, tee.plan.fraction_setup(1.0))
+    log.info("setup: model built, %d train and %d val scenes drawn in %.1f s", train_scenes, data.n_val,
+             time.perf_counter() - t0)
+
+
 def _report(config: TrainingJobConfig, trainer: Trainer, result: FitResult, tee: _TeeSink,
             train_seconds: float) -> dict[str, Any]:
     assert isinstance(config, DiagnosticJobConfig)
+    step = trainer.pos.global_step
+
+    def on_progress(done: int, total: int) -> None:
+        tee.log_progress(CHECKS_PHASE, step, tee.plan.fraction_checks(done))
+
     report = diagnose(config, trainer.model, result, tee.points, trainer.scenes,
-                      confusion=trainer.last_confusion, train_seconds=train_seconds)
+                      confusion=trainer.last_confusion, train_seconds=train_seconds, on_progress=on_progress)
     return report.model_dump(mode="json")

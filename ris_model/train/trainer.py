@@ -118,6 +118,9 @@ class Trainer:
         while self.pos.phase_index < len(phases):
             phase = phases[self.pos.phase_index]
             self._setup_phase(phase)
+            # the phase shows in the job's progress from its first step, not from its first sampled point
+            self.sink.log_metrics([MetricPoint(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step,
+                                               key=keys.PROGRESS_FRACTION, value=self._progress())])
             while self.pos.epoch < phase.epochs:
                 # one epoch: train (may stop between steps), validate, checkpoint
                 stopped = self._train_epoch(phase, should_stop)

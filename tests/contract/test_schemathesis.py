@@ -15,6 +15,7 @@ asserts at least 1,000.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import uuid
@@ -110,10 +111,12 @@ def test_stream_of_unknown_job_is_problem_404(fuzz_app: FastAPI) -> None:
 
 def test_stream_of_a_finished_job_ends_with_its_state(fuzz_app: FastAPI) -> None:
     from api_schemas import JobState
+    from server.store.principals import principal_for_key_digest
     from tests.factories import make_job
 
+    owner = principal_for_key_digest(hashlib.sha256(API_KEY.encode()).hexdigest(), admin=False)
     with fuzz_app.state.session_factory() as session:
-        job_id = make_job(session, JobState.CANCELLED).id
+        job_id = make_job(session, JobState.CANCELLED, principal=owner).id
     with TestClient(fuzz_app) as client:
         response = client.get(f"/v1/jobs/{job_id}/metrics/stream", headers={**AUTH, "Last-Event-ID": "0"})
     assert response.status_code == 200

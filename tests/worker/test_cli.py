@@ -54,15 +54,18 @@ def test_parser_knows_every_subcommand() -> None:
         assert parser.parse_args(argv).command == argv[0]
 
 
-def test_curl_lines_submit_poll_and_download() -> None:
-    post, poll, download = curl_lines("http://127.0.0.1:8000")
-    assert "-X POST http://127.0.0.1:8000/v1/jobs" in post
-    assert "/v1/jobs/$ID" in poll
-    assert download.endswith("/v1/jobs/$ID/checkpoints/final")
+def test_curl_lines_submit_poll_download_and_read_the_verdict() -> None:
+    post, body, poll, download, report = curl_lines("127.0.0.1:8000")
+    assert "-X POST 127.0.0.1:8000/v1/jobs" in post
+    assert post.endswith("\\") and body.startswith("      -d '")  # one command over two lines
+    assert "127.0.0.1:8000/v1/jobs/$ID " in poll
+    assert "127.0.0.1:8000/v1/jobs/$ID/checkpoints/final " in download
+    assert "/v1/jobs/$ID/report?format=md" in report
+    assert len({line.index("#") for line in (poll, download, report)}) == 1  # the comments line up
 
 
 def test_curl_post_body_is_the_quickstart_diagnostic() -> None:
-    post = curl_lines("http://127.0.0.1:8000")[0]
+    post = "\n".join(curl_lines("127.0.0.1:8000")[:2])
     body = json.loads(post.split("-d '", 1)[1].split("' |", 1)[0])
     parsed = TypeAdapter(JobCreate).validate_python(body)
     assert parsed.config == quickstart_diagnostic()

@@ -15,11 +15,13 @@ from api_schemas import DataConfig, DebugConfig, DiagnosticJobConfig, LossWeight
 from api_schemas import metrics as keys
 from api_schemas.config import DiagnosticChecksConfig
 from ris_model.diagnose.checks import (
+    above_chance_bar,
     check_identifiability,
     check_learning,
     check_steps_and_lr,
     label_shift,
     learning_bar,
+    reference_training_steps,
 )
 from ris_model.errors import NonFiniteAbort
 from ris_model.scenes import SceneSource
@@ -208,12 +210,19 @@ def test_check_6_passes_iid_symbols_with_the_oracle_above_chance() -> None:
 # ---------------------------------------------------------------- check 7: K indexing
 
 
-def _learning(confusion: list[list[int]]) -> Any:
+def _learning(confusion: list[list[int]], *, full_budget: bool = True) -> Any:
+    """Check 7 on a final confusion matrix, after the reference diagnostic's training budget (10 epochs of
+    5,000 scenes in batches of 64) or, with `full_budget=False`, after the tiny run's 4 steps."""
     k_max = len(confusion)
     acc = sum(confusion[i][i] for i in range(k_max)) / sum(map(sum, confusion))
     by_key: dict[str, list[MetricPoint]] = defaultdict(list)
     by_key[keys.VAL_K_ACC] = [MetricPoint(phase="k_only", epoch=1, step=4, key=keys.VAL_K_ACC, value=acc)]
-    return check_learning(diag_config(k_max=k_max), by_key, confusion)
+    config = diag_config(k_max=k_max)
+    if full_budget:
+        config = diag_config(k_max=k_max, data=DataConfig(n_train=5000, n_val=1000, batch_size=64),
+                             phases=(config.phases[0].model_copy(update={"epochs": 10}),))
+        assert config.total_steps >= reference_training_steps()
+    return check_learning(config, by_key, confusion)
 
 
 def test_check_7_detects_predictions_shifted_by_one() -> None:
@@ -243,6 +252,29 @@ def test_check_7_passes_a_diagonal_confusion_above_the_bar() -> None:
     result = _learning([[40, 10, 0], [8, 35, 7], [0, 10, 40]])
     assert result.status == "PASS"
     assert result.evidence["label_shift"] is None
+
+
+def test_check_7_at_a_short_budget_skips_near_chance_and_still_fails_a_shift() -> None:
+    # a constant prediction after a few steps may be a slow start: SKIP, with the reason, not a FAIL
+    constant = _learning([[0, 50, 0], [0, 50, 0], [0, 50, 0]], full_budget=False)
+    assert constant.status == "SKIP"
+    assert "too few to tell a slow start from a bug" in constant.summary
+    # a shifted indexing is visible at any budget
+    shifted = [[0, 50, 0, 0, 0], [0, 2, 48, 0, 0], [0, 0, 3, 47, 0], [0, 0, 0, 1, 49], [0, 0, 0, 0, 50]]
+    assert _learning(shifted, full_budget=False).status == "FAIL"
+    # and so is accuracy far below chance (here 0.10 at chance 1/3 over 150 scenes)
+    anti = _learning([[5, 25, 20], [25, 5, 20], [20, 25, 5]], full_budget=False)
+    assert anti.status == "FAIL"
+    assert "below chance" in anti.summary
+
+
+def test_check_7_at_a_short_budget_passes_above_the_binomial_bound_of_chance() -> None:
+    # 0.28 over 250 scenes at K_MAX = 5: below the seed's 0.3, but 2.8 s.d. above chance 0.2
+    confusion = [[14, 9, 9, 9, 9], [9, 14, 9, 9, 9], [9, 9, 14, 9, 9], [9, 9, 9, 14, 9], [9, 9, 9, 9, 14]]
+    short = _learning(confusion, full_budget=False)
+    assert short.status == "PASS", short.summary
+    assert short.evidence["pass_bar"] == pytest.approx(above_chance_bar(0.2, 250))
+    assert _learning(confusion).status == "WARN"  # at the reference budget the seed's bar holds
 
 
 def test_learning_bar_is_the_seeds_at_k_max_5_and_above_chance_elsewhere() -> None:
