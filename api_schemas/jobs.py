@@ -1,7 +1,7 @@
 """Job wire types and the job state vocabulary (DESIGN §3.1, §3.2).
 
 Owns: JobKind, JobState, FailureReason, TERMINAL_STATES, JobCreate (+ per-kind bodies: diagnostic, training,
-evaluation), JobPublic, JobsPage, Progress, NonfiniteSummary, Failure, JobEvent. Imports nothing of ours but
+evaluation, sweep), JobPublic, JobsPage, Progress, NonfiniteSummary, Failure, JobEvent. Imports nothing of ours but
 api_schemas; no torch.
 """
 
@@ -15,12 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api_schemas.config import DiagnosticJobConfig, TrainingJobConfig, quickstart_diagnostic
 from api_schemas.evaluation import EvaluationJobConfig
+from api_schemas.lineage import MAX_TAGS, Tag
+from api_schemas.sweeps import SweepJobConfig
 
 
 class JobKind(StrEnum):
     DIAGNOSTIC = "diagnostic"
     TRAINING = "training"
     EVALUATION = "evaluation"
+    #: a hyper-parameter sweep: its driver creates one child training (or diagnostic) job per trial
+    SWEEP = "sweep"
 
 
 class JobState(StrEnum):
@@ -53,6 +57,8 @@ class FailureReason(StrEnum):
     WORKER_LOST = "WORKER_LOST"
     OOM = "OOM"
     INTERNAL = "INTERNAL"
+    #: not a failure: a sweep's pruner stopped the trial early (the job ends CANCELLED with this reason)
+    PRUNED = "PRUNED"
 
 
 class _Body(BaseModel):
@@ -60,6 +66,8 @@ class _Body(BaseModel):
 
     name: str | None = Field(None, max_length=200)
     max_attempts: int = Field(2, ge=1, le=5, description="attempts before a lost worker fails the job")
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS,
+                            description="short labels to find the job again (`GET /v1/jobs?tag=`)")
 
 
 class DiagnosticJobCreate(_Body):
@@ -89,8 +97,15 @@ class EvaluationJobCreate(_Body):
     config: EvaluationJobConfig  # no default: the checkpoint to evaluate is required
 
 
+class SweepJobCreate(_Body):
+    kind: Literal["sweep"]
+    config: SweepJobConfig  # no default: the search space is required
+
+
 #: The body of POST /v1/jobs; `kind` selects the config model, so errors name `config.<field>`.
-JobCreate = Annotated[DiagnosticJobCreate | TrainingJobCreate | EvaluationJobCreate, Field(discriminator="kind")]
+JobCreate = Annotated[
+    DiagnosticJobCreate | TrainingJobCreate | EvaluationJobCreate | SweepJobCreate, Field(discriminator="kind")
+]
 
 
 class Progress(BaseModel):
@@ -141,6 +156,10 @@ class JobPublic(BaseModel):
     failure: Failure | None
     config: dict
     links: dict[str, str]
+    parent_id: str | None = Field(None, description="the sweep that created this job as one of its trials")
+    tags: list[str] = []
+    code_version: str | None = Field(None, description="package version (+g<commit> when known) that ran it")
+    config_sha256: str | None = None
 
 
 class JobsPage(BaseModel):

@@ -1,7 +1,9 @@
 """Sending job ids to the GPU workers' Celery queue (DESIGN §3.4, STYLE B7; docs/CONTRACTS.md).
 
-Owns: `RUN_JOB_TASK`, a producer-only Celery app built from Settings, `enqueue_job`, and `dispatch_pending`
-(the sweep that re-sends QUEUED jobs whose first enqueue failed). Must not import FastAPI, torch or worker/:
+Owns: `RUN_JOB_TASK`, a producer-only Celery app built from Settings, `enqueue_job`, `queue_for` (a `sweep`
+job's driver goes to `<JOB_QUEUE>.sweeps`, which a CPU worker consumes, so that it never holds a GPU worker
+while its trials wait for one) and `dispatch_pending` (the sweep that re-sends QUEUED jobs whose first enqueue
+failed). Must not import FastAPI, torch or worker/:
 the task is sent by name.
 
 Order (Celery "Database transactions"): the QUEUED row is committed first, then the id alone is enqueued.
@@ -17,12 +19,15 @@ import redis.exceptions
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from api_schemas import JobKind
 from server.settings import Settings
 from server.store.job_queries import list_undispatched
-from server.store.jobs import record_dispatch
+from server.store.jobs import get_job, record_dispatch
 
 #: The task name the worker registers (worker/tasks.py); the API sends it by name.
 RUN_JOB_TASK = "ris_jobs.run_job"
+#: Appended to JOB_QUEUE: the queue of the sweep drivers.
+SWEEP_QUEUE_SUFFIX = ".sweeps"
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +70,21 @@ def enqueue_job(producer: Celery, job_id: str, queue: str) -> str:
     return task_id
 
 
+def sweep_queue(job_queue: str) -> str:
+    """The queue of the sweep drivers that go with the job queue `job_queue`."""
+    return f"{job_queue}{SWEEP_QUEUE_SUFFIX}"
+
+
+def queue_for(kind: str, job_queue: str) -> str:
+    """Where a job of `kind` is sent: sweeps to their drivers' queue, every other job to `job_queue`."""
+    return sweep_queue(job_queue) if kind == JobKind.SWEEP else job_queue
+
+
 def dispatch_job(session: Session, producer: Celery, job_id: str, queue: str) -> str:
-    """Enqueue a committed QUEUED job and record its task id (commits). Raises DispatchError."""
-    task_id = enqueue_job(producer, job_id, queue)
+    """Enqueue a committed QUEUED job on `queue` (or its sweep queue, see `queue_for`) and record its task id
+    (commits). Raises DispatchError."""
+    kind = get_job(session, job_id).kind
+    task_id = enqueue_job(producer, job_id, queue_for(kind, queue))
     record_dispatch(session, job_id, celery_task_id=task_id)
     return task_id
 

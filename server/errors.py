@@ -38,7 +38,7 @@ from server.store.errors import (
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 #: Kinds that the API accepts in JobCreate (every JobKind since evaluation jobs exist, issue 6).
-IMPLEMENTED_KINDS = (JobKind.DIAGNOSTIC.value, JobKind.TRAINING.value, JobKind.EVALUATION.value)
+IMPLEMENTED_KINDS = tuple(kind.value for kind in JobKind)
 #: Methods whose body must be JSON. Only POST has routes; PUT/PATCH fall through to routing's 405.
 _BODY_METHODS = frozenset({"POST"})
 

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from redis import Redis
 from redis.exceptions import RedisError
 
+from server.dispatch import sweep_queue
 from server.settings import Settings, get_settings
 
 #: Seconds a child gets to exit after SIGTERM before it is killed.
@@ -60,6 +61,15 @@ def worker_command(settings: Settings, *, name: str, loglevel: str = "INFO") -> 
         sys.executable, "-m", "celery", "-A", "worker.app", "worker",
         "-c", "1", "-P", "prefork", "--max-tasks-per-child=1", "-n", f"{name}@%h",
         "-Q", settings.job_queue, "-E", "--loglevel", loglevel,
+    ]
+
+
+def sweep_worker_command(settings: Settings, *, concurrency: int, loglevel: str = "INFO") -> list[str]:
+    """The Celery worker of the sweep drivers: CPU only, `concurrency` sweeps at once, a fresh child each."""
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.app", "worker",
+        "-c", str(concurrency), "-P", "prefork", "--max-tasks-per-child=1", "-n", "sweeps@%h",
+        "-Q", sweep_queue(settings.job_queue), "-E", "--loglevel", loglevel,
     ]
 
 
@@ -213,6 +223,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     for gpu in gpus:
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu)
         sup.start(f"worker-gpu{gpu}", worker_command(settings, name=f"gpu{gpu}", loglevel=args.loglevel), env=env)
+    if args.sweeps:
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+        sup.start("worker-sweeps", sweep_worker_command(settings, concurrency=args.sweeps, loglevel=args.loglevel),
+                  env=env)
     return sup.wait()
 
 
@@ -241,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
     p = sub.add_parser("worker", help="one Celery worker per visible GPU, or one CPU worker")
     p.add_argument("--cpu", action="store_true", help="one CPU worker even if GPUs are visible")
+    p.add_argument("--sweeps", type=int, default=2, metavar="N",
+                   help="also run the drivers of up to N sweeps at once on the CPU (0 = none; default 2)")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("reaper", help="requeue or fail jobs whose worker died; re-dispatch lost messages")

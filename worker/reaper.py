@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_schemas import JobState
-from server.dispatch import RUN_JOB_TASK, DispatchError, dispatch_job, make_producer
+from server.dispatch import RUN_JOB_TASK, DispatchError, dispatch_job, make_producer, sweep_queue
 from server.settings import Settings, get_settings
 from server.store import job_queries as store_queries
 from server.store import jobs as store_jobs
@@ -158,8 +158,8 @@ class Reaper:
     def _live_message_bodies(self) -> list[bytes]:
         """Raw messages waiting in the job queue, then those delivered recently (order matters: a message moves
         from the list to the unacked hash, so reading the list first cannot miss it in both)."""
-        queue = self._settings.job_queue
-        keys = [queue if p == 0 else f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]
+        queues = (self._settings.job_queue, sweep_queue(self._settings.job_queue))
+        keys = [queue if p == 0 else f"{queue}{PRIORITY_SEP}{p}" for queue in queues for p in PRIORITY_STEPS]
         bodies: list[bytes] = []
         for key in keys:
             bodies.extend(self._redis.lrange(key, 0, -1))

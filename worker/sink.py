@@ -2,7 +2,8 @@
 
 Owns: buffering metric points, flushing them through `server.store.metrics.append_points` (fenced by the
 lease, one transaction per flush), publishing the stored points (with their seq) on `job:{id}:live`, and
-registering checkpoints. Imports no torch and no ris_model (it only has to satisfy the MetricSink protocol).
+registering checkpoints (with the code version and the config digest that produced them). Imports no torch
+and no ris_model (it only has to satisfy the MetricSink protocol).
 
 When a flush happens: every `flush_interval_s` (checked on each `log_metrics` call and by the task's
 heartbeat thread through `flush_if_due`), when `flush_max_points` are buffered, immediately for non-finite
@@ -24,6 +25,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_schemas import CheckpointInfo, MetricPoint, StoredMetricPoint
+from api_schemas.lineage import code_version
 from api_schemas.metrics import NONFINITE_PREFIX
 from server.store import live
 from server.store.artifacts import ArtifactStore, register_checkpoint
@@ -50,6 +52,7 @@ class StoreSink:
         flush_interval_s: float = 1.0,
         flush_max_points: int = 200,
         clock: Callable[[], float] = time.monotonic,
+        config_sha256: str | None = None,
     ) -> None:
         self._sessions = session_factory
         self._job_id = job_id
@@ -59,6 +62,7 @@ class StoreSink:
         self._flush_interval_s = flush_interval_s
         self._flush_max_points = flush_max_points
         self._clock = clock
+        self._config_sha256 = config_sha256
         self._lock = threading.Lock()
         self._buffer: list[MetricPoint] = []
         self._last_flush = clock()
@@ -82,7 +86,8 @@ class StoreSink:
         with self._lock:
             self._flush_locked()
             with self._sessions() as session:
-                register_checkpoint(session, self._job_id, info, lease_token=self._lease_token, store=self._artifacts)
+                register_checkpoint(session, self._job_id, info, lease_token=self._lease_token, store=self._artifacts,
+                                    code_version=code_version(), config_sha256=self._config_sha256)
                 session.commit()
         log.info("checkpoint %s registered (phase=%s epoch=%d step=%d)", info.name, info.phase, info.epoch, info.step)
 

@@ -7,10 +7,13 @@ without Celery. The task gets a job id, never an object, and re-reads the row (S
    job already runs, ran, or was cancelled): log and return, and Celery acks the message;
 2. attach the per-job log file, start the monitor thread (heartbeat, cancel flag, timed metric flushes);
 3. build the config from the row, find the checkpoint of an earlier attempt to resume from;
-4. call `ris_model.jobs.run_training_job` (imported here, never in the prefork parent: no CUDA before fork),
-   or, for an `evaluation` job, `worker.evaluation.run_evaluation_job`;
-5. finish: SUCCEEDED (+ report) | CANCELLED | FAILED TIMEOUT | FAILED <classify_failure(exc)> (+ the report a
-   NonFiniteAbort carries), one fenced transition, then publish the state on Redis.
+4. call `ris_model.jobs.run_training_job` (imported here, never in the prefork parent: no CUDA before fork)
+   through an `ExportingSink` (the store, then TensorBoard, MLflow when configured, and the sweep trial's
+   reporter for a sweep's child job), or, for an `evaluation` job, `worker.evaluation.run_evaluation_job`, or,
+   for a `sweep` job, the sweep driver (`worker.sweep`);
+5. finish: SUCCEEDED (+ report) | CANCELLED (reason PRUNED when a sweep's pruner stopped it) | FAILED TIMEOUT |
+   FAILED <classify_failure(exc)> (+ the report a NonFiniteAbort carries), one fenced transition, then publish
+   the state on Redis.
 
 If the lease is lost (the reaper gave the job to another attempt), the attempt writes nothing more.
 """
@@ -34,8 +37,8 @@ from redis.exceptions import RedisError
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from api_schemas import DiagnosticJobConfig, FailureReason, JobKind, JobState, TrainingJobConfig
-from server.dispatch import RUN_JOB_TASK
+from api_schemas import DiagnosticJobConfig, FailureReason, JobKind, JobState, SweepJobConfig, TrainingJobConfig
+from server.dispatch import RUN_JOB_TASK, make_producer
 from server.settings import Settings, get_settings
 from server.store import job_queries as store_queries
 from server.store import jobs as store_jobs
@@ -45,9 +48,12 @@ from server.store.db import make_engine, make_session_factory
 from server.store.errors import InvalidTransition, JobNotFound, LeaseLost
 from worker.app import app
 from worker.evaluation import run_evaluation_job
+from worker.exports import ExportingSink
 from worker.failures import TrainerFailed, classify_failure, failure_message, traceback_tail
 from worker.heartbeat import JobMonitor, make_should_stop
 from worker.sink import StoreSink
+from worker.sweep import SweepDriver, SweepJob
+from worker.trial import TrialReporter, open_trial_reporter
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +136,8 @@ def _claim(res: JobResources, job_id: str, *, worker: str, lease_token: str) -> 
     if row is None:
         log.warning("duplicate delivery of job %s (no longer QUEUED); dropping the message", job_id)
         return None
+    with res.sessions() as session:
+        store_jobs.record_code_version(session, job_id, lease_token=lease_token)
     _publish_state(res, job_id, JobState.RUNNING)
     return row
 
@@ -141,6 +149,7 @@ def _run_claimed(res: JobResources, row: Any, *, lease_token: str) -> JobState |
     sink = StoreSink(
         res.sessions, job_id, lease_token=lease_token, artifacts=res.artifacts, redis=res.redis,
         flush_interval_s=s.metrics_flush_interval_s, flush_max_points=s.metrics_flush_max_points,
+        config_sha256=row.config_sha256,
     )
     monitor = JobMonitor(
         res.sessions, job_id, lease_token=lease_token, redis=res.redis,
@@ -162,32 +171,102 @@ def _train(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor)
     job_id = str(row.id)
     if row.kind == JobKind.EVALUATION:
         return _evaluate(res, row, sink=sink, monitor=monitor)
+    if row.kind == JobKind.SWEEP:
+        return _sweep(res, row, sink=sink, monitor=monitor)
+    exporting = ExportingSink(sink)
     try:
         config = build_config(row.kind, row.config)
         resume_from = _resume_path(res, job_id)
         from ris_model.jobs import run_training_job  # lazy: torch is imported in the child, never before fork
 
+        reporter = _open_exporters(res, row, config, exporting)
         deadline = res.started_at + worker_deadline_s(res.settings)
+        should_stop = make_should_stop(monitor, deadline=deadline)
+        if reporter is not None:
+            should_stop = reporter.should_stop(should_stop)
         try:
             result = run_training_job(
                 config,
-                sink=sink,
+                sink=exporting,
                 checkpoint_dir=res.artifacts.checkpoint_dir(job_id),
                 device=None,
                 resume_from=resume_from,
-                should_stop=make_should_stop(monitor, deadline=deadline),
+                should_stop=should_stop,
                 checkpoint_interval_s=res.settings.checkpoint_interval_s,
             )
         except LeaseLost:
             raise
         except Exception as exc:
             raise TrainerFailed(exc) from exc
-        sink.close()
-        return outcome_from_result(result)
+        pruned = reporter is not None and reporter.pruned_at is not None and not monitor.cancel_requested.is_set()
+        outcome = outcome_from_result(result, pruned_at=reporter.pruned_at if pruned and reporter else None)
+        final = Path(result.final_checkpoint.path) if result.final_checkpoint is not None else None
+        exporting.finish(state=outcome.state, report=outcome.report, final_checkpoint=final)
+        return outcome
     except Exception as exc:  # process boundary: every failure becomes a FAILED row (STYLE B6)
         if _is_lease_lost(exc) or monitor.lease_lost.is_set():
             return None
+        outcome = _failed_outcome(exc, sink)
+        try:
+            exporting.finish(state=outcome.state, report=outcome.report, final_checkpoint=None)
+        except Exception as finish_exc:  # the failure we report is the first one
+            log.warning("could not finish the exports: %s", finish_exc)
+        return outcome
+
+
+def _open_exporters(res: JobResources, row: Any, config: TrainingJobConfig,
+                    exporting: ExportingSink) -> TrialReporter | None:
+    """Add the job's exporters to `exporting` (each failure to open one is logged and counted); returns the
+    sweep trial's reporter when the job is a trial of a sweep."""
+    job_id, s = str(row.id), res.settings
+    exporting.open("tensorboard", lambda: _tensorboard(res, job_id))
+    if s.mlflow_tracking_uri:
+        exporting.open("mlflow", lambda: _mlflow(s.mlflow_tracking_uri or "", s.mlflow_experiment, row))
+    if row.parent_id is None:
+        return None
+    with res.sessions() as session:
+        sweep_config = store_jobs.get_job(session, row.parent_id).config
+    reporter = exporting.open("trial", lambda: open_trial_reporter(
+        s.database_url, sweep_id=row.parent_id, sweep_config=sweep_config, tags=list(row.tags or []),
+        config=config))
+    return reporter if isinstance(reporter, TrialReporter) else None
+
+
+def _tensorboard(res: JobResources, job_id: str) -> Any:
+    from worker.tensorboard_export import TensorBoardExporter  # imports torch: only in the child
+
+    return TensorBoardExporter(res.artifacts, job_id)
+
+
+def _mlflow(tracking_uri: str, experiment: str, row: Any) -> Any:
+    from worker.mlflow_export import MlflowExporter  # imports mlflow: only when configured, in the child
+
+    return MlflowExporter(tracking_uri, experiment, job_id=str(row.id), kind=row.kind, job_name=row.name,
+                          config=row.config, tags=list(row.tags or []), code_version=row.code_version)
+
+
+def _sweep(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor) -> Outcome | None:
+    """Run a sweep's driver (worker/sweep.py) and map its result or exception to an Outcome."""
+    try:
+        config = SweepJobConfig.model_validate(row.config)
+        job = SweepJob(id=str(row.id), name=row.name, principal=row.principal, tags=list(row.tags or []),
+                       max_attempts=row.max_attempts)
+        driver = SweepDriver(job, config, sessions=res.sessions, database_url=res.settings.database_url,
+                             job_queue=res.settings.job_queue, producer=make_producer(res.settings),
+                             redis=res.redis, sink=sink, poll_interval_s=res.settings.sweep_poll_interval_s)
+        deadline = res.started_at + worker_deadline_s(res.settings)
+        result = driver.run(make_should_stop(monitor, deadline=deadline))
+        sink.close()
+    except Exception as exc:  # process boundary, as in _train
+        if _is_lease_lost(exc) or monitor.lease_lost.is_set():
+            return None
         return _failed_outcome(exc, sink)
+    if result.stopped == "cancel":
+        return Outcome(JobState.CANCELLED, message="cancelled by request; its running trials were cancelled")
+    if result.stopped == "timeout":
+        return Outcome(JobState.FAILED, FailureReason.TIMEOUT,
+                       "stopped at the worker's time limit; a new attempt would resume from the study")
+    return Outcome(JobState.SUCCEEDED, report=result.report)
 
 
 def _evaluate(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor) -> Outcome | None:
@@ -251,8 +330,16 @@ def worker_deadline_s(settings: Settings) -> float:
     return soft_s - margin_s
 
 
-def outcome_from_result(result: Any) -> Outcome:
-    """SUCCEEDED / CANCELLED / FAILED TIMEOUT from a FitResult."""
+def outcome_from_result(result: Any, *, pruned_at: int | None = None) -> Outcome:
+    """SUCCEEDED / CANCELLED / CANCELLED PRUNED / FAILED TIMEOUT from a FitResult.
+
+    `pruned_at`: the run's epoch at which a sweep's pruner stopped the trial (its "cancel" was the pruner's).
+    """
+    if result.stopped == "cancel" and pruned_at is not None:
+        step = result.last_checkpoint.step if result.last_checkpoint is not None else None
+        message = (f"pruned by the sweep's pruner after epoch {pruned_at}; the stop checkpoint at step {step} is "
+                   "kept")
+        return Outcome(JobState.CANCELLED, FailureReason.PRUNED, message)
     if result.stopped == "cancel":
         return Outcome(JobState.CANCELLED, message="cancelled by request")
     if result.stopped == "timeout":

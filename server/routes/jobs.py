@@ -1,4 +1,4 @@
-"""Job routes (DESIGN §3.2): create, list, read, events, logs, report, cancel, delete.
+"""Job routes (DESIGN §3.2): create, list, read, events, logs, report, cancel, delete, a sweep's trials.
 
 Routes parse, call `server.store`, and shape the response; no SQL here and no error responses (domain errors
 propagate to `server.errors`). POST /v1/jobs commits the QUEUED row first, then enqueues the id alone
@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import redis
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 
 from api_schemas import (
@@ -22,6 +23,7 @@ from api_schemas import (
     EvaluationReport,
     Failure,
     FailureReason,
+    JobCheckpointSource,
     JobCreate,
     JobEvent,
     JobKind,
@@ -31,7 +33,13 @@ from api_schemas import (
     NonfiniteSummary,
     Problem,
     Progress,
+    SweepJobConfig,
+    TrialPublic,
+    TrialsPage,
+    TrialState,
 )
+from api_schemas.lineage import TAG_PATTERN
+from api_schemas.sweeps import get_path, trial_number
 from server import dispatch
 from server.deps import (
     ArtifactsDep,
@@ -47,6 +55,7 @@ from server.store import job_queries as store_queries
 from server.store import jobs as store_jobs
 from server.store import live
 from server.store.artifacts import read_log
+from server.store.errors import JobNotFound, NotASweep
 from server.store.models import JobRow
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -76,6 +85,11 @@ def to_job_public(job: JobRow) -> JobPublic:
     failure = None
     if job.failure_reason is not None:
         failure = Failure(reason=FailureReason(job.failure_reason), message=job.failure_message or "")
+    links = job_links(job.id)
+    if job.kind == JobKind.SWEEP:
+        links["trials"] = f"/v1/jobs/{job.id}/trials"
+    if job.parent_id is not None:
+        links["parent"] = f"/v1/jobs/{job.parent_id}"
     return JobPublic(
         id=job.id, kind=JobKind(job.kind), name=job.name, state=JobState(job.state), attempt=job.attempt,
         max_attempts=job.max_attempts, created_at=job.created_at, started_at=job.started_at,
@@ -83,7 +97,8 @@ def to_job_public(job: JobRow) -> JobPublic:
         progress=Progress(phase=job.phase, epoch=job.epoch, step=job.step, fraction=job.progress_fraction),
         nonfinite_steps=NonfiniteSummary.model_validate(job.nonfinite or {}),
         latest_metrics={k: (math.nan if v is None else float(v)) for k, v in (job.latest_metrics or {}).items()},
-        failure=failure, config=job.config, links=job_links(job.id),
+        failure=failure, config=job.config, links=links, parent_id=job.parent_id, tags=list(job.tags or []),
+        code_version=job.code_version, config_sha256=job.config_sha256,
     )
 
 
@@ -133,6 +148,7 @@ def create_job(
             response.headers["Location"] = f"/v1/jobs/{existing.id}"
             response.headers["Idempotent-Replayed"] = "true"
             return to_job_public(store_jobs.get_job(session, existing.id))
+    check_init_from(session, body)
     if store_queries.count_queued(session, principal=principal) >= settings.max_queued_jobs_per_key:
         raise QueueLimitExceeded(
             f"{settings.max_queued_jobs_per_key} jobs are already QUEUED for this API key; wait or cancel some"
@@ -140,7 +156,7 @@ def create_job(
     job = store_jobs.create_job(
         session, kind=JobKind(body.kind), name=body.name, config=body.config.model_dump(mode="json"),
         max_attempts=body.max_attempts, principal=principal, idempotency_key=idempotency_key,
-        body_sha256=body_sha256,
+        body_sha256=body_sha256, tags=body.tags,
     )
     if job.celery_task_id is None:  # an idempotent race may hand back a job that is already dispatched
         _dispatch_or_503(session, producer, job, settings.job_queue)
@@ -153,11 +169,14 @@ def read_jobs(
     session: SessionDep,
     state: JobState | None = None,
     kind: JobKind | None = None,
+    parent_id: Annotated[str | None, Query(max_length=64, description="the trials of this sweep")] = None,
+    tag: Annotated[str | None, Query(pattern=TAG_PATTERN, description="jobs that carry this tag")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     page_token: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobsPage:
-    """Jobs newest first, filtered by state and kind, paged by `next_page_token`."""
-    listing = store_queries.list_jobs(session, state=state, kind=kind, limit=limit, page_token=page_token)
+    """Jobs newest first, filtered by state, kind, parent sweep and tag, paged by `next_page_token`."""
+    listing = store_queries.list_jobs(session, state=state, kind=kind, parent_id=parent_id, tag=tag, limit=limit,
+                                      page_token=page_token)
     return JobsPage(items=[to_job_public(j) for j in listing.jobs], next_page_token=listing.next_page_token)
 
 
@@ -228,15 +247,90 @@ def read_job_report(
     "/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, operation_id="cancel_job", responses=_PROBLEMS
 )
 def cancel_job(job_id: str, session: SessionDep, redis_client: RedisDep) -> JobPublic:
-    """Cooperative cancel: QUEUED → CANCELLED now, RUNNING → CANCELLING (the worker stops at its next step)."""
+    """Cooperative cancel: QUEUED → CANCELLED now, RUNNING → CANCELLING (the worker stops at its next step).
+    Cancelling a sweep also cancels its unfinished trials."""
     job = store_jobs.request_cancel(session, job_id)
+    children = store_jobs.cancel_children(session, job.id) if job.kind == JobKind.SWEEP else []
+    for target in (job, *children):
+        try:
+            if target.state == JobState.CANCELLING:
+                live.set_cancel_flag(redis_client, target.id)  # the worker also sees CANCELLING in its heartbeat
+            live.publish_state(redis_client, target.id, JobState(target.state))
+        except redis.RedisError as exc:
+            log.warning("cancel of job %s recorded in the database; Redis signal failed: %s", target.id, exc)
+    return to_job_public(store_jobs.get_job(session, job.id))
+
+
+@router.get("/{job_id}/trials", operation_id="read_sweep_trials", responses=_PROBLEMS)
+def read_sweep_trials(job_id: str, session: SessionDep) -> TrialsPage:
+    """A sweep's trials, by number: parameters, state, objective value and the child job that runs each;
+    `best` is the best complete trial so far. 404 for a job that is not a sweep."""
+    job = store_jobs.get_job(session, job_id)
+    if job.kind != JobKind.SWEEP:
+        raise NotASweep(job.id)
+    config = SweepJobConfig.model_validate(job.config)
+    trials = sorted((t for c in store_queries.list_children(session, job.id) if (t := _trial(c, config))),
+                    key=lambda t: t.number)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    sign = 1.0 if config.objective.direction == "maximize" else -1.0
+    best = max(complete, key=lambda t: sign * (t.value or 0.0)) if complete else None
+    return TrialsPage(sweep_id=job.id, objective=config.objective, trials=trials, best=best)
+
+
+def _trial(child: JobRow, config: SweepJobConfig) -> TrialPublic | None:
+    """A child job of a sweep as its trial (None for a child without a trial tag)."""
+    number = trial_number(list(child.tags or []))
+    if number is None:
+        return None
+    state = JobState(child.state)
+    if state is JobState.SUCCEEDED:
+        trial_state = TrialState.COMPLETE
+    elif state is JobState.CANCELLED and child.failure_reason == FailureReason.PRUNED:
+        trial_state = TrialState.PRUNED
+    elif state.is_terminal():
+        trial_state = TrialState.FAIL
+    else:
+        trial_state = TrialState.RUNNING
+    raw = (child.latest_metrics or {}).get(config.objective.metric)
+    params = {path: get_path(child.config, path) for path in config.space}
+    return TrialPublic(number=number, params=params, state=trial_state,
+                       value=TrialPublic.finite(None if raw is None else float(raw)), job_id=child.id,
+                       job_state=child.state, links={"job": f"/v1/jobs/{child.id}"})
+
+
+#: Model settings that do not change the shapes of the weights (a checkpoint may start a run that changes them).
+_WEIGHT_NEUTRAL_MODEL_FIELDS = frozenset({"cuda_graphs", "dropout", "look_refine_rounds", "normalize_atoms"})
+
+
+def check_init_from(session: SessionDep, body: Any) -> None:
+    """A training config (or a sweep's base) whose `init_from` names an earlier job must match that job's system
+    and weight shapes: 422 naming the field. An uploaded checkpoint is checked by the worker."""
+    config, loc = body.config, ("body", "config", "init_from")
+    if isinstance(config, SweepJobConfig):
+        base = config.base.config_model().model_validate(config.base.config)
+        config, loc = base, ("body", "config", "base", "config", "init_from")
+    source = getattr(config, "init_from", None)
+    if not isinstance(source, JobCheckpointSource):
+        return
     try:
-        if job.state == JobState.CANCELLING:
-            live.set_cancel_flag(redis_client, job.id)  # the worker also sees CANCELLING in its heartbeat
-        live.publish_state(redis_client, job.id, JobState(job.state))
-    except redis.RedisError as exc:
-        log.warning("cancel of job %s recorded in the database; Redis signal failed: %s", job.id, exc)
-    return to_job_public(job)
+        parent = store_jobs.get_job(session, source.job_id)
+    except JobNotFound:
+        raise _invalid(loc, f"job {source.job_id} does not exist") from None
+    if parent.kind not in (JobKind.TRAINING, JobKind.DIAGNOSTIC):
+        raise _invalid(loc, f"job {source.job_id} is a {parent.kind} job; it has no weights to start from")
+    ours = config.model_dump(mode="json")
+    if parent.config.get("system") != ours["system"]:
+        raise _invalid(loc, f"job {source.job_id} was trained for another system config; `system` must match")
+    theirs_model = {k: v for k, v in parent.config.get("model", {}).items() if k not in _WEIGHT_NEUTRAL_MODEL_FIELDS}
+    ours_model = {k: v for k, v in ours["model"].items() if k not in _WEIGHT_NEUTRAL_MODEL_FIELDS}
+    if theirs_model != ours_model:
+        differ = sorted(k for k in ours_model if theirs_model.get(k) != ours_model[k])
+        raise _invalid(loc, f"job {source.job_id}'s weights do not fit this model: model.{', model.'.join(differ)} "
+                            "differ")
+
+
+def _invalid(loc: tuple[str, ...], message: str) -> RequestValidationError:
+    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": message, "input": None}])
 
 
 @router.delete(

@@ -42,8 +42,10 @@ FINAL, LATEST = "final", "latest"
 #: A job's downloadable output files (evaluation plots and report) lie in `<job dir>/artifacts/<name>`.
 JOB_ARTIFACTS_SUBDIR = "artifacts"
 #: Names of downloadable job artifacts: one plain file name with a known extension; never a path.
-ARTIFACT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,100}\.(png|json|md)$"
-ARTIFACT_MEDIA_TYPES = {"png": "image/png", "json": "application/json", "md": "text/markdown; charset=utf-8"}
+ARTIFACT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,100}\.(png|json|md|tfevents)$"
+#: tfevents: TensorBoard event records (TFRecord), worker/tensorboard_export.py
+ARTIFACT_MEDIA_TYPES = {"png": "image/png", "json": "application/json", "md": "text/markdown; charset=utf-8",
+                        "tfevents": "application/octet-stream"}
 
 
 class ArtifactStore:
@@ -186,12 +188,14 @@ def file_sha256(path: Path) -> FileDigest:
 
 
 def register_checkpoint(
-    session: Session, job_id: str | UUID, info: CheckpointInfo, *, lease_token: str, store: ArtifactStore
+    session: Session, job_id: str | UUID, info: CheckpointInfo, *, lease_token: str, store: ArtifactStore,
+    code_version: str | None = None, config_sha256: str | None = None,
 ) -> CheckpointRow:
     """Record a checkpoint file the worker wrote (fenced by the lease; renews it); commits.
 
     The file must lie inside the job's artifact directory, be a regular file (no symlink) and have
     `info.size` bytes. A checkpoint with the same name is replaced (e.g. rewritten after a resume).
+    `code_version` and `config_sha256` record the code and the config that produced the weights.
 
     Raises:
         ArtifactRejected (bad path or size), JobNotFound, LeaseLost.
@@ -215,6 +219,7 @@ def register_checkpoint(
         session.add(row)
     row.phase, row.epoch, row.step, row.path = info.phase, info.epoch, info.step, rel
     row.size, row.sha256, row.is_final, row.created_at = info.size, info.sha256, info.is_final, now
+    row.code_version, row.config_sha256 = code_version, config_sha256
     session.commit()
     return row
 
