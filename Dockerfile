@@ -6,7 +6,7 @@ FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 COPY . /app
-RUN pip install -e . && mkdir -p /data/artifacts
+RUN pip install -e '.[worker]' && mkdir -p /data/artifacts
 
 EXPOSE 8000
 CMD ["ris-jobs", "api", "--host", "0.0.0.0", "--port", "8000"]

@@ -50,7 +50,8 @@ ALLOWED_FROM: dict[JobState, frozenset[JobState]] = {
     S.CANCELLING: frozenset({S.RUNNING}),
     S.SUCCEEDED: frozenset({S.RUNNING, S.CANCELLING}),  # CANCELLING → SUCCEEDED: finished before it saw the flag
     S.FAILED: frozenset({S.RUNNING, S.CANCELLING}),
-    S.CANCELLED: frozenset({S.QUEUED, S.CANCELLING}),
+    # RUNNING → CANCELLED: only a sweep's trial that its pruner stopped (reason PRUNED; see transition)
+    S.CANCELLED: frozenset({S.QUEUED, S.CANCELLING, S.RUNNING}),
 }
 #: States in which a worker holds a lease and writes metrics, checkpoints and heartbeats.
 ACTIVE_STATES: frozenset[JobState] = frozenset({S.RUNNING, S.CANCELLING})
@@ -281,13 +282,15 @@ def transition(
         JobNotFound: no such job.
         LeaseLost: `lease_token` was given and the job no longer holds it.
         InvalidTransition: the current state does not allow `to` (terminal states allow nothing;
-            QUEUED from RUNNING also needs attempt < max_attempts).
+            QUEUED from RUNNING also needs attempt < max_attempts; CANCELLED from RUNNING needs reason PRUNED).
         ValueError: `failure_reason` missing for FAILED or given for another state.
     """
     to = JobState(to)
     jid = _jid(job_id)
     now = utcnow()
     allowed = ALLOWED_FROM[to] if from_states is None else ALLOWED_FROM[to] & from_states
+    if to is S.CANCELLED and failure_reason is not FailureReason.PRUNED:
+        allowed = allowed - {S.RUNNING}  # a running job is cancelled through CANCELLING; only a pruned one directly
     values = _target_values(to, failure_reason=failure_reason, message=message, now=now)
     if to is S.RUNNING:
         if not lease_token:

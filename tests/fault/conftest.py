@@ -28,7 +28,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_schemas import JobKind, JobState, TrainingJobConfig
-from server.dispatch import dispatch_job, make_producer
+from server.dispatch import dispatch_job, make_producer, sweep_queue
 from server.settings import Settings
 from server.store import ArtifactStore, create_job, create_schema, get_job, make_engine, make_session_factory
 from server.store.artifacts import file_sha256
@@ -143,14 +143,19 @@ class Service:
     def artifacts(self) -> ArtifactStore:
         return ArtifactStore(self.settings.artifact_dir)
 
-    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
-        """A real prefork Celery worker (own process group, so a SIGKILL takes parent and child)."""
+    def start_worker(self, name: str, *, queue: str | None = None) -> subprocess.Popen[bytes]:
+        """A real prefork Celery worker (own process group, so a SIGKILL takes parent and child) consuming the
+        job queue, or `queue`."""
         cmd = [
             sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-c", "1", "-P", "prefork",
-            "--max-tasks-per-child=1", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "-Q", self.settings.job_queue,
-            "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+            "--max-tasks-per-child=1", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h",
+            "-Q", queue or self.settings.job_queue, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
         ]
         return self._spawn(name, cmd)
+
+    def start_sweep_worker(self, name: str = "sweeps") -> subprocess.Popen[bytes]:
+        """A worker of the sweep drivers' queue (what `ris-jobs worker --sweeps N` starts)."""
+        return self.start_worker(name, queue=sweep_queue(self.settings.job_queue))
 
     def start_reaper(self) -> subprocess.Popen[bytes]:
         return self._spawn("reaper", [sys.executable, "-m", "worker.cli", "reaper"])

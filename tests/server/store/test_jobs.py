@@ -59,8 +59,19 @@ def _attempt(session: Session, job_id: str, to: JobState) -> None:
         transition(session, job_id, to, lease_token=new_lease())
     elif to is S.FAILED:
         transition(session, job_id, to, failure_reason=FailureReason.INTERNAL, message="x")
+    elif to is S.CANCELLED and get_job(session, job_id).state == S.RUNNING:  # only a pruned trial goes directly
+        transition(session, job_id, to, failure_reason=FailureReason.PRUNED, message="pruned")
     else:
         transition(session, job_id, to)
+
+
+def test_a_running_job_is_cancelled_directly_only_when_pruned(session: Session) -> None:
+    job = make_job(session, S.RUNNING)
+    with pytest.raises(InvalidTransition):
+        transition(session, job.id, S.CANCELLED, lease_token=job.lease_token)
+    pruned = transition(session, job.id, S.CANCELLED, lease_token=job.lease_token,
+                        failure_reason=FailureReason.PRUNED, message="pruned after epoch 1")
+    assert (pruned.state, pruned.failure_reason, pruned.finished_at is not None) == (S.CANCELLED, "PRUNED", True)
 
 
 def test_transition_table_every_pair_is_allowed_or_raises(session: Session) -> None:
