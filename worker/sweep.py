@@ -277,15 +277,16 @@ def sweep_report(study: optuna.Study, config: SweepJobConfig, children: dict[int
 
 
 def param_importances(study: optuna.Study, *, complete_trials: int) -> dict[str, float]:
-    """fANOVA importances of the space's parameters ({} with fewer than 2 complete trials, or when every
-    complete trial used the same values)."""
+    """Importances of the space's parameters by PED-ANOVA (Optuna's evaluator that needs no scikit-learn; it
+    compares where the best trials' values lie against all trials'), summing to 1; {} with fewer than 2
+    complete trials, or when they cannot be told apart."""
     import optuna
 
     if complete_trials < 2:
         return {}
     try:
         importances = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
     except (RuntimeError, ValueError) as exc:
         log.warning("parameter importances not computed: %s", exc)
         return {}
