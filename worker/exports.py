@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -61,12 +62,12 @@ class ExportingSink:
         if points:
             self._last = points[-1]
         for exporter in self._live():
-            self._guard(exporter, "log_metrics", lambda e=exporter: e.log_metrics(points))
+            self._guard(exporter, "log_metrics", partial(exporter.log_metrics, points))
 
     def log_checkpoint(self, info: CheckpointInfo) -> None:
         self.store.log_checkpoint(info)
         for exporter in self._live():
-            self._guard(exporter, "log_checkpoint", lambda e=exporter: e.log_checkpoint(info))
+            self._guard(exporter, "log_checkpoint", partial(exporter.log_checkpoint, info))
 
     def close(self) -> None:
         self.store.close()
@@ -74,8 +75,8 @@ class ExportingSink:
     def finish(self, *, state: JobState, report: dict[str, Any] | None, final_checkpoint: Path | None) -> None:
         """Let every exporter finish, then store the error counts (fenced, like every metric point)."""
         for exporter in self._live():
-            self._guard(exporter, "finish", lambda e=exporter: e.finish(state=state, report=report,
-                                                                         final_checkpoint=final_checkpoint))
+            self._guard(exporter, "finish", partial(exporter.finish, state=state, report=report,
+                                                    final_checkpoint=final_checkpoint))
         self.store.flush()  # the store may have been closed already (a failed run): the counts still go in
         self.store.close()
 
