@@ -94,7 +94,7 @@ class ModelConfig(_Frozen):
         description="unrolled_omp: K_MAX greedy look-cancel-look-again iterations through the known operator "
         "H·diag(c_l), a transformer over the looks (learned stopping rule and refinement); "
         "backprojection: matched-filter image of (H·diag(c_l))^H·y_l + 3D CNN + slot decoder; "
-        "seed_cov: the seed-like transformer over per-snapshot back-projections, kept for comparison",
+        "seed_cov: the baseline transformer over per-snapshot back-projections, kept for comparison",
     )
     backprojection: Literal["whitened", "matched"] = Field(
         "whitened",
@@ -115,7 +115,7 @@ class ModelConfig(_Frozen):
         "geometric",
         description="geometric: R̂ = Σ_k p_k·a(φ̂_k, θ̂_k, r̂_k)·a(·)ᴴ from the geometry head and a learned power per "
         "slot (the covariance loss then also trains localization); free: an unconstrained complex factor "
-        "A ∈ C^{N×K_MAX} per slot (the seed's head)",
+        "A ∈ C^{N×K_MAX} per slot (the baseline's head)",
     )
     d_model: int = Field(128, ge=8, le=1024)
     n_layers: int = Field(3, ge=1, le=12)
@@ -191,7 +191,7 @@ class PhaseConfig(_Frozen):
 
 
 class DebugConfig(_Frozen):
-    """Test-only switches (fault injection). Off by default; never needed in real use."""
+    """Fault injection for tests. Off by default; the service refuses any switch unless ALLOW_FAULT_INJECTION."""
 
     nan_loss_term: str | None = Field(None, max_length=32, description="inject NaN into this loss term")
     nan_from_step: int = Field(0, ge=0, le=10**9, description="first global step that gets the NaN")
@@ -202,12 +202,17 @@ class DebugConfig(_Frozen):
         None, ge=0, le=10**9, description="raise torch.OutOfMemoryError at this global step (fault tests)"
     )
 
+    @property
+    def injects_faults(self) -> bool:
+        """True when any switch differs from its default (all-default sections inject nothing)."""
+        return self != DebugConfig()
+
 
 def _default_training_phases() -> tuple[PhaseConfig, ...]:
     # geom: the look encoder, covariance and geometry heads learn where sources are; k_only: the K-head learns
-    # to count on frozen features; joint: everything together, EMA weights validated and saved (issue 4).
+    # to count on frozen features; joint: everything together, EMA weights validated and saved.
     # Sized so that the whole job (28 epochs × 100 steps × 4,096 fresh scenes) stays under 5 minutes on one
-    # H100: 136 s wall at ~104 k samples/s (docs/RESULTS.md); it was 14 joint epochs at 34 k/s.
+    # H100 (about 136 s at ~104 k samples/s, docs/RESULTS.md).
     return (
         PhaseConfig(
             name="geom", epochs=6, lr=2e-3, frozen_groups=("k_head",),
@@ -224,8 +229,8 @@ def _default_training_phases() -> tuple[PhaseConfig, ...]:
     )
 
 
-def _seed_diagnostic_phases() -> tuple[PhaseConfig, ...]:
-    # The seed's diagnostic (seed report §3): k_only weights, backbone unfrozen, AMP off.
+def _reference_diagnostic_phases() -> tuple[PhaseConfig, ...]:
+    # The reference diagnostic (DESIGN §2.5): k_only weights, backbone unfrozen, AMP off.
     return (
         PhaseConfig(
             name="k_only", epochs=10, lr=1e-3, amp=False,
@@ -239,7 +244,7 @@ class TrainingJobConfig(_Frozen):
 
     system: SystemConfig = SystemConfig()
     model: ModelConfig = ModelConfig()
-    # large fresh batches: scenes cost nothing and the GPU is only busy at thousands per step (issue 4)
+    # large fresh batches: scenes cost nothing and the GPU is only busy at thousands per step
     data: DataConfig = DataConfig(n_train=409_600, n_val=8192, batch_size=4096)
     phases: tuple[PhaseConfig, ...] = Field(default_factory=_default_training_phases, min_length=1, max_length=8)
     log_every_steps: int = Field(10, ge=1, le=100_000, description="sampled per-step metrics")
@@ -276,31 +281,31 @@ class TrainingJobConfig(_Frozen):
 
 
 class DiagnosticChecksConfig(_Frozen):
-    """Budgets of the diagnostic's own probes (issue 5); they run after training."""
+    """Budgets of the diagnostic's own probes; they run after training."""
 
     overfit_scenes: int = Field(64, ge=8, le=4096, description="scenes the overfit probe must fit")
     overfit_steps: int = Field(200, ge=0, le=20_000, description="optimizer steps of the overfit probe (0 = off)")
     overfit_lr: float = Field(
         1e-3, gt=0.0, le=1.0,
-        description="AdamW LR of the probe, which starts from the trained weights (H200, default diagnostic: 1e-3 "
-        "fits 64 scenes in 25 steps, 3e-3 in ~105, 1e-2 not in 200)",
+        description="AdamW learning rate of the probe, which starts from the trained weights; larger rates fit the "
+        "scenes more slowly or not at all (1e-2 does not fit 64 scenes in 200 steps of the default diagnostic)",
     )
     identifiability_scenes: int = Field(1000, ge=50, le=50_000, description="scenes for the identifiability check")
     leakage_train_batches: int = Field(8, ge=1, le=1000, description="train batches hashed for the leakage check")
 
 
 class DiagnosticJobConfig(TrainingJobConfig):
-    """The seed's diagnostic as a job (DESIGN §2.5): k_only, lam_K 1.5, lam_aux 0.5, lam_cov 0.1,
+    """The reference diagnostic as a job (DESIGN §2.5): k_only, lam_K 1.5, lam_aux 0.5, lam_cov 0.1,
     10 epochs, 5000 train / 1000 val scenes, batch 64; then the automatic checks."""
 
     data: DataConfig = DataConfig(n_train=5000, n_val=1000, batch_size=64)
     checks: DiagnosticChecksConfig = DiagnosticChecksConfig()
-    phases: tuple[PhaseConfig, ...] = Field(default_factory=_seed_diagnostic_phases, min_length=1, max_length=8)
+    phases: tuple[PhaseConfig, ...] = Field(default_factory=_reference_diagnostic_phases, min_length=1, max_length=8)
 
 
 def quickstart_diagnostic() -> DiagnosticJobConfig:
     """A diagnostic small enough to finish in about a minute on a 2-core CPU (README's first job)."""
-    phase = _seed_diagnostic_phases()[0].model_copy(update={"epochs": 3})
-    # measured on the 2-core VM: ~1 s per step for training and for the overfit probe alike
+    phase = _reference_diagnostic_phases()[0].model_copy(update={"epochs": 3})
+    # about 1 s per step on a 2-core CPU, for training and for the overfit probe alike
     return DiagnosticJobConfig(data=DataConfig(n_train=768, n_val=256, batch_size=64), phases=(phase,),
                                checks=DiagnosticChecksConfig(overfit_steps=25, identifiability_scenes=300))

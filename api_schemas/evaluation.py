@@ -1,5 +1,5 @@
-"""Evaluation of a trained model against the classical baselines: the job config and the report (issue 6;
-DESIGN §2.7, §3.2 /report).
+"""Evaluation of a trained model against the classical baselines: the job config and the report
+(DESIGN §2.7, §3.2 /report).
 
 Owns: EvaluationConfig (scenes, baselines, tolerances, CRB; what `ris_model.evaluation.evaluate` takes),
 EvaluationJobConfig (adds the checkpoint source), EvaluationJobCreate's config, the report wire types
@@ -14,7 +14,7 @@ Units: angles in degrees (`_deg`), ranges in meters (`_m`), SNR in dB (`_db`). A
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
@@ -24,8 +24,8 @@ from api_schemas.checkpoints import CHECKPOINT_NAME_PATTERN
 #: the `model` row is polished and its count tested against the residual at the scenes' SNR, as SOMP's is);
 #: SOMP (counts and positions); MDL/AIC counts on the compressed measurement covariance; MDL/AIC counts on an
 #: oracle uncompressed RIS array.
-BASELINES: tuple[str, ...] = ("model_raw", "somp", "mdl_measurement", "aic_measurement", "mdl_oracle", "aic_oracle")
 Baseline = Literal["model_raw", "somp", "mdl_measurement", "aic_measurement", "mdl_oracle", "aic_oracle"]
+BASELINES: tuple[Baseline, ...] = get_args(Baseline)
 #: The method name of the learned model in every table: every count fitted and polished by the local ML search,
 #: and the count chosen by penalized likelihood with the K-head's posterior (ris_model.estimators.order).
 MODEL_METHOD = "model"
@@ -101,7 +101,7 @@ class EvaluationConfig(_Frozen):
         description="[lo, hi) bins of the true range for the range-RMSE table, m")
     k_values: tuple[int, ...] | None = Field(
         None, min_length=1, max_length=8, description="source counts to draw scenes from; None = 1..K_MAX")
-    baselines: tuple[Baseline, ...] = Field(BASELINES, max_length=len(BASELINES))  # type: ignore[assignment]
+    baselines: tuple[Baseline, ...] = Field(BASELINES, max_length=len(BASELINES))
     tolerances: ToleranceConfig = ToleranceConfig()
     crb: bool = Field(True, description="compute the median √CRB per bin and the RMSE/√CRB ratios")
     somp_grid: SompGridConfig = SompGridConfig()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -154,7 +154,7 @@ class JobPublic(BaseModel):
     nonfinite_steps: NonfiniteSummary
     latest_metrics: dict[str, float]
     failure: Failure | None
-    config: dict
+    config: dict[str, Any]
     links: dict[str, str]
     parent_id: str | None = Field(None, description="the sweep that created this job as one of its trials")
     tags: list[str] = []

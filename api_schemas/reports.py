@@ -1,4 +1,4 @@
-"""The diagnostic verdict as a wire type, and its Markdown rendering (issue 5; DESIGN §3.2 /report).
+"""The diagnostic verdict as a wire type, and its Markdown rendering (DESIGN §3.2 /report).
 
 Owns CheckStatus, CheckResult, Verdict, DiagnosticReport. Pure Python (no torch), so the API can render it.
 """

@@ -17,7 +17,7 @@ fi
 stamp="$VENV/.ris-jobs-installed"
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
   echo "installing ris-jobs and its dependencies" >&2
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]" 2>&1 | grep -v -E "^(WARNING|  |$)" >&2 || true
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[worker,postgres,dev]" 2>&1 | grep -v -E "^(WARNING|  |$)" >&2 || true
   "$VENV/bin/python" -c "import api_schemas, ris_model, fastapi, celery, sqlalchemy" 
   touch "$stamp"
 fi

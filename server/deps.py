@@ -45,11 +45,13 @@ def get_artifacts(request: Request) -> ArtifactStore:
 
 
 def get_redis(request: Request) -> redis.Redis:
-    return request.app.state.redis  # type: ignore[no-any-return]
+    client: redis.Redis = request.app.state.redis
+    return client
 
 
 def get_producer(request: Request) -> Celery:
-    return request.app.state.producer  # type: ignore[no-any-return]
+    producer: Celery = request.app.state.producer
+    return producer
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
@@ -133,7 +135,7 @@ def strict_json_body(model: Any) -> Callable[[Request], Awaitable[None]]:
     """A dependency that refuses bodies which only pydantic's lax coercion makes valid.
 
     FastAPI validates bodies in lax mode, which turns "3" into 3 and "yes" into true although the published
-    schema says integer and boolean (found by schemathesis, issue #7). Pydantic's strict mode cannot be used:
+    schema says integer and boolean. Pydantic's strict mode cannot be used:
     it also refuses arrays for tuples once a `mode="before"` validator ran. So the body is validated as FastAPI
     does, and any JSON scalar whose type changed on the way is a 422 naming its field. Bodies that fail
     validation anyway are left to FastAPI's own error.
@@ -157,7 +159,7 @@ def strict_json_body(model: Any) -> Callable[[Request], Awaitable[None]]:
 
 def forbid_unknown_query(request: Request) -> None:
     """Refuse query parameters the route does not declare (422), as request bodies refuse unknown fields:
-    a typo such as `?stat=QUEUED` must not silently return every job (found by schemathesis, issue #7)."""
+    a typo such as `?stat=QUEUED` must not silently return every job."""
     dependant = getattr(request.scope.get("route"), "dependant", None)
     if dependant is None:
         return

@@ -37,7 +37,7 @@ from server.store.errors import (
 )
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-#: Kinds that the API accepts in JobCreate (every JobKind since evaluation jobs exist, issue 6).
+#: Kinds that the API accepts in JobCreate: every JobKind.
 IMPLEMENTED_KINDS = tuple(kind.value for kind in JobKind)
 #: Methods whose body must be JSON. Only POST has routes; PUT/PATCH fall through to routing's 405.
 _BODY_METHODS = frozenset({"POST"})
@@ -72,6 +72,18 @@ class JobNotDispatched(ApiError):
         self.cause = cause
 
 
+class FaultInjectionRefused(ApiError):
+    """A job config's `debug` section asks for fault injection and ALLOW_FAULT_INJECTION is off (HTTP 422)."""
+
+    FIELD = "config.debug"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "fault injection (config.debug) is disabled on this server; remove the debug section, or set "
+            "ALLOW_FAULT_INJECTION=true on the API and the workers of a test deployment"
+        )
+
+
 class NotReady(ApiError):
     """A dependency of the API is down (HTTP 503); `checks` names each one and its state."""
 
@@ -90,6 +102,11 @@ class BodyTooLarge(StarletteHTTPException):
 
 
 # ---------------------------------------------------------------------------------------------- responses
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """A route's OpenAPI `responses` for these error codes: each answers a Problem as application/problem+json."""
+    return {code: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}} for code in codes}
 
 
 def problem_response(
@@ -151,6 +168,11 @@ def _api_error(request: Request, exc: Exception) -> JSONResponse:
             503, str(exc), instance=path, headers={"Location": f"/v1/jobs/{exc.job_id}", "Retry-After": "10"},
             extensions={"job_id": exc.job_id},
         )
+    if isinstance(exc, FaultInjectionRefused):
+        return problem_response(
+            422, "the request is not valid", instance=path,
+            errors=[FieldError(field=FaultInjectionRefused.FIELD, message=str(exc))],
+        )
     if isinstance(exc, NotReady):
         return problem_response(503, str(exc), instance=path, extensions={"checks": exc.checks})
     log.error("unmapped API error on %s: %r", path, exc)
@@ -162,7 +184,7 @@ def _api_error(request: Request, exc: Exception) -> JSONResponse:
 
 def _field_path(loc: Sequence[int | str]) -> str:
     """`("body", "diagnostic", "config", "data", "batch_size")` → `config.data.batch_size`."""
-    parts = list(loc)
+    parts = [str(p) for p in loc]
     source = parts.pop(0) if parts and parts[0] in ("body", "query", "path", "header", "cookie") else None
     if source == "body" and parts and parts[0] in {k.value for k in JobKind}:
         parts.pop(0)  # the discriminated union's tag is not a field the client wrote

@@ -72,8 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     artifacts = ArtifactStore(settings.artifact_dir)
     artifacts.root.mkdir(parents=True, exist_ok=True)
 
-    # With API keys on, the schema is served behind the key too and the browser docs are off (issue #7:
-    # every endpoint but health and readiness answers 401 without a valid key).
+    # With API keys on, the schema is served behind the key too and the browser docs are off: every endpoint
+    # but health and readiness answers 401 without a valid key.
     open_docs = not settings.auth_enabled
     app = FastAPI(
         title="ris-jobs", version="0.1.0", lifespan=_lifespan,

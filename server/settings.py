@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     )
     mlflow_experiment: str = Field("ris-jobs", min_length=1, max_length=200,
                                    description="the MLflow experiment the runs go to")
+    allow_fault_injection: bool = Field(
+        False,
+        description="accept job configs whose `debug` section injects faults (NaN losses, sleeps, ignored cancels, "
+        "OOM); false: the API answers 422 naming config.debug and a worker fails such a job USER_CONFIG",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -37,8 +37,21 @@ def _argv(command: str | list[str]) -> list[str]:
 
 
 def _built_services() -> list[tuple[str, dict[str, Any]]]:
-    """Services built from this repository (the others run upstream images with their own binaries)."""
-    return [(name, svc) for name, svc in _compose()["services"].items() if "build" in svc]
+    """Services that run an image built from this repository (the others run upstream images)."""
+    return [(name, svc) for name, svc in _compose()["services"].items() if svc.get("image", "").startswith("ris-jobs")]
+
+
+def _stages() -> dict[str, list[str]]:
+    """Dockerfile stage name → its instruction lines (continuations joined)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    stages: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("FROM "):
+            current = stages.setdefault(line.split(" AS ")[-1].strip(), [])
+        elif current is not None and line and not line.startswith("#"):
+            current.append(line)
+    return stages
 
 
 def assert_runs_project_code(argv: list[str]) -> None:
@@ -68,8 +81,37 @@ def test_compose_service_command_exists_in_project(name: str) -> None:
 
 def test_compose_built_services_use_the_dockerfile() -> None:
     for name, svc in _built_services():
+        if "build" not in svc:
+            continue
         context = svc["build"] if isinstance(svc["build"], str) else svc["build"].get("context", ".")
         assert (ROOT / context / "Dockerfile").is_file(), f"{name}: no Dockerfile in {context}"
+        assert svc["build"]["target"] in _stages(), f"{name}: no stage {svc['build']['target']!r}"
+
+
+def test_compose_builds_each_image_once_and_every_image_it_runs() -> None:
+    builders: dict[str, list[str]] = {}
+    for name, svc in _built_services():
+        if "build" in svc:
+            builders.setdefault(svc["image"], []).append(name)
+    assert all(len(names) == 1 for names in builders.values()), builders
+    for name, svc in _built_services():
+        assert svc["image"] in builders, f"{name} runs {svc['image']}, which no service builds"
+        if "build" not in svc:
+            assert svc.get("pull_policy") == "never", f"{name} must not pull {svc['image']} from a registry"
+    services = _compose()["services"]
+    assert services["api"]["image"] == services["reaper"]["image"] != services["worker"]["image"]
+
+
+def test_api_image_has_no_torch_and_installs_dependencies_before_the_source() -> None:
+    stages = _stages()
+    targets = {_compose()["services"][name]["build"]["target"] for name in ("api", "worker")}
+    assert targets <= set(stages)
+    api = " ".join(stages["api"])
+    assert "torch" not in api and "worker" not in api, "the api stage installs neither torch nor the [worker] extra"
+    for name, lines in stages.items():
+        copy_all = next(i for i, ln in enumerate(lines) if ln.startswith("COPY . "))
+        install = next(i for i, ln in enumerate(lines) if ln.startswith("RUN ") and "pip install -r" in ln)
+        assert lines.index("COPY pyproject.toml /app/") < install < copy_all, f"stage {name}: dependency layer first"
 
 
 def test_compose_worker_reserves_gpus() -> None:
@@ -84,9 +126,10 @@ def test_compose_services_share_the_artifact_volume_and_env() -> None:
 
 
 def test_dockerfile_cmd_exists_in_project() -> None:
-    cmd_lines = [ln for ln in (ROOT / "Dockerfile").read_text().splitlines() if ln.startswith("CMD ")]
-    assert cmd_lines, "the Dockerfile has a CMD"
-    assert_runs_project_code(json.loads(cmd_lines[-1].removeprefix("CMD ")))
+    for name, lines in _stages().items():
+        cmd_lines = [ln for ln in lines if ln.startswith("CMD ")]
+        assert cmd_lines, f"stage {name} has a CMD"
+        assert_runs_project_code(json.loads(cmd_lines[-1].removeprefix("CMD ")))
 
 
 def test_run_service_script_execs_the_serve_command() -> None:

@@ -1,4 +1,4 @@
-"""The body of an `evaluation` job (issue 6): resolve and validate the checkpoint, evaluate, write the files.
+"""The body of an `evaluation` job: resolve and validate the checkpoint, evaluate, write the files.
 
 Owns run_evaluation_job, resolve_checkpoint and EvaluationResult; `worker.tasks` claims the job, calls this
 under the lease and writes the terminal state. Imports neither torch nor ris_model at import time (the prefork

@@ -33,6 +33,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import cast
 
 from celery import Celery
 from redis import Redis
@@ -162,11 +163,12 @@ class Reaper:
         keys = [queue if p == 0 else f"{queue}{PRIORITY_SEP}{p}" for queue in queues for p in PRIORITY_STEPS]
         bodies: list[bytes] = []
         for key in keys:
-            bodies.extend(self._redis.lrange(key, 0, -1))
+            bodies.extend(cast(list[bytes], self._redis.lrange(key, 0, -1)))  # no decode_responses: bytes
         recent_since = time.time() - self._redispatch_after_s
-        tags = self._redis.zrangebyscore(UNACKED_INDEX_KEY, recent_since, "+inf")
+        tags = cast(list[bytes], self._redis.zrangebyscore(UNACKED_INDEX_KEY, recent_since, "+inf"))
         if tags:
-            bodies.extend(b for b in self._redis.hmget(UNACKED_KEY, tags) if b is not None)
+            unacked = cast(list[bytes | None], self._redis.hmget(UNACKED_KEY, tags))
+            bodies.extend(b for b in unacked if b is not None)
         return bodies
 
     # -- 3. last resort for wedged cancels --

@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 #: Loggers whose INFO records go to the job's log file.
 JOB_LOGGERS = ("worker", "ris_model")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: Why a job whose config.debug injects faults fails on a worker without ALLOW_FAULT_INJECTION.
+FAULT_INJECTION_REFUSED = "config.debug asks for fault injection; this worker refuses it (ALLOW_FAULT_INJECTION=false)"
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class JobResources:
         self.engine.dispose()
 
 
-@app.task(name=RUN_JOB_TASK, bind=True)
+@app.task(name=RUN_JOB_TASK, bind=True)  # type: ignore[untyped-decorator]  # celery ships no types
 def run_job(self: Task, job_id: str) -> str | None:
     """Celery entry point; see the module docstring. Returns the terminal state written, or None."""
     worker = self.request.hostname or socket.gethostname()
@@ -176,6 +178,9 @@ def _train(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor)
     exporting = ExportingSink(sink)
     try:
         config = build_config(row.kind, row.config)
+        if config.debug.injects_faults and not res.settings.allow_fault_injection:
+            log.error("refusing to run: %s", FAULT_INJECTION_REFUSED)
+            return Outcome(JobState.FAILED, FailureReason.USER_CONFIG, FAULT_INJECTION_REFUSED)
         resume_from = _resume_path(res, job_id)
         from ris_model.jobs import run_training_job  # lazy: torch is imported in the child, never before fork
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from api_schemas import CheckpointInfo, MetricPoint, TrainingJobConfig
 from api_schemas.sweeps import SweepJobConfig, trial_number
+from worker.heartbeat import StopReason
 from worker.study import open_study, trial_step
 
 if TYPE_CHECKING:
@@ -53,10 +54,10 @@ class TrialReporter:
     def finish(self, **_: Any) -> None:
         pass
 
-    def should_stop(self, inner: Callable[[], str | None]) -> Callable[[], str | None]:
+    def should_stop(self, inner: Callable[[], StopReason | None]) -> Callable[[], StopReason | None]:
         """`inner` (cancel, timeout, lease) first, then "cancel" once the pruner decided."""
 
-        def should_stop() -> str | None:
+        def should_stop() -> StopReason | None:
             reason = inner()
             if reason is not None:
                 return reason

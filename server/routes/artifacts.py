@@ -1,4 +1,4 @@
-"""Job artifact downloads (issue 6): `GET /v1/jobs/{id}/artifacts/{name}` serves an evaluation's plots and
+"""Job artifact downloads: `GET /v1/jobs/{id}/artifacts/{name}` serves an evaluation's plots and
 report files.
 
 Same path safety as checkpoint downloads: `name` must match ARTIFACT_NAME_PATTERN (one file name, known
@@ -13,14 +13,14 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from api_schemas import Problem
 from server.deps import ArtifactsDep, SessionDep
+from server.errors import problem_responses
 from server.store import jobs as store_jobs
-from server.store.artifacts import artifact_file
+from server.store.files import artifact_file
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"])
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    **{code: {"model": Problem} for code in (401, 404)},
+    **problem_responses(401, 404),
     200: {"content": {"image/png": {}, "application/json": {}, "text/markdown": {}}, "description": "the file"},
 }
 

@@ -13,14 +13,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Response
 from fastapi.responses import FileResponse
 
-from api_schemas import CheckpointPublic, Problem
+from api_schemas import CheckpointPublic
 from server.deps import ArtifactsDep, SessionDep
+from server.errors import problem_responses
 from server.store import get_checkpoint, list_checkpoints
 from server.store.artifacts import checkpoint_file
 from server.store.models import CheckpointRow
 
 router = APIRouter(prefix="/v1/jobs", tags=["checkpoints"])
-_PROBLEMS: dict[int | str, dict[str, Any]] = {code: {"model": Problem} for code in (401, 404)}
+_PROBLEMS = problem_responses(401, 404)
 
 
 def checkpoint_url(row: CheckpointRow) -> str:

@@ -18,9 +18,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api_schemas import Problem
 from server.deps import RedisDep, authenticate
-from server.errors import NotReady
+from server.errors import NotReady, problem_responses
 from server.store.db import ping_database
 from server.store.job_queries import count_by_state, total_nonfinite_steps
 
@@ -58,7 +57,7 @@ class JobsCollector(Collector):
     def _queue_metrics(self) -> Iterator[GaugeMetricFamily]:
         redis_up = GaugeMetricFamily("ris_jobs_redis_up", "1 if Redis answered this scrape")
         try:
-            depth = int(self._redis.llen(self._queue))  # type: ignore[arg-type]
+            depth = int(self._redis.llen(self._queue))
             gauge = GaugeMetricFamily("ris_jobs_queue_depth", "Messages waiting in the job queue", labels=["queue"])
             gauge.add_metric([self._queue], depth)
             yield gauge
@@ -82,7 +81,7 @@ def read_health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", operation_id="read_readiness", responses={503: {"model": Problem}})
+@router.get("/readyz", operation_id="read_readiness", responses=problem_responses(503))
 def read_readiness(request: Request, redis_client: RedisDep) -> dict[str, object]:
     """Readiness: the database answers `SELECT 1` and Redis answers `PING`."""
     checks: dict[str, str] = {}

@@ -23,9 +23,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from api_schemas import MetricsPage, Problem, StoredMetricPoint
+from api_schemas import MetricsPage, StoredMetricPoint
 from api_schemas.jobs import JobState
 from server.deps import SessionDep, SettingsDep
+from server.errors import problem_responses
 from server.store import get_job, read_points
 from server.store.live import LiveMetrics, LiveState, live_channel, parse_live_message
 from server.store.metrics import MAX_PAGE_POINTS
@@ -39,7 +40,7 @@ POLL_INTERVAL_S = 2.0
 PING_INTERVAL_S = 15.0
 #: Points read from SQL per replay step.
 REPLAY_PAGE_POINTS = 1000
-_PROBLEMS = {code: {"model": Problem} for code in (401, 404, 422)}
+_PROBLEMS = problem_responses(401, 404, 422)
 
 
 @router.get("/{job_id}/metrics", operation_id="read_metrics", responses=_PROBLEMS)
@@ -130,7 +131,7 @@ class _LiveFeed:
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):  # runs while the stream is being cancelled
             try:
-                await self._pubsub.aclose()
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
                 await self._client.aclose()
             except (redis.RedisError, OSError) as exc:
                 log.debug("closing live feed %s: %s", self._channel, exc)

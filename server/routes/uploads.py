@@ -1,4 +1,4 @@
-"""Checkpoint uploads (issue 6): `POST /v1/checkpoints` stores a checkpoint file for evaluation jobs.
+"""Checkpoint uploads: `POST /v1/checkpoints` stores a checkpoint file for evaluation jobs.
 
 The body is the raw file (`Content-Type: application/octet-stream`, at most MAX_UPLOAD_BYTES; the request
 guard enforces both). It is streamed to `<ARTIFACT_DIR>/uploads/<id>.pt` atomically with its sha256; nothing
@@ -9,22 +9,20 @@ load when an evaluation job uses it, so a file that holds code fails that job (U
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 
-from api_schemas import CheckpointUploadPublic, Problem
+from api_schemas import CheckpointUploadPublic
 from server.deps import ArtifactsDep, PrincipalDep
+from server.errors import problem_responses
 from server.store.uploads import new_upload_id, record_upload, write_upload
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
 UPLOAD_PATH = "/v1/checkpoints"
 #: A torch checkpoint (torch.save's default since 1.6) is a zip archive.
 _ZIP_MAGIC = b"PK\x03\x04"
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "content": {"application/problem+json": {}}} for code in (401, 413, 415, 422)
-}
+_PROBLEMS = problem_responses(401, 413, 415, 422)
 
 
 @router.post(

@@ -1,7 +1,7 @@
 """The job state machine and the job table (DESIGN §3.1, jobserver_notes §6.1, STYLE B7).
 
 Owns: `ALLOWED_FROM`, `transition` (the only writer of `jobs.state`), job creation with idempotency keys,
-claiming, heartbeats, cancel requests, the reaper's lease sweep, dispatch records, reports and deletion.
+claiming, heartbeats, cancel requests, the reaper's lease sweep, dispatch records, reports and row deletion.
 Read-only listings and counts live in `server.store.job_queries`.
 Must not import FastAPI, Celery or torch: the worker uses this module directly.
 
@@ -13,7 +13,6 @@ A state change is one conditional `UPDATE … WHERE id=:id AND state IN (:allowe
 from __future__ import annotations
 
 import math
-import shutil
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,8 +38,6 @@ from server.store.models import IdempotencyKeyRow, JobEventRow, JobRow
 
 if TYPE_CHECKING:
     from uuid import UUID
-
-    from server.store.artifacts import ArtifactStore
 
 S = JobState
 #: For each target state, the states it may be entered from (jobserver_notes §6.1).
@@ -431,8 +428,17 @@ class ReapAction:
     celery_task_id: str | None
 
 
+#: The reaper's view of one job: id, state, attempt, max_attempts, celery_task_id, heartbeat_at, cancel_requested_at.
+_ReapCandidate = Row[str, str, int, int, str | None, datetime | None, datetime | None]
+
+
 def _reap_one(
-    session: Session, candidate: Row[Any], *, expired: ColumnElement[bool], grace_expired: bool, lease_timeout_s: float
+    session: Session,
+    candidate: _ReapCandidate,
+    *,
+    expired: ColumnElement[bool],
+    grace_expired: bool,
+    lease_timeout_s: float,
 ) -> ReapAction | None:
     """Apply the reaper's rule to one candidate; None when a heartbeat or the worker got there first."""
     state, attempt, max_attempts = JobState(candidate.state), candidate.attempt, candidate.max_attempts
@@ -549,11 +555,13 @@ def get_report(session: Session, job_id: str | UUID) -> dict[str, Any]:
     return job.report
 
 
-# ---------------------------------------------------------------------------------------------- checkpoints, delete
+# ---------------------------------------------------------------------------------------------- delete
 
 
-def delete_job(session: Session, job_id: str | UUID, *, artifacts: ArtifactStore | None = None) -> None:
-    """Delete a terminal job: its rows (events, metrics, checkpoints, keys cascade) and its artifact directory.
+def delete_job(session: Session, job_id: str | UUID) -> None:
+    """Delete a terminal job's rows (events, metrics, checkpoints, keys cascade); commits.
+
+    Its files are the artifact store's: the caller removes them afterwards (`ArtifactStore.delete_job_files`).
 
     Raises:
         JobNotFound; InvalidTransition when the job is not terminal.
@@ -570,5 +578,3 @@ def delete_job(session: Session, job_id: str | UUID, *, artifacts: ArtifactStore
         raise InvalidTransition(jid, job.state, "DELETED", "only SUCCEEDED, FAILED or CANCELLED jobs can be deleted")
     session.commit()
     session.expunge_all()
-    if artifacts is not None and artifacts.job_dir(jid).exists():
-        shutil.rmtree(artifacts.job_dir(jid))

@@ -48,13 +48,13 @@ def publish_points(client: redis.Redis, job_id: str | UUID, points: Sequence[Sto
     if not points:
         return 0
     message = json.dumps({"type": "metrics", "points": [_point_json(p) for p in points]})
-    return int(client.publish(live_channel(job_id), message))  # type: ignore[arg-type]
+    return int(client.publish(live_channel(job_id), message))
 
 
 def publish_state(client: redis.Redis, job_id: str | UUID, state: JobState) -> int:
     """Publish a state change on the job's channel; returns the number of subscribers."""
     message = json.dumps({"type": "state", "state": JobState(state).value})
-    return int(client.publish(live_channel(job_id), message))  # type: ignore[arg-type]
+    return int(client.publish(live_channel(job_id), message))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Uploaded checkpoint files (issue 6): stored by the API, validated by the worker that evaluates them.
+"""Uploaded checkpoint files: stored by the API, validated by the worker that evaluates them.
 
 Owns the layout `<ARTIFACT_DIR>/uploads/<upload id>.pt` (the bytes, written atomically) and `<upload id>.json`
 (size, sha256, created_at, principal), `new_upload_id`, `write_upload`, `read_upload` and `upload_file`.
@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from server.store.artifacts import ArtifactStore, FileDigest, HashingWriter, atomic_writer, file_sha256
 from server.store.db import utcnow
 from server.store.errors import ArtifactRejected, UploadNotFound
+from server.store.files import ArtifactStore, FileDigest, HashingWriter, atomic_writer, file_sha256
 
 UPLOADS_SUBDIR = "uploads"
 UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}$")  # = api_schemas.evaluation.UPLOAD_ID_PATTERN

@@ -50,6 +50,7 @@ FAULT_ENV = {
     "CANCEL_GRACE_S": "10",
     "CHECKPOINT_INTERVAL_S": "0.5",
     "METRICS_FLUSH_INTERVAL_S": "0.2",
+    "ALLOW_FAULT_INJECTION": "true",  # the fault tests slow jobs down and inject NaNs through config.debug
 }
 
 

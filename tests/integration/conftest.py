@@ -52,6 +52,7 @@ def service_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         "LEASE_TIMEOUT_S": "10",
         "CANCEL_GRACE_S": "30",
         "METRICS_FLUSH_INTERVAL_S": "0.2",
+        "ALLOW_FAULT_INJECTION": "true",  # slow and NaN-injected jobs through config.debug
     }
     mp = pytest.MonkeyPatch()
     for key, value in env.items():

@@ -26,6 +26,7 @@ def settings(tmp_path: Path, sessions: sessionmaker[Session]) -> Settings:
     return Settings(
         database_url=f"sqlite:///{tmp_path / 'store.sqlite'}", redis_url=CLOSED_REDIS,
         artifact_dir=tmp_path / "artifacts", heartbeat_interval_s=0.2, lease_timeout_s=5.0,
+        allow_fault_injection=True,
     )
 
 
@@ -87,6 +88,19 @@ def test_execute_job_invalid_stored_config_fails_user_config(sessions, settings)
         job = get_job(s, job_id)
     assert job.failure_reason == FailureReason.USER_CONFIG
     assert "data.batch_size" in (job.failure_message or "")
+
+
+def test_execute_job_with_debug_faults_fails_user_config_when_the_worker_forbids_them(sessions, settings) -> None:
+    forbidding = settings.model_copy(update={"allow_fault_injection": False})
+    job_id = _submit(sessions, _with(quick_diagnostic_config(), debug={"nan_loss_term": "k"}))
+    assert execute_job(job_id, worker="w1", settings=forbidding) is JobState.FAILED
+    with sessions() as s:
+        job = get_job(s, job_id)
+        checkpoints = list_checkpoints(s, job_id)
+    assert job.failure_reason == FailureReason.USER_CONFIG
+    assert "config.debug" in (job.failure_message or "")
+    assert "ALLOW_FAULT_INJECTION" in (job.failure_message or "")
+    assert job.step == 0 and not checkpoints, "the refused job must not have trained"
 
 
 def test_execute_job_endless_nan_fails_nonfinite_abort(sessions, settings) -> None:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import redis
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from api_schemas import JobState, MetricPoint
+from api_schemas import DebugConfig, JobState, MetricPoint
 from api_schemas.metrics import NONFINITE_CAUSE_PREFIX, PROGRESS_FRACTION, TRAIN_LOSS
 from server.dispatch import dispatch_pending, make_producer
 from server.main import create_app
@@ -95,6 +96,45 @@ def test_create_job_with_same_idempotency_key_returns_same_job(client: TestClien
     assert (first.status_code, again.status_code) == (202, 202)
     assert again.json()["id"] == first.json()["id"]
     assert again.headers["idempotent-replayed"] == "true"
+
+
+FAULTS = [{"nan_loss_term": "k"}, {"sleep_per_step_s": 0.1}, {"ignore_cancel": True}, {"oom_at_step": 3}]
+
+
+@pytest.mark.parametrize("kind", ["diagnostic", "training"])
+@pytest.mark.parametrize("debug", FAULTS, ids=lambda d: next(iter(d)))
+def test_create_job_with_debug_faults_is_refused_by_default(
+    client: TestClient, api_session: Session, kind: str, debug: dict[str, object]
+) -> None:
+    config = {**tiny_config(), "debug": debug}
+    if kind == "training":
+        config.pop("checks")  # a diagnostic-only section
+    r = client.post("/v1/jobs", json={"kind": kind, "config": config}, headers={"Idempotency-Key": f"faults-{kind}"})
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert [e["field"] for e in r.json()["errors"]] == ["config.debug"]
+    assert "ALLOW_FAULT_INJECTION" in r.json()["errors"][0]["message"]
+    assert client.get("/v1/jobs").json()["items"] == [], "a refused job must not be stored"
+
+
+def test_create_job_with_an_all_default_debug_section_is_accepted(client: TestClient) -> None:
+    r = client.post("/v1/jobs", json={**BODY, "config": {**tiny_config(), "debug": {"nan_from_step": 0}}})
+    assert r.status_code == 202, r.text
+
+
+def test_create_job_from_preset_passes_the_fault_gate(client: TestClient) -> None:
+    r = client.post("/v1/jobs", json={"kind": "diagnostic", "preset": "quickstart"})
+    assert r.status_code == 202, r.text
+    assert r.json()["config"]["debug"] == DebugConfig().model_dump(mode="json")
+
+
+def test_create_job_with_debug_faults_is_accepted_when_allowed(tmp_path: Path, job_queue: str) -> None:
+    app = create_app(make_settings(tmp_path, job_queue, allow_fault_injection=True))
+    body = {**BODY, "config": {**tiny_config(), "debug": {"sleep_per_step_s": 0.1, "ignore_cancel": True}}}
+    with TestClient(app) as client:
+        r = client.post("/v1/jobs", json=body)
+    assert r.status_code == 202, r.text
+    assert r.json()["config"]["debug"]["ignore_cancel"] is True
 
 
 def test_replayed_idempotency_key_with_other_body_returns_422(client: TestClient) -> None:

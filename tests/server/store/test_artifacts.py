@@ -151,3 +151,24 @@ def test_read_log_by_offset(artifacts: ArtifactStore) -> None:
 
 def test_read_missing_log_is_empty(artifacts: ArtifactStore) -> None:
     assert read_log(artifacts, "job-2").data == b""
+
+
+def test_delete_job_files_removes_the_job_directory_only(artifacts: ArtifactStore) -> None:
+    for job_id in ("job-a", "job-b"):
+        artifacts.ensure_job_dirs(job_id)
+        artifacts.log_path(job_id).write_text(job_id)
+    artifacts.delete_job_files("job-a")
+    artifacts.delete_job_files("job-a")  # idempotent: nothing left to remove
+    assert not artifacts.job_dir("job-a").exists()
+    assert artifacts.log_path("job-b").read_text() == "job-b"
+
+
+def test_delete_job_files_refuses_a_symlinked_job_directory(artifacts: ArtifactStore, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("x")
+    (artifacts.root / "jobs").mkdir(parents=True, exist_ok=True)
+    artifacts.job_dir("job-link").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ArtifactRejected):
+        artifacts.delete_job_files("job-link")
+    assert (outside / "keep.txt").exists()

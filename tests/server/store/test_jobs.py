@@ -288,13 +288,17 @@ def test_idempotency_key_with_other_body_raises_conflict(session: Session) -> No
         find_idempotent_job(session, principal=None, key="k1", body_sha256="b" * 64)
 
 
-def test_delete_terminal_job_removes_rows_and_artifacts(session: Session, artifacts: ArtifactStore) -> None:
+def test_delete_terminal_job_removes_rows_and_leaves_files_to_the_artifact_store(
+    session: Session, artifacts: ArtifactStore
+) -> None:
     job = make_job(session, S.SUCCEEDED)
     artifacts.ensure_job_dirs(job.id)
     (artifacts.log_path(job.id)).write_text("log")
-    delete_job(session, job.id, artifacts=artifacts)
+    delete_job(session, job.id)
     with pytest.raises(JobNotFound):
         get_job(session, job.id)
+    assert artifacts.log_path(job.id).read_text() == "log"
+    artifacts.delete_job_files(job.id)
     assert not artifacts.job_dir(job.id).exists()
     assert session.scalar(select(func.count()).select_from(JobEventRow).where(JobEventRow.job_id == job.id)) == 0
     assert session.scalar(select(func.count()).select_from(MetricRow).where(MetricRow.job_id == job.id)) == 0
