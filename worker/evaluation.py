@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_schemas import EvaluationJobConfig, MetricPoint
-from api_schemas.evaluation import EvaluationArtifact, JobCheckpointSource
+from api_schemas.evaluation import EvaluationArtifact, JobCheckpointSource, UploadCheckpointSource
 from api_schemas.metrics import PROGRESS_FRACTION
 from server.store import get_checkpoint
 from server.store.artifacts import ARTIFACT_MEDIA_TYPES, ArtifactStore, artifact_path, checkpoint_file, write_atomic
@@ -53,7 +53,12 @@ class _Stopped(Exception):
 def resolve_checkpoint(config: EvaluationJobConfig, *, sessions: sessionmaker[Session],
                        artifacts: ArtifactStore) -> Path:
     """The file of the configured checkpoint source. Raises UserInputRejected with the reason."""
-    source = config.checkpoint
+    return resolve_source(config.checkpoint, sessions=sessions, artifacts=artifacts)
+
+
+def resolve_source(source: JobCheckpointSource | UploadCheckpointSource, *, sessions: sessionmaker[Session],
+                   artifacts: ArtifactStore) -> Path:
+    """The file of a checkpoint source (a job's checkpoint, or an upload). Raises UserInputRejected."""
     try:
         if isinstance(source, JobCheckpointSource):
             with sessions() as session:

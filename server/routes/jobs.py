@@ -39,7 +39,7 @@ from api_schemas import (
     TrialsPage,
     TrialState,
 )
-from api_schemas.lineage import TAG_PATTERN
+from api_schemas.lineage import TAG_PATTERN, init_mismatch
 from api_schemas.sweeps import get_path, trial_number
 from server import dispatch
 from server.deps import (
@@ -308,10 +308,6 @@ def _trial(child: JobRow, config: SweepJobConfig) -> TrialPublic | None:
                        job_state=child.state, links={"job": f"/v1/jobs/{child.id}"})
 
 
-#: Model settings that do not change the shapes of the weights (a checkpoint may start a run that changes them).
-_WEIGHT_NEUTRAL_MODEL_FIELDS = frozenset({"cuda_graphs", "dropout", "look_refine_rounds", "normalize_atoms"})
-
-
 def check_init_from(session: SessionDep, body: Any) -> None:
     """A training config (or a sweep's base) whose `init_from` names an earlier job must match that job's system
     and weight shapes: 422 naming the field. An uploaded checkpoint is checked by the worker."""
@@ -329,15 +325,9 @@ def check_init_from(session: SessionDep, body: Any) -> None:
         raise _invalid(loc, f"job {source.job_id} does not exist") from None
     if parent.kind not in (JobKind.TRAINING, JobKind.DIAGNOSTIC):
         raise _invalid(loc, f"job {source.job_id} is a {parent.kind} job; it has no weights to start from")
-    ours = config.model_dump(mode="json")
-    if parent.config.get("system") != ours["system"]:
-        raise _invalid(loc, f"job {source.job_id} was trained for another system config; `system` must match")
-    theirs_model = {k: v for k, v in parent.config.get("model", {}).items() if k not in _WEIGHT_NEUTRAL_MODEL_FIELDS}
-    ours_model = {k: v for k, v in ours["model"].items() if k not in _WEIGHT_NEUTRAL_MODEL_FIELDS}
-    if theirs_model != ours_model:
-        differ = sorted(k for k in ours_model if theirs_model.get(k) != ours_model[k])
-        raise _invalid(loc, f"job {source.job_id}'s weights do not fit this model: model.{', model.'.join(differ)} "
-                            "differ")
+    mismatch = init_mismatch(parent.config, config.model_dump(mode="json"))
+    if mismatch is not None:
+        raise _invalid(loc, f"job {source.job_id}: {mismatch}")
 
 
 def _invalid(loc: tuple[str, ...], message: str) -> RequestValidationError:
