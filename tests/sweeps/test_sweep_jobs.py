@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from subprocess import Popen
 from typing import Any
 
 import optuna
@@ -38,13 +39,14 @@ def sweep_body(*, n_trials: int, max_concurrent: int, base_config: dict[str, Any
     }
 
 
-def _world(make_service: Callable[..., Service], *, trial_workers: int = 2) -> Service:
+def _world(make_service: Callable[..., Service], *, trial_workers: int = 2) -> tuple[Service, Popen[bytes]]:
+    """The service with `trial_workers` workers for the trials, one for the drivers (returned), and a reaper."""
     svc = make_service(SWEEP_POLL_INTERVAL_S="0.3")
     for i in range(trial_workers):
         svc.start_worker(f"gpu{i}")
-    svc.start_sweep_worker()
+    driver = svc.start_sweep_worker()
     svc.start_reaper()
-    return svc
+    return svc, driver
 
 
 def _max_overlap(children: list[dict[str, Any]]) -> int:
@@ -62,7 +64,7 @@ def _max_overlap(children: list[dict[str, Any]]) -> int:
 
 
 def test_a_six_trial_sweep_prunes_and_reports_its_best_trial(make_service: Callable[..., Service]) -> None:
-    svc = _world(make_service)
+    svc, _ = _world(make_service)
     client = api_client(svc)
     response = client.post("/v1/jobs", json=sweep_body(n_trials=6, max_concurrent=2,
                                                        base_config=tiny_training_config(epochs=4)))
@@ -107,7 +109,7 @@ def test_a_six_trial_sweep_prunes_and_reports_its_best_trial(make_service: Calla
 
 
 def test_killing_the_driver_loses_no_trial(make_service: Callable[..., Service]) -> None:
-    svc = _world(make_service)
+    svc, driver = _world(make_service)
     client = api_client(svc)
     base = tiny_training_config(epochs=3, sleep_per_step_s=0.3)  # ~4 s of steps per trial, beyond start-up
     response = client.post("/v1/jobs", json=sweep_body(n_trials=4, max_concurrent=2, base_config=base))
@@ -119,7 +121,6 @@ def test_killing_the_driver_loses_no_trial(make_service: Callable[..., Service])
         return sum(c["state"] == "RUNNING" for c in items) == 2
 
     wait_for("two trials running", two_trials_running, deadline_s=240, interval_s=0.5)
-    driver = next(p for p in svc.procs if "sweeps" in " ".join(map(str, p.args)))
     svc.kill(driver)  # the driver's machine is gone; the trials keep running on theirs
     svc.start_sweep_worker("sweeps-2")
 
@@ -140,7 +141,7 @@ def test_killing_the_driver_loses_no_trial(make_service: Callable[..., Service])
 
 
 def test_cancelling_a_sweep_cancels_its_trials(make_service: Callable[..., Service]) -> None:
-    svc = _world(make_service, trial_workers=1)
+    svc, _ = _world(make_service, trial_workers=1)
     client = api_client(svc)
     base = tiny_training_config(epochs=20, sleep_per_step_s=0.3)
     sweep_id = client.post("/v1/jobs", json=sweep_body(n_trials=4, max_concurrent=2, base_config=base)).json()["id"]
