@@ -53,12 +53,15 @@ def open_study(database_url: str, sweep_id: str, config: SweepJobConfig, *, crea
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
 
-def make_sampler(config: SweepJobConfig) -> optuna.samplers.BaseSampler:
+def make_sampler(config: SweepJobConfig, *, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler of the sweep, seeded with `seed + trials_so_far`: a driver that resumes a study must not
+    replay the random draws its predecessor already used (its trials would repeat earlier ones)."""
     import optuna
 
+    seed = None if config.seed is None else config.seed + trials_so_far
     if config.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=config.seed)
-    return optuna.samplers.TPESampler(seed=config.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def make_pruner(config: PrunerConfig) -> optuna.pruners.BasePruner:

@@ -43,7 +43,7 @@ from server.store import jobs as store_jobs
 from server.store import live
 from server.store.models import JobRow
 from worker.sink import StoreSink
-from worker.study import distributions, open_study, study_name
+from worker.study import distributions, make_sampler, open_study, study_name
 
 if TYPE_CHECKING:
     import optuna
@@ -91,6 +91,9 @@ class SweepDriver:
     def run(self, should_stop: StopCheck) -> SweepOutcome:
         """Ask, dispatch, wait and tell until `n_trials` trials have ended. Raises LeaseLost through should_stop."""
         study = open_study(self._database_url, self.job.id, self.config, create=True)
+        trials_so_far = len(study.get_trials(deepcopy=False))
+        if trials_so_far:  # a resumed driver: fresh draws, not the predecessor's again
+            study.sampler = make_sampler(self.config, trials_so_far=trials_so_far)
         log.info("sweep %s: study %s, %d trials, at most %d at once", self.job.id, study_name(self.job.id),
                  self.config.n_trials, self.config.max_concurrent)
         while True:

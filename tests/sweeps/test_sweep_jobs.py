@@ -138,6 +138,8 @@ def test_killing_the_driver_loses_no_trial(make_service: Callable[..., Service])
     assert len(study.trials) == 4
     assert all(t.state.is_finished() for t in study.trials)
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 4
+    lrs = [t.params["phases.0.lr"] for t in study.trials]
+    assert len(set(lrs)) == 4, lrs  # the resumed driver drew new parameters, it did not replay the old draws
 
 
 def test_cancelling_a_sweep_cancels_its_trials(make_service: Callable[..., Service]) -> None:
