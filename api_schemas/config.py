@@ -89,12 +89,11 @@ class SystemConfig(_Frozen):
 class ModelConfig(_Frozen):
     """Network sizes (DESIGN §2.3). `architecture` picks the backbone."""
 
-    architecture: Literal["unrolled_omp", "backprojection", "seed_cov"] = Field(
+    architecture: Literal["unrolled_omp", "seed_cov"] = Field(
         "unrolled_omp",
         description="unrolled_omp: K_MAX greedy look-cancel-look-again iterations through the known operator "
         "H·diag(c_l), a transformer over the looks (learned stopping rule and refinement); "
-        "backprojection: matched-filter image of (H·diag(c_l))^H·y_l + 3D CNN + slot decoder; "
-        "seed_cov: the baseline transformer over per-snapshot back-projections, kept for comparison",
+        "seed_cov: the reference baseline, a transformer over per-snapshot back-projections",
     )
     backprojection: Literal["whitened", "matched"] = Field(
         "whitened",

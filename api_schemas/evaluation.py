@@ -1,7 +1,7 @@
 """Evaluation of a trained model against the classical baselines: the job config and the report
 (DESIGN §2.7, §3.2 /report).
 
-Owns: EvaluationConfig (scenes, baselines, tolerances, CRB; what `ris_model.evaluation.evaluate` takes),
+Owns: EvaluationConfig (scenes, baselines, tolerances, CRB; what `ris_model.evaluate.evaluation.evaluate` takes),
 EvaluationJobConfig (adds the checkpoint source), EvaluationJobCreate's config, the report wire types
 (EvaluationReport and its tables) and the report's Markdown. Pure pydantic, no torch: the API renders the
 report. The system config is not here: the scenes follow the checkpoint's own config, so that they match
@@ -19,6 +19,7 @@ from typing import Annotated, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from api_schemas.checkpoints import CHECKPOINT_NAME_PATTERN
+from api_schemas.markdown import markdown_table
 
 #: Baselines an evaluation may run (ris_model.estimators): the network's own count and positions (`model_raw`;
 #: the `model` row is polished and its count tested against the residual at the scenes' SNR, as SOMP's is);
@@ -256,11 +257,10 @@ class EvaluationReport(BaseModel):
             lines += [f"## {title}", ""]
             for table in tables:
                 lines += _table_markdown(table)
+        cm = self.k_confusion
+        confusion_rows = ((str(t), *(str(c) for c in row)) for t, row in zip(cm.true_k, cm.counts, strict=True))
         lines += ["## K confusion matrix of the model (rows: true K, columns: estimated K)", "",
-                  "| true \\ est | " + " | ".join(self.k_confusion.predicted_k) + " |",
-                  "|---|" + "---|" * len(self.k_confusion.predicted_k)]
-        lines += [f"| {t} | " + " | ".join(str(c) for c in row) + " |"
-                  for t, row in zip(self.k_confusion.true_k, self.k_confusion.counts, strict=True)]
+                  *markdown_table(("true \\ est", *cm.predicted_k), confusion_rows)]
         if self.artifacts:
             lines += ["", "## Plots and files", ""]
             lines += [f"- [{a.name}]({a.url or a.name}) ({a.size} bytes)" for a in self.artifacts]
@@ -288,7 +288,6 @@ def _table_markdown(table: BinTable) -> list[str]:
         c = table.crb
         lines += [f"Median √CRB: φ {_fmt(c.azimuth_deg)}°, θ {_fmt(c.elevation_deg)}°, r {_fmt(c.range_m)} m "
                   f"({c.n_sources} sources)", ""]
-    lines += ["| method | " + " | ".join(h for h, _ in _COLUMNS) + " |", "|---|" + "---|" * len(_COLUMNS)]
-    for m in table.methods:
-        lines.append(f"| {m.method} | " + " | ".join(_fmt(getattr(m, f)) for _, f in _COLUMNS) + " |")
+    lines += markdown_table(("method", *(h for h, _ in _COLUMNS)),
+                            ((m.method, *(_fmt(getattr(m, f)) for _, f in _COLUMNS)) for m in table.methods))
     return [*lines, ""]

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from api_schemas.markdown import markdown_table
+
 
 class CheckStatus(StrEnum):
     PASS = "PASS"
@@ -45,8 +47,8 @@ class DiagnosticReport(BaseModel):
             f"**Verdict: {self.verdict.status}** — {self.verdict.decision}", "",
         ]
         lines += [f"- {r}" for r in self.verdict.reasons]
-        lines += ["", "| # | check | status | summary |", "|---|---|---|---|"]
-        lines += [f"| {c.id} | {c.name} | {c.status} | {c.summary} |" for c in self.checks]
+        lines += ["", *markdown_table(("#", "check", "status", "summary"),
+                                      ((str(c.id), c.name, str(c.status), c.summary) for c in self.checks))]
         for c in self.checks:
             lines += ["", f"## {c.id}. {c.name} — {c.status}", "", c.summary]
             if c.next_step:

@@ -1,4 +1,4 @@
-"""Time one refinement round's candidate block (ris_model.unrolled.candidate_block) on the GPU: the shipped
+"""Time one refinement round's candidate block (ris_model.accel.lowp.candidate_block) on the GPU: the shipped
 two compiled kernels (phasor planes, then the block) against one compiled kernel for the block and eager ops.
 
     python3 bench/candidate_block.py [--batch 4096] [--reps 100] [--out FILE.json]
@@ -14,8 +14,8 @@ from collections.abc import Callable
 import torch
 
 from api_schemas import SystemConfig
+from ris_model.accel.lowp import LOW_PRECISION, block_from_planes, phasor_planes
 from ris_model.physics import element_positions, phase_at
-from ris_model.unrolled import LOW_PRECISION, block_from_planes, phasor_planes
 
 
 def _one_kernel(x, y, r, e, k0, fresnel):  # noqa: ANN001, ANN202

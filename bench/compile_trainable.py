@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from train import joint_config  # noqa: E402  (bench/train.py, the same folder)
 
-import ris_model.graphed_step as graphed_step  # noqa: E402
+import ris_model.accel.graphed_step as graphed_step  # noqa: E402
 import ris_model.spectral as spectral  # noqa: E402
-from ris_model.network import RisNet  # noqa: E402
-from ris_model.sinks import NullSink  # noqa: E402
-from ris_model.trainer import Trainer, never_stop  # noqa: E402
+from ris_model.model.network import RisNet  # noqa: E402
+from ris_model.train.sinks import NullSink  # noqa: E402
+from ris_model.train.trainer import Trainer, never_stop  # noqa: E402
 
 
 class _CompiledStepLoss(graphed_step._StepLoss):

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from api_schemas import LossWeights, ModelConfig, SystemConfig  # noqa: E402
 from ris_model.losses import compute_loss  # noqa: E402
-from ris_model.network import RisNet  # noqa: E402
+from ris_model.model.network import RisNet  # noqa: E402
 from ris_model.scenes import generate_scenes, make_generator  # noqa: E402
 
 

@@ -80,8 +80,8 @@ class _Sink:
 
 
 def train(config: dict[str, Any], device: str, reporter: TrialReporter | None) -> tuple[Any, list[float], float]:
-    from ris_model.jobs import run_training_job
-    from ris_model.trainer import never_stop
+    from ris_model.train.jobs import run_training_job
+    from ris_model.train.trainer import never_stop
 
     sink = _Sink(reporter)
     should_stop = reporter.should_stop(never_stop) if reporter is not None else never_stop

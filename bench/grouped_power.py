@@ -1,7 +1,7 @@
 """The look pass's four grouped-power products at the default sizes: the torch route (fp16 tensor-core product
-written out, then a norm reduction) against the fused Triton kernel (ris_model.kernels); and one look's whole
+written out, then a norm reduction) against the fused Triton kernel (ris_model.accel.kernels); and one look's whole
 refinement (all rounds): the per-round route (candidate blocks + the two fused products) against the one-kernel
-route (ris_model.refine_kernel). Not a test.
+route (ris_model.accel.refine_kernel). Not a test.
 
     python3 bench/grouped_power.py [--batch 4096] [--reps 20] [--out var/bench-grouped-power.json]
 
@@ -21,15 +21,15 @@ import torch  # noqa: E402
 from candidate_block import time_ms  # noqa: E402  (bench/candidate_block.py, the same folder)
 
 from api_schemas import ModelConfig, SystemConfig  # noqa: E402
-from ris_model import kernels, refine_kernel  # noqa: E402
-from ris_model.kernels import grouped_power  # noqa: E402
-from ris_model.unrolled import (  # noqa: E402
+from ris_model.accel import kernels, refine_kernel  # noqa: E402
+from ris_model.accel.kernels import grouped_power  # noqa: E402
+from ris_model.accel.lowp import (  # noqa: E402
     LOW_PRECISION,
     LowPrecisionOperator,
-    UnrolledOMPBackbone,
     block_power,
     normalized_image,
 )
+from ris_model.model.unrolled import UnrolledOMPBackbone  # noqa: E402
 
 
 def _tuned(use: str) -> object:

@@ -16,7 +16,7 @@ import torch
 from ris_model import load_estimator
 from ris_model.estimators.matching import match_sources
 from ris_model.estimators.polish import polish
-from ris_model.evaluation import evaluation_scenes
+from ris_model.evaluate.evaluation import evaluation_scenes
 
 
 def _summary(matching, sel: torch.Tensor) -> dict:  # noqa: ANN001

@@ -20,9 +20,9 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from train import joint_config, parse_overrides  # noqa: E402  (bench/train.py, the same folder)
 
-from ris_model.network import RisNet  # noqa: E402
-from ris_model.sinks import NullSink  # noqa: E402
-from ris_model.trainer import Trainer  # noqa: E402
+from ris_model.model.network import RisNet  # noqa: E402
+from ris_model.train.sinks import NullSink  # noqa: E402
+from ris_model.train.trainer import Trainer  # noqa: E402
 
 
 def main() -> None:

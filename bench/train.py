@@ -5,8 +5,8 @@ Times one epoch of the trainer's own loop (Trainer._train_epoch) after five warm
     python3 bench/train.py [--device cuda] [--batches 64 256 2048] [--steps 30] [--model KEY=VALUE ...]
                            [--torch-route atom_norms image refine] [--out var/bench-train.json]
 
---torch-route turns the named fused Triton routes of the look pass off (ris_model.unrolled's module switches),
-for comparing routes in one process.
+--torch-route turns the named fused Triton routes of the look pass off (ris_model.accel.lowp.FusedRoutes, passed
+to the model), for comparing routes in one process.
 
 Prints a table and writes JSON. Not a test. Also reports the share of each step spent generating scenes.
 """
@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from api_schemas import DataConfig, LossWeights, ModelConfig, PhaseConfig, TrainingJobConfig  # noqa: E402
-from ris_model import unrolled  # noqa: E402
-from ris_model.network import RisNet  # noqa: E402
-from ris_model.sinks import NullSink  # noqa: E402
-from ris_model.trainer import Trainer, never_stop  # noqa: E402
+from ris_model.accel.lowp import ALL_FUSED, FusedRoutes  # noqa: E402
+from ris_model.model.network import RisNet  # noqa: E402
+from ris_model.train.sinks import NullSink  # noqa: E402
+from ris_model.train.trainer import Trainer, never_stop  # noqa: E402
 
-ROUTE_SWITCHES = {"atom_norms": "FUSED_ATOM_NORMS", "image": "FUSED_IMAGE", "refine": "FUSED_REFINE"}
+ROUTES = ("atom_norms", "image", "refine")
 
 
 def _sync(device: torch.device) -> None:
@@ -58,11 +58,13 @@ def joint_config(batch_size: int, n_batches: int, model: dict | None = None) -> 
     return phase, TrainingJobConfig(data=data, phases=(phase,), model=model or {})
 
 
-def measure(batch_size: int, steps: int, device: torch.device, architecture: str, model: dict | None = None) -> dict:
+def measure(batch_size: int, steps: int, device: torch.device, architecture: str, model: dict | None = None,
+            routes: FusedRoutes = ALL_FUSED) -> dict:
     steps = max(steps, 5)  # the warm-up draws batches 0..4 of the same epoch
     phase, config = joint_config(batch_size, steps, {"architecture": architecture, **(model or {})})
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(config, RisNet(config.system, config.model), NullSink(), device, checkpoint_dir=Path(tmp))
+        net = RisNet(config.system, config.model, routes)
+        trainer = Trainer(config, net, NullSink(), device, checkpoint_dir=Path(tmp))
         trainer._setup_phase(phase)
         for b in range(5):  # warm-up (compilation, graph capture)
             trainer._train_step(phase, trainer.scenes.train_batch(0, b), take_step=True)
@@ -90,17 +92,16 @@ def main() -> None:
     parser.add_argument("--architecture", default=ModelConfig().architecture)
     parser.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE",
                         help="ModelConfig overrides, e.g. cuda_graphs=false look_refine_rounds=0")
-    parser.add_argument("--torch-route", nargs="*", default=[], choices=sorted(ROUTE_SWITCHES),
+    parser.add_argument("--torch-route", nargs="*", default=[], choices=ROUTES,
                         help="fused look-pass routes to turn off")
     parser.add_argument("--out", type=Path, default=Path("var/bench-train.json"))
     args = parser.parse_args()
-    for route in args.torch_route:
-        setattr(unrolled, ROUTE_SWITCHES[route], False)
+    routes = FusedRoutes(**{route: route not in args.torch_route for route in ROUTES})
     device = torch.device(args.device)
     default_batch = TrainingJobConfig().data.batch_size
     batches = args.batches or ([64, 256, default_batch] if device.type == "cuda" else [64, 256])
     overrides = parse_overrides(args.model)
-    rows = [measure(b, args.steps, device, args.architecture, overrides) for b in dict.fromkeys(batches)]
+    rows = [measure(b, args.steps, device, args.architecture, overrides, routes) for b in dict.fromkeys(batches)]
     print(f"{'batch':>7} {'step ms':>9} {'samples/s':>11} {'gen ms':>8} {'gen share':>9}")
     for r in rows:
         print(f"{r['batch_size']:>7} {r['step_ms']:>9.2f} {r['samples_per_s']:>11.0f} {r['generation_ms']:>8.2f} "

@@ -1,16 +1,21 @@
-"""Command line: `python -m ris_model train|diagnose --config FILE.json --out DIR [--device cuda]` and
-`python -m ris_model evaluate --checkpoint PATH --out DIR [--config FILE.json] [--device cuda]`.
+"""Command line of the science package: train a model, diagnose a training setup, evaluate a checkpoint.
 
-train/diagnose write metrics (JSON lines) and checkpoints to DIR with a progress bar; diagnose also writes its
-verdict as report.json and report.md and prints the verdict line (an aborted run too); evaluate writes
-report.json, report.md and the PNG plots. `--print-default-config` prints a valid config to edit. Owns only
-argument parsing and printing; the work is ris_model.jobs.run_training_job and ris_model.evaluation.evaluate.
+  python -m ris_model train    --out DIR [--config FILE.json] [--device cuda] [--resume CHECKPOINT]
+  python -m ris_model diagnose --out DIR [--config FILE.json | --preset quickstart] [--device cuda]
+  python -m ris_model evaluate --checkpoint PATH --out DIR [--config FILE.json] [--device cuda]
+
+train and diagnose write metrics (JSON lines) and checkpoints to DIR with a progress bar; diagnose also writes
+its verdict as report.json and report.md and prints the verdict line (an aborted run too). evaluate writes
+report.json, report.md and the PNG plots. `--print-default-config` prints a valid config to edit. A config file
+with a `debug` section runs with the fault injection it asks for (NaN loss terms, slow steps; for testing).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,8 +35,10 @@ from api_schemas import (
 )
 from api_schemas import metrics as keys
 from ris_model.errors import RisModelError
-from ris_model.jobs import run_training_job
-from ris_model.sinks import JsonlSink
+from ris_model.train.fault_hooks import DebugHooks
+from ris_model.train.hooks import NO_HOOKS
+from ris_model.train.jobs import run_training_job
+from ris_model.train.sinks import JsonlSink
 
 _EPOCH_KEYS = (keys.TRAIN_EPOCH_LOSS, keys.VAL_K_ACC, keys.VAL_K_UNDER, keys.VAL_K_OVER,
                keys.VAL_RMSE_AZIMUTH_DEG, keys.VAL_RMSE_RANGE_M, keys.TRAIN_NONFINITE_SKIPPED,
@@ -70,24 +77,47 @@ class ProgressSink:
         self.jsonl.close()
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option with its default; descriptions keep their line breaks."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ris_model", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (("train", "run a phase-training job"), ("diagnose", "run the seed's diagnostic")):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", type=Path, help="JSON config (default: the job's defaults)")
-        p.add_argument("--out", type=Path, help="output directory for metrics.jsonl and checkpoints")
-        p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
-        p.add_argument("--resume", type=Path, default=None, help="resume from this checkpoint")
-        p.add_argument("--preset", choices=["quickstart"], default=None,
-                       help="quickstart: a diagnostic small enough for about a minute on a 2-core CPU")
-        p.add_argument("--print-default-config", action="store_true", help="print a valid config and exit")
-    p = sub.add_parser("evaluate", help="evaluate a checkpoint against the classical baselines")
-    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint file (.pt) of this package")
-    p.add_argument("--out", type=Path, required=True, help="output directory for report.json, report.md, PNGs")
-    p.add_argument("--config", type=Path, help="JSON EvaluationConfig (default: its defaults)")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    parser = argparse.ArgumentParser(prog="python -m ris_model", description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = (
+        ("train", "run a phase-training job: every phase of the config, checkpoints after every epoch"),
+        ("diagnose", "run a diagnostic job: a short training run, then ten automatic checks and a verdict"),
+    )
+    for name, help_text in commands:
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
+        p.add_argument("--config", type=Path, default=None,
+                       help="a JSON job config (fields as in --print-default-config); none: the defaults")
+        p.add_argument("--out", type=Path, default=None,
+                       help="output directory for config.json, metrics.jsonl, checkpoints.jsonl and checkpoints/")
+        p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; none: cuda where available, else cpu")
+        p.add_argument("--resume", type=Path, default=None, help="a checkpoint of the same config to resume from")
+        if name == "diagnose":
+            p.add_argument("--preset", choices=["quickstart"], default=None,
+                           help="quickstart: a diagnostic small enough for about a minute on a 2-core CPU "
+                                "(instead of --config)")
+        p.add_argument("--print-default-config", action="store_true",
+                       help="print the config the command would run (JSON) and exit")
+    help_text = "evaluate a checkpoint against the classical baselines on test scenes of its own system"
+    p = sub.add_parser("evaluate", help=help_text, description=help_text, formatter_class=_HelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint file (.pt) written by train")
+    p.add_argument("--out", type=Path, required=True, help="output directory for report.json, report.md and PNGs")
+    p.add_argument("--config", type=Path, default=None,
+                   help="a JSON evaluation config (scenes, baselines, tolerances); none: the defaults")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; none: the device the checkpoint loads on")
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("ris-jobs")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _load_config(args: argparse.Namespace) -> BaseModel:
@@ -97,8 +127,9 @@ def _load_config(args: argparse.Namespace) -> BaseModel:
         ValidationError: the file is not a valid config (the message names the field).
         OSError: the file cannot be read.
     """
-    model: type[BaseModel] = {"diagnose": DiagnosticJobConfig, "train": TrainingJobConfig,
-                              "evaluate": EvaluationConfig}[args.command]
+    models: dict[str, type[BaseModel]] = {"diagnose": DiagnosticJobConfig, "train": TrainingJobConfig,
+                                          "evaluate": EvaluationConfig}
+    model = models[args.command]
     if getattr(args, "preset", None) == "quickstart":
         return quickstart_diagnostic()
     if args.config is None:
@@ -117,7 +148,15 @@ def _config_or_exit_code(args: argparse.Namespace) -> BaseModel | int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if args.command == "train" and "--preset" in unknown:
+            parser.error("train has no presets: the quickstart preset is a diagnostic "
+                         "(python -m ris_model diagnose --preset quickstart)")
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if getattr(args, "preset", None) is not None and args.config is not None:
+        parser.error("give either --preset or --config, not both")
     config = _config_or_exit_code(args)
     if isinstance(config, int):
         return config
@@ -125,17 +164,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _evaluate(args, config)  # type: ignore[arg-type]
     assert isinstance(config, TrainingJobConfig)
     if args.print_default_config:
-        print(json.dumps(config.model_dump(mode="json"), indent=2))
-        return 0
+        return _print(json.dumps(config.model_dump(mode="json"), indent=2))
     if args.out is None:
         print("--out DIR is required", file=sys.stderr)
+        return 2
+    try:
+        hooks = DebugHooks(config.debug) if "debug" in config.model_fields_set else NO_HOOKS
+    except ValueError as exc:
+        print(f"invalid config: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
     sink = ProgressSink(args.out)
     try:
         result = run_training_job(config, sink=sink, checkpoint_dir=args.out / "checkpoints", device=args.device,
-                                  resume_from=args.resume)
+                                  resume_from=args.resume, hooks=hooks)
     except RisModelError as exc:
         print(f"failed: {exc}", file=sys.stderr)
         report = getattr(exc, "report", None)  # a diagnostic aborted by non-finite steps still has its verdict
@@ -152,6 +195,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _print(text: str) -> int:
+    """Print `text` to stdout; a reader that closes the pipe early (`| head`) ends the command quietly."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the interpreter flushes stdout again at exit: point it at /dev/null so that flush cannot fail
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 0
+
+
 def _write_report(out_dir: Path, report: dict[str, Any]) -> None:
     """report.json and report.md (the same rendering as GET /v1/jobs/{id}/report?format=md), then the verdict."""
     parsed = DiagnosticReport.model_validate(report)
@@ -163,7 +218,8 @@ def _write_report(out_dir: Path, report: dict[str, Any]) -> None:
 
 def _evaluate(args: argparse.Namespace, config: EvaluationConfig) -> int:
     """`evaluate`: the report and plots of one checkpoint, with a progress bar."""
-    from ris_model.evaluation import evaluate, render_plots  # matplotlib only when evaluating
+    from ris_model.evaluate.evaluation import evaluate
+    from ris_model.evaluate.plots import render_plots  # matplotlib only when evaluating
 
     bar = tqdm(total=1000, unit="‰", dynamic_ncols=True, file=sys.stderr)
 

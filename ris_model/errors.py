@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class RisModelError(Exception):
@@ -27,7 +28,7 @@ class NonFiniteAbort(RisModelError):
     def __init__(self, message: str, attribution: NonFiniteAttribution) -> None:
         super().__init__(message)
         self.attribution = attribution
-        self.report: dict | None = None  # a diagnostic job's verdict, when it aborted
+        self.report: dict[str, Any] | None = None  # a diagnostic job's verdict, when it aborted
 
 
 class CheckpointError(RisModelError):

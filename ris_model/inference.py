@@ -1,7 +1,7 @@
 """The public inference API: `load_estimator(checkpoint_path, device=None)` → `Estimator` (DESIGN §2.7).
 
 Owns load_estimator, Estimator and the per-scene prediction dicts. A checkpoint is loaded only through
-`ris_model.checkpoint.load_checkpoint` (weights_only=True: a file holding code is refused, never run), and the
+`ris_model.train.checkpoint.load_checkpoint` (weights_only=True: a file holding code is refused, never run), and the
 network gets the checkpoint's `eval_model` weights, the ones that were validated (DESIGN §2.6). Imports torch,
 numpy, api_schemas and ris_model; never Celery, HTTP or SQL.
 
@@ -22,12 +22,12 @@ from pydantic import ValidationError
 from torch import Tensor
 
 from api_schemas import DiagnosticJobConfig, SystemConfig, TrainingJobConfig
-from ris_model import checkpoint as ckpt
 from ris_model.errors import CheckpointError
 from ris_model.estimators.grid import SearchGrid, SourceEstimate
 from ris_model.estimators.order import select_order
 from ris_model.estimators.polish import polish as ml_polish
-from ris_model.network import ModelOutput, RisNet
+from ris_model.model.network import ModelOutput, RisNet
+from ris_model.train import checkpoint as ckpt
 
 #: The checkpoint key of the validated weights (the EMA's when the phase kept one; DESIGN §2.6).
 EVAL_MODEL_KEY = "eval_model"

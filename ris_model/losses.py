@@ -19,7 +19,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from api_schemas import LossWeights, SystemConfig
-from ris_model.network import ModelOutput
+from ris_model.model.network import ModelOutput
 from ris_model.scenes import SceneBatch
 
 TERMS = ("cov", "k", "aux", "gap", "margin")
@@ -33,9 +33,8 @@ class LossResult:
     assignment: Tensor  # int64 [B, K_MAX]: predicted slot matched to true slot j (valid where mask)
 
 
-def compute_loss(out: ModelOutput, batch: SceneBatch, weights: LossWeights, system: SystemConfig,
-                 *, inject_nan: str | None = None) -> LossResult:
-    """All terms, weighted by `weights`. `inject_nan` (test-only) makes one named term NaN."""
+def compute_loss(out: ModelOutput, batch: SceneBatch, weights: LossWeights, system: SystemConfig) -> LossResult:
+    """All terms, weighted by `weights`."""
     assignment, geom = geometry_set_loss(out, batch, system)
     terms = {
         "cov": covariance_nmse(out.cov_factor, batch.covariance_factor()),
@@ -44,15 +43,15 @@ def compute_loss(out: ModelOutput, batch: SceneBatch, weights: LossWeights, syst
         "gap": eigengap_hinge(out.gram_eigs, batch.k),
         "margin": subspace_margin(out.gram_eigs, batch.k),
     }
-    if inject_nan is not None:
-        if inject_nan not in terms:
-            raise ValueError(f"debug.nan_loss_term must be one of {TERMS}, got {inject_nan!r}")
-        terms[inject_nan] = terms[inject_nan] * float("nan")
+    return LossResult(total=weighted_total(terms, weights, geom.device), terms=terms, assignment=assignment)
+
+
+def weighted_total(terms: dict[str, Tensor], weights: LossWeights, device: torch.device) -> Tensor:
+    """Σ λ_name·term over the terms of TERMS whose weight is positive: a zero weight drops the term from the
+    graph, so a non-finite value in an unused term cannot poison the step."""
     lam = {"cov": weights.lam_cov, "k": weights.lam_k, "aux": weights.lam_aux, "gap": weights.lam_gap,
            "margin": weights.lam_margin}
-    # a zero weight drops the term from the graph, so a NaN in an unused term cannot poison the step
-    total = sum((lam[name] * t for name, t in terms.items() if lam[name] > 0), torch.zeros((), device=geom.device))
-    return LossResult(total=total, terms=terms, assignment=assignment)
+    return sum((lam[name] * terms[name] for name in TERMS if lam[name] > 0), torch.zeros((), device=device))
 
 
 def covariance_nmse(F_hat: Tensor, F: Tensor) -> Tensor:
@@ -83,7 +82,7 @@ def subspace_margin(eigs: Tensor, k: Tensor) -> Tensor:
 
 
 #: Scales of the geometry loss: errors are measured in units of about one resolution cell (the default
-#: detection tolerances of issue 6), so a few degrees of error still give a useful gradient.
+#: detection tolerances of the evaluation), so a few degrees of error still give a useful gradient.
 GEOMETRY_SCALE = (math.radians(5.0), math.radians(5.0), 1.0)  # azimuth rad, elevation rad, range m
 
 

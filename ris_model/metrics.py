@@ -15,9 +15,15 @@ from torch import Tensor
 
 @dataclass
 class CountingTally:
-    """Running sums for K accuracy and the confusion matrix; `confusion[t-1][p-1]` counts true t, predicted p."""
+    """Running sums for K accuracy / under / over and the confusion matrix of source counts.
+
+    `confusion[t - k_min][p - k_min]` counts true t, estimated p, for true counts in k_min..k_max. Estimates
+    share that range unless `overflow`: then column k_max + 1 collects every estimate above k_max (counting
+    rules like MDL can return up to n − 1), and estimates below k_min land in the first column."""
 
     k_max: int
+    k_min: int = 1
+    overflow: bool = False
     n: int = 0
     correct: int = 0
     under: int = 0
@@ -26,18 +32,24 @@ class CountingTally:
 
     def __post_init__(self) -> None:
         if not self.confusion:
-            self.confusion = [[0] * self.k_max for _ in range(self.k_max)]
+            self.confusion = [[0] * self._n_cols for _ in range(self.k_max - self.k_min + 1)]
+
+    @property
+    def _n_cols(self) -> int:
+        return self.k_max - self.k_min + 1 + int(self.overflow)
 
     def update(self, k_true: Tensor, k_pred: Tensor) -> None:
-        """k_true, k_pred: int64 [B] in 1..K_MAX (the same indexing on both sides)."""
+        """k_true, k_pred: int64 [B] (the same indexing on both sides)."""
         self.n += int(k_true.numel())
         self.correct += int((k_pred == k_true).sum())
         self.under += int((k_pred < k_true).sum())
         self.over += int((k_pred > k_true).sum())
-        idx = (k_true - 1) * self.k_max + (k_pred - 1)
-        counts = torch.bincount(idx.cpu(), minlength=self.k_max**2).tolist()
+        cols = self._n_cols
+        col = k_pred.clamp(self.k_min, self.k_max + 1) if self.overflow else k_pred
+        idx = (k_true - self.k_min) * cols + (col - self.k_min)
+        counts = torch.bincount(idx.cpu(), minlength=len(self.confusion) * cols).tolist()
         for i, c in enumerate(counts):
-            self.confusion[i // self.k_max][i % self.k_max] += c
+            self.confusion[i // cols][i % cols] += c
 
     def rates(self) -> dict[str, float]:
         n = max(self.n, 1)

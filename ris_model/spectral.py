@@ -5,7 +5,7 @@ Rules kept here: eigenvalues only (never eigen- or singular vectors on a gradien
 matrices, relative floors so that every feature is bounded. The non-zero eigenvalues of R̂ = F·Fᴴ (N×N) are
 the eigenvalues of the K_MAX×K_MAX Gram matrix Fᴴ·F.
 
-The Gram spectrum is on the training path, so on CUDA it must not synchronize with the host (issue 4: a host
+The Gram spectrum is on the training path, so on CUDA it must not synchronize with the host (a host
 sync in the middle of the forward stalls the GPU while the CPU issues the rest of the step, and it forbids CUDA
 graph capture). cuSOLVER's eigensolvers check their result on the host; a batched cyclic Jacobi with a fixed
 number of sweeps does not. The eigenvalues are then λ_i = v_iᴴ·G·v_i with the eigenvectors detached: the
@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-from ris_model.cuda_graphs import compiled_on_cuda
+from ris_model.accel.cuda_graphs import compiled_on_cuda
 
 #: sweeps of the cyclic Jacobi: convergence is quadratic; 5 reach machine precision for n ≤ 6 even with a pair of
 #: eigenvalues 1e-6 apart (tests/ris_model/test_spectral.py), one more for margin
@@ -47,7 +47,8 @@ def hermitian_eigenvectors(A: Tensor, *, method: str | None = None) -> Tensor:
     (torch.linalg.eigh: the default on the CPU, where it does not synchronize anything)."""
     method = method or ("jacobi" if A.is_cuda else "lapack")
     if method == "lapack":
-        return torch.linalg.eigh(A).eigenvectors
+        vectors: Tensor = torch.linalg.eigh(A).eigenvectors
+        return vectors
     return jacobi_eigh(A)[1]
 
 
@@ -181,4 +182,5 @@ def music_denominator_lowrank(F: Tensor, a: Tensor, *, eps: float = 1e-6) -> Ten
     chol = torch.linalg.cholesky(gram + load[:, None, None] * eye)
     proj = F.mH @ a.T.unsqueeze(0)  # [B, K, G]
     w = torch.linalg.solve_triangular(chol, proj, upper=False)
-    return (a.abs().square().sum(-1)).unsqueeze(0) - w.abs().square().sum(1)
+    denominator: Tensor = (a.abs().square().sum(-1)).unsqueeze(0) - w.abs().square().sum(1)
+    return denominator

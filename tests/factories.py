@@ -84,7 +84,7 @@ def malicious_checkpoint_bytes(marker: Path) -> bytes:
 
     import torch
 
-    from ris_model import checkpoint as ckpt
+    from ris_model.train import checkpoint as ckpt
 
     buf = io.BytesIO()
     torch.save({ckpt.FORMAT_KEY: ckpt.FORMAT, ckpt.MODEL_KEY: _RunsCode(marker), ckpt.CONFIG_KEY: {},

@@ -16,6 +16,19 @@ FORBIDDEN: dict[str, set[str]] = {
     "server": {"ris_model", "worker", "torch"},
     "server/store": {"fastapi", "starlette", "ris_model", "worker", "torch"},
 }
+#: the rooms of ris_model: the science (top-level modules, model/, accel/, estimators/) never reaches up into
+#: running jobs (train/, diagnose/, evaluate/, the inference API, the command line); evaluation works from
+#: checkpoints, never from a trainer
+_JOB_ROOMS = {"ris_model.train", "ris_model.diagnose", "ris_model.evaluate", "ris_model.inference", "ris_model.cli"}
+ROOMS: dict[str, set[str]] = {
+    **{f"ris_model/{m}.py": _JOB_ROOMS for m in ("physics", "scenes", "losses", "spectral", "metrics", "errors")},
+    "ris_model/model": _JOB_ROOMS,
+    "ris_model/accel": _JOB_ROOMS,
+    "ris_model/estimators": _JOB_ROOMS | {"ris_model.model", "ris_model.accel"},
+    "ris_model/evaluate": {"ris_model.train.trainer", "ris_model.train.jobs", "ris_model.diagnose", "ris_model.cli"},
+    "ris_model/diagnose": {"ris_model.evaluate", "ris_model.cli"},
+    "ris_model/train": {"ris_model.evaluate", "ris_model.cli"},
+}
 #: modules nothing outside their own package may import (DESIGN §1: nothing imports worker or server.api)
 PRIVATE = {"worker": "worker", "server.main": "server", "server.routes": "server", "server.deps": "server",
            "server.errors": "server"}
@@ -50,4 +63,14 @@ def test_nothing_outside_imports_worker_or_the_api_modules() -> None:
                 for private, owner in PRIVATE.items():
                     if (name == private or name.startswith(private + ".")) and package != owner:
                         bad.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("room", sorted(ROOMS))
+def test_ris_model_rooms_import_only_downwards(room: str) -> None:
+    path = ROOT / room
+    files = [path] if path.suffix == ".py" else _files(room)
+    assert files and all(f.exists() for f in files), f"{room} is not a module or package of ris_model"
+    bad = [f"{f.relative_to(ROOT)} imports {name}" for f in files for name in _imports(f)
+           for forbidden in ROOMS[room] if name == forbidden or name.startswith(forbidden + ".")]
     assert not bad, "\n".join(bad)

@@ -5,7 +5,7 @@ under the lease and writes the terminal state. Imports neither torch nor ris_mod
 parent imports worker modules: no CUDA before fork); `ris_model` is imported inside run_evaluation_job.
 
 Trust boundary: a checkpoint named by an earlier job or uploaded with POST /v1/checkpoints is untrusted bytes.
-It is loaded only by `ris_model.checkpoint.load_checkpoint` (torch.load with weights_only=True: a pickle that
+It is loaded only by `ris_model.train.checkpoint.load_checkpoint` (torch.load with weights_only=True: a pickle that
 would run code is refused by the unpickler, never executed) after its sha256 is checked against the record.
 Any problem with what the user named — a missing job, checkpoint or upload, a file that fails that load, a
 config that does not fit the checkpoint's system — raises UserInputRejected (→ FAILED USER_CONFIG).
@@ -90,7 +90,8 @@ def run_evaluation_job(job_id: str, config_json: dict[str, Any], *, sessions: se
     config = EvaluationJobConfig.model_validate(config_json)
     path = resolve_checkpoint(config, sessions=sessions, artifacts=artifacts)
     from ris_model.errors import CheckpointError  # lazy: torch only in the child (no CUDA before fork)
-    from ris_model.evaluation import check_config, evaluate, render_plots
+    from ris_model.evaluate.evaluation import check_config, evaluate
+    from ris_model.evaluate.plots import render_plots
     from ris_model.inference import load_estimator
 
     try:

@@ -1,6 +1,6 @@
 """Exception → FailureReason: the one place that picks a job's failure reason (STYLE B6, DESIGN §3.1).
 
-Owns: `TrainerFailed` (marks an exception that escaped `ris_model.jobs.run_training_job`), `classify_failure`
+Owns: `TrainerFailed` (marks an exception that escaped `ris_model.train.jobs.run_training_job`), `classify_failure`
 and `failure_message`. Imports neither torch nor ris_model (the prefork parent imports this module): an
 exception of theirs can only exist once they were imported, so the checks look the classes up in `sys.modules`.
 """

@@ -7,7 +7,7 @@ without Celery. The task gets a job id, never an object, and re-reads the row (S
    job already runs, ran, or was cancelled): log and return, and Celery acks the message;
 2. attach the per-job log file, start the monitor thread (heartbeat, cancel flag, timed metric flushes);
 3. build the config from the row, find the checkpoint of an earlier attempt to resume from;
-4. call `ris_model.jobs.run_training_job` (imported here, never in the prefork parent: no CUDA before fork)
+4. call `ris_model.train.jobs.run_training_job` (imported here, never in the prefork parent: no CUDA before fork)
    through an `ExportingSink` (the store, then TensorBoard, MLflow when configured, and the sweep trial's
    reporter for a sweep's child job), or, for an `evaluation` job, `worker.evaluation.run_evaluation_job`, or,
    for a `sweep` job, the sweep driver (`worker.sweep`);
@@ -49,8 +49,9 @@ from server.store.errors import InvalidTransition, JobNotFound, LeaseLost
 from worker.app import app
 from worker.evaluation import run_evaluation_job
 from worker.exports import ExportingSink
-from worker.failures import TrainerFailed, classify_failure, failure_message, traceback_tail
+from worker.failures import TrainerFailed, UserInputRejected, classify_failure, failure_message, traceback_tail
 from worker.heartbeat import JobMonitor, make_should_stop
+from worker.init_from import initial_weights
 from worker.sink import StoreSink
 from worker.sweep import SweepDriver, SweepJob
 from worker.trial import TrialReporter, open_trial_reporter
@@ -182,8 +183,18 @@ def _train(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor)
             log.error("refusing to run: %s", FAULT_INJECTION_REFUSED)
             return Outcome(JobState.FAILED, FailureReason.USER_CONFIG, FAULT_INJECTION_REFUSED)
         resume_from = _resume_path(res, job_id)
-        from ris_model.jobs import run_training_job  # lazy: torch is imported in the child, never before fork
+        # lazy: torch is imported in the child, never before fork
+        from ris_model.train.fault_hooks import DebugHooks
+        from ris_model.train.hooks import NO_HOOKS
+        from ris_model.train.jobs import run_training_job
 
+        # fault injection only for a job whose stored config has a debug section
+        try:
+            hooks = DebugHooks(config.debug) if "debug" in row.config else NO_HOOKS
+        except ValueError as exc:
+            raise UserInputRejected(str(exc)) from exc
+        init_weights = (initial_weights(config, sessions=res.sessions, artifacts=res.artifacts)
+                        if resume_from is None else None)
         reporter = _open_exporters(res, row, config, exporting)
         deadline = res.started_at + worker_deadline_s(res.settings)
         should_stop = make_should_stop(monitor, deadline=deadline)
@@ -198,6 +209,8 @@ def _train(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor)
                 resume_from=resume_from,
                 should_stop=should_stop,
                 checkpoint_interval_s=res.settings.checkpoint_interval_s,
+                hooks=hooks,
+                init_weights=init_weights,
             )
         except LeaseLost:
             raise
@@ -286,11 +299,7 @@ def _evaluate(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonit
         if _is_lease_lost(exc) or monitor.lease_lost.is_set():
             return None
         return _failed_outcome(exc, sink)
-    if result.stopped == "cancel":
-        return Outcome(JobState.CANCELLED, message="cancelled by request")
-    if result.stopped == "timeout":
-        return Outcome(JobState.FAILED, FailureReason.TIMEOUT, "stopped at the worker's time limit")
-    return Outcome(JobState.SUCCEEDED, report=result.report)
+    return outcome_from_result(result)
 
 
 def _failed_outcome(exc: BaseException, sink: StoreSink) -> Outcome:
@@ -336,7 +345,8 @@ def worker_deadline_s(settings: Settings) -> float:
 
 
 def outcome_from_result(result: Any, *, pruned_at: int | None = None) -> Outcome:
-    """SUCCEEDED / CANCELLED / CANCELLED PRUNED / FAILED TIMEOUT from a FitResult.
+    """SUCCEEDED / CANCELLED / CANCELLED PRUNED / FAILED TIMEOUT from a FitResult or an EvaluationResult
+    (`stopped`, `report`; a training run also names its stop checkpoint).
 
     `pruned_at`: the run's epoch at which a sweep's pruner stopped the trial (its "cancel" was the pruner's).
     """
@@ -348,8 +358,10 @@ def outcome_from_result(result: Any, *, pruned_at: int | None = None) -> Outcome
     if result.stopped == "cancel":
         return Outcome(JobState.CANCELLED, message="cancelled by request")
     if result.stopped == "timeout":
-        step = result.last_checkpoint.step if result.last_checkpoint is not None else None
-        message = f"stopped at the worker's time limit; stop checkpoint at step {step} is downloadable"
+        message = "stopped at the worker's time limit"
+        if hasattr(result, "last_checkpoint"):
+            step = result.last_checkpoint.step if result.last_checkpoint is not None else None
+            message += f"; stop checkpoint at step {step} is downloadable"
         return Outcome(JobState.FAILED, FailureReason.TIMEOUT, message)
     report = result.report
     if isinstance(report, BaseModel):

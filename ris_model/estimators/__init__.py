@@ -16,7 +16,7 @@ from ris_model.estimators.counting import (
     simulate_array_snapshots,
 )
 from ris_model.estimators.crb import CRBResult, crb_compressed, steering_jacobian
-from ris_model.estimators.grid import Peaks, SearchGrid, SourceEstimate
+from ris_model.estimators.grid import Peaks, SearchGrid
 from ris_model.estimators.matching import (
     CountingReport,
     EvaluationReport,
@@ -27,6 +27,7 @@ from ris_model.estimators.matching import (
     match_sources,
 )
 from ris_model.estimators.omp import SompResult, somp
+from ris_model.estimators.result import SourceEstimate
 from ris_model.estimators.spectra import SpectralEstimator, find_peaks, music_spectrum, mvdr_spectrum, refine_peaks
 
 __all__ = [

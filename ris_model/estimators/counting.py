@@ -86,8 +86,8 @@ def count_sources(x: Tensor, *, method: Criterion = "mdl") -> Tensor:
 
 
 def measurement_counts(y: Tensor, *, method: Criterion = "mdl") -> Tensor:
-    """MDL or AIC on the M×M measurement covariance R_yy = (1/L)·Σ_l y_l·y_lᴴ of compressed data (the seed's
-    approach), int64 [B] in 0..M−1.
+    """MDL or AIC on the M×M measurement covariance R_yy = (1/L)·Σ_l y_l·y_lᴴ of compressed data (the
+    classical counting baseline), int64 [B] in 0..M−1.
 
     Args:
         y: complex [B, L, M]; axis 1 is the snapshot axis (one RIS code per snapshot).
@@ -99,7 +99,7 @@ def measurement_counts(y: Tensor, *, method: Criterion = "mdl") -> Tensor:
 
 
 def simulate_array_snapshots(A: Tensor, power: Tensor, snr_db: Tensor, n_snapshots: int, *,
-                             generator: torch.Generator) -> Tensor:
+                             generator: torch.Generator, symbols_constant: bool = False) -> Tensor:
     """Snapshots of an uncompressed N-element RIS array observing the given sources (the "oracle array").
 
     x_t = A·s_t + n_t, s_t ~ CN(0, diag(p)) i.i.d. over t, n_t ~ CN(0, σ²·I_N), with σ² set by the DESIGN §2.1a
@@ -111,13 +111,16 @@ def simulate_array_snapshots(A: Tensor, power: Tensor, snr_db: Tensor, n_snapsho
         snr_db: real [B], dB.
         n_snapshots: T.
         generator: a torch.Generator on A's device; the only randomness.
+        symbols_constant: the same symbols s in every snapshot (the symbol model of
+            `scenes.generate_scenes(symbols_constant=True)`), so that x_t is rank-1 but for the noise.
 
     Returns:
         complex64 [B, T, N]; axis 1 is the snapshot axis.
     """
     B, N, K = A.shape
-    s = torch.randn((B, n_snapshots, K), generator=generator, device=A.device, dtype=torch.complex64)
-    s = s * power.sqrt().unsqueeze(1)  # [B, T, K]
+    s = torch.randn((B, 1 if symbols_constant else n_snapshots, K), generator=generator, device=A.device,
+                    dtype=torch.complex64)
+    s = (s * power.sqrt().unsqueeze(1)).expand(B, n_snapshots, K)  # [B, T, K]
     x = s @ A.transpose(1, 2)  # [B, T, N]: row t is (A·s_t)ᵀ
     signal_power = x.abs().square().sum(-1).mean(-1)  # [B]
     sigma2 = signal_power / (N * 10 ** (snr_db / 10))
@@ -125,18 +128,21 @@ def simulate_array_snapshots(A: Tensor, power: Tensor, snr_db: Tensor, n_snapsho
     return x + noise * sigma2.sqrt()[:, None, None]
 
 
-def oracle_array_counts(batch: SceneBatch, *, generator: torch.Generator, method: Criterion = "mdl") -> Tensor:
+def oracle_array_counts(batch: SceneBatch, *, generator: torch.Generator, method: Criterion = "mdl",
+                        symbols_constant: bool = False) -> Tensor:
     """MDL or AIC on an uncompressed N-element RIS array observing the batch's scenes.
 
     Same sources (A), powers, L snapshots and SNR definition as the compressed data, fresh symbols and noise
-    (SceneBatch does not keep its symbols). With L < N (16 < 144 by default) the criteria run on the L
-    eigenvalues of the dual L×L Gram matrix with N samples (`sample_eigenvalues`). An upper reference for
-    what second-order statistics allow, not an estimator of the compressed data.
+    (SceneBatch does not keep its symbols; `symbols_constant` repeats them over the snapshots). With L < N
+    (16 < 144 by default) the criteria run on the L eigenvalues of the dual L×L Gram matrix with N samples
+    (`sample_eigenvalues`). An upper reference for what second-order statistics allow, not an estimator of the
+    compressed data.
 
     Returns:
         int64 [B] in 0..min(L, N)−1.
     """
-    x = simulate_array_snapshots(batch.A, batch.power, batch.snr_db, batch.y.shape[1], generator=generator)
+    x = simulate_array_snapshots(batch.A, batch.power, batch.snr_db, batch.y.shape[1], generator=generator,
+                                 symbols_constant=symbols_constant)
     return count_sources(x, method=method)
 
 

@@ -1,21 +1,23 @@
 """The (φ, θ, r) search grid shared by the spectra, the peak search and the SOMP dictionary (DESIGN §2.7).
 
-Owns SearchGrid and the frozen result types of the estimators (Peaks, SourceEstimate). Steering comes only from
+Owns SearchGrid, its field-of-view axes (fov_axes) and the spectra's peaks (Peaks); the estimators' result
+type SourceEstimate lives in ris_model.estimators.result and is re-exported here. Steering comes only from
 `ris_model.physics.steering` (DESIGN §2.1a). Imports torch, api_schemas and ris_model.physics; nothing else.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from api_schemas import SystemConfig
+from ris_model.estimators.result import SourceEstimate
 from ris_model.physics import steering
+
+__all__ = ["Peaks", "SearchGrid", "SourceEstimate", "fov_axes"]
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,7 @@ class SearchGrid:
         Raises:
             ValueError: a count below 1.
         """
-        if min(n_azimuth, n_elevation, n_range) < 1:
-            raise ValueError(f"grid sizes must be >= 1, got {(n_azimuth, n_elevation, n_range)}")
-        az_max, el_max = math.radians(system.azimuth_max_deg), math.radians(system.elevation_max_deg)
-        azimuth = _span(-az_max, az_max, n_azimuth, device)
-        elevation = _span(-el_max, el_max, n_elevation, device)
-        inv_r = _span(1 / system.range_max_m, 1 / system.range_min_m, n_range, device)
+        azimuth, elevation, inv_r = fov_axes(system, n_azimuth, n_elevation, n_range, device=device)
         range_m = (1 / inv_r).flip(0)
         az, el, rng = torch.meshgrid(azimuth, elevation, range_m, indexing="ij")  # [G_az, G_el, G_r]
         a = steering(system, az.reshape(-1), el.reshape(-1), rng.reshape(-1)).to(dtype)  # [G, N]
@@ -107,42 +104,19 @@ class Peaks:
     valid: Tensor
 
 
-@dataclass(frozen=True)
-class SourceEstimate:
-    """Estimated sources of B scenes, as every estimator here returns them (STYLE B3).
+def fov_axes(system: SystemConfig, n_azimuth: int, n_elevation: int, n_range: int, *,
+             device: torch.device | str | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The axes of a search grid over the system's field of view: azimuth and elevation in radians and inverse
+    range in 1/m, each float64, ascending, end points included (one point sits at the centre).
 
-    k: int64 [B] estimated number of sources; azimuth, elevation: float64 [B, S] radians; range_m: float64
-    [B, S] meters; valid: bool [B, S], True for the first k[b] slots of scene b (S ≥ max k);
-    spectrum: real [B, G] on the search grid, or None when the estimator does not make one;
-    k_log_prob: float64 [B, K_max], log-probabilities of K = 1..K_max, or None when the estimator has no
-    posterior over the count (the network's K-head has one).
+    Raises:
+        ValueError: a count below 1.
     """
-
-    k: Tensor
-    azimuth: Tensor
-    elevation: Tensor
-    range_m: Tensor
-    valid: Tensor
-    spectrum: Tensor | None = None
-    k_log_prob: Tensor | None = None
-
-    #: the per-scene fields every estimate has (the spectrum and the count posterior are optional)
-    FIELDS: ClassVar[tuple[str, ...]] = ("k", "azimuth", "elevation", "range_m", "valid")
-
-    def map(self, fn: Callable[[Tensor], Tensor]) -> SourceEstimate:
-        """fn applied to each of FIELDS and to k_log_prob (e.g. `lambda t: t[rows]`, `Tensor.cpu`); the
-        spectrum is dropped."""
-        prior = None if self.k_log_prob is None else fn(self.k_log_prob)
-        return SourceEstimate(**{f: fn(getattr(self, f)) for f in self.FIELDS}, k_log_prob=prior)
-
-    @staticmethod
-    def cat(parts: Sequence[SourceEstimate]) -> SourceEstimate:
-        """The scenes of `parts` (at least one, same slot count S), in order; spectra are dropped, and the
-        count posterior is kept where every part has one."""
-        priors = [p.k_log_prob for p in parts]
-        prior = None if any(t is None for t in priors) else torch.cat(priors)
-        return SourceEstimate(**{f: torch.cat([getattr(p, f) for p in parts]) for f in SourceEstimate.FIELDS},
-                              k_log_prob=prior)
+    if min(n_azimuth, n_elevation, n_range) < 1:
+        raise ValueError(f"grid sizes must be >= 1, got {(n_azimuth, n_elevation, n_range)}")
+    az_max, el_max = math.radians(system.azimuth_max_deg), math.radians(system.elevation_max_deg)
+    return (_span(-az_max, az_max, n_azimuth, device), _span(-el_max, el_max, n_elevation, device),
+            _span(1 / system.range_max_m, 1 / system.range_min_m, n_range, device))
 
 
 def _span(lo: float, hi: float, n: int, device: torch.device | str | None) -> Tensor:

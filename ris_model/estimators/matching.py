@@ -20,8 +20,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from ris_model.estimators.grid import SourceEstimate
-from ris_model.metrics import GeometryTally
+from ris_model.estimators.result import SourceEstimate
+from ris_model.metrics import CountingTally, GeometryTally
 
 
 @dataclass(frozen=True)
@@ -134,15 +134,11 @@ def counting_metrics(k_true: Tensor, k_pred: Tensor, k_max: int) -> CountingRepo
         raise ValueError(f"k_true {tuple(k_true.shape)} and k_pred {tuple(k_pred.shape)} differ")
     if k_true.numel() and (k_true.min() < 0 or k_true.max() > k_max):
         raise ValueError(f"true counts must be in 0..{k_max}")
-    n = int(k_true.numel())
-    cols = k_max + 2
-    idx = k_true * cols + k_pred.clamp(0, k_max + 1)
-    conf = torch.bincount(idx, minlength=(k_max + 1) * cols).reshape(k_max + 1, cols)
-    denom = max(n, 1)
-    return CountingReport(
-        n_scenes=n, k_acc=int((k_pred == k_true).sum()) / denom, k_under=int((k_pred < k_true).sum()) / denom,
-        k_over=int((k_pred > k_true).sum()) / denom, confusion=tuple(tuple(int(v) for v in row) for row in conf),
-    )
+    tally = CountingTally(k_max, k_min=0, overflow=True)
+    tally.update(k_true, k_pred)
+    rates = tally.rates()
+    return CountingReport(n_scenes=tally.n, k_acc=rates["k_acc"], k_under=rates["k_under"], k_over=rates["k_over"],
+                          confusion=tuple(tuple(row) for row in tally.confusion))
 
 
 def evaluate_sources(estimate: SourceEstimate, azimuth: Tensor, elevation: Tensor, range_m: Tensor, mask: Tensor,

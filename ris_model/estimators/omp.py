@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from ris_model.estimators.atoms import fov_box, noise_var_from_snr, refine_atom, responses, solve_ls
-from ris_model.estimators.grid import SearchGrid, SourceEstimate
+from ris_model.estimators.grid import SearchGrid
+from ris_model.estimators.result import SourceEstimate
 
 DEFAULT_GAIN_THRESHOLD = 3.0  # ×L·σ̂²; train-stream calibration (bench/baselines.py --calibrate): 2.5–3 best
 

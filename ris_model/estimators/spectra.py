@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
-from ris_model.estimators.grid import Peaks, SearchGrid, SourceEstimate
+from ris_model.estimators.grid import Peaks, SearchGrid
+from ris_model.estimators.result import SourceEstimate
 from ris_model.physics import steering
 from ris_model.spectral import music_denominator_lowrank
 

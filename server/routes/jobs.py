@@ -40,6 +40,7 @@ from api_schemas import (
     TrialState,
 )
 from api_schemas.lineage import TAG_PATTERN, init_mismatch
+from api_schemas.markdown import markdown_table
 from api_schemas.sweeps import get_path, trial_number
 from server import dispatch
 from server.deps import (
@@ -365,7 +366,7 @@ def _render(value: Any, level: int) -> list[str]:
     if _is_scalar(value):
         return [_cell(value), ""]
     if isinstance(value, dict) and all(_is_scalar(v) for v in value.values()):
-        return ["| key | value |", "|---|---|", *(f"| {_cell(k)} | {_cell(v)} |" for k, v in value.items()), ""]
+        return [*markdown_table(("key", "value"), ((_cell(k), _cell(v)) for k, v in value.items())), ""]
     if isinstance(value, dict):
         lines: list[str] = []
         for key, sub in value.items():
@@ -373,8 +374,7 @@ def _render(value: Any, level: int) -> list[str]:
         return lines
     if value and all(isinstance(v, dict) and all(_is_scalar(x) for x in v.values()) for v in value):
         columns = list(dict.fromkeys(k for row in value for k in row))
-        head = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        return [*head, *("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in value), ""]
+        return [*markdown_table(columns, ([_cell(row.get(c, "")) for c in columns] for row in value)), ""]
     return [*(f"- {_cell(v)}" for v in value), ""]
 
 

@@ -3,7 +3,7 @@
 Owns the layout `<ARTIFACT_DIR>/uploads/<upload id>.pt` (the bytes, written atomically) and `<upload id>.json`
 (size, sha256, created_at, principal), `new_upload_id`, `write_upload`, `read_upload` and `upload_file`.
 Must not import FastAPI or torch: the API never unpickles an upload. The worker loads it with
-`torch.load(weights_only=True)` (`ris_model.checkpoint.load_checkpoint`) when an evaluation job runs, after
+`torch.load(weights_only=True)` (`ris_model.train.checkpoint.load_checkpoint`) when an evaluation job runs, after
 checking the sha256 recorded here.
 
 Safety: an upload id is a 32-digit hex uuid (never a path); both files are resolved inside `uploads/` and

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from api_schemas import DataConfig, LossWeights, ModelConfig, PhaseConfig, SystemConfig, TrainingJobConfig
-from ris_model.network import RisNet
+from ris_model.model.network import RisNet
 
 #: A joint phase with every loss weight > 0 (every parameter must get a gradient; DESIGN §2.3).
 ALL_TERMS = LossWeights(lam_cov=1.0, lam_k=1.0, lam_aux=1.0, lam_gap=0.1, lam_margin=0.1)
@@ -67,8 +67,8 @@ def _isolated_global_rng() -> Iterator[None]:
 def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The `final` checkpoint of one tiny_config() CPU training run (about 2 s), shared by the inference and
     evaluation tests."""
-    from ris_model.jobs import run_training_job
-    from ris_model.sinks import NullSink
+    from ris_model.train.jobs import run_training_job
+    from ris_model.train.sinks import NullSink
 
     out = tmp_path_factory.mktemp("trained")
     with torch.random.fork_rng(devices=[]):

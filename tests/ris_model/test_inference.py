@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import ris_model
-from ris_model import checkpoint as ckpt
 from ris_model.errors import CheckpointError
 from ris_model.inference import Estimator, load_estimator
 from ris_model.scenes import generate_scenes
+from ris_model.train import checkpoint as ckpt
 from tests.factories import malicious_checkpoint_bytes
 
 

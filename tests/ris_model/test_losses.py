@@ -11,12 +11,13 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch.testing import assert_close
 
-from api_schemas import LossWeights, ModelConfig, SystemConfig
-from ris_model.faults import eigenvector_alignment_loss
+from api_schemas import DebugConfig, LossWeights, ModelConfig, SystemConfig
 from ris_model.losses import TERMS, compute_loss, covariance_nmse, geometry_set_loss, match_slots
-from ris_model.network import ModelOutput, RisNet
+from ris_model.model.network import ModelOutput, RisNet
 from ris_model.scenes import SceneBatch, generate_scenes, make_generator
+from ris_model.train.fault_hooks import DebugHooks
 from tests.ris_model.conftest import ALL_TERMS, tiny_config
+from tests.ris_model.fault_plants import eigenvector_alignment_loss
 
 CPU = torch.device("cpu")
 
@@ -151,17 +152,21 @@ def test_zero_weight_drops_term_even_when_nan(tiny_out, term: str) -> None:
 
 
 @pytest.mark.parametrize("term", TERMS)
-def test_inject_nan_makes_only_that_term_nan(tiny_out, term: str) -> None:
+def test_debug_hooks_make_only_that_term_nan(tiny_out, term: str) -> None:
     out, batch, system = tiny_out
-    res = compute_loss(out, batch, ALL_TERMS, system, inject_nan=term)
+    hooks = DebugHooks(DebugConfig(nan_loss_term=term, nan_from_step=3, nan_n_steps=2))
+    plain = compute_loss(out, batch, ALL_TERMS, system)
+    assert hooks.loss(plain, out, batch, ALL_TERMS, step=2) is plain
+    assert hooks.loss(plain, out, batch, ALL_TERMS, step=5) is plain
+    res = hooks.loss(plain, out, batch, ALL_TERMS, step=4)
     assert {n for n, t in res.terms.items() if not torch.isfinite(t)} == {term}
     assert torch.isnan(res.total)
+    assert hooks.runs_eagerly(4) and not hooks.runs_eagerly(5)
 
 
-def test_inject_nan_unknown_term_raises(tiny_out) -> None:
-    out, batch, system = tiny_out
+def test_debug_hooks_refuse_an_unknown_term() -> None:
     with pytest.raises(ValueError, match="nan_loss_term"):
-        compute_loss(out, batch, ALL_TERMS, system, inject_nan="nope")
+        DebugHooks(DebugConfig(nan_loss_term="nope"))
 
 
 # ---------------------------------------------------------------- stability on a rank-deficient R̂
@@ -193,4 +198,4 @@ def test_eigenvector_fault_produces_nonfinite_gradients() -> None:
     # Tiny system (N = 16 > K_MAX = 3): the default 144×144 eigh backward costs ~10 s on a CPU.
     model = _training_step(tiny_config().system, eigvec_fault=True)
     assert any(p.grad is not None and not torch.isfinite(p.grad).all() for p in model.parameters()), (
-        "Faults(eigvec_loss=True) must reproduce the seed's NaN gradients")
+        "FaultPlants(eigvec_loss=True) must reproduce NaN gradients")

@@ -138,8 +138,8 @@ class _Exploit:
 
 
 def test_a_checkpoint_holding_code_is_refused_and_never_run(tmp_path: Path) -> None:
-    from ris_model.checkpoint import load_checkpoint
     from ris_model.errors import CheckpointError
+    from ris_model.train.checkpoint import load_checkpoint
 
     marker = Path("/tmp/ris-jobs-pwned")
     marker.unlink(missing_ok=True)

@@ -1,16 +1,16 @@
-"""A fused Triton kernel for the look pass's grouped powers (issue 4): a real fp16 tensor-core product whose
+"""A fused Triton kernel for the look pass's grouped powers: a real fp16 tensor-core product whose
 squared magnitudes are summed over groups of rows inside the kernel, so that the product itself is never
 written to memory.
 
 Owns grouped_power and fused_available. Imports torch and, lazily, triton (absent on CPU-only installs).
-Products of this shape in the look pass, for real-block operands (see ris_model.unrolled.real_block):
+Products of this shape in the look pass, for real-block operands (see ris_model.model.unrolled.real_block):
 - the grid-wide atom norms ‖H_w·diag(c_l)·a(g)‖² = Σ_m |x_{l,m}·d_g|² (rows x = the L·M operator rows, groups
   of M; d = the shared dictionary) and the look images Σ_l |z_l·d_g|² / norm_{l,g} (one group of L rows per
   scene, divided row by row): 4.5 vs 7.1 ms and 0.54 vs 0.59 ms for cuBLAS + a reduction at B = 4,096 on an
   H100 (bench/grouped_power.py, docs/RESULTS.md). Column tiles run fastest, so a row tile is read from HBM
   once and the 2 MB dictionary stays in L2; the loop over K is pipelined;
 - the same two with per-scene candidate blocks d, for the refinement where its one-kernel form
-  (ris_model.refine_kernel) cannot run.
+  (ris_model.accel.refine_kernel) cannot run.
 out[b, r, j] = Σ_{i < group} |x[b, r·group + i] · (d[:, j] + i·d[:, P + j])|² / norms[b, r·group + i, j]
 with d = [re | im] columns, fp32 accumulation. `fused_available` says where it runs; elsewhere the callers keep
 their torch route (the CPU, group sizes that are not a power of two, or RIS_NO_TRITON=1 in the environment, a

@@ -1,4 +1,4 @@
-"""CUDA execution helpers of the look pass (issue 4): graph replay against launch overhead, compiled fusion
+"""CUDA execution helpers of the look pass: graph replay against launch overhead, compiled fusion
 against memory traffic.
 
 Owns CudaGraphed and compiled_on_cuda. The unrolled look pass launches ~1,000 small kernels per step whose GPU

@@ -1,4 +1,4 @@
-"""ris_model.trainer: the rules of DESIGN §2.6 on a tiny CPU config with a MemorySink — one optimizer step per
+"""ris_model.train.trainer: the rules of DESIGN §2.6 on a tiny CPU config with a MemorySink — one optimizer step per
 batch, LR per step, epoch loss, no dead parameters, frozen groups, phase hand-over, EMA, the non-finite guard,
 and no N×N decomposition on the training path."""
 
@@ -17,19 +17,23 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 from api_schemas import DataConfig, DebugConfig, LossWeights, NonfiniteSummary, SystemConfig, fold_nonfinite
 from api_schemas import metrics as keys
 from ris_model.errors import NonFiniteAbort
-from ris_model.faults import Faults
-from ris_model.network import RisNet
+from ris_model.model.network import RisNet, k_from_logits
 from ris_model.scenes import SceneSource
-from ris_model.sinks import MemorySink
-from ris_model.trainer import FitResult, Trainer, lr_at, never_stop, res_k_pred
+from ris_model.train.fault_hooks import DebugHooks
+from ris_model.train.hooks import NO_HOOKS, StepHooks
+from ris_model.train.sinks import MemorySink
+from ris_model.train.trainer import FitResult, Trainer, lr_at, never_stop
 from tests.ris_model.conftest import make_model, tiny_config, tiny_phase
+from tests.ris_model.fault_plants import FaultPlants
 
 
-def _fit(config, tmp_path: Path, *, faults: Faults | None = None, model: RisNet | None = None,
+def _fit(config, tmp_path: Path, *, hooks: StepHooks | None = None, model: RisNet | None = None,
          should_stop: Callable[[], Any] = never_stop, resume_from: Path | None = None,
          sink: MemorySink | None = None) -> tuple[FitResult, MemorySink, Trainer]:
     sink = sink or MemorySink()
-    trainer = Trainer(config, model or make_model(config), sink, "cpu", checkpoint_dir=tmp_path, faults=faults)
+    if hooks is None:  # a config with a debug section runs with its fault hooks, as in a worker
+        hooks = DebugHooks(config.debug) if "debug" in config.model_fields_set else NO_HOOKS
+    trainer = Trainer(config, model or make_model(config), sink, "cpu", checkpoint_dir=tmp_path, hooks=hooks)
     return trainer.fit(should_stop, resume_from=resume_from), sink, trainer
 
 
@@ -66,7 +70,7 @@ def test_optimizer_steps_equal_batches_per_epoch(tmp_path: Path, n_train: int) -
 def test_one_step_per_epoch_fault_is_caught_by_optimizer_step_count(tmp_path: Path) -> None:
     config = tiny_config(phases=(tiny_phase(epochs=2),))
     with _count_optimizer_steps() as calls:
-        _, sink, _ = _fit(config, tmp_path, faults=Faults(one_step_per_epoch=True))
+        _, sink, _ = _fit(config, tmp_path, hooks=FaultPlants(one_step_per_epoch=True))
     assert sink.values(keys.TRAIN_OPTIMIZER_STEPS) == [1, 1]
     assert sink.values(keys.TRAIN_BATCHES) == [4, 4]
     assert len(calls) == 2
@@ -114,7 +118,7 @@ def test_epoch_loss_is_mean_of_step_losses(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- dead parameters, frozen groups
 
 
-@pytest.mark.parametrize("architecture", ["backprojection", "seed_cov"])
+@pytest.mark.parametrize("architecture", ["seed_cov"])
 def test_joint_phase_with_all_terms_updates_every_parameter(tmp_path: Path, architecture: str) -> None:
     config = tiny_config(architecture=architecture)  # one joint phase, every loss weight > 0
     result, _, _ = _fit(config, tmp_path)
@@ -122,15 +126,15 @@ def test_joint_phase_with_all_terms_updates_every_parameter(tmp_path: Path, arch
 
 
 def test_unused_head_fault_appears_in_never_updated(tmp_path: Path) -> None:
-    result, _, _ = _fit(tiny_config(), tmp_path, faults=Faults(unused_head=True))
+    result, _, _ = _fit(tiny_config(), tmp_path, hooks=FaultPlants(unused_head=True))
     assert set(result.never_updated) == {"k_head.unused.weight", "k_head.unused.bias"}
 
 
-def _frozen_run(tmp_path: Path, faults: Faults | None = None) -> tuple[dict, dict, RisNet]:
+def _frozen_run(tmp_path: Path, hooks: StepHooks | None = None) -> tuple[dict, dict, RisNet]:
     config = tiny_config(phases=(tiny_phase(frozen_groups=("backbone", "k_head")),))
     model = make_model(config)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    _fit(config, tmp_path, model=model, faults=faults)
+    _fit(config, tmp_path, model=model, hooks=hooks)
     return before, {n: p.detach().clone() for n, p in model.named_parameters()}, model
 
 
@@ -146,7 +150,7 @@ def test_frozen_groups_do_not_change(tmp_path: Path) -> None:
 
 
 def test_frozen_still_moves_fault_is_caught(tmp_path: Path) -> None:
-    before, after, model = _frozen_run(tmp_path, faults=Faults(frozen_still_moves="k_head"))
+    before, after, model = _frozen_run(tmp_path, hooks=FaultPlants(frozen_still_moves="k_head"))
     names = [n for n, _ in model.named_parameters() if n.startswith("k_head.")]
     assert any(not torch.equal(before[n], after[n]) for n in names)
 
@@ -197,7 +201,7 @@ def test_ema_validated_weights_are_saved_weights(tmp_path: Path) -> None:
     with torch.no_grad():
         for batch in SceneSource(config.system, config.data, "cpu").val_batches():
             out = model(batch.y, batch.H, batch.codes, batch.snr_db)
-            correct += int((res_k_pred(out.k_logits) == batch.k).sum())
+            correct += int((k_from_logits(out.k_logits) == batch.k).sum())
             n += len(batch)
     assert sink.values(keys.VAL_K_ACC)[-1] == correct / n
 
@@ -263,7 +267,7 @@ def test_fold_nonfinite_summarizes_skip_points(nan_run) -> None:
 
 
 def test_eigenvector_fault_is_skipped_as_grad_and_attributed(tmp_path: Path) -> None:
-    result, sink, _ = _fit(tiny_config(), tmp_path, faults=Faults(eigvec_loss=True))
+    result, sink, _ = _fit(tiny_config(), tmp_path, hooks=FaultPlants(eigvec_loss=True))
     assert result.nonfinite_total > 0, "the planted eigenvector loss must make the guard skip steps"
     assert {p.key for p in sink.points if p.key.startswith(keys.NONFINITE_TERM_PREFIX)} == {
         keys.NONFINITE_TERM_PREFIX + "eigvec_align"}
@@ -313,7 +317,7 @@ def test_training_step_decomposes_no_n_by_n_matrix(tmp_path: Path, linalg_calls)
 
 def test_linalg_recorder_catches_eigenvector_fault(tmp_path: Path, linalg_calls) -> None:
     config = tiny_config()  # N = 16
-    _fit(config, tmp_path, faults=Faults(eigvec_loss=True))
+    _fit(config, tmp_path, hooks=FaultPlants(eigvec_loss=True))
     assert _large(linalg_calls, config.system.n_ris), "the planted N×N eigh is recorded (the check can fail)"
 
 

@@ -1,4 +1,4 @@
-"""ris_model.network: output shapes, scale invariance and the Gram route to R̂'s spectrum (DESIGN §2.3, §2.4)."""
+"""ris_model.model.network: output shapes, scale invariance and the Gram route to R̂'s spectrum (DESIGN §2.3, §2.4)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from ris_model.network import RisNet
+from ris_model.model.network import RisNet
 from ris_model.scenes import SceneBatch, generate_scenes, make_generator
 from tests.ris_model.conftest import make_model, tiny_config
 
-ARCHITECTURES = ["unrolled_omp", "backprojection", "seed_cov"]
+ARCHITECTURES = ["unrolled_omp", "seed_cov"]
 
 
 def _batch(config, n: int = 6, seed: int = 3) -> SceneBatch:
@@ -74,7 +74,7 @@ def test_gram_eigs_equal_nonzero_eigenvalues_of_dense_covariance(architecture: s
 
 
 def test_forward_does_not_use_snr() -> None:
-    model, config = _eval_model("backprojection")
+    model, config = _eval_model("seed_cov")
     b = _batch(config)
     with torch.no_grad():
         a, c = model(b.y, b.H, b.codes, b.snr_db), model(b.y, b.H, b.codes, b.snr_db + 30)

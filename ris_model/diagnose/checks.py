@@ -1,8 +1,9 @@
-"""The diagnostic job as a training doctor: automatic checks and a machine-readable verdict (issue 5).
+"""The diagnostic job as a training doctor: automatic checks and a machine-readable verdict.
 
 Owns `diagnose(...) -> DiagnosticReport`. Reads what the trainer reported (metric points, FitResult), the
 config, and runs three small probes of its own (split leakage, identifiability, overfit). Each check says
-PASS / WARN / FAIL, shows its evidence and what to do next. The verdict automates the seed's decision table.
+PASS / WARN / FAIL, shows its evidence and what to do next. The verdict automates the reference study's
+decision table (which machinery to fix first, when to proceed to three-phase training).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from enum import IntEnum
 
 import torch
 import torch.nn.functional as nnf
@@ -30,14 +32,35 @@ from api_schemas import (
     fold_nonfinite,
 )
 from api_schemas import metrics as keys
+from ris_model.estimators.counting import oracle_array_counts
 from ris_model.losses import compute_loss
-from ris_model.network import RisNet
+from ris_model.model.network import RisNet, k_from_logits
 from ris_model.scenes import SceneBatch, SceneSource, Split, make_generator, stream_seed
 from ris_model.spectral import measurement_eigen_features
-from ris_model.trainer import FitResult, lr_at, res_k_pred
+from ris_model.train.trainer import FitResult, lr_at
 
 PASS, WARN, FAIL = CheckStatus.PASS, CheckStatus.WARN, CheckStatus.FAIL
-SEED_BAR = (0.3, 0.4)  # the seed report's "K_acc rises above 0.3–0.4"
+
+
+class CheckId(IntEnum):
+    """The checks of a diagnostic report, in report order (`CheckResult.id`)."""
+
+    NONFINITE = 1
+    STEPS_AND_LR = 2
+    PARAM_MOTION = 3
+    DEAD_PARAMETERS = 4
+    SPLIT_LEAKAGE = 5
+    IDENTIFIABILITY = 6
+    LEARNING = 7
+    OVERFIT = 8
+    COVARIANCE = 9
+    PROVENANCE = 10
+
+
+#: the checks of the training machinery and the data: a FAIL among them is fixed before anything else
+MACHINERY_CHECKS = frozenset({CheckId.NONFINITE, CheckId.STEPS_AND_LR, CheckId.PARAM_MOTION,
+                              CheckId.DEAD_PARAMETERS, CheckId.SPLIT_LEAKAGE, CheckId.IDENTIFIABILITY})
+SEED_BAR = (0.3, 0.4)  # the reference study's bar: "K_acc rises above 0.3–0.4" at K_MAX = 5
 IDENTIFIABLE_MARGIN = 0.1  # check 6: accuracy above chance that counts as "K is recoverable"
 IDENTIFIABLE_Z = 3.0  # check 6: ... and binomial standard deviations above chance
 OVERFIT_ACC = 0.95  # check 8: train K_acc that counts as fitted
@@ -82,11 +105,11 @@ def check_nonfinite(points: Sequence[MetricPoint]) -> CheckResult:
                 "by_param_group": s.by_param_group, "first_step": first.step if first else None,
                 "last": s.last.model_dump() if s.last else None}
     if s.total == 0:
-        return CheckResult(id=1, name="non-finite steps", status=PASS, summary="no step was skipped",
+        return CheckResult(id=CheckId.NONFINITE, name="non-finite steps", status=PASS, summary="no step was skipped",
                            evidence=evidence)
     terms = ", ".join(sorted(s.by_loss_term)) or "none identified"
     return CheckResult(
-        id=1, name="non-finite steps", status=FAIL, evidence=evidence,
+        id=CheckId.NONFINITE, name="non-finite steps", status=FAIL, evidence=evidence,
         summary=f"{s.total} steps skipped (first at step {evidence['first_step']}; by cause {_counts(s.by_cause)}; "
                 f"by phase {_counts(s.by_phase)}); loss terms involved: {terms}; "
                 f"parameter groups: {', '.join(sorted(s.by_param_group)) or '-'}",
@@ -121,21 +144,21 @@ def check_steps_and_lr(config: DiagnosticJobConfig, by_key: dict[str, list[Metri
     if bad_epochs:
         first = bad_epochs[0]
         return CheckResult(
-            id=2, name=name, status=FAIL, evidence=evidence,
+            id=CheckId.STEPS_AND_LR, name=name, status=FAIL, evidence=evidence,
             summary=f"{len(bad_epochs)} epochs took fewer optimizer steps than batches (e.g. phase "
                     f"{first['phase']} epoch {first['epoch']}: {first['optimizer_steps'] or 0:.0f} steps and "
                     f"{first['skipped']:.0f} skipped for {first['batches']:.0f} batches)",
-            next_step="step the optimizer once per batch (the seed stepped once per epoch)")
+            next_step="step the optimizer once per batch, not once per epoch")
     if max(lr_errors, default=0.0) > 1e-6:
-        return CheckResult(id=2, name=name, status=FAIL, evidence=evidence,
+        return CheckResult(id=CheckId.STEPS_AND_LR, name=name, status=FAIL, evidence=evidence,
                            summary="the learning rate did not follow the schedule step by step "
                                    f"(max relative error {evidence['lr_max_rel_error']:.3g})",
                            next_step="set the LR from the schedule at every optimizer step")
     if not by_key[keys.TRAIN_BATCHES]:
-        return CheckResult(id=2, name=name, status=WARN, evidence=evidence,
+        return CheckResult(id=CheckId.STEPS_AND_LR, name=name, status=WARN, evidence=evidence,
                            summary="no epoch completed: optimizer steps per batch could not be checked",
                            next_step="see the non-finite check; the run stopped before the end of an epoch")
-    return CheckResult(id=2, name=name, status=PASS, evidence=evidence,
+    return CheckResult(id=CheckId.STEPS_AND_LR, name=name, status=PASS, evidence=evidence,
                        summary=f"one optimizer step per batch ({n_batches} per epoch, skipped steps counted); "
                                f"LR followed the schedule at {len(lr_errors)} sampled steps")
 
@@ -192,16 +215,16 @@ def check_param_motion(config: DiagnosticJobConfig, by_key: dict[str, list[Metri
                 "frozen_groups": {ph: sorted(g) for ph, g in frozen.items()}, "problems": problems[:10],
                 "epochs_without_optimizer_steps": [f"{ph} epoch {e}" for ph, e in sorted(idle_epochs)]}
     if problems:
-        return CheckResult(id=3, name=name, status=FAIL, evidence=evidence,
+        return CheckResult(id=CheckId.PARAM_MOTION, name=name, status=FAIL, evidence=evidence,
                            summary=problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),
                            next_step="make freezing real (requires_grad off and out of the optimizer, no update "
                                      "outside it) and check that trainable groups receive gradients")
     if not table or idle_epochs:
         why = "no epoch completed" if not table else f"{len(idle_epochs)} epochs took no optimizer step"
-        return CheckResult(id=3, name=name, status=WARN, evidence=evidence,
+        return CheckResult(id=CheckId.PARAM_MOTION, name=name, status=WARN, evidence=evidence,
                            summary=f"{why}: parameter motion could not be checked there",
                            next_step="see the non-finite and optimizer-step checks")
-    return CheckResult(id=3, name=name, status=PASS, evidence=evidence,
+    return CheckResult(id=CheckId.PARAM_MOTION, name=name, status=PASS, evidence=evidence,
                        summary="trainable groups moved every epoch; frozen groups did not")
 
 
@@ -214,14 +237,14 @@ def check_dead_parameters(config: DiagnosticJobConfig, model: RisNet, result: Fi
     evidence = {"never_updated": dead[:50], "n_never_updated": len(dead), "n_trainable_tensors": n_trainable,
                 "always_frozen_groups": sorted(always_frozen)}
     if dead and len(dead) == n_trainable:
-        return CheckResult(id=4, name="dead parameters", status=WARN, evidence=evidence,
+        return CheckResult(id=CheckId.DEAD_PARAMETERS, name="dead parameters", status=WARN, evidence=evidence,
                            summary="no optimizer step was taken, so no parameter can be called dead or alive",
                            next_step="see the non-finite and optimizer-step checks")
     if dead:
-        return CheckResult(id=4, name="dead parameters", status=FAIL, evidence=evidence,
+        return CheckResult(id=CheckId.DEAD_PARAMETERS, name="dead parameters", status=FAIL, evidence=evidence,
                            summary=f"{len(dead)} parameter tensors never received a gradient (e.g. {dead[0]})",
                            next_step="remove the unused module or connect it to a loss term")
-    return CheckResult(id=4, name="dead parameters", status=PASS, evidence=evidence,
+    return CheckResult(id=CheckId.DEAD_PARAMETERS, name="dead parameters", status=PASS, evidence=evidence,
                        summary="every trainable parameter received a gradient")
 
 
@@ -234,8 +257,8 @@ def _named_group(model: RisNet, group: str) -> list[tuple[str, torch.nn.Paramete
 def scene_hashes(batch: SceneBatch) -> set[str]:
     """sha1 per scene of its labels and inputs (rounded, so that the same scene hashes the same).
     One device→host copy per batch, not per scene."""
-    labels = torch.cat([batch.azimuth, batch.elevation, batch.range_m, batch.power], -1)
-    labels = torch.round(labels.double() * 1e5).cpu().numpy()  # [B, 4·K_MAX]
+    stacked = torch.cat([batch.azimuth, batch.elevation, batch.range_m, batch.power], -1)
+    labels = torch.round(stacked.double() * 1e5).cpu().numpy()  # [B, 4·K_MAX]
     y = torch.round(torch.view_as_real(batch.y).double() * 1e4).cpu().numpy()  # [B, L, M, 2]
     out = set()
     for i in range(len(batch)):
@@ -258,10 +281,10 @@ def check_split_leakage(config: DiagnosticJobConfig, scenes: SceneSource) -> Che
     evidence = {"hashed": {"train": len(train), "val": len(val), "test": len(test)}, "shared": overlap}
     if any(overlap.values()):
         worst = max(overlap, key=lambda k: overlap[k])
-        return CheckResult(id=5, name="split leakage", status=FAIL, evidence=evidence,
+        return CheckResult(id=CheckId.SPLIT_LEAKAGE, name="split leakage", status=FAIL, evidence=evidence,
                            summary=f"{overlap[worst]} scenes appear in two splits ({worst.replace('_', '/')})",
                            next_step="draw each split from its own RNG stream (SeedSequence spawn keys)")
-    return CheckResult(id=5, name="split leakage", status=PASS, evidence=evidence,
+    return CheckResult(id=CheckId.SPLIT_LEAKAGE, name="split leakage", status=PASS, evidence=evidence,
                        summary="no scene appears in two splits")
 
 
@@ -276,7 +299,7 @@ def check_identifiability(config: DiagnosticJobConfig, scenes: SceneSource) -> C
     name = "identifiability of K"
     k_max = config.system.k_max
     if k_max == 1:
-        return CheckResult(id=6, name=name, status=PASS, evidence={"k_max": 1},
+        return CheckResult(id=CheckId.IDENTIFIABILITY, name=name, status=PASS, evidence={"k_max": 1},
                            summary="K_MAX = 1: every scene has one source, K is known")
     n = config.checks.identifiability_scenes
     batch = scenes.pool(Split.TEST, n)
@@ -294,15 +317,16 @@ def check_identifiability(config: DiagnosticJobConfig, scenes: SceneSource) -> C
               f"{feature_acc:.2f} (chance {chance:.2f})")
     if not oracle_ok and not features_ok:
         return CheckResult(
-            id=6, name=name, status=FAIL, evidence=evidence,
+            id=CheckId.IDENTIFIABILITY, name=name, status=FAIL, evidence=evidence,
             summary=f"K is not identifiable from the data as configured: {detail}",
             next_step="draw symbols i.i.d. per snapshot (constant symbols make the snapshots rank-1); check SNR "
                       "range and source separation")
     if not oracle_ok:
-        return CheckResult(id=6, name=name, status=WARN, evidence=evidence,
+        return CheckResult(id=CheckId.IDENTIFIABILITY, name=name, status=WARN, evidence=evidence,
                            summary=f"the classical oracle cannot count sources, the features can: {detail}",
                            next_step="check the symbol model, SNR range and source separation")
-    return CheckResult(id=6, name=name, status=PASS, evidence=evidence, summary=f"K is identifiable: {detail}")
+    return CheckResult(id=CheckId.IDENTIFIABILITY, name=name, status=PASS, evidence=evidence,
+                       summary=f"K is identifiable: {detail}")
 
 
 def _above_chance(acc: float, chance: float, n: int) -> bool:
@@ -319,30 +343,21 @@ def _nearest_mean_accuracy(feats: Tensor, k: Tensor, k_max: int) -> float:
 
 
 def _oracle_mdl_accuracy(batch: SceneBatch, scenes: SceneSource) -> float:
-    """MDL (Wax–Kailath) on x_l = A·s_l + n_l for an uncompressed N-element array with the same sources, the
-    same symbol model as the data (constant across snapshots when the generator makes them so) and SNR;
-    `count_sources` runs the dual L×L form since L < N. Accuracy of K̂ clipped to 1..K_MAX."""
-    from ris_model.estimators.counting import count_sources
-
+    """MDL (Wax–Kailath) on an uncompressed N-element array with the same sources, the same symbol model as
+    the data (constant across snapshots when the generator makes them so) and SNR
+    (`estimators.counting.oracle_array_counts`). Accuracy of K̂ clipped to 1..K_MAX."""
     g = make_generator(stream_seed(scenes.data.seed, Split.TEST, 10**6), scenes.device)
-    B, N, K = batch.A.shape
-    L = batch.y.shape[1]
-    s = torch.randn((B, 1 if scenes.symbols_constant else L, K), generator=g, device=scenes.device,
-                    dtype=torch.complex64)
-    x = (s * batch.power.sqrt().unsqueeze(1)).expand(B, L, K) @ batch.A.transpose(1, 2)  # [B, L, N]
-    sigma2 = x.abs().square().sum(-1).mean(-1) / (N * 10 ** (batch.snr_db / 10))
-    noise = torch.randn(x.shape, generator=g, device=scenes.device, dtype=torch.complex64)
-    k_hat = count_sources(x + noise * sigma2.sqrt()[:, None, None], method="mdl")
-    k_hat = k_hat.to(batch.k.device).clamp(1, K)  # the oracle knows that K is in 1..K_MAX
+    k_hat = oracle_array_counts(batch, generator=g, method="mdl", symbols_constant=scenes.symbols_constant)
+    k_hat = k_hat.to(batch.k.device).clamp(1, batch.A.shape[-1])  # the oracle knows that K is in 1..K_MAX
     return float((k_hat == batch.k).float().mean())
 
 
 # ---------------------------------------------------------------- 7. learning
 def check_learning(config: DiagnosticJobConfig, by_key: dict[str, list[MetricPoint]],
                    confusion: list[list[int]] | None) -> CheckResult:
-    """Final val K_acc against chance and the seed's bar, generalised to any K_MAX as
-    max(0.3, chance + 0.1) (= the seed's 0.3 at K_MAX = 5); the confusion matrix is checked for a K-indexing
-    shift between labels and predictions first (the seed's "K vs K−1" row)."""
+    """Final val K_acc against chance and the reference bar, generalised to any K_MAX as
+    max(0.3, chance + 0.1) (= 0.3 at K_MAX = 5); the confusion matrix is checked first for a K-indexing
+    shift between labels and predictions ("K vs K−1")."""
     name = "learning (K accuracy)"
     k_max = config.system.k_max
     chance, bar = 1.0 / k_max, learning_bar(k_max)
@@ -352,33 +367,33 @@ def check_learning(config: DiagnosticJobConfig, by_key: dict[str, list[MetricPoi
     evidence = {"val_k_acc_per_epoch": acc, "chance": chance, "pass_bar": bar, "seed_bar": list(SEED_BAR),
                 "k_over": over[-1:] or None, "k_under": under[-1:] or None, "confusion_true_by_pred": confusion}
     if not acc:
-        return CheckResult(id=7, name=name, status=FAIL, evidence=evidence,
+        return CheckResult(id=CheckId.LEARNING, name=name, status=FAIL, evidence=evidence,
                            summary="no validation ran", next_step="see the non-finite and step checks")
     final = acc[-1]
     if k_max == 1:
-        return CheckResult(id=7, name=name, status=PASS, evidence=evidence,
+        return CheckResult(id=CheckId.LEARNING, name=name, status=PASS, evidence=evidence,
                            summary=f"K_MAX = 1: K is known (val K_acc {final:.3f})")
     shift = label_shift(confusion)
     evidence["label_shift"] = shift
     if shift is not None:
-        return CheckResult(id=7, name=name, status=FAIL, evidence=evidence,
+        return CheckResult(id=CheckId.LEARNING, name=name, status=FAIL, evidence=evidence,
                            summary=f"labels and predictions use different K indexing: predictions are K "
                                    f"{shift['shift']:+d} for {shift['fraction']:.2f} of the scenes whose K can "
                                    f"shift (val K_acc {final:.3f})",
                            next_step="use one indexing on both sides (class i ↔ K = i + 1)")
     if final >= bar:
-        return CheckResult(id=7, name=name, status=PASS, evidence=evidence,
+        return CheckResult(id=CheckId.LEARNING, name=name, status=PASS, evidence=evidence,
                            summary=f"val K_acc {final:.3f} ≥ {bar:.2f} (chance {chance:.2f}; seed bar "
                                    f"{SEED_BAR[0]}–{SEED_BAR[1]} at K_MAX = 5)")
     status = WARN if final > chance + 0.03 else FAIL
-    return CheckResult(id=7, name=name, status=status, evidence=evidence,
+    return CheckResult(id=CheckId.LEARNING, name=name, status=status, evidence=evidence,
                        summary=f"val K_acc {final:.3f} is below the bar {bar:.2f} (chance {chance:.2f})",
                        next_step="check label indexing (K vs K−1) and the confusion matrix; train longer or on more "
                                  "scenes; see identifiability and the overfit probe")
 
 
 def learning_bar(k_max: int) -> float:
-    """The val K_acc a diagnostic must reach to pass: the seed's 0.3 at K_MAX = 5, chance + 0.1 above it."""
+    """The val K_acc a diagnostic must reach to pass: 0.3 at K_MAX = 5 (SEED_BAR), chance + 0.1 above it."""
     return max(SEED_BAR[0], 1.0 / k_max + 0.1)
 
 
@@ -408,13 +423,13 @@ def check_overfit(config: DiagnosticJobConfig, model: RisNet, scenes: SceneSourc
     """Can a copy of the model fit `overfit_scenes` fixed train scenes (K loss only, every group trainable) to
     K_acc ≥ OVERFIT_ACC within `overfit_steps` full-batch steps? The accuracy is read from the training
     forward pass every OVERFIT_EVAL_EVERY steps (no extra forward), so the probe stops early when it fits; bf16
-    autocast on CUDA and the K loss alone keep its cost small next to the run's (issue 5: checks add < 10 %)."""
+    autocast on CUDA and the K loss alone keep its cost small next to the run's."""
     name = "overfit probe"
     steps, n = config.checks.overfit_steps, config.checks.overfit_scenes
     if steps == 0:
-        return CheckResult(id=8, name=name, status=WARN, summary="skipped (overfit_steps = 0)")
+        return CheckResult(id=CheckId.OVERFIT, name=name, status=WARN, summary="skipped (overfit_steps = 0)")
     if config.system.k_max == 1:
-        return CheckResult(id=8, name=name, status=PASS, summary="K_MAX = 1: nothing to fit")
+        return CheckResult(id=CheckId.OVERFIT, name=name, status=PASS, summary="K_MAX = 1: nothing to fit")
     probe = copy.deepcopy(model).train()
     for p in probe.parameters():
         p.requires_grad_(True)
@@ -427,7 +442,7 @@ def check_overfit(config: DiagnosticJobConfig, model: RisNet, scenes: SceneSourc
             # the K term of losses.compute_loss alone (class i ↔ K = i + 1): no set matching or spectra to pay for
             loss = nnf.cross_entropy(out.k_logits.float(), batch.k - 1)
         if steps_run % OVERFIT_EVAL_EVERY == 0 or steps_run == steps:
-            acc = float((res_k_pred(out.k_logits.detach()) == batch.k).float().mean())  # after steps_run steps
+            acc = float((k_from_logits(out.k_logits.detach()) == batch.k).float().mean())  # after steps_run steps
             if acc >= OVERFIT_ACC or steps_run == steps:
                 break
         opt.zero_grad(set_to_none=True)
@@ -437,9 +452,9 @@ def check_overfit(config: DiagnosticJobConfig, model: RisNet, scenes: SceneSourc
     chance = 1.0 / config.system.k_max
     evidence = {"scenes": n, "steps_run": steps_run, "budget_steps": steps, "train_k_acc": acc, "chance": chance}
     if acc >= OVERFIT_ACC:
-        return CheckResult(id=8, name=name, status=PASS, evidence=evidence,
+        return CheckResult(id=CheckId.OVERFIT, name=name, status=PASS, evidence=evidence,
                            summary=f"fitted {n} scenes to K_acc {acc:.2f} in {steps_run} steps")
-    return CheckResult(id=8, name=name, status=WARN if acc > (chance + OVERFIT_ACC) / 2 else FAIL,
+    return CheckResult(id=CheckId.OVERFIT, name=name, status=WARN if acc > (chance + OVERFIT_ACC) / 2 else FAIL,
                        evidence=evidence,
                        summary=f"reached only K_acc {acc:.2f} on {n} fixed scenes in {steps} steps "
                                f"(chance {chance:.2f})",
@@ -469,7 +484,7 @@ def check_covariance(config: DiagnosticJobConfig, model: RisNet, scenes: SceneSo
                 "condition_top1_over_kth_median": float(condition.median()), "nmse": float(nmse),
                 "true_k_mean": float(batch.k.float().mean())}
     status = PASS if float(nmse) < 1.0 and float(topk.mean()) > 0.8 else WARN
-    return CheckResult(id=9, name="predicted covariance", status=status, evidence=evidence,
+    return CheckResult(id=CheckId.COVARIANCE, name="predicted covariance", status=status, evidence=evidence,
                        summary=f"NMSE {float(nmse):.3f}, effective rank {float(eff_rank.mean()):.2f} "
                                f"(true K mean {float(batch.k.float().mean()):.2f}), energy in top-K "
                                f"{float(topk.mean()):.2f}",
@@ -481,7 +496,7 @@ def check_provenance(config: DiagnosticJobConfig) -> CheckResult:
     phases = [{"name": p.name, "epochs": p.epochs, "lr": p.lr, "schedule": p.schedule,
                "frozen_groups": list(p.frozen_groups), "loss_weights": p.loss_weights.model_dump(),
                "amp": p.amp, "ema_decay": p.ema_decay} for p in config.phases]
-    return CheckResult(id=10, name="configuration provenance", status=PASS,
+    return CheckResult(id=CheckId.PROVENANCE, name="configuration provenance", status=PASS,
                        evidence={"phases": phases, "config_sha256": config.sha256()},
                        summary="; ".join(f"{p['name']}: weights {p['loss_weights']}, frozen {p['frozen_groups']}"
                                          for p in phases))
@@ -489,7 +504,7 @@ def check_provenance(config: DiagnosticJobConfig) -> CheckResult:
 
 # ---------------------------------------------------------------- verdict
 def _verdict(checks: list[CheckResult]) -> Verdict:
-    """The seed's decision table (seed report §5), automated. In order:
+    """The reference study's decision table, automated. In order:
     1. any machinery check (1–6: non-finite, steps/LR, motion, dead parameters, leakage, identifiability)
        FAILs → "something else is broken": fix the first one first;
     2. learning PASSes (K_acc above the bar) → proceed to three-phase training (WARN if other checks warn);
@@ -497,12 +512,12 @@ def _verdict(checks: list[CheckResult]) -> Verdict:
        each with its own next step."""
     fails = [c for c in checks if c.status == FAIL]
     reasons = [f"{c.name}: {c.summary}" for c in checks if c.status != PASS]
-    machinery = [c for c in fails if c.id in (1, 2, 3, 4, 5, 6)]
+    machinery = [c for c in fails if c.id in MACHINERY_CHECKS]
     if machinery:
         first = machinery[0]
         return Verdict(status=FAIL, decision=f"fix {first.name} first: {first.next_step}", reasons=reasons)
     by_id = {c.id: c for c in checks}
-    learning, overfit = by_id[7], by_id[8]
+    learning, overfit = by_id[CheckId.LEARNING], by_id[CheckId.OVERFIT]
     if learning.status == PASS:
         return Verdict(status=PASS if not reasons else WARN, decision="proceed to three-phase training",
                        reasons=reasons)

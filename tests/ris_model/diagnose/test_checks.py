@@ -1,5 +1,5 @@
-"""ris_model.diagnostics: each planted fault (ris_model.faults) makes the right check FAIL and name its cause;
-a healthy run passes every check (issue 5). Runs real tiny diagnostic jobs on the CPU (about a second each)."""
+"""ris_model.diagnose.checks: each planted fault (tests.ris_model.fault_plants) makes the right check FAIL and
+name its cause; a healthy run passes every check. Runs real tiny diagnostic jobs on the CPU (about a second each)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from api_schemas import DataConfig, DebugConfig, DiagnosticJobConfig, LossWeights, MetricPoint, ModelConfig, PhaseConfig
 from api_schemas import metrics as keys
 from api_schemas.config import DiagnosticChecksConfig
-from ris_model.diagnostics import (
+from ris_model.diagnose.checks import (
     check_identifiability,
     check_learning,
     check_steps_and_lr,
@@ -22,12 +22,14 @@ from ris_model.diagnostics import (
     learning_bar,
 )
 from ris_model.errors import NonFiniteAbort
-from ris_model.faults import Faults
-from ris_model.jobs import run_training_job
 from ris_model.scenes import SceneSource
-from ris_model.sinks import NullSink
-from ris_model.trainer import lr_at
+from ris_model.train.fault_hooks import DebugHooks
+from ris_model.train.hooks import StepHooks
+from ris_model.train.jobs import run_training_job
+from ris_model.train.sinks import NullSink
+from ris_model.train.trainer import lr_at
 from tests.ris_model.conftest import tiny_system
+from tests.ris_model.fault_plants import FaultPlants
 
 #: The diagnostic's own probes, shrunk so that a tiny run's checks take well under a second.
 TINY_CHECKS = DiagnosticChecksConfig(overfit_scenes=16, overfit_steps=50, identifiability_scenes=200,
@@ -49,10 +51,12 @@ def diag_config(*, frozen: tuple[str, ...] = (), k_max: int = 2, **overrides: An
     return DiagnosticJobConfig(**{**fields, **overrides})
 
 
-def run_report(config: DiagnosticJobConfig, tmp_path: Path, faults: Faults | None = None) -> dict[str, Any]:
-    """The report of a diagnostic run on the CPU; from the NonFiniteAbort when the run aborts."""
+def run_report(config: DiagnosticJobConfig, tmp_path: Path, hooks: StepHooks | None = None) -> dict[str, Any]:
+    """The report of a diagnostic run on the CPU; from the NonFiniteAbort when the run aborts. A config with a
+    debug section runs with its fault hooks, as in a worker."""
+    hooks = hooks or DebugHooks(config.debug)
     try:
-        result = run_training_job(config, sink=NullSink(), checkpoint_dir=tmp_path, device="cpu", faults=faults)
+        result = run_training_job(config, sink=NullSink(), checkpoint_dir=tmp_path, device="cpu", hooks=hooks)
     except NonFiniteAbort as exc:
         assert exc.report is not None, "an aborted diagnostic must still carry its report"
         return exc.report
@@ -76,7 +80,7 @@ def test_eigvec_loss_fails_check_1_naming_the_term_even_when_the_run_aborts(tmp_
     config = diag_config(phases=(phase,))
     with pytest.raises(NonFiniteAbort) as info:
         run_training_job(config, sink=NullSink(), checkpoint_dir=tmp_path, device="cpu",
-                         faults=Faults(eigvec_loss=True))
+                         hooks=FaultPlants(eigvec_loss=True))
     report = info.value.report
     assert report is not None
     nonfinite = check(report, 1)
@@ -90,7 +94,7 @@ def test_eigvec_loss_fails_check_1_naming_the_term_even_when_the_run_aborts(tmp_
 
 
 def test_eigvec_loss_without_abort_blames_check_1_not_motion_or_dead_parameters(tmp_path: Path) -> None:
-    report = run_report(diag_config(), tmp_path, Faults(eigvec_loss=True))
+    report = run_report(diag_config(), tmp_path, FaultPlants(eigvec_loss=True))
     assert check(report, 1)["status"] == "FAIL"
     assert "eigvec_align" in check(report, 1)["summary"]
     # every step was skipped: motion and dead parameters cannot be judged, and must not FAIL for it
@@ -100,7 +104,7 @@ def test_eigvec_loss_without_abort_blames_check_1_not_motion_or_dead_parameters(
 
 
 def test_one_step_per_epoch_fails_check_2(tmp_path: Path) -> None:
-    report = run_report(diag_config(), tmp_path, Faults(one_step_per_epoch=True))
+    report = run_report(diag_config(), tmp_path, FaultPlants(one_step_per_epoch=True))
     steps = check(report, 2)
     assert steps["status"] == "FAIL"
     assert "1 steps and 0 skipped for 4 batches" in steps["summary"]
@@ -108,7 +112,7 @@ def test_one_step_per_epoch_fails_check_2(tmp_path: Path) -> None:
 
 
 def test_val_from_train_fails_check_5(tmp_path: Path) -> None:
-    report = run_report(diag_config(), tmp_path, Faults(val_from_train=True))
+    report = run_report(diag_config(), tmp_path, FaultPlants(val_from_train=True))
     leakage = check(report, 5)
     assert leakage["status"] == "FAIL"
     assert "train/val" in leakage["summary"]
@@ -117,7 +121,7 @@ def test_val_from_train_fails_check_5(tmp_path: Path) -> None:
 
 
 def test_symbols_constant_fails_check_6_as_not_identifiable(tmp_path: Path) -> None:
-    report = run_report(diag_config(), tmp_path, Faults(symbols_constant=True))
+    report = run_report(diag_config(), tmp_path, FaultPlants(symbols_constant=True))
     identifiability = check(report, 6)
     assert identifiability["status"] == "FAIL"
     assert "not identifiable" in identifiability["summary"]
@@ -126,7 +130,7 @@ def test_symbols_constant_fails_check_6_as_not_identifiable(tmp_path: Path) -> N
 
 
 def test_frozen_group_that_moves_fails_check_3_naming_the_group(tmp_path: Path) -> None:
-    report = run_report(diag_config(frozen=("cov_head",)), tmp_path, Faults(frozen_still_moves="cov_head"))
+    report = run_report(diag_config(frozen=("cov_head",)), tmp_path, FaultPlants(frozen_still_moves="cov_head"))
     motion = check(report, 3)
     assert motion["status"] == "FAIL"
     assert "frozen group cov_head moved" in motion["summary"]
@@ -134,7 +138,7 @@ def test_frozen_group_that_moves_fails_check_3_naming_the_group(tmp_path: Path) 
 
 
 def test_unused_head_fails_check_4_naming_the_parameter(tmp_path: Path) -> None:
-    report = run_report(diag_config(), tmp_path, Faults(unused_head=True))
+    report = run_report(diag_config(), tmp_path, FaultPlants(unused_head=True))
     dead = check(report, 4)
     assert dead["status"] == "FAIL"
     assert "k_head.unused.weight" in dead["summary"]
@@ -143,7 +147,7 @@ def test_unused_head_fails_check_4_naming_the_parameter(tmp_path: Path) -> None:
 
 def test_faults_refuse_an_unknown_group() -> None:
     with pytest.raises(ValueError, match="frozen_still_moves"):
-        Faults(frozen_still_moves="decoder")
+        FaultPlants(frozen_still_moves="decoder")
 
 
 # ---------------------------------------------------------------- bugs of the checks themselves

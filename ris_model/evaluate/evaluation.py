@@ -1,4 +1,4 @@
-"""Evaluation of a trained model against the classical baselines on test scenes (issue 6; DESIGN §2.7).
+"""Evaluation of a trained model against the classical baselines on test scenes (DESIGN §2.7).
 
 Owns evaluate (→ api_schemas.EvaluationReport), evaluation_scenes and render_plots. The scenes come from the
 TEST stream of the checkpoint's own system (`scenes.stream_seed(seed, Split.TEST, chunk)`, chunks of
@@ -14,7 +14,6 @@ one source's error, not a bound on a matched-pair RMSE under counting errors.
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections.abc import Callable
@@ -106,8 +105,8 @@ def evaluate(estimator_or_checkpoint: Estimator | str | Path, config: Evaluation
         estimates[RAW_MODEL_METHOD], counts[RAW_MODEL_METHOD] = raw, raw.k
     if "somp" in config.baselines:
         report_progress("somp", 0.0)
-        estimates["somp"] = _run_somp(batch, system, config, lambda f: report_progress("somp", f))
-        counts["somp"] = estimates["somp"].k
+        somp_estimate = _run_somp(batch, system, config, lambda f: report_progress("somp", f))
+        estimates["somp"], counts["somp"] = somp_estimate, somp_estimate.k
     report_progress("counts", 0.0)
     counts.update(_count_baselines(batch, config.baselines, seed))
     crb = None
@@ -302,8 +301,10 @@ def _build_report(batch: SceneBatch, config: EvaluationConfig, system: SystemCon
     methods = [MODEL_METHOD, *[b for b in config.baselines]]
     t = config.tolerances
     tol = Tolerances(azimuth_deg=t.azimuth_deg, elevation_deg=t.elevation_deg, range_m=t.range_m)
-    table = lambda label, lo, hi, sel: _scene_table(  # noqa: E731
-        label, lo, hi, sel, batch, methods, counts, estimates, k_max, tol, crb)
+
+    def table(label: str, lo: float | None, hi: float | None, sel: Tensor) -> BinTable:
+        return _scene_table(label, lo, hi, sel, batch, methods, counts, estimates, k_max, tol, crb)
+
     by_snr = [table(f"SNR {lo:g}…{hi:g} dB", lo, hi, (batch.snr_db >= lo) & (batch.snr_db < hi))
               for lo, hi in config.snr_bins_db]
     by_snr.append(table("all", None, None, torch.ones(len(batch), dtype=torch.bool)))
@@ -319,68 +320,3 @@ def _build_report(batch: SceneBatch, config: EvaluationConfig, system: SystemCon
     system_summary = {k: v for k, v in system.model_dump(mode="json").items() if not isinstance(v, list | dict)}
     return EvaluationReport(checkpoint=dict(est.source), system=system_summary, config=config, methods=methods,
                             by_snr=by_snr, by_k=by_k, by_range=by_range, k_confusion=confusion)
-
-
-# ---------------------------------------------------------------------------------------------- plots
-
-
-def render_plots(report: EvaluationReport) -> dict[str, bytes]:
-    """The report's figures as PNG bytes by file name: K_acc vs SNR, RMSE vs SNR (with √CRB), K confusion."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)  # headless: never open a display
-    from matplotlib import pyplot as plt
-
-    rows = [t for t in report.by_snr if t.lo is not None and t.hi is not None]
-    x = [(t.lo + t.hi) / 2 for t in rows]  # type: ignore[operator]
-    figures = {}
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, name in enumerate(report.methods):
-        ax.plot(x, [_nan(t.methods[i].k_acc) for t in rows], marker="o", label=name)
-    ax.set(xlabel="SNR (dB, bin centre)", ylabel="K accuracy", ylim=(0, 1.02), title="Source-count accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    figures["k_acc_vs_snr.png"] = _png(fig)
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    panels = (("rmse_azimuth_deg", "azimuth_deg", "RMSE φ (deg)"), ("rmse_elevation_deg", "elevation_deg",
-              "RMSE θ (deg)"), ("rmse_range_m", "range_m", "RMSE r (m)"))
-    for ax, (field, crb_field, label) in zip(axes, panels, strict=True):
-        for i, name in enumerate(report.methods):
-            values = [getattr(t.methods[i], field) for t in rows]
-            if any(v is not None for v in values):
-                ax.plot(x, [_nan(v) for v in values], marker="o", label=name)
-        if all(t.crb is not None for t in rows):
-            ax.plot(x, [_nan(getattr(t.crb, crb_field)) for t in rows], "k--", label="median √CRB")
-        ax.set(xlabel="SNR (dB, bin centre)", ylabel=label, yscale="log")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    fig.suptitle("Matched-pair RMSE vs SNR")
-    figures["rmse_vs_snr.png"] = _png(fig)
-
-    cm = report.k_confusion
-    fig, ax = plt.subplots(figsize=(5, 4))
-    image = ax.imshow(cm.counts, cmap="Blues")
-    ax.set(xticks=range(len(cm.predicted_k)), xticklabels=cm.predicted_k, yticks=range(len(cm.true_k)),
-           yticklabels=[str(k) for k in cm.true_k], xlabel="estimated K", ylabel="true K",
-           title="K confusion (model)")
-    for i, row in enumerate(cm.counts):
-        for j, value in enumerate(row):
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=8)
-    fig.colorbar(image, ax=ax)
-    figures["k_confusion.png"] = _png(fig)
-    return figures
-
-
-def _nan(value: float | None) -> float:
-    return math.nan if value is None else value
-
-
-def _png(fig: object) -> bytes:
-    from matplotlib import pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")  # type: ignore[attr-defined]
-    plt.close(fig)  # type: ignore[arg-type]
-    return buf.getvalue()

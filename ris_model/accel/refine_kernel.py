@@ -1,6 +1,6 @@
-"""The look pass's off-grid refinement as one fused Triton kernel per look (issue 4).
+"""The look pass's off-grid refinement as one fused Triton kernel per look.
 
-Owns fused_refine and refine_available. Imports torch and, lazily, triton (through ris_model.kernels).
+Owns fused_refine and refine_available. Imports torch and, lazily, triton (through ris_model.accel.kernels).
 UnrolledOMPBackbone._refine searches `rounds` rounds over 27 candidates around each pick (the cell's
 centre ± the step in φ, θ and 1/r, the step halving each round) for the best normalized matched-filter score
     score(a) = Σ_l |aᴴ·z_l|² / ‖H_w·diag(c_l)·a‖².
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ris_model.kernels import triton_usable
+from ris_model.accel.kernels import triton_usable
 
 _MAX_ROWS = 256  # L·M rows of one scene (its operator, 147 KB at the default, is re-read from L2 each round)
 

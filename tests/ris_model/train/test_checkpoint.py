@@ -1,4 +1,4 @@
-"""ris_model.checkpoint and the trainer's resume: weights_only files, exact resume, and refusal of bad files."""
+"""ris_model.train.checkpoint and the trainer's resume: weights_only files, exact resume, and refusal of bad files."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from api_schemas import CheckpointInfo, DataConfig
-from ris_model.checkpoint import FORMAT, FORMAT_KEY, load_checkpoint, save_checkpoint
 from ris_model.errors import CheckpointError
-from ris_model.sinks import MemorySink
-from ris_model.trainer import Trainer
+from ris_model.train.checkpoint import FORMAT, FORMAT_KEY, load_checkpoint, save_checkpoint
+from ris_model.train.sinks import MemorySink
+from ris_model.train.trainer import Trainer
 from tests.ris_model.conftest import make_model, tiny_config, tiny_phase
 
 

@@ -1,4 +1,4 @@
-"""ris_model.unrolled and ris_model.cuda_graphs: the look pass's low-precision refinement operator, its
+"""ris_model.model.unrolled and ris_model.accel.cuda_graphs: the look pass's low-precision refinement operator, its
 refinement, and the CUDA-graph replay of the look pass (issue 4)."""
 
 from __future__ import annotations
@@ -11,20 +11,20 @@ import torch
 from torch.testing import assert_close
 
 from api_schemas import ModelConfig, SystemConfig
-from ris_model.cuda_graphs import CudaGraphed
-from ris_model.network import _unit_rms
-from ris_model.physics import element_positions, steering
-from ris_model.scenes import generate_scenes, make_generator
-from ris_model.unrolled import (
+from ris_model.accel.cuda_graphs import CudaGraphed
+from ris_model.accel.lowp import (
     LOW_PRECISION,
     LowPrecisionOperator,
-    UnrolledOMPBackbone,
     block_from_planes,
     candidate_block,
     normalized_image,
     phasor_planes,
     real_block,
 )
+from ris_model.model.network import _unit_rms
+from ris_model.model.unrolled import UnrolledOMPBackbone
+from ris_model.physics import element_positions, steering
+from ris_model.scenes import generate_scenes, make_generator
 from tests.ris_model.conftest import make_model, tiny_config
 
 

@@ -1,4 +1,4 @@
-"""Unrolled simultaneous OMP as a network backbone: look, cancel, look again (issue 4).
+"""Unrolled simultaneous OMP as a network backbone: look, cancel, look again.
 
 Owns UnrolledOMPBackbone. The known sensing operator H·diag(c_l) is the model's prior: K_MAX greedy
 iterations pick the grid atom that best explains the whitened residual across all L snapshots, refit all
@@ -20,34 +20,48 @@ import torch
 from torch import Tensor, nn
 
 from api_schemas import ModelConfig, SystemConfig
-from ris_model.cuda_graphs import CudaGraphed, compiled_on_cuda
-from ris_model.kernels import fused_available, grouped_power
-from ris_model.physics import element_positions, phase_at, source_position, steering
-from ris_model.refine_kernel import fused_refine, refine_available
+from ris_model.accel.cuda_graphs import CudaGraphed
+from ris_model.accel.kernels import grouped_power
+from ris_model.accel.lowp import (
+    ALL_FUSED,
+    LOW_PRECISION,
+    FusedRoutes,
+    LowPrecisionOperator,
+    block_power,
+    candidate_block,
+    normalized_image,
+    real_block,
+    reduce_image,
+)
+from ris_model.accel.refine_kernel import fused_refine
+from ris_model.estimators.grid import fov_axes
+from ris_model.model.whitening import channel_cholesky, cholesky_unchecked
+from ris_model.physics import element_positions, steering
 
 _PATCH = torch.tensor([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)])  # [27, 3]
-#: CUDA products of the look pass: fp16 (2⁻¹¹ rounding) rather than bf16 (2⁻⁸) at the same tensor-core speed;
-#: every operand is unit-scale (whitened operators, unit-norm atoms), far inside fp16's range
-LOW_PRECISION = torch.float16
 N_LOOK_FEATURES = 27 + 5  # patch, peak ratio, log residual energy before/after, peak share, iteration
-#: the grid-wide products (atom norms, look images) as the fused grouped_power where it runs (else cuBLAS + a
-#: reduction); module switches, read at call time, so that bench/train.py --torch-route can compare routes
-FUSED_ATOM_NORMS = True
-FUSED_IMAGE = True
-FUSED_REFINE = True  # every refinement round of a look in one kernel (ris_model.refine_kernel)
 
 
 class UnrolledOMPBackbone(nn.Module):
-    def __init__(self, system: SystemConfig, model: ModelConfig) -> None:
+    # buffers (registered in __init__)
+    anchors: Tensor  # [G, 3]: φ, θ, 1/r of the grid points
+    dictionary: Tensor  # [G, N]
+    dictionary_h: Tensor  # [N, G]
+    dictionary_h_lowp: Tensor  # [2N, 2G]
+    element_xyz: Tensor  # [N, 3]
+    grid_step: Tensor  # [3]
+    patch_index: Tensor  # [27, 3]
+    patch_offsets: Tensor  # [27, 3]
+
+    def __init__(self, system: SystemConfig, model: ModelConfig, routes: FusedRoutes = ALL_FUSED) -> None:
+        """`routes`: which products of the look pass run as fused Triton kernels where they can (CUDA)."""
         super().__init__()
         d, self.k_max = model.d_model, system.k_max
+        self.routes = routes
         self.shape = (model.grid_inv_range, model.grid_elevation, model.grid_azimuth)  # (Gr, Ge, Ga)
         az_max, el_max = math.radians(system.azimuth_max_deg), math.radians(system.elevation_max_deg)
-        az = torch.linspace(-az_max, az_max, model.grid_azimuth, dtype=torch.float64)
-        el = torch.linspace(-el_max, el_max, model.grid_elevation, dtype=torch.float64)
-        inv_r = torch.linspace(1 / system.range_max_m, 1 / system.range_min_m, model.grid_inv_range,
-                               dtype=torch.float64)
-        rr, ee, aa = torch.meshgrid(inv_r, el, az, indexing="ij")
+        az, el, inv_r = fov_axes(system, model.grid_azimuth, model.grid_elevation, model.grid_inv_range)
+        rr, ee, aa = torch.meshgrid(inv_r, el, az, indexing="ij")  # flat index (i_r·Ge + i_e)·Ga + i_a
         anchors = torch.stack([aa.reshape(-1), ee.reshape(-1), rr.reshape(-1)], -1)  # [G, 3]: φ, θ, 1/r
         D = steering(system, anchors[:, 0], anchors[:, 1], 1 / anchors[:, 2]).to(torch.complex64)  # [G, N]
         self.register_buffer("anchors", anchors.float(), persistent=False)
@@ -95,21 +109,21 @@ class UnrolledOMPBackbone(nn.Module):
         slots = self.norm(self.encoder(tokens))
         return slots.mean(1), slots
 
-    def look(self, y: Tensor, H: Tensor, codes: Tensor, real_block: bool | None = None) -> tuple[Tensor, Tensor]:
+    def look(self, y: Tensor, H: Tensor, codes: Tensor, real_block: bool | None = None,
+             routes: FusedRoutes | None = None) -> tuple[Tensor, Tensor]:
         """The greedy SOMP pass. Returns per-look features [B, K, N_LOOK_FEATURES] and anchors [B, K, 3].
-        `real_block` picks the fp16 real-block products (default: on CUDA) or complex64 (default on the CPU).
+        `real_block` picks the fp16 real-block products (default: on CUDA) or complex64 (default on the CPU);
+        `routes` the fused kernels (default: the backbone's own).
 
         No host synchronization (so that it can be replayed as a CUDA graph): `cholesky_ex` instead of
         `cholesky`, index buffers instead of host tensors, `scatter_` instead of boolean indexing."""
         B, L, M = y.shape
         K, G = self.k_max, self.dictionary.shape[0]
-        hh = H @ H.mH  # [B, M, M]; the same for all snapshots since |c| = 1
-        load = 1e-2 * hh.diagonal(dim1=-2, dim2=-1).real.mean(-1)
-        chol = _cholesky(hh + load[:, None, None] * torch.eye(M, dtype=hh.dtype, device=hh.device))
+        chol = channel_cholesky(H)  # [B, M, M]; the same for all snapshots since |c| = 1
         Hw = torch.linalg.solve_triangular(chol, H, upper=False)  # [B, M, N] whitened operator
         yw = torch.linalg.solve_triangular(chol, y.transpose(1, 2), upper=False)  # [B, M, L]
         # H_w·diag(c_l), one operator per snapshot, kept once for the atom norms and the refinement
-        ops = LowPrecisionOperator.from_factors(Hw, codes, real_block=real_block)
+        ops = LowPrecisionOperator.from_factors(Hw, codes, real_block=real_block, routes=routes or self.routes)
         norms = self._atom_norms(ops) if self.normalize_atoms else None
         energy0 = yw.abs().square().sum((1, 2)).clamp_min(1e-20)  # [B]
         resid, atoms = yw, []
@@ -118,7 +132,7 @@ class UnrolledOMPBackbone(nn.Module):
         log_e_prev = torch.zeros(B, device=y.device)
         for t in range(K):
             z = (Hw.mH @ resid).transpose(1, 2) * codes.conj()  # [B, L, N] back-projected residual
-            img = self._image(z, norms, taken, ops.real_block, fused=ops.fused)  # [B, G]
+            img = self._image(z, norms, taken, ops.real_block, fused=ops.fused and ops.routes.image)  # [B, G]
             g = img.argmax(-1)
             taken.scatter_(1, g[:, None], True)  # no host sync (index_put with a Python bool syncs)
             mean = img.mean(-1).clamp_min(1e-20)
@@ -153,7 +167,7 @@ class UnrolledOMPBackbone(nn.Module):
         lo, hi = self.anchors.amin(0), self.anchors.amax(0)
         # real-block route: aᴴ·z_l = conj(zᴴ·a), so conj(z) meets the same candidate block as the operators
         zr = torch.view_as_real(z.conj().resolve_conj()).flatten(-2).to(LOW_PRECISION) if ops.real_block else None
-        if zr is not None and ops.fused_refine:  # every round in one kernel (ris_model.refine_kernel)
+        if zr is not None and ops.fused_refine:  # every round in one kernel (ris_model.accel.refine_kernel)
             _, L, M = ops.shape
             return fused_refine(anchor, zr, ops.ops, self.element_xyz, step, lo, hi, self.wavenumber, self.fresnel,
                                 self.refine_rounds, L, M)
@@ -182,7 +196,7 @@ class UnrolledOMPBackbone(nn.Module):
         if not ops.real_block:
             x = ops.ops.reshape(B, L, M, -1)
             return torch.cat([self._grid_power(x[:, l:l + 4], sum_dim=2) for l in range(0, L, 4)], 1)
-        if ops.fused and FUSED_ATOM_NORMS:  # the [B, L·M, 2G] product is never written
+        if ops.fused and ops.routes.atom_norms:  # the [B, L·M, 2G] product is never written
             return grouped_power(ops.ops, self.dictionary_h_lowp, M)
         G2 = self.dictionary_h_lowp.shape[1]  # 2G
         chunk = max(1, 2**30 // (L * M * G2 * 2))  # ~1 GiB of fp16 products at a time
@@ -201,11 +215,11 @@ class UnrolledOMPBackbone(nn.Module):
         elementwise copies of the intermediates."""
         if real_block:
             zr = torch.view_as_real(z.contiguous()).flatten(-2).to(LOW_PRECISION)  # [B, L, 2N]
-            if fused and FUSED_IMAGE:  # Σ_l in the kernel, then the mean and the taken mask
+            if fused:  # Σ_l in the kernel, then the mean and the taken mask
                 return (grouped_power(zr, self.dictionary_h_lowp, z.shape[1], norms)[:, 0]
                         / z.shape[1]).masked_fill(taken, 0.0)
             return normalized_image(zr @ self.dictionary_h_lowp, norms, taken)
-        return _reduce_image(self._grid_power(z), norms, taken)
+        return reduce_image(self._grid_power(z), norms, taken)
 
     def _grid_power(self, x: Tensor, sum_dim: int | None = None) -> Tensor:
         """|x·Dᴴ|² over the grid in complex64, real [..., G] for complex x [..., N] (summed over `sum_dim`)."""
@@ -230,144 +244,8 @@ class UnrolledOMPBackbone(nn.Module):
         t = gram.shape[-1]
         load = 1e-6 * gram.diagonal(dim1=-2, dim2=-1).real.mean(-1).clamp_min(1e-20)
         gram = gram + load[..., None, None] * torch.eye(t, dtype=gram.dtype, device=gram.device)
-        chol = _cholesky(gram)
+        chol = cholesky_unchecked(gram)
         # two triangular solves rather than cholesky_solve, whose batched CUDA path (MAGMA) cannot be captured
         w = torch.linalg.solve_triangular(chol, A.mH @ rhs, upper=False)
         coef = torch.linalg.solve_triangular(chol.mH, w, upper=True)  # [B, L, t, 1]
         return (A @ coef).squeeze(-1).transpose(1, 2)  # [B, M, L]
-
-
-def _cholesky(a: Tensor) -> Tensor:
-    """Cholesky factor without the host synchronization of `torch.linalg.cholesky`'s error check; every
-    matrix factored here is diagonally loaded, hence positive definite."""
-    return torch.linalg.cholesky_ex(a, check_errors=False).L
-
-
-def real_block(m: Tensor) -> Tensor:
-    """The real LOW_PRECISION form [..., 2N, 2P] of a complex right factor m [..., N, P], such that
-    view_as_real(x).flatten(-2) @ real_block(m) = [re(x·m) | im(x·m)] for complex x [..., N]: rows interleaved
-    (re x_n, im x_n), columns [re out | im out]. Written in place in the low precision (stacking fp32 halves
-    cost ~10 % of a training step on the H100 profile)."""
-    *lead, N, P = m.shape
-    block = torch.empty(*lead, N, 2, 2, P, dtype=LOW_PRECISION, device=m.device)
-    block[..., 0, 0, :], block[..., 0, 1, :], block[..., 1, 1, :] = m.real, m.imag, m.real
-    block[..., 1, 0, :].copy_(m.imag).neg_()
-    return block.reshape(*lead, 2 * N, 2 * P)
-
-
-class LowPrecisionOperator:
-    """The per-snapshot operators H_w·diag(c_l), kept once per forward for the grid's atom norms and the
-    refinement's many small products (`power`: ‖H_w·diag(c_l)·a‖² for candidates a [B, P, N] → [B, L, P]).
-
-    On CUDA it keeps the operators as a real fp16 block [B, L·M, 2N] (half the bytes of complex64, tensor
-    cores, fp32 accumulation; fp16's 2⁻¹¹ rounding changes the norms by ~10⁻⁴, far below the score differences
-    the search ranks); on the CPU it keeps the complex64 operators."""
-
-    def __init__(self, ops: Tensor, *, real_block: bool | None = None) -> None:
-        """ops: complex [B, L, M, N], the operators of the L snapshots."""
-        B, L, M, N = ops.shape
-        real_block = ops.is_cuda if real_block is None else real_block
-        flat = ops.reshape(B, L * M, N)
-        self._setup((B, L, M), torch.view_as_real(flat).flatten(-2).to(LOW_PRECISION) if real_block else flat,
-                    real_block)
-
-    @classmethod
-    def from_factors(cls, Hw: Tensor, codes: Tensor, *, real_block: bool | None = None) -> LowPrecisionOperator:
-        """The operators H_w·diag(c_l) from Hw [B, M, N] and codes [B, L, N] (complex). On the real-block route
-        one compiled kernel writes the fp16 rows: the complex64 [B, L, M, N] product (1.2 GB at B = 4,096) is
-        never formed."""
-        real_block = Hw.is_cuda if real_block is None else real_block
-        if not real_block:
-            return cls(Hw[:, None] * codes[:, :, None, :], real_block=False)
-        op = cls.__new__(cls)
-        op._setup((Hw.shape[0], codes.shape[1], Hw.shape[1]),
-                  operator_rows(torch.view_as_real(Hw), torch.view_as_real(codes)), True)
-        return op
-
-    def _setup(self, shape: tuple[int, int, int], ops: Tensor, real_block: bool) -> None:
-        B, L, M = shape
-        self.shape = shape
-        self.real_block = real_block
-        self.ops = ops  # [B, L·M, 2N] fp16 real rows, or complex [B, L·M, N]
-        #: the products as the fused ris_model.kernels.grouped_power (B = 4,096 on an H100, `bench/grouped_power.py`,
-        #: docs/RESULTS.md): atom norms 4.5 vs 7.1 ms for cuBLAS + a reduction, images 0.54 vs 0.59 ms; where the
-        #: one-kernel refinement cannot run, its per-round norms 0.30 vs 0.39 ms and scores 0.09 vs 0.14 ms
-        self.fused = self.real_block and fused_available(self.ops, M) and fused_available(self.ops, L)
-        #: the whole refinement as one kernel per look (ris_model.refine_kernel), where its shapes allow
-        self.fused_refine = FUSED_REFINE and self.real_block and refine_available(self.ops, L, M)
-
-    def power(self, a: Tensor) -> Tensor:
-        if not self.real_block:
-            B, L, M = self.shape
-            return (self.ops @ a.transpose(1, 2)).abs().square().reshape(B, L, M, a.shape[1]).sum(2)
-        return self.power_block(real_block(a.transpose(1, 2)))
-
-    def power_block(self, block: Tensor) -> Tensor:
-        """‖H_w·diag(c_l)·a_p‖², [B, L, P], for candidates given as their real block [B, 2N, 2P] (real_block
-        route only)."""
-        B, L, M = self.shape
-        if self.fused:
-            return grouped_power(self.ops, block, M)
-        out = (self.ops @ block).reshape(B, L, M, 2, -1)  # [B, L, M, re/im, P]
-        return torch.linalg.vector_norm(out, dim=(2, 3), dtype=torch.float32).square()
-
-
-@compiled_on_cuda
-def operator_rows(hw: Tensor, codes: Tensor) -> Tensor:
-    """The real fp16 rows [B, L·M, 2N] (view_as_real layout) of H_w·diag(c_l), from view_as_real factors
-    hw [B, M, N, 2] and codes [B, L, N, 2]: the complex products in fp32, rounded once."""
-    hr, hi = hw[:, None, :, :, 0], hw[:, None, :, :, 1]  # [B, 1, M, N]
-    cr, ci = codes[:, :, None, :, 0], codes[:, :, None, :, 1]  # [B, L, 1, N]
-    rows = torch.stack([hr * cr - hi * ci, hr * ci + hi * cr], -1)  # [B, L, M, N, 2]
-    B, L, M, N, _ = rows.shape
-    return rows.reshape(B, L * M, 2 * N).to(LOW_PRECISION)
-
-
-def block_power(out: Tensor) -> Tensor:
-    """|·|² of the complex results of a real-block product: out [..., 2P] = [re | im] → real [..., P] fp32."""
-    return torch.linalg.vector_norm(out.unflatten(-1, (2, -1)), dim=-2, dtype=torch.float32).square()
-
-
-def candidate_block(cand: Tensor, element_xyz: Tensor, wavenumber: float, fresnel: bool) -> Tensor:
-    """real_block(steering(cand)ᵀ) of candidates cand [B, P, 3] = (φ, θ, 1/r): [B, 2N, 2P] in LOW_PRECISION.
-
-    The trigonometry of the angles is done on [B, P] first; then two compiled kernels on CUDA: the phasors'
-    cosine and sine planes [B, N, P] (one sine and one cosine per element), and the block's four entries
-    from them (a copy). A single kernel for the block evaluated a sine and a cosine for each of the four
-    entries of an element: 0.47 ms per refinement round at B = 4,096 on an H100 (`bench/candidate_block.py`;
-    1.79 ms eager)."""
-    r = 1 / cand[..., 2]
-    p = source_position(cand[..., 0], cand[..., 1], r)  # [B, P, 3]
-    return block_from_planes(*phasor_planes(p[..., 0], p[..., 1], r, element_xyz, wavenumber, fresnel))
-
-
-@compiled_on_cuda
-def phasor_planes(x_m: Tensor, y_m: Tensor, range_m: Tensor, element_xyz: Tensor, wavenumber: float,
-                  fresnel: bool) -> tuple[Tensor, Tensor]:
-    """cos and sin of the steering phase, each [B, N, P] fp32 (already scaled by 1/√N), for sources at x, y and
-    range [B, P] in meters."""
-    N = element_xyz.shape[0]
-    phase = phase_at(x_m, y_m, range_m, element_xyz, wavenumber, fresnel=fresnel).transpose(1, 2)  # [B, N, P]
-    return torch.cos(phase) / math.sqrt(N), torch.sin(phase) / math.sqrt(N)
-
-
-@compiled_on_cuda
-def block_from_planes(re: Tensor, im: Tensor) -> Tensor:
-    """The real block [B, 2N, 2P] (LOW_PRECISION) of the complex matrix re + i·im [B, N, P] (see real_block)."""
-    B, N, P = re.shape
-    block = torch.stack([torch.stack([re, im], 2), torch.stack([-im, re], 2)], 2)  # [B, N, 2, 2, P]
-    return block.reshape(B, 2 * N, 2 * P).to(LOW_PRECISION)
-
-
-def _reduce_image(power: Tensor, norms: Tensor | None, taken: Tensor) -> Tensor:
-    """[B, L, G] powers → the look image [B, G]: normalized by the atom norms, mean over snapshots, 0 at taken."""
-    if norms is not None:
-        power = power / norms.clamp_min(1e-12)
-    return power.mean(1).masked_fill(taken, 0.0)
-
-
-@compiled_on_cuda
-def normalized_image(out: Tensor, norms: Tensor | None, taken: Tensor) -> Tensor:
-    """The look image from a real-block grid product out [B, L, 2G] = [re | im] (on CUDA one compiled
-    reduction instead of four passes over [B, L, G])."""
-    return _reduce_image(out.unflatten(-1, (2, -1)).float().square().sum(-2), norms, taken)

@@ -1,7 +1,7 @@
 """The trainable part of a training step — forward from the prepared inputs, the five loss terms and the
-backward — replayed as CUDA graphs (issue 4).
+backward — replayed as CUDA graphs.
 
-Owns GraphedLoss. Imports torch, api_schemas and ris_model.network/losses/scenes; knows nothing of the trainer.
+Owns GraphedLoss. Imports torch, api_schemas and ris_model.model.network/losses/scenes; knows nothing of the trainer.
 Why: that part is ~1,300 small kernels (a 3-layer transformer over K_MAX tokens, the heads, the losses and their
 backward), each shorter on the GPU than its launch on the CPU, so the GPU idled while the CPU issued them.
 `torch.cuda.make_graphed_callables` captures the forward and the backward once per (phase, batch shape, loss
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from api_schemas import LossWeights, SystemConfig
 from ris_model.losses import TERMS, LossResult, compute_loss
-from ris_model.network import ModelOutput, RisNet
+from ris_model.model.network import ModelOutput, RisNet
 from ris_model.scenes import SceneBatch
 
 #: the fields of a SceneBatch that the loss reads (the measurements never reach the graphed part)

@@ -4,11 +4,10 @@ Owns RisNet and ModelOutput. Imports torch, api_schemas and ris_model.physics/sp
 Parameter groups (`RisNet.param_groups()`): backbone, cov_head, k_head, geom_head; a phase may freeze any.
 
 Architectures (`ModelConfig.architecture`):
-- "backprojection": the known sensing operator is built in. Each snapshot is back-projected,
-  z_l = (H·diag(c_l))ᴴ·y_l, and a matched-filter image P(g) = mean_l |a(g)ᴴ·z_l|² over a (φ, θ, 1/r) grid
-  feeds a 3D CNN; K_MAX slot queries cross-attend to the CNN tokens (DETR-style) and become sources.
-- "seed_cov": the seed's shape, kept for comparison: a transformer over per-snapshot back-projection tokens,
-  pooled, with the same heads.
+- "unrolled_omp": K_MAX greedy look-cancel-look-again iterations through the known operator H·diag(c_l)
+  (ris_model.model.unrolled), a transformer over the looks, geometry as offsets from each look's anchor.
+- "seed_cov": the reference baseline: a transformer over per-snapshot back-projections
+  z_l = (H·diag(c_l))ᴴ·W·y_l, pooled, with the same heads.
 No N×N matrix is formed or decomposed; the K-head's spectral path uses eigenvalues of the K_MAX×K_MAX Gram
 matrix Aᴴ·A and of the M×M measurement covariance (eigenvalues only, float64, floored; DESIGN §2.4).
 """
@@ -23,11 +22,11 @@ import torch.nn.functional as nnf
 from torch import Tensor, nn
 
 from api_schemas import ModelConfig, SystemConfig
+from ris_model.accel.lowp import ALL_FUSED, FusedRoutes
+from ris_model.model.unrolled import UnrolledOMPBackbone
+from ris_model.model.whitening import channel_cholesky
 from ris_model.physics import steering
 from ris_model.spectral import feature_sizes, gram_eigen_features, measurement_eigen_features
-from ris_model.unrolled import UnrolledOMPBackbone
-
-GRID_AZIMUTH, GRID_ELEVATION, GRID_INV_RANGE = 24, 12, 4
 
 
 @dataclass
@@ -48,14 +47,13 @@ class ModelOutput:
 
 
 class RisNet(nn.Module):
-    def __init__(self, system: SystemConfig, model: ModelConfig) -> None:
+    def __init__(self, system: SystemConfig, model: ModelConfig, routes: FusedRoutes = ALL_FUSED) -> None:
+        """`routes`: the fused kernels of the unrolled look pass (ris_model.accel.lowp.FusedRoutes)."""
         super().__init__()
         self.system, self.cfg = system, model
         d, k_max, n = model.d_model, system.k_max, system.n_ris
         if model.architecture == "unrolled_omp":
-            self.backbone: nn.Module = UnrolledOMPBackbone(system, model)
-        elif model.architecture == "backprojection":
-            self.backbone = _SpectrumBackbone(system, model)
+            self.backbone: nn.Module = UnrolledOMPBackbone(system, model, routes)
         else:
             self.backbone = _SnapshotBackbone(system, model)
         self.cov_head = nn.Linear(d, 1 if model.cov_head == "geometric" else 2 * n)
@@ -82,9 +80,10 @@ class RisNet(nn.Module):
     def prepare(self, y: Tensor, H: Tensor, codes: Tensor) -> tuple[Tensor, ...]:
         """The parameter-free part of the forward (no gradient): the measurement spectrum's features
         [B, 2M + 1] first, then the backbone's input — the look pass (looks [B, K, F], anchors [B, K, 3]) of
-        unrolled_omp, or the back-projections z [B, L, N] of the other architectures. The measurement spectrum
+        unrolled_omp, or the back-projections z [B, L, N] of seed_cov. The measurement spectrum
         (cuSOLVER, which synchronizes with the host) is computed first, while the GPU queue is short; what
-        follows, `from_prepared`, never synchronizes and can be captured as a CUDA graph (ris_model.graphed_step)."""
+        follows, `from_prepared`, never synchronizes and can be captured as a CUDA graph
+        (ris_model.accel.graphed_step)."""
         y, H = _unit_rms(y), _unit_rms(H)
         with torch.no_grad():
             meas_feats = measurement_eigen_features(y, floor=self.cfg.spectral_floor).float()
@@ -110,6 +109,7 @@ class RisNet(nn.Module):
             el = el_max * torch.tanh(g[..., 1])
             rng = s.range_min_m + (s.range_max_m - s.range_min_m) * torch.sigmoid(g[..., 2])
         else:  # sub-grid refinement: at most one grid step from the look's anchor
+            assert isinstance(self.backbone, UnrolledOMPBackbone)  # anchors come from its looks only
             step = self.backbone.grid_step
             az = (anchors[..., 0] + step[0] * torch.tanh(g[..., 0])).clamp(-az_max, az_max)
             el = (anchors[..., 1] + step[1] * torch.tanh(g[..., 1])).clamp(-el_max, el_max)
@@ -134,18 +134,19 @@ class RisNet(nn.Module):
         )
 
 
-def back_project(y: Tensor, H: Tensor, codes: Tensor, *, whiten: bool, eps: float = 1e-2) -> Tensor:
+def k_from_logits(k_logits: Tensor) -> Tensor:
+    """The estimated K in 1..K_MAX from K logits [B, K_MAX] (class i ↔ K = i + 1, as the labels)."""
+    return k_logits.argmax(-1) + 1
+
+
+def back_project(y: Tensor, H: Tensor, codes: Tensor, *, whiten: bool) -> Tensor:
     """z_l = (H·diag(c_l))ᴴ·W·y_l, complex [B, L, N]; axis 1 is the snapshot axis.
 
     Since |c_n| = 1, (H·diag(c_l))·(H·diag(c_l))ᴴ = H·Hᴴ for every l, so one M×M Cholesky per scene whitens
     all snapshots: W = (H·Hᴴ + ε·tr(H·Hᴴ)/M·I)⁻¹ (input-only, no parameters upstream)."""
     yt = y.transpose(1, 2)  # [B, M, L]
     if whiten:
-        hh = H @ H.mH  # [B, M, M]
-        m = hh.shape[-1]
-        load = eps * hh.diagonal(dim1=-2, dim2=-1).real.sum(-1) / m
-        chol = torch.linalg.cholesky(hh + load[:, None, None] * torch.eye(m, dtype=hh.dtype, device=hh.device))
-        yt = torch.cholesky_solve(yt, chol)
+        yt = torch.cholesky_solve(yt, channel_cholesky(H))
     return (H.mH @ yt).transpose(1, 2) * codes.conj()
 
 
@@ -159,47 +160,8 @@ def _unit_rms(x: Tensor) -> Tensor:
     return x / x.abs().square().mean(dims, keepdim=True).clamp_min(1e-20).sqrt()
 
 
-class _SpectrumBackbone(nn.Module):
-    """Matched-filter image over a (φ, θ, 1/r) grid → 3D CNN tokens → slot queries by cross-attention."""
-
-    def __init__(self, system: SystemConfig, model: ModelConfig) -> None:
-        super().__init__()
-        d = model.d_model
-        az = torch.linspace(-1, 1, GRID_AZIMUTH, dtype=torch.float64) * math.radians(system.azimuth_max_deg)
-        el = torch.linspace(-1, 1, GRID_ELEVATION, dtype=torch.float64) * math.radians(system.elevation_max_deg)
-        inv_r = torch.linspace(1 / system.range_max_m, 1 / system.range_min_m, GRID_INV_RANGE, dtype=torch.float64)
-        rr, ee, aa = torch.meshgrid(1 / inv_r, el, az, indexing="ij")  # [Gr, Ge, Ga]
-        D = steering(system, aa.reshape(-1), ee.reshape(-1), rr.reshape(-1))  # [G, N]
-        self.register_buffer("dictionary", D.to(torch.complex64).T.conj().contiguous(), persistent=False)
-        c = max(8, d // 4)
-        self.cnn = nn.Sequential(
-            nn.Conv3d(2, c, 3, padding=1), nn.GELU(),
-            nn.Conv3d(c, c, 3, padding=1, stride=(1, 2, 2)), nn.GELU(),
-            nn.Conv3d(c, d, 3, padding=1), nn.GELU(),
-        )
-        n_tokens = GRID_INV_RANGE * math.ceil(GRID_ELEVATION / 2) * math.ceil(GRID_AZIMUTH / 2)
-        self.pos = nn.Parameter(torch.randn(n_tokens, d) * 0.02)
-        self.queries = nn.Parameter(torch.randn(system.k_max, d) * 0.02)
-        layer = nn.TransformerDecoderLayer(d, model.n_heads, 2 * d, model.dropout, batch_first=True, norm_first=True)
-        self.decoder = nn.TransformerDecoder(layer, model.n_layers)
-        self.norm = nn.LayerNorm(d)
-
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        B = z.shape[0]
-        proj = z @ self.dictionary  # [B, L, G]: a(g)ᴴ·z_l
-        power = proj.abs().square()
-        p_mean = power.mean(1)  # [B, G] matched-filter image
-        p_coh = proj.mean(1).abs().square()  # [B, G] coherent part (constant symbols would inflate it)
-        img = torch.stack([p_mean, p_coh], 1) / p_mean.mean(-1, keepdim=True)[:, None].clamp_min(1e-20)
-        img = torch.log1p(img).reshape(B, 2, GRID_INV_RANGE, GRID_ELEVATION, GRID_AZIMUTH)
-        tokens = self.cnn(img).flatten(2).transpose(1, 2) + self.pos  # [B, T, d]
-        slots = self.decoder(self.queries.expand(B, -1, -1), tokens)  # [B, K, d]
-        pooled = self.norm(torch.cat([tokens.mean(1, keepdim=True), slots], 1).mean(1))
-        return pooled, self.norm(slots)
-
-
 class _SnapshotBackbone(nn.Module):
-    """The seed-like design: a transformer over per-snapshot back-projections z_l (real/imag stacked)."""
+    """The reference baseline: a transformer over per-snapshot back-projections z_l (real/imag stacked)."""
 
     def __init__(self, system: SystemConfig, model: ModelConfig) -> None:
         super().__init__()

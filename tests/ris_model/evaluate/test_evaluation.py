@@ -15,7 +15,8 @@ from api_schemas import DataConfig, EvaluationConfig, EvaluationReport
 from api_schemas.evaluation import BASELINES, MODEL_METHOD, RAW_MODEL_METHOD, SompGridConfig
 from ris_model.cli import main as cli_main
 from ris_model.estimators import SourceEstimate
-from ris_model.evaluation import evaluate, evaluation_scenes, render_plots
+from ris_model.evaluate.evaluation import evaluate, evaluation_scenes
+from ris_model.evaluate.plots import render_plots
 from ris_model.inference import Estimator, load_estimator
 from ris_model.scenes import SceneSource
 

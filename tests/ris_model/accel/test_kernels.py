@@ -1,4 +1,4 @@
-"""ris_model.kernels: the fused grouped-power Triton kernel equals the product-then-reduce it replaces (issue 4).
+"""ris_model.accel.kernels: the fused grouped-power Triton kernel equals the product-then-reduce it replaces (issue 4).
 
 On a GPU the kernel runs natively; on the CPU it runs in Triton's interpreter (TRITON_INTERPRET=1, which must be
 set before triton is imported, hence a subprocess). Skipped where Triton is not installed."""
@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 
 
@@ -30,8 +30,8 @@ def _reference(x: torch.Tensor, d: torch.Tensor, group: int, norms: torch.Tensor
 
 def check_grouped_power(device: str) -> None:
     """Every operand layout the look pass uses, against the float64 reference."""
-    from ris_model.kernels import fused_available, grouped_power  # after TRITON_INTERPRET is set
-    from ris_model.unrolled import LOW_PRECISION, real_block
+    from ris_model.accel.kernels import fused_available, grouped_power  # after TRITON_INTERPRET is set
+    from ris_model.accel.lowp import LOW_PRECISION, real_block
 
     gen = torch.Generator().manual_seed(0)
     B, L, M, N = 3, 4, 8, 20
@@ -53,8 +53,8 @@ def check_grouped_power(device: str) -> None:
 
 def check_refinement_products(device: str) -> None:
     """The refinement's two fused products (candidate norms, normalized score) against their torch route."""
-    from ris_model.kernels import grouped_power
-    from ris_model.unrolled import LOW_PRECISION, LowPrecisionOperator, block_power, real_block
+    from ris_model.accel.kernels import grouped_power
+    from ris_model.accel.lowp import LOW_PRECISION, LowPrecisionOperator, block_power, real_block
 
     gen = torch.Generator().manual_seed(1)
     B, L, M, N, P = 2, 4, 4, 16, 27
@@ -79,7 +79,7 @@ def _run(check: str) -> None:
         globals()[check]("cuda")
         return
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    code = f"from tests.ris_model.test_kernels import {check}; {check}('cpu')"
+    code = f"from tests.ris_model.accel.test_kernels import {check}; {check}('cpu')"
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -94,12 +94,13 @@ def test_refinement_products_match_their_torch_route() -> None:
 
 
 def check_fused_refine(device: str) -> None:
-    """The whole refinement in one kernel (ris_model.refine_kernel) picks the torch route's anchors, for both
+    """The whole refinement in one kernel (ris_model.accel.refine_kernel) picks the torch route's anchors, for both
     steering models, on operators and residuals from real scenes."""
     from api_schemas import ModelConfig, SystemConfig
-    from ris_model.refine_kernel import fused_refine
+    from ris_model.accel.lowp import LowPrecisionOperator
+    from ris_model.accel.refine_kernel import fused_refine
+    from ris_model.model.unrolled import UnrolledOMPBackbone
     from ris_model.scenes import generate_scenes
-    from ris_model.unrolled import LowPrecisionOperator, UnrolledOMPBackbone
 
     for steering_model in ("exact", "fresnel"):
         system = SystemConfig(n_ris_h=6, n_ris_v=4, n_bs_antennas=4, n_snapshots=16, steering_model=steering_model)
@@ -137,7 +138,8 @@ def check_look_pass_routes(device: str) -> None:
     """The whole look pass with every fused route (atom norms, images, one-kernel refinement) equals the
     cuBLAS-and-torch route: the same picks and anchors, features to fp16 rounding."""
     from api_schemas import ModelConfig, SystemConfig
-    from ris_model import unrolled
+    from ris_model.accel.lowp import FusedRoutes
+    from ris_model.model import unrolled
     from ris_model.scenes import generate_scenes
 
     system = SystemConfig(n_ris_h=6, n_ris_v=4, n_bs_antennas=4, n_snapshots=16, snr_min_db=15.0)
@@ -145,15 +147,7 @@ def check_look_pass_routes(device: str) -> None:
     net = unrolled.UnrolledOMPBackbone(system, model).to(device)
     batch = generate_scenes(system, 8, generator=torch.Generator(device).manual_seed(5), device=device)
     looks_fused, anchors_fused = net.look(batch.y, batch.H, batch.codes, real_block=True)
-    switches = ("FUSED_ATOM_NORMS", "FUSED_IMAGE", "FUSED_REFINE")
-    saved = [getattr(unrolled, s) for s in switches]
-    try:
-        for s in switches:
-            setattr(unrolled, s, False)
-        looks_plain, anchors_plain = net.look(batch.y, batch.H, batch.codes, real_block=True)
-    finally:
-        for s, v in zip(switches, saved, strict=True):
-            setattr(unrolled, s, v)
+    looks_plain, anchors_plain = net.look(batch.y, batch.H, batch.codes, real_block=True, routes=FusedRoutes.none())
     # looks at true sources (the first k of a scene, ≥ 15 dB) must agree; a look past them ranks noise peaks,
     # where the routes' different fp16 rounding (the torch route rounds the product) may break a near-tie
     # (on a GPU also the kernel's sine and cosine, last bits): compare whole scenes whose true looks agree

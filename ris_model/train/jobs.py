@@ -6,18 +6,19 @@ Owns run_training_job. Imports no Celery, HTTP, SQL or Redis: the caller passes 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from api_schemas import CheckpointInfo, DiagnosticJobConfig, MetricPoint, TrainingJobConfig
-from ris_model.diagnostics import diagnose
+from ris_model.diagnose.checks import diagnose
 from ris_model.errors import NonFiniteAbort
-from ris_model.faults import Faults
-from ris_model.network import RisNet
-from ris_model.sinks import MetricSink
-from ris_model.trainer import FitResult, StopReason, Trainer, never_stop
+from ris_model.model.network import RisNet
+from ris_model.train.hooks import NO_HOOKS, StepHooks
+from ris_model.train.sinks import MetricSink
+from ris_model.train.trainer import FitResult, StopReason, Trainer, never_stop
 
 __all__ = ["FitResult", "StopReason", "pick_device", "run_training_job"]
 
@@ -33,7 +34,8 @@ class _TeeSink:
     """Forwards to the caller's sink and keeps the points for the diagnostic checks."""
 
     def __init__(self, sink: MetricSink) -> None:
-        self.sink, self.points = sink, []  # type: list[MetricPoint]
+        self.sink = sink
+        self.points: list[MetricPoint] = []
 
     def log_metrics(self, points: Sequence[MetricPoint]) -> None:
         self.points.extend(points)
@@ -49,8 +51,13 @@ class _TeeSink:
 def run_training_job(config: TrainingJobConfig, *, sink: MetricSink, checkpoint_dir: Path,
                      device: str | None = None, resume_from: Path | None = None,
                      should_stop: Callable[[], StopReason | None] = never_stop,
-                     checkpoint_interval_s: float | None = None, faults: Faults | None = None) -> FitResult:
-    """Build the model, run every phase through the Trainer, and return the result.
+                     checkpoint_interval_s: float | None = None, hooks: StepHooks = NO_HOOKS,
+                     init_weights: Mapping[str, torch.Tensor] | None = None) -> FitResult:
+    """Build the model, run every phase through the Trainer (with `hooks` at each step), and return the result.
+
+    `init_weights` (a state dict of the same network, e.g. a checkpoint's validated weights) replaces the random
+    initialization: the run continues or fine-tunes them with fresh optimizers and schedules. A `resume_from`
+    checkpoint, when given, takes precedence (it restores the run's own weights and position).
 
     A DiagnosticJobConfig also gets its verdict (api_schemas.DiagnosticReport as JSON) in `FitResult.report`;
     when the run aborts on non-finite steps, the report rides on the NonFiniteAbort as `.report`.
@@ -59,11 +66,13 @@ def run_training_job(config: TrainingJobConfig, *, sink: MetricSink, checkpoint_
     dev = pick_device(device)
     torch.manual_seed(config.data.seed)
     model = RisNet(config.system, config.model)
+    if init_weights is not None and resume_from is None:
+        model.load_state_dict(init_weights, strict=True)
     is_diagnostic = isinstance(config, DiagnosticJobConfig)
     tee = _TeeSink(sink)
     trainer = Trainer(config, model, tee, dev, checkpoint_dir=checkpoint_dir,
                       checkpoint_interval_s=checkpoint_interval_s,
-                      kind="diagnostic" if is_diagnostic else "training", faults=faults)
+                      kind="diagnostic" if is_diagnostic else "training", hooks=hooks)
     started = time.perf_counter()
     try:
         result = trainer.fit(should_stop, resume_from=resume_from)
@@ -78,8 +87,8 @@ def run_training_job(config: TrainingJobConfig, *, sink: MetricSink, checkpoint_
 
 
 def _report(config: TrainingJobConfig, trainer: Trainer, result: FitResult, tee: _TeeSink,
-            train_seconds: float) -> dict:
+            train_seconds: float) -> dict[str, Any]:
     assert isinstance(config, DiagnosticJobConfig)
-    report = diagnose(config, trainer.model, result, tee.points, trainer.scenes,  # type: ignore[arg-type]
+    report = diagnose(config, trainer.model, result, tee.points, trainer.scenes,
                       confusion=trainer.last_confusion, train_seconds=train_seconds)
     return report.model_dump(mode="json")

@@ -1,4 +1,4 @@
-"""ris_model.graphed_step: the CUDA-graph replay of forward + loss + backward equals the eager step (issue 4).
+"""ris_model.accel.graphed_step: the CUDA-graph replay of forward + loss + backward equals the eager step (issue 4).
 CUDA only (run on the device machine: bench/gpu_speed_quick.sh); on the CPU the trainer never graphs."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from torch.testing import assert_close
 
 from ris_model.losses import TERMS, compute_loss
 from ris_model.scenes import generate_scenes, make_generator
-from ris_model.sinks import NullSink
 from ris_model.spectral import jacobi_eigh
-from ris_model.trainer import Trainer
+from ris_model.train.sinks import NullSink
+from ris_model.train.trainer import Trainer
 from tests.ris_model.conftest import make_model, tiny_config, tiny_phase
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (device machine)")

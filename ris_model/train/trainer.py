@@ -19,19 +19,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from api_schemas import CheckpointInfo, MetricPoint, PhaseConfig, TrainingJobConfig
 from api_schemas import metrics as keys
-from ris_model import checkpoint as ckpt
+from ris_model.accel.graphed_step import GraphedLoss
 from ris_model.errors import CheckpointError, NonFiniteAbort, NonFiniteAttribution
-from ris_model.faults import Faults, eigenvector_alignment_loss
-from ris_model.graphed_step import GraphedLoss
 from ris_model.losses import LossResult, compute_loss
 from ris_model.metrics import CountingTally, GeometryTally
-from ris_model.network import RisNet
+from ris_model.model.network import ModelOutput, RisNet, k_from_logits
 from ris_model.scenes import SceneBatch, SceneSource
-from ris_model.sinks import MetricSink
+from ris_model.train import checkpoint as ckpt
+from ris_model.train.hooks import NO_HOOKS, StepHooks
+from ris_model.train.sinks import MetricSink
 
 StopReason = Literal["cancel", "timeout"]
 
@@ -73,17 +73,13 @@ class _EpochStats:
 class Trainer:
     def __init__(self, config: TrainingJobConfig, model: RisNet, sink: MetricSink, device: torch.device | str,
                  *, checkpoint_dir: Path, checkpoint_interval_s: float | None = None,
-                 kind: str = "training", faults: Faults | None = None) -> None:
+                 kind: str = "training", hooks: StepHooks = NO_HOOKS) -> None:
         self.config, self.model, self.sink = config, model.to(device), sink
         self.device = torch.device(device)
         self.checkpoint_dir, self.checkpoint_interval_s, self.kind = checkpoint_dir, checkpoint_interval_s, kind
-        self.faults = faults or Faults()
-        if self.faults.unused_head:  # plant a head that no loss uses (dead parameters)
-            model.k_head["unused"] = nn.Linear(config.model.d_model, 1).to(device)
-        self.graphed = GraphedLoss(self.model, config.system)  # CUDA only; see ris_model.graphed_step
-        self.scenes = SceneSource(config.system, config.data, self.device,
-                                  symbols_constant=self.faults.symbols_constant,
-                                  val_from_train=self.faults.val_from_train)
+        self.hooks = hooks
+        self.scenes = hooks.attach(self.model, SceneSource(config.system, config.data, self.device))
+        self.graphed = GraphedLoss(self.model, config.system)  # CUDA only; see ris_model.accel.graphed_step
         self.group_of = {id(p): g for g, ps in model.param_groups().items() for p in ps}
         self.names = {id(p): n for n, p in model.named_parameters()}
         self.pos = _Position()
@@ -144,7 +140,7 @@ class Trainer:
             for p in params:
                 p.requires_grad_(group not in frozen)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        # fused on CUDA: one kernel for every parameter instead of a few per tensor (issue 4)
+        # fused on CUDA: one kernel for every parameter instead of a few per tensor
         self.optimizer = torch.optim.AdamW(trainable, lr=phase.lr, weight_decay=phase.weight_decay,
                                            fused=self.device.type == "cuda" and bool(trainable))
         self.model.zero_grad(set_to_none=True)
@@ -160,7 +156,6 @@ class Trainer:
 
     # ---------------------------------------------------------------- an epoch
     def _train_epoch(self, phase: PhaseConfig, should_stop: Callable[[], StopReason | None]) -> StopReason | None:
-        debug = self.config.debug
         n_batches = self.scenes.n_batches
         data_epoch = sum(p.epochs for p in self.config.phases[: self.pos.phase_index]) + self.pos.epoch
         started, stats_before = time.perf_counter(), self.epoch_stats.n_samples
@@ -174,7 +169,7 @@ class Trainer:
         while (batch := upcoming[0]) is not None:
             upcoming[0] = None
             # cooperative stop, polled between steps
-            reason = None if debug.ignore_cancel else should_stop()
+            reason = should_stop() if self.hooks.polls_stop() else None
             if reason is not None:
                 return reason
             # LR is a function of the step within the phase (set every step)
@@ -183,14 +178,13 @@ class Trainer:
             for g in self.optimizer.param_groups:  # type: ignore[union-attr]
                 g["lr"] = lr
             # forward / backward / (skip or step)
-            take_step = (not self.faults.one_step_per_epoch) or self.pos.batch == n_batches - 1
+            take_step = self.hooks.takes_optimizer_step(self.pos.batch, n_batches)
             loss, res = self._train_step(phase, batch, take_step=take_step, prefetch=prefetch)
             self.pos.batch += 1
             self.pos.global_step += 1
             if self.pos.global_step % self.config.log_every_steps == 0:
                 self._log_step(phase, loss, res, lr)
-            if debug.sleep_per_step_s:
-                time.sleep(debug.sleep_per_step_s)
+            self.hooks.after_step(self.pos.global_step)
             self._maybe_interval_checkpoint(phase)
         elapsed = time.perf_counter() - started
         self._samples_per_s = (self.epoch_stats.n_samples - stats_before) / max(elapsed, 1e-9)
@@ -203,8 +197,7 @@ class Trainer:
         sync, so that the CPU issues it while the GPU is still busy."""
         model, opt = self.model, self.optimizer
         assert opt is not None  # set by _setup_phase (internal invariant, not input)
-        if self.config.debug.oom_at_step == self.pos.global_step:  # fault tests: an OOM without a huge tensor
-            raise torch.OutOfMemoryError(f"debug.oom_at_step: simulated out-of-memory at step {self.pos.global_step}")
+        self.hooks.before_step(self.pos.global_step)
         model.train()
         graphed = (self.graphed.run(batch, phase.loss_weights, autocast=self._amp(phase))
                    if self._graphable(batch) else None)
@@ -233,40 +226,27 @@ class Trainer:
         self.consecutive_nonfinite = 0
         stats.loss_sum = stats.loss_sum + total.detach().double()  # device-side sums, read at the epoch end
         stats.n_finite += 1
-        stats.k_correct = stats.k_correct + (res_k_pred(k_logits) == batch.k).sum()
+        stats.k_correct = stats.k_correct + (k_from_logits(k_logits) == batch.k).sum()
         if take_step:
             self._mark_updated()
             opt.step()
             opt.zero_grad(set_to_none=True)
             stats.n_optimizer_steps += 1
-            if self.faults.frozen_still_moves is not None:
-                self._plant_frozen_update(self.faults.frozen_still_moves)
+            self.hooks.after_optimizer_step(self.model)
             self._update_ema(phase)
         self._last_grad_norm = grad_norm
         return total.detach(), res
 
     def _graphable(self, batch: SceneBatch) -> bool:
-        """The CUDA-graph path runs the plain loss: not with a planted fault or an injected NaN this step, and
-        only at the configured batch size (a short last batch runs eagerly rather than capturing its own)."""
+        """The CUDA-graph path runs the plain loss: not where the hooks change this step, and only at the
+        configured batch size (a short last batch runs eagerly rather than capturing its own)."""
         return (self.device.type == "cuda" and len(batch) == self.config.data.batch_size
-                and self._nan_term() is None and not self.faults.eigvec_loss and not self.faults.unused_head
+                and not self.hooks.runs_eagerly(self.pos.global_step)
                 and any(p.requires_grad for p in self.model.parameters()))
 
-    def _nan_term(self) -> str | None:
-        """The loss term that debug.nan_loss_term makes NaN at this step, if any (fault tests)."""
-        debug = self.config.debug
-        if debug.nan_loss_term is not None and self.pos.global_step >= debug.nan_from_step:
-            if debug.nan_n_steps == 0 or self.pos.global_step < debug.nan_from_step + debug.nan_n_steps:
-                return debug.nan_loss_term
-        return None
-
-    def _loss(self, out: Any, batch: SceneBatch, phase: PhaseConfig) -> LossResult:
-        res = compute_loss(out, batch, phase.loss_weights, self.config.system, inject_nan=self._nan_term())
-        if self.faults.eigvec_loss:
-            term = eigenvector_alignment_loss(out.cov_factor, batch)
-            res.terms["eigvec_align"] = term
-            res.total = res.total + 0.1 * term
-        return res
+    def _loss(self, out: ModelOutput, batch: SceneBatch, phase: PhaseConfig) -> LossResult:
+        res = compute_loss(out, batch, phase.loss_weights, self.config.system)
+        return self.hooks.loss(res, out, batch, phase.loss_weights, self.pos.global_step)
 
     # ---------------------------------------------------------------- non-finite guard
     def _skip(self, phase: PhaseConfig, batch: SceneBatch, res: LossResult, *, cause: str) -> None:
@@ -287,7 +267,7 @@ class Trainer:
         self.consecutive_nonfinite += 1
         self.epoch_stats.n_skipped += 1
         # the skipped batch is step global_step + 1, as in the sampled train/* points of that batch
-        where = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step + 1)
+        where: dict[str, Any] = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step + 1)
         points = [MetricPoint(**where, key=keys.NONFINITE_CAUSE_PREFIX + cause, value=1.0)]
         points += [MetricPoint(**where, key=keys.NONFINITE_TERM_PREFIX + t, value=1.0) for t in terms]
         points += [MetricPoint(**where, key=keys.NONFINITE_GROUP_PREFIX + g, value=1.0) for g in groups]
@@ -320,7 +300,7 @@ class Trainer:
         stats = self.epoch_stats
         val = self._validate(phase)
         delta_total, delta_groups = self._delta_params()
-        where = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step)
+        where: dict[str, Any] = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step)
         values = {
             keys.TRAIN_EPOCH_LOSS: float(stats.loss_sum) / max(stats.n_finite, 1),
             keys.TRAIN_K_ACC: float(stats.k_correct) / max(stats.n_samples, 1),
@@ -354,7 +334,7 @@ class Trainer:
                 with self._autocast(phase):
                     out = self.model(batch.y, batch.H, batch.codes, batch.snr_db)
                     res = compute_loss(out, batch, phase.loss_weights, self.config.system)
-                k_pred = res_k_pred(out.k_logits)
+                k_pred = k_from_logits(out.k_logits)
                 counting.update(batch.k, k_pred)
                 a = res.assignment
                 errors = (out.azimuth.gather(1, a).float() - batch.azimuth,
@@ -364,7 +344,7 @@ class Trainer:
                 for lo, hi, name in keys.SNR_BINS_DB:
                     sel = (batch.snr_db >= lo) & (batch.snr_db < hi)
                     by_bin[name][0].update(batch.k[sel], k_pred[sel])
-                    by_bin[name][1].update(*(e[sel] for e in errors), batch.mask[sel])
+                    by_bin[name][1].update(errors[0][sel], errors[1][sel], errors[2][sel], batch.mask[sel])
                 loss_sum += float(res.total) * len(batch)
                 nmse_sum += float(res.terms["cov"]) * len(batch)
                 n += len(batch)
@@ -387,7 +367,7 @@ class Trainer:
     # ---------------------------------------------------------------- helpers
     def _log_step(self, phase: PhaseConfig, loss: Tensor, res: LossResult, lr: float) -> None:
         """Sampled per-step points; the only place (besides the epoch end) that reads values to the host."""
-        where = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step)
+        where: dict[str, Any] = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step)
         values = {keys.TRAIN_LOSS: float(loss), keys.TRAIN_LR: lr, keys.PROGRESS_FRACTION: self._progress(),
                   keys.TRAIN_GRAD_NORM: float(getattr(self, "_last_grad_norm", float("nan")))}
         values.update({keys.TRAIN_LOSS_TERM_PREFIX + n: float(t.detach()) for n, t in res.terms.items()})
@@ -409,11 +389,6 @@ class Trainer:
         for p in self.model.parameters():
             if p.requires_grad and p.grad is not None:
                 self.updated.add(self.names[id(p)])
-
-    def _plant_frozen_update(self, group: str) -> None:
-        with torch.no_grad():
-            for p in self.model.param_groups()[group]:
-                p.add_(1e-3)
 
     def _update_ema(self, phase: PhaseConfig) -> None:
         if self.ema is None or phase.ema_decay is None:
@@ -532,11 +507,6 @@ class Trainer:
         if self.device.type == "cuda" and state[ckpt.RNG_KEY]["cuda"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in state[ckpt.RNG_KEY]["cuda"]])
         self._resume_state = state
-
-
-def res_k_pred(k_logits: Tensor) -> Tensor:
-    """Predicted K in 1..K_MAX from logits [B, K_MAX] (class i ↔ K = i + 1, as the labels)."""
-    return k_logits.argmax(-1) + 1
 
 
 def lr_at(phase: PhaseConfig, step: int, total_steps: int) -> float:

@@ -1,0 +1,1 @@
+"""The diagnostic job's checks and verdict."""
