@@ -335,3 +335,16 @@ def test_list_undispatched_finds_queued_jobs_without_task(session: Session) -> N
     record_dispatch(session, sent.id, celery_task_id="t")
     assert list_undispatched(session, older_than_s=5, now=_later(10)) == [waiting.id]
     assert list_undispatched(session, older_than_s=5) == []
+
+
+def test_list_jobs_filters_by_whole_tags_and_by_parent(session: Session) -> None:
+    from server.store.job_queries import list_children, list_jobs
+
+    sweep = create_job(session, kind=JobKind.SWEEP, name="s", config={}, max_attempts=1, tags=["a_b", "x"])
+    child = create_job(session, kind=JobKind.TRAINING, name="t", config=tiny_config(), max_attempts=1,
+                       parent_id=sweep.id, tags=["a_b", "trial:0"])
+    create_job(session, kind=JobKind.TRAINING, name="u", config=tiny_config(), max_attempts=1, tags=["aXb", "a_b2"])
+    assert {j.id for j in list_jobs(session, tag="a_b").jobs} == {sweep.id, child.id}  # `_` is no wildcard
+    assert [j.id for j in list_jobs(session, parent_id=sweep.id).jobs] == [child.id]
+    assert [j.id for j in list_children(session, sweep.id)] == [child.id]
+    assert (child.parent_id, child.tags) == (sweep.id, ["a_b", "trial:0"])
