@@ -16,7 +16,8 @@ from api_schemas import JobCreate, JobState
 from tests.fault.conftest import Service, api_client, wait_for
 from tests.worker.configs import tiny_training_config
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
+#: a sweep runs several tiny jobs one after another on two worker processes: minutes on a loaded 2-core machine
+pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.timeout(900)]
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
