@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from api_schemas.config import DiagnosticJobConfig, TrainingJobConfig, quickstart_diagnostic
 from api_schemas.evaluation import EvaluationJobConfig
@@ -61,10 +61,20 @@ class FailureReason(StrEnum):
     PRUNED = "PRUNED"
 
 
+def _printable(value: str | None) -> str | None:
+    """A job name is shown in listings, logs and reports: control characters (NUL, newline, escape, ...) are
+    refused rather than stored."""
+    if value is not None and any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
+        raise ValueError("must not contain NUL or other control characters")
+    return value
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, max_length=200)
+    name: Annotated[str | None, AfterValidator(_printable)] = Field(
+        None, max_length=200, description="free text without control characters"
+    )
     max_attempts: int = Field(2, ge=1, le=5, description="attempts before a lost worker fails the job")
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS,
                             description="short labels to find the job again (`GET /v1/jobs?tag=`)")

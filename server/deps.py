@@ -1,9 +1,10 @@
 """Typed FastAPI dependencies (STYLE B1, A2): what a route needs, named for what it gives.
 
 Owns: `SettingsDep`, `SessionDep`, `ArtifactsDep`, `RedisDep`, `ProducerDep`, `PrincipalDep` and the API-key
-check (`authenticate` per route, `ApiKeyMiddleware` before everything else). Everything comes from `app.state`,
-filled once by `server.main.create_app`. Keys are compared with `hmac.compare_digest` (`key_matches`) and never
-logged; a principal is a non-secret digest of the key.
+check (`authenticate` per route, with the key's rate limit; `ApiKeyMiddleware` before everything else). Everything
+comes from `app.state`, filled once by `server.main.create_app`. Keys are compared by their sha256 with
+`hmac.compare_digest` (`key_matches`) and never logged; a principal (`server.store.principals`) carries a
+non-secret digest of the key.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import Unauthenticated, problem_response
+from server.ratelimit import RateLimiter
 from server.settings import Settings
 from server.store import ArtifactStore
+from server.store.principals import ANONYMOUS, Principal, principal_for_key_digest
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="required when API_KEYS is set")
 
@@ -61,30 +64,43 @@ RedisDep = Annotated[redis.Redis, Depends(get_redis)]
 ProducerDep = Annotated[Celery, Depends(get_producer)]
 
 
-def principal_of(api_key: str) -> str:
-    """A stable, non-secret id for an API key (stored on jobs; safe to log)."""
-    return "key-" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
+def key_digest(api_key: str) -> str:
+    """sha256 hex of a presented key: what configured keys (plain or `sha256:<hex>`) are compared with."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
 
 
-def key_matches(settings: Settings, api_key: str) -> bool:
-    """Whether `api_key` is one of the configured keys, compared in constant time with every key (the timing
-    reveals neither which key matched nor how long a common prefix was)."""
-    given = api_key.encode()
+def principal_of(api_key: str, *, admin: bool = False) -> Principal:
+    """The principal of an API key: a stable, non-secret id (stored on jobs; safe to log)."""
+    return principal_for_key_digest(key_digest(api_key), admin=admin)
+
+
+def key_matches(settings: Settings, api_key: str, *, admin_only: bool = False) -> bool:
+    """Whether `api_key` is one of the configured keys (only ADMIN_API_KEYS with `admin_only`). Digests are
+    compared in constant time with every configured key: the timing reveals neither which key matched nor how
+    long a common prefix was."""
+    given = key_digest(api_key).encode()
     matched = False
-    for key in settings.api_keys:
-        matched |= hmac.compare_digest(key.get_secret_value().encode(), given)
+    for digest, admin in settings.key_digests():
+        matched |= hmac.compare_digest(digest.encode(), given) and (admin or not admin_only)
     return matched
 
 
-def authenticate(settings: SettingsDep, api_key: Annotated[str | None, Security(_api_key_header)]) -> str | None:
-    """The caller's principal, or None when auth is off. Raises Unauthenticated (401)."""
+def authenticate(
+    request: Request, settings: SettingsDep, api_key: Annotated[str | None, Security(_api_key_header)]
+) -> Principal:
+    """The caller's principal (ANONYMOUS when auth is off), after its rate limit.
+
+    Raises Unauthenticated (401) and RateLimited (429)."""
     if not settings.auth_enabled:
-        return None
+        return ANONYMOUS
     if not api_key:
         raise Unauthenticated("missing X-API-Key header")
     if not key_matches(settings, api_key):
         raise Unauthenticated("invalid API key")
-    return principal_of(api_key)
+    principal = principal_of(api_key, admin=key_matches(settings, api_key, admin_only=True))
+    limiter: RateLimiter = request.app.state.rate_limiter
+    limiter.check(principal.id)
+    return principal
 
 
 class ApiKeyMiddleware:
@@ -111,7 +127,7 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
-PrincipalDep = Annotated[str | None, Depends(authenticate)]
+PrincipalDep = Annotated[Principal, Depends(authenticate)]
 
 
 def _coerced_scalars(raw: Any, parsed: Any, loc: tuple[str | int, ...]) -> list[tuple[tuple[str | int, ...], str]]:
@@ -131,6 +147,34 @@ def _coerced_scalars(raw: Any, parsed: Any, loc: tuple[str | int, ...]) -> list[
     return []
 
 
+class _NonFinite:
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+
+def _nonfinite_numbers(body: bytes) -> list[tuple[tuple[str | int, ...], str]]:
+    """Where the body has NaN, Infinity or -Infinity (Python's json accepts them, JSON does not): each is one
+    clear error at its own field, instead of whatever a range check or a later validator makes of a NaN."""
+    try:
+        raw = json.loads(body, parse_constant=_NonFinite)
+    except ValueError:
+        return []  # not JSON at all: FastAPI's 400 answers it
+    hits: list[tuple[tuple[str | int, ...], str]] = []
+
+    def walk(value: Any, loc: tuple[str | int, ...]) -> None:
+        if isinstance(value, _NonFinite):
+            hits.append((loc, value.token))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, (*loc, k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, (*loc, i))
+
+    walk(raw, ("body",))
+    return hits
+
+
 def strict_json_body(model: Any) -> Callable[[Request], Awaitable[None]]:
     """A dependency that refuses bodies which only pydantic's lax coercion makes valid.
 
@@ -143,8 +187,16 @@ def strict_json_body(model: Any) -> Callable[[Request], Awaitable[None]]:
     adapter: TypeAdapter[Any] = TypeAdapter(model)
 
     async def check(request: Request) -> None:
+        body = await request.body()
+        nonfinite = _nonfinite_numbers(body)
+        if nonfinite:
+            raise RequestValidationError([
+                {"type": "finite_number", "loc": loc, "input": None,
+                 "msg": f"{token} is not a number JSON allows; give a finite number"}
+                for loc, token in nonfinite
+            ])
         try:
-            raw = json.loads(await request.body())
+            raw = json.loads(body)
             parsed = adapter.dump_python(adapter.validate_python(raw), mode="json", by_alias=True)
         except (ValueError, ValidationError):
             return  # FastAPI's own parse and validation answer this one (400 / 422)

@@ -23,6 +23,7 @@ from api_schemas import JobKind
 from server.settings import Settings
 from server.store.job_queries import list_undispatched
 from server.store.jobs import get_job, record_dispatch
+from server.store.principals import DISPATCHER
 
 #: The task name the worker registers (worker/tasks.py); the API sends it by name.
 RUN_JOB_TASK = "ris_jobs.run_job"
@@ -83,7 +84,7 @@ def queue_for(kind: str, job_queue: str) -> str:
 def dispatch_job(session: Session, producer: Celery, job_id: str, queue: str) -> str:
     """Enqueue a committed QUEUED job on `queue` (or its sweep queue, see `queue_for`) and record its task id
     (commits). Raises DispatchError."""
-    kind = get_job(session, job_id).kind
+    kind = get_job(session, job_id, principal=DISPATCHER).kind
     task_id = enqueue_job(producer, job_id, queue_for(kind, queue))
     record_dispatch(session, job_id, celery_task_id=task_id)
     return task_id

@@ -17,11 +17,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_schemas import FieldError, JobKind, Problem
 from server.dispatch import DispatchError
+from server.ratelimit import RateLimited
+from server.store.db import is_transient
 from server.store.errors import (
     ArtifactRejected,
     CheckpointNotFound,
@@ -37,6 +40,8 @@ from server.store.errors import (
 )
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+#: Retry-After of a 503 while the job store is unreachable, seconds (a database restart takes a few).
+STORE_RETRY_AFTER_S = 5
 #: Kinds that the API accepts in JobCreate: every JobKind.
 IMPLEMENTED_KINDS = tuple(kind.value for kind in JobKind)
 #: Methods whose body must be JSON. Only POST has routes; PUT/PATCH fall through to routing's 405.
@@ -70,6 +75,19 @@ class JobNotDispatched(ApiError):
         )
         self.job_id = job_id
         self.cause = cause
+
+
+class InvalidReference(ApiError):
+    """The request names something the caller cannot use (an evaluation's checkpoint job, name or upload that
+    does not exist or is not theirs): HTTP 422 naming the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class StoreUnavailable(ApiError):
+    """The job store could not be reached (HTTP 503 with Retry-After); nothing was changed by the request."""
 
 
 class FaultInjectionRefused(ApiError):
@@ -174,7 +192,13 @@ def _api_error(request: Request, exc: Exception) -> JSONResponse:
             errors=[FieldError(field=FaultInjectionRefused.FIELD, message=str(exc))],
         )
     if isinstance(exc, NotReady):
-        return problem_response(503, str(exc), instance=path, extensions={"checks": exc.checks})
+        return problem_response(503, str(exc), instance=path, extensions={"checks": exc.checks},
+                                headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
+    if isinstance(exc, InvalidReference):
+        return problem_response(422, "the request is not valid", instance=path,
+                                errors=[FieldError(field=exc.field, message=str(exc))])
+    if isinstance(exc, StoreUnavailable):
+        return problem_response(503, str(exc), instance=path, headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
     log.error("unmapped API error on %s: %r", path, exc)
     return problem_response(500, "internal error", instance=path)
 
@@ -200,6 +224,10 @@ def _field_message(error: dict[str, Any]) -> str:
         return f"kind must be one of {', '.join(IMPLEMENTED_KINDS)}, got {tag!r}"
     if error.get("type") == "union_tag_not_found":
         return f"kind is required: one of {', '.join(IMPLEMENTED_KINDS)}"
+    if error.get("type") == "int_parsing_size":  # e.g. 1e30 where an integer is expected
+        return "the number is too large for this integer field"
+    if error.get("type") == "value_error" and str(error.get("msg", "")).startswith("Value error, "):
+        return str(error["msg"]).removeprefix("Value error, ")
     return str(error.get("msg", "invalid value"))
 
 
@@ -212,6 +240,21 @@ def field_errors(errors: Sequence[Any]) -> list[FieldError]:
             field = "kind"
         out.append(FieldError(field=field, message=_field_message(err)))
     return out
+
+
+def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """A database error: 503 + Retry-After when the store is unreachable (a restart), else a logged 500. The
+    driver's message (host names, SQL) never reaches the client."""
+    if is_transient(exc):
+        log.warning("job store unavailable on %s: %s", request.url.path, str(exc).splitlines()[0])
+        return _api_error(request, StoreUnavailable("the job store is unavailable; retry shortly"))
+    log.error("database error on %s: %r", request.url.path, exc)
+    return problem_response(500, "internal error", instance=request.url.path)
+
+
+def _rate_limited(request: Request, exc: Exception) -> JSONResponse:
+    retry_after_s = cast(RateLimited, exc).retry_after_s  # registered for this type only
+    return problem_response(429, str(exc), instance=request.url.path, headers={"Retry-After": str(retry_after_s)})
 
 
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -250,6 +293,8 @@ def install_error_handlers(app: FastAPI) -> None:
     """Register every domain → problem+json mapping on `app`, and document it in the OpenAPI schema."""
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(SQLAlchemyError, _database_error)
+    app.add_exception_handler(RateLimited, _rate_limited)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     _document_problems(app)
@@ -261,7 +306,8 @@ def _problem_content() -> dict[str, Any]:
 
 def _document_problems(app: FastAPI) -> None:
     """Make the OpenAPI schema say what the handlers do: every 4xx/5xx body is application/problem+json,
-    and every /v1 or keyed operation may answer 401 (API key) and 422 (validation)."""
+    and every /v1 or keyed operation may answer 401 (API key), 422 (validation), 429 (the key's rate limit) and
+    503 (the job store is unavailable)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -277,6 +323,8 @@ def _document_problems(app: FastAPI) -> None:
                 if path.startswith("/v1/") or operation.get("security"):  # every route behind the API key
                     responses.setdefault("401", {"description": "missing or invalid X-API-Key"})
                     responses.setdefault("422", {"description": "invalid request"})
+                    responses.setdefault("429", {"description": "the API key's rate limit; see Retry-After"})
+                    responses.setdefault("503", {"description": "the job store is unavailable; see Retry-After"})
                 for code, response in responses.items():
                     if code[0] in "45":
                         response["content"] = _problem_content()

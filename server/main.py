@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from server.deps import ApiKeyMiddleware, authenticate, forbid_unknown_query
 from server.dispatch import dispatch_pending, make_producer
 from server.errors import RequestGuardMiddleware, install_error_handlers
+from server.ratelimit import RateLimiter
 from server.routes import artifacts as artifact_routes
 from server.routes import checkpoints, health, jobs, metrics, uploads
 from server.settings import Settings, get_settings
@@ -87,6 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.redis = redis_client
     app.state.producer = make_producer(settings)
     app.state.artifacts = artifacts
+    app.state.rate_limiter = RateLimiter(redis_client, rate_per_s=settings.rate_limit_per_s,
+                                         burst=settings.rate_limit_burst)
     app.state.metrics_registry = health.make_registry(session_factory, redis_client, settings.job_queue)
 
     install_error_handlers(app)

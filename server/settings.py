@@ -7,6 +7,8 @@ names the variable. Must not import FastAPI, torch or anything of ours but the s
 
 from __future__ import annotations
 
+import hashlib
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +18,17 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Default hard time limit of one job attempt: 6 h.
 _DEFAULT_HARD_LIMIT_S = 6 * 3600
+#: A configured key written as `sha256:<64 hex>` is the digest of the key, not the key.
+SHA256_KEY_PREFIX = "sha256:"
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def _key_digest(key: SecretStr) -> str:
+    """The lower-case sha256 hex of a configured key (given in plain text or as sha256:<hex>)."""
+    text = key.get_secret_value()
+    if text.startswith(SHA256_KEY_PREFIX):
+        return text.removeprefix(SHA256_KEY_PREFIX).lower()
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class Settings(BaseSettings):
@@ -40,7 +53,30 @@ class Settings(BaseSettings):
     )
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         (),
-        description="comma-separated API keys accepted in X-API-Key; empty = authentication off",
+        description="comma-separated API keys accepted in X-API-Key, each in plain text or as sha256:<64 hex> of "
+        "the key; each key sees only its own jobs; empty (and no ADMIN_API_KEYS) = authentication off",
+    )
+    admin_api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (),
+        description="comma-separated API keys (plain or sha256:<64 hex>) that see and control every job",
+    )
+    rate_limit_per_s: float = Field(
+        20.0, ge=0, le=100_000,
+        description="requests per second each API key may make on average (token bucket in Redis); 0 = no limit; "
+        "not applied when authentication is off",
+    )
+    rate_limit_burst: int = Field(
+        100, ge=1, le=1_000_000, description="requests an API key may make at once before RATE_LIMIT_PER_S applies"
+    )
+    store_retry_deadline_s: float = Field(
+        300.0, gt=0, le=86_400,
+        description="how long a worker keeps retrying a metric flush, checkpoint record or terminal state while "
+        "the database is unreachable (bounded exponential backoff), seconds",
+    )
+    orphan_grace_s: float = Field(
+        3600.0, gt=0, le=30 * 86_400,
+        description="a checkpoint file without a record (its job deleted, or its record never committed) older "
+        "than this, seconds, is removed by the reaper",
     )
     job_queue: str = Field("jobs", min_length=1, max_length=100, description="Celery queue that GPU workers consume")
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="largest request body, bytes")
@@ -106,11 +142,20 @@ class Settings(BaseSettings):
         "OOM); false: the API answers 422 naming config.debug and a worker fails such a job USER_CONFIG",
     )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(k.strip() for k in value.split(",") if k.strip())
+        return value
+
+    @field_validator("api_keys", "admin_api_keys")
+    @classmethod
+    def _check_digests(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for key in value:
+            text = key.get_secret_value()
+            if text.startswith(SHA256_KEY_PREFIX) and not _SHA256_HEX.fullmatch(text.removeprefix(SHA256_KEY_PREFIX)):
+                raise ValueError("a key given as sha256:<hex> needs exactly 64 hex digits after sha256:")
         return value
 
     @field_validator("database_url")
@@ -143,7 +188,11 @@ class Settings(BaseSettings):
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.api_keys)
+        return bool(self.api_keys or self.admin_api_keys)
+
+    def key_digests(self) -> list[tuple[str, bool]]:
+        """(sha256 hex of the key, is an admin key) of every configured key, plain or given as a digest."""
+        return [(_key_digest(k), False) for k in self.api_keys] + [(_key_digest(k), True) for k in self.admin_api_keys]
 
     @property
     def broker_visibility_timeout_s(self) -> float:

@@ -12,6 +12,7 @@ from api_schemas import DataConfig, DiagnosticJobConfig, FailureReason, JobKind,
 from api_schemas.config import LossWeights, PhaseConfig
 from server.store import claim_job, create_job, request_cancel, transition
 from server.store.models import JobRow
+from server.store.principals import ADMIN, ANONYMOUS, Principal
 
 
 def tiny_config() -> dict[str, Any]:
@@ -36,7 +37,7 @@ def make_job(
     *,
     kind: JobKind = JobKind.DIAGNOSTIC,
     max_attempts: int = 2,
-    principal: str | None = None,
+    principal: Principal = ANONYMOUS,
     lease_token: str | None = None,
     name: str | None = "test job",
 ) -> JobRow:
@@ -50,7 +51,7 @@ def make_job(
     if state is JobState.QUEUED:
         return job
     if state is JobState.CANCELLED:
-        return request_cancel(session, job.id)
+        return request_cancel(session, job.id, principal=ADMIN)
     lease = lease_token or new_lease()
     claimed = claim_job(session, job.id, worker="test-worker", lease_token=lease)
     if claimed is None:
@@ -58,13 +59,13 @@ def make_job(
     if state is JobState.RUNNING:
         return claimed
     if state is JobState.CANCELLING:
-        return transition(session, job.id, JobState.CANCELLING)
+        return transition(session, job.id, JobState.CANCELLING, principal=ADMIN)
     if state is JobState.FAILED:
         return transition(
             session, job.id, JobState.FAILED, lease_token=lease, failure_reason=FailureReason.TRAINING_ERROR,
-            message="boom",
+            message="boom", principal=ADMIN,
         )
-    return transition(session, job.id, state, lease_token=lease)
+    return transition(session, job.id, state, lease_token=lease, principal=ADMIN)
 
 
 class _RunsCode:

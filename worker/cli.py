@@ -158,7 +158,8 @@ def ensure_redis(url: str, supervisor: Supervisor) -> None:
 
 
 def create_schema(settings: Settings) -> None:
-    """Create the job store's tables (idempotent) and the artifact directory."""
+    """Bring the job store's schema to the newest revision (Alembic; idempotent) and create the artifact
+    directory."""
     from server.store.db import create_schema as create
     from server.store.db import make_engine
 
@@ -189,7 +190,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sup = Supervisor()
     sup.install_signal_handlers()
     ensure_redis(settings.redis_url, sup)
-    create_schema(settings)
+    create_schema(settings)  # the one migration run, before any process that uses the database starts
     here = [sys.executable, "-m", "worker.cli"]
     sup.start("api", here + ["api", "--host", args.host, "--port", str(args.port)])
     sup.start("worker", here + ["worker"])
@@ -200,8 +201,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return sup.wait()
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Upgrade the job store's schema to the newest revision and exit (docker compose runs it before the API)."""
+    from server.store.db import make_engine
+    from server.store.migrate import current_revision
+
+    settings = get_settings()
+    create_schema(settings)
+    engine = make_engine(settings.database_url)
+    try:
+        print(f"ris-jobs: job store schema at revision {current_revision(engine)}")
+    finally:
+        engine.dispose()
+    return 0
+
+
 def cmd_api(args: argparse.Namespace) -> int:
-    """Create the schema (idempotent), then one uvicorn process serving `server.main:create_app`."""
+    """Upgrade the schema (idempotent), then one uvicorn process serving `server.main:create_app`."""
     import uvicorn
 
     create_schema(get_settings())
@@ -261,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("reaper", help="requeue or fail jobs whose worker died; re-dispatch lost messages")
     p.set_defaults(func=cmd_reaper)
+    p = sub.add_parser("migrate", help="upgrade the job store's schema to the newest revision, then exit")
+    p.set_defaults(func=cmd_migrate)
     return parser
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,9 @@ from api_schemas.metrics import PROGRESS_FRACTION
 from server.store import get_checkpoint
 from server.store.artifacts import ARTIFACT_MEDIA_TYPES, ArtifactStore, artifact_path, checkpoint_file, write_atomic
 from server.store.errors import ArtifactRejected, CheckpointNotFound, JobNotFound, LeaseLost, UploadNotFound
+from server.store.principals import WORKER
 from server.store.uploads import upload_file
-from worker.failures import TrainerFailed, UserInputRejected
+from worker.failures import TrainerFailed, UserInputRejected, scrub_paths
 
 log = logging.getLogger(__name__)
 EVALUATION_PHASE = "evaluation"
@@ -62,11 +64,30 @@ def resolve_source(source: JobCheckpointSource | UploadCheckpointSource, *, sess
     try:
         if isinstance(source, JobCheckpointSource):
             with sessions() as session:
-                row = get_checkpoint(session, source.job_id, source.checkpoint)
+                row = get_checkpoint(session, source.job_id, source.checkpoint, principal=WORKER)
                 return checkpoint_file(artifacts, row)
-        return upload_file(artifacts, source.upload_id)
+        return upload_file(artifacts, source.upload_id, principal=WORKER)
     except (JobNotFound, CheckpointNotFound, UploadNotFound, ArtifactRejected) as exc:
         raise UserInputRejected(f"checkpoint source {source.model_dump()} cannot be used: {exc}") from exc
+
+
+#: torch's weights-only unpickler names what it refused: "Unsupported global: GLOBAL posix.system was not ...".
+_REFUSED_GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_WEIGHTS_UNPICKLER_RE = re.compile(r"WeightsUnpickler error: ([^\n.]+)")
+
+
+def rejection_reason(exc: BaseException) -> str:
+    """Why a checkpoint was refused, naming the real cause (e.g. "refused global posix.system": the pickle asked
+    for a callable the weights-only loader does not allow), without server paths."""
+    cause = str(exc.__cause__ or "")
+    refused = _REFUSED_GLOBAL_RE.search(cause)
+    if refused:
+        return (f"the file holds code: the weights-only loader refused global {refused.group(1)} "
+                "(it was not run)")
+    unpickler = _WEIGHTS_UNPICKLER_RE.search(cause)
+    if unpickler:
+        return f"the weights-only loader refused it: {unpickler.group(1).strip()}"
+    return scrub_paths(str(exc))
 
 
 def run_evaluation_job(job_id: str, config_json: dict[str, Any], *, sessions: sessionmaker[Session],
@@ -98,7 +119,7 @@ def run_evaluation_job(job_id: str, config_json: dict[str, Any], *, sessions: se
         estimator = load_estimator(path)
         check_config(config, estimator.system)
     except (CheckpointError, ValueError) as exc:
-        raise UserInputRejected(f"the checkpoint to evaluate was rejected: {exc}") from exc
+        raise UserInputRejected(f"the checkpoint to evaluate was rejected: {rejection_reason(exc)}") from exc
     estimator.source["path"] = path.name  # never publish the worker's filesystem layout
     log.info("evaluating %s (%s scenes, baselines %s)", path.name, config.n_scenes, list(config.baselines))
     steps = iter(range(1 << 62))

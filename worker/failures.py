@@ -8,6 +8,7 @@ exception of theirs can only exist once they were imported, so the checks look t
 from __future__ import annotations
 
 import errno
+import re
 import sys
 import traceback
 
@@ -111,18 +112,28 @@ def classify_failure(exc: BaseException) -> FailureReason:
 def failure_message(exc: BaseException) -> str:
     """A one-line message for the job's `failure.message` (the trainer's own exception, when wrapped)."""
     if isinstance(exc, UserInputRejected):
-        return str(exc)[:2000]
+        return scrub_paths(str(exc))[:2000]
     inner = exc.__cause__ if isinstance(exc, TrainerFailed) and exc.__cause__ is not None else exc
     text = str(inner).strip() or type(inner).__name__
     if isinstance(inner, OSError) and inner.errno in STORAGE_ERRNOS:
-        text = f"artifact storage failed: {inner.strerror or text} ({inner.filename})"
+        text = f"artifact storage failed: {inner.strerror or text} ({inner.filename})"  # scrubbed to its name
     if isinstance(inner, SoftTimeLimitExceeded):
         text = ("the attempt passed its soft time limit before the trainer stopped by itself; "
                 "the latest periodic checkpoint, if any, is downloadable")
     if isinstance(inner, ValidationError):
         text = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in inner.errors())
         text = f"invalid stored config: {text}"
-    return f"{type(inner).__name__}: {text}"[:2000]
+    return scrub_paths(f"{type(inner).__name__}: {text}")[:2000]
+
+
+#: An absolute POSIX path of two or more parts (a server's file system layout is no business of the user's).
+_ABSOLUTE_PATH_RE = re.compile(r"(?<![\w.:/])/(?:[\w.+@-]+/)+([\w.+@-]+)")
+
+
+def scrub_paths(text: str) -> str:
+    """`text` with every absolute path replaced by its last part (`/srv/artifacts/jobs/x/final.pt` →
+    `final.pt`): failure messages are shown to users; the worker's log keeps the full paths."""
+    return _ABSOLUTE_PATH_RE.sub(lambda m: m.group(1), text)
 
 
 def traceback_tail(exc: BaseException) -> str:

@@ -18,6 +18,8 @@ One sweep:
    If, one more grace period later, a worker still executes that job's task (`inspect().active()`, matched by
    the job id in its args), the reaper calls `revoke(task_id, terminate=True)` for that task id only; workers
    run `-c 1 --max-tasks-per-child=1`, so that process runs nothing else.
+4. Orphans (every ORPHAN_GRACE_S / 4): job directories whose job is gone, and checkpoint or temp files of
+   finished jobs that no record names, older than ORPHAN_GRACE_S, are removed (`server.store.orphans`).
 
 Why a job never runs twice: the claim in the task is a conditional UPDATE QUEUED → RUNNING with a new lease
 token, and every later write is fenced by that token. Any extra message — Redis redelivery of a dead worker's
@@ -46,7 +48,10 @@ from server.settings import Settings, get_settings
 from server.store import job_queries as store_queries
 from server.store import jobs as store_jobs
 from server.store.db import make_engine, make_session_factory, utcnow
+from server.store.files import ArtifactStore
 from server.store.jobs import ReapOutcome
+from server.store.orphans import find_orphans, remove_orphans
+from server.store.principals import REAPER
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,8 @@ class ReapReport:
     cancelled: list[str] = field(default_factory=list)
     redispatched: list[str] = field(default_factory=list)
     terminated: list[str] = field(default_factory=list)
+    #: orphaned artifact paths removed (server.store.orphans)
+    orphans_removed: list[str] = field(default_factory=list)
 
 
 class Reaper:
@@ -89,6 +96,9 @@ class Reaper:
         self._redispatch_after_s = settings.redispatch_after_s if redispatch_after_s is None else redispatch_after_s
         #: job id -> monotonic time the sweep escalated its cancel (for the last-resort terminate)
         self._escalated: dict[str, float] = {}
+        self._artifacts = ArtifactStore(settings.artifact_dir)
+        #: monotonic time of the last orphan sweep (None: never); it walks the artifact tree, so it runs rarely
+        self._orphans_swept_at: float | None = None
 
     def reap_once(self) -> ReapReport:
         """One sweep: expired leases, lost messages, escalated cancels."""
@@ -96,6 +106,7 @@ class Reaper:
         self._reap_expired(report)
         self._redispatch_lost(report)
         self._terminate_wedged(report)
+        self._sweep_orphans(report)
         return report
 
     # -- 1. expired leases and cancel grace --
@@ -150,7 +161,8 @@ class Reaper:
         page_token: str | None = None
         with self._sessions() as session:
             while True:
-                page = store_queries.list_jobs(session, state=JobState.QUEUED, limit=500, page_token=page_token)
+                page = store_queries.list_jobs(session, principal=REAPER, state=JobState.QUEUED, limit=500,
+                                               page_token=page_token)
                 stale.extend(job.id for job in page.jobs if job.queued_at < cutoff)
                 page_token = page.next_page_token
                 if page_token is None:
@@ -201,6 +213,27 @@ class Reaper:
                 dispatch_job(session, self._producer, job_id, self._settings.job_queue)
         except DispatchError as exc:
             log.warning("%s; a later sweep re-dispatches it", exc)
+
+
+    # -- 4. orphaned artifact files --
+
+    def _sweep_orphans(self, report: ReapReport) -> None:
+        """Every ORPHAN_GRACE_S / 4 (at least every reaper interval, at most every 10 min), remove files under
+        ARTIFACT_DIR that no record names and no attempt can still record (server.store.orphans)."""
+        grace_s = self._settings.orphan_grace_s
+        every_s = min(600.0, max(self._settings.reaper_interval_s, grace_s / 4))
+        now = time.monotonic()
+        if self._orphans_swept_at is not None and now - self._orphans_swept_at < every_s:
+            return
+        self._orphans_swept_at = now
+        with self._sessions() as session:
+            orphans = find_orphans(session, self._artifacts, older_than_s=grace_s)
+        if not orphans:
+            return
+        paths = [str(p) for p in (*orphans.job_dirs, *orphans.files)]
+        remove_orphans(orphans)
+        log.warning("removed %d orphaned artifact path(s) older than %.0f s: %s", len(paths), grace_s, paths[:10])
+        report.orphans_removed.extend(paths)
 
 
 def make_reaper(settings: Settings) -> Reaper:

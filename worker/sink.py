@@ -8,8 +8,11 @@ and no ris_model (it only has to satisfy the MetricSink protocol).
 When a flush happens: every `flush_interval_s` (checked on each `log_metrics` call and by the task's
 heartbeat thread through `flush_if_due`), when `flush_max_points` are buffered, immediately for non-finite
 event points (so `GET /v1/jobs/{id}` shows skipped steps while the job runs), before every checkpoint
-registration and at close. SQL failures raise (they fail the job, or LeaseLost stops it); a failed Redis
-publish is logged and dropped, because SSE clients replay from SQL.
+registration and at close. A database that is unreachable (a PostgreSQL restart) is waited out: each write is
+retried with bounded backoff for up to STORE_RETRY_DEADLINE_S (`worker.store_retry`), holding the trainer at its
+next sink call meanwhile, and a flush whose connection broke during COMMIT is recognised by the job's seq
+counter so that its points are not stored twice. Other SQL failures raise (they fail the job, or LeaseLost stops
+it); a failed Redis publish is logged and dropped, because SSE clients replay from SQL.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ from api_schemas.lineage import code_version
 from api_schemas.metrics import NONFINITE_PREFIX
 from server.store import live
 from server.store.artifacts import ArtifactStore, register_checkpoint
+from server.store.jobs import get_job
 from server.store.metrics import append_points
+from server.store.principals import WORKER
+from worker.store_retry import retry_store
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,7 @@ class StoreSink:
         redis: Redis | None,
         flush_interval_s: float = 1.0,
         flush_max_points: int = 200,
+        store_retry_deadline_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
         config_sha256: str | None = None,
     ) -> None:
@@ -68,6 +75,10 @@ class StoreSink:
         self._last_flush = clock()
         self._background_error: BaseException | None = None
         self._closed = False
+        self._retry_deadline_s = store_retry_deadline_s
+        #: the seq the next stored point gets, known after the first flush (to recognise a flush whose
+        #: connection broke during COMMIT but which was stored)
+        self._next_seq: int | None = None
 
     # -- the MetricSink protocol (called by the trainer) --
 
@@ -85,10 +96,16 @@ class StoreSink:
         self._raise_background_error()
         with self._lock:
             self._flush_locked()
-            with self._sessions() as session:
-                register_checkpoint(session, self._job_id, info, lease_token=self._lease_token, store=self._artifacts,
-                                    code_version=code_version(), config_sha256=self._config_sha256)
-                session.commit()
+
+            def register() -> None:  # an upsert by name: repeating it after a broken COMMIT is harmless
+                with self._sessions() as session:
+                    register_checkpoint(session, self._job_id, info, lease_token=self._lease_token,
+                                        store=self._artifacts, code_version=code_version(),
+                                        config_sha256=self._config_sha256)
+                    session.commit()
+
+            retry_store(register, what=f"checkpoint {info.name} of job {self._job_id}",
+                        deadline_s=self._retry_deadline_s)
         log.info("checkpoint %s registered (phase=%s epoch=%d step=%d)", info.name, info.phase, info.epoch, info.step)
 
     def close(self) -> None:
@@ -129,11 +146,36 @@ class StoreSink:
         self._last_flush = self._clock()
         if not self._buffer:
             return
-        with self._sessions() as session:
-            stored = append_points(session, self._job_id, list(self._buffer), lease_token=self._lease_token)
-            session.commit()
+        points = list(self._buffer)
+        unsure = False
+
+        def note_failure(_exc: BaseException) -> None:
+            nonlocal unsure
+            unsure = True
+
+        def append() -> list[StoredMetricPoint] | None:
+            with self._sessions() as session:
+                if unsure and self._next_seq is not None:
+                    job = get_job(session, self._job_id, principal=WORKER)
+                    if job.next_seq == self._next_seq + len(points):
+                        return None  # the attempt whose connection broke was committed
+                stored = append_points(session, self._job_id, points, lease_token=self._lease_token)
+                session.commit()
+                return stored
+
+        def read_next_seq() -> int:
+            with self._sessions() as session:
+                return get_job(session, self._job_id, principal=WORKER).next_seq
+
+        if self._next_seq is None:
+            self._next_seq = retry_store(read_next_seq, what=f"reading job {self._job_id}",
+                                         deadline_s=self._retry_deadline_s)
+        stored = retry_store(append, what=f"metric flush of job {self._job_id}", deadline_s=self._retry_deadline_s,
+                             on_retry=note_failure)
         self._buffer.clear()
-        self._publish(stored)
+        self._next_seq += len(points)
+        if stored is not None:
+            self._publish(stored)
 
     def _publish(self, stored: Sequence[StoredMetricPoint]) -> None:
         if self._redis is None or not stored:

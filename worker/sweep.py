@@ -42,6 +42,7 @@ from server.store import job_queries as store_queries
 from server.store import jobs as store_jobs
 from server.store import live
 from server.store.models import JobRow
+from server.store.principals import WORKER, Principal
 from worker.sink import StoreSink
 from worker.study import distributions, make_sampler, open_study, study_name
 
@@ -69,7 +70,8 @@ class SweepJob:
 
     id: str
     name: str | None
-    principal: str | None
+    #: `jobs.principal` of the sweep: its trials belong to the same owner
+    owner: str | None
     tags: list[str]
     max_attempts: int
 
@@ -83,6 +85,8 @@ class SweepDriver:
         self.job, self.config = job, config
         self._sink = sink
         self._n_ended = -1
+        #: the worker, creating jobs on behalf of the sweep's owner
+        self._acting = Principal(id=WORKER.id, owner=job.owner)
         self._sessions, self._database_url = sessions, database_url
         self._job_queue, self._producer, self._redis = job_queue, producer, redis
         self._poll_interval_s = poll_interval_s
@@ -134,7 +138,7 @@ class SweepDriver:
 
     def _children_by_trial(self) -> dict[int, JobRow]:
         with self._sessions() as session:
-            children = store_queries.list_children(session, self.job.id)
+            children = store_queries.list_children(session, self.job.id, principal=WORKER)
         return {n: c for c in children if (n := trial_number(c.tags or [])) is not None}
 
     def _reconcile(self, study: optuna.Study) -> int:
@@ -171,7 +175,7 @@ class SweepDriver:
         with self._sessions() as session:
             child = store_jobs.create_job(
                 session, kind=JobKind(self.config.base.kind), name=f"{self.job.name or 'sweep'} trial {number}",
-                config=config, max_attempts=self.job.max_attempts, principal=self.job.principal,
+                config=config, max_attempts=self.job.max_attempts, principal=self._acting,
                 idempotency_key=f"sweep-{self.job.id}-trial-{number}", body_sha256=config_sha256(config),
                 parent_id=self.job.id, tags=tags,
             )
@@ -190,7 +194,7 @@ class SweepDriver:
         from optuna.trial import TrialState
 
         with self._sessions() as session:
-            cancelling = store_jobs.cancel_children(session, self.job.id)
+            cancelling = store_jobs.cancel_children(session, self.job.id, principal=WORKER)
         for child in cancelling:
             if self._redis is not None:
                 try:

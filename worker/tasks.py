@@ -46,6 +46,7 @@ from server.store import live
 from server.store.artifacts import ArtifactStore
 from server.store.db import make_engine, make_session_factory
 from server.store.errors import InvalidTransition, JobNotFound, LeaseLost
+from server.store.principals import WORKER
 from worker.app import app
 from worker.evaluation import run_evaluation_job
 from worker.exports import ExportingSink
@@ -53,6 +54,7 @@ from worker.failures import TrainerFailed, UserInputRejected, classify_failure, 
 from worker.heartbeat import JobMonitor, make_should_stop
 from worker.init_from import initial_weights
 from worker.sink import StoreSink
+from worker.store_retry import retry_store
 from worker.sweep import SweepDriver, SweepJob
 from worker.trial import TrialReporter, open_trial_reporter
 
@@ -152,7 +154,7 @@ def _run_claimed(res: JobResources, row: Any, *, lease_token: str) -> JobState |
     sink = StoreSink(
         res.sessions, job_id, lease_token=lease_token, artifacts=res.artifacts, redis=res.redis,
         flush_interval_s=s.metrics_flush_interval_s, flush_max_points=s.metrics_flush_max_points,
-        config_sha256=row.config_sha256,
+        store_retry_deadline_s=s.store_retry_deadline_s, config_sha256=row.config_sha256,
     )
     monitor = JobMonitor(
         res.sessions, job_id, lease_token=lease_token, redis=res.redis,
@@ -243,7 +245,7 @@ def _open_exporters(res: JobResources, row: Any, config: TrainingJobConfig,
     if row.parent_id is None:
         return None
     with res.sessions() as session:
-        sweep_config = store_jobs.get_job(session, row.parent_id).config
+        sweep_config = store_jobs.get_job(session, row.parent_id, principal=WORKER).config
     reporter = exporting.open("trial", lambda: open_trial_reporter(
         s.database_url, sweep_id=row.parent_id, sweep_config=sweep_config, tags=list(row.tags or []),
         config=config))
@@ -267,7 +269,7 @@ def _sweep(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor)
     """Run a sweep's driver (worker/sweep.py) and map its result or exception to an Outcome."""
     try:
         config = SweepJobConfig.model_validate(row.config)
-        job = SweepJob(id=str(row.id), name=row.name, principal=row.principal, tags=list(row.tags or []),
+        job = SweepJob(id=str(row.id), name=row.name, owner=row.principal, tags=list(row.tags or []),
                        max_attempts=row.max_attempts)
         driver = SweepDriver(job, config, sessions=res.sessions, database_url=res.settings.database_url,
                              job_queue=res.settings.job_queue, producer=make_producer(res.settings),
@@ -401,14 +403,32 @@ def _finish(res: JobResources, job_id: str, *, outcome: Outcome, lease_token: st
 
 
 def _write_outcome(res: JobResources, job_id: str, *, outcome: Outcome, lease_token: str) -> None:
-    with res.sessions() as session:
-        if outcome.report is not None:
-            store_jobs.set_report(session, job_id, outcome.report, lease_token=lease_token)
-        store_jobs.transition(
-            session, job_id, outcome.state, lease_token=lease_token,
-            failure_reason=outcome.failure_reason, message=outcome.message,
-        )
-        session.commit()
+    """The report and the terminal state; retried while the database is unreachable (`worker.store_retry`).
+
+    A retry first looks whether the attempt whose connection broke had committed the state (the lease is then
+    cleared, so repeating the fenced transition would report LeaseLost for a write that succeeded)."""
+    broken = False
+
+    def note_failure(_exc: BaseException) -> None:
+        nonlocal broken
+        broken = True
+
+    def write() -> None:
+        with res.sessions() as session:
+            if broken:
+                job = store_jobs.get_job(session, job_id, principal=WORKER)
+                if job.state == outcome.state.value and job.lease_token is None:
+                    return
+            if outcome.report is not None:
+                store_jobs.set_report(session, job_id, outcome.report, lease_token=lease_token)
+            store_jobs.transition(
+                session, job_id, outcome.state, principal=WORKER, lease_token=lease_token,
+                failure_reason=outcome.failure_reason, message=outcome.message,
+            )
+            session.commit()
+
+    retry_store(write, what=f"terminal state {outcome.state.value} of job {job_id}",
+                deadline_s=res.settings.store_retry_deadline_s, on_retry=note_failure)
 
 
 def _publish_state(res: JobResources, job_id: str, state: JobState) -> None:

@@ -95,6 +95,7 @@ class GraphedLoss:
         with _autocast(autocast, cache_enabled=False):
             graphed = torch.cuda.make_graphed_callables(step, sample, allow_unused_input=True)
         self.captures += 1
+        assert isinstance(graphed, nn.Module)  # a Module in, a Module out
         return graphed
 
 

@@ -47,8 +47,8 @@ ALL_FUSED = FusedRoutes()
 def real_block(m: Tensor) -> Tensor:
     """The real LOW_PRECISION form [..., 2N, 2P] of a complex right factor m [..., N, P], such that
     view_as_real(x).flatten(-2) @ real_block(m) = [re(x·m) | im(x·m)] for complex x [..., N]: rows interleaved
-    (re x_n, im x_n), columns [re out | im out]. Written in place in the low precision (stacking fp32 halves
-    cost ~10 % of a training step on the H100 profile)."""
+    (re x_n, im x_n), columns [re out | im out]. Written in place in the low precision: no fp32 halves are
+    stacked and converted."""
     *lead, N, P = m.shape
     block = torch.empty(*lead, N, 2, 2, P, dtype=LOW_PRECISION, device=m.device)
     block[..., 0, 0, :], block[..., 0, 1, :], block[..., 1, 1, :] = m.real, m.imag, m.real
@@ -137,9 +137,8 @@ def candidate_block(cand: Tensor, element_xyz: Tensor, wavenumber: float, fresne
 
     The trigonometry of the angles is done on [B, P] first; then two compiled kernels on CUDA: the phasors'
     cosine and sine planes [B, N, P] (one sine and one cosine per element), and the block's four entries
-    from them (a copy). A single kernel for the block evaluated a sine and a cosine for each of the four
-    entries of an element: 0.47 ms per refinement round at B = 4,096 on an H100 (`bench/candidate_block.py`;
-    1.79 ms eager)."""
+    from them (a copy), so that each element costs one sine and one cosine rather than one of each per entry
+    (`bench/candidate_block.py` times the forms)."""
     r = 1 / cand[..., 2]
     p = source_position(cand[..., 0], cand[..., 1], r)  # [B, P, 3]
     return block_from_planes(*phasor_planes(p[..., 0], p[..., 1], r, element_xyz, wavenumber, fresnel))

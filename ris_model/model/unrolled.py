@@ -99,7 +99,8 @@ class UnrolledOMPBackbone(nn.Module):
         looks [B, K_MAX, N_LOOK_FEATURES] and anchors [B, K_MAX, 3]."""
         with torch.no_grad(), torch.autocast(y.device.type, enabled=False):  # the looks set their own precision
             if self.training and self.graphed_looks is not None and y.is_cuda:
-                return self.graphed_looks(self.look, y, H, codes)
+                looks, anchors = self.graphed_looks(self.look, y, H, codes)
+                return looks, anchors
             return self.look(y, H, codes)
 
     def encode(self, looks: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
@@ -210,9 +211,8 @@ class UnrolledOMPBackbone(nn.Module):
 
         Real-block route (CUDA): the real fp16 tensor-core product of view_as_real(z) with the real block form
         of Dᴴ, its squares, normalization and sum over snapshots in one Triton kernel (`fused`; else cuBLAS and
-        one compiled reduction). Scores only rank and describe looks, so fp16's ~0.05 % error is harmless.
-        Measured on an H200: the complex64 route with separate squares spent ~45 % of a training step in
-        elementwise copies of the intermediates."""
+        one compiled reduction). Scores only rank and describe looks, so fp16's ~0.05 % error is harmless; the
+        complex64 route's separate squares would copy every [B, L, G] intermediate."""
         if real_block:
             zr = torch.view_as_real(z.contiguous()).flatten(-2).to(LOW_PRECISION)  # [B, L, 2N]
             if fused:  # Σ_l in the kernel, then the mean and the taken mask

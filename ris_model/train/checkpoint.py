@@ -29,6 +29,17 @@ KIND_KEY = "kind"  # "training" | "diagnostic"
 POSITION_KEY = "position"  # phase_index, phase, epoch, batch, global_step
 COUNTERS_KEY = "counters"  # non-finite counts and epoch accumulators
 EVAL_WEIGHTS_KEY = "eval_weights"  # "model" or "ema": which weights were validated (and are served)
+EVAL_MODEL_KEY = "eval_model"  # the validated weights themselves (what an Estimator loads)
+EPOCH_START_KEY = "epoch_start"  # the parameters at the start of the epoch (for ‖Δparam‖ after a resume)
+#: keys inside RNG_KEY
+RNG_TORCH_KEY, RNG_CUDA_KEY = "torch", "cuda"
+#: keys inside POSITION_KEY; OPTIMIZER_PHASE_KEY names the phase that owns the optimizer/EMA state
+PHASE_INDEX_KEY, PHASE_KEY, EPOCH_KEY = "phase_index", "phase", "epoch"
+BATCH_KEY, GLOBAL_STEP_KEY = "batch", "global_step"
+OPTIMIZER_PHASE_KEY = "optimizer_phase"
+#: keys inside COUNTERS_KEY
+NONFINITE_TOTAL_KEY, CONSECUTIVE_NONFINITE_KEY = "nonfinite_total", "consecutive_nonfinite"
+UPDATED_KEY, EPOCH_STATS_KEY = "updated", "epoch_stats"
 REQUIRED_KEYS = (FORMAT_KEY, MODEL_KEY, CONFIG_KEY, CONFIG_SHA_KEY, POSITION_KEY)
 
 

@@ -147,7 +147,7 @@ class Trainer:
         self.ema = ({n: p.detach().clone() for n, p in self.model.state_dict().items()}
                     if phase.ema_decay is not None else None)
         state, self._resume_state = self._resume_state, None
-        if state is not None and state[ckpt.POSITION_KEY].get("optimizer_phase") == phase.name:
+        if state is not None and state[ckpt.POSITION_KEY].get(ckpt.OPTIMIZER_PHASE_KEY) == phase.name:
             self.optimizer.load_state_dict(state[ckpt.OPTIMIZER_KEY])
             if self.ema is not None and state.get(ckpt.EMA_KEY) is not None:
                 self.ema = {k: v.to(self.device) for k, v in state[ckpt.EMA_KEY].items()}
@@ -447,21 +447,22 @@ class Trainer:
             ckpt.EMA_KEY: {k: v.detach().cpu() for k, v in self.ema.items()} if self.ema is not None else None,
             ckpt.EVAL_WEIGHTS_KEY: "ema" if self.ema is not None else "model",
             ckpt.OPTIMIZER_KEY: self.optimizer.state_dict(),
-            ckpt.RNG_KEY: {"torch": torch.get_rng_state(),
-                           "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
+            ckpt.RNG_KEY: {ckpt.RNG_TORCH_KEY: torch.get_rng_state(),
+                           ckpt.RNG_CUDA_KEY: torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
             ckpt.CONFIG_KEY: self.config.model_dump(mode="json"),
             ckpt.CONFIG_SHA_KEY: self.config.sha256(),
-            ckpt.POSITION_KEY: {"phase_index": self.pos.phase_index, "phase": phase.name, "epoch": self.pos.epoch,
-                                "batch": self.pos.batch, "global_step": self.pos.global_step,
+            ckpt.POSITION_KEY: {ckpt.PHASE_INDEX_KEY: self.pos.phase_index, ckpt.PHASE_KEY: phase.name,
+                                ckpt.EPOCH_KEY: self.pos.epoch, ckpt.BATCH_KEY: self.pos.batch,
+                                ckpt.GLOBAL_STEP_KEY: self.pos.global_step,
                                 # the phase that owns the optimizer/EMA state (one behind after a phase end)
-                                "optimizer_phase": phase.name},
-            ckpt.COUNTERS_KEY: {"nonfinite_total": self.nonfinite_total,
-                                "consecutive_nonfinite": self.consecutive_nonfinite,
-                                "updated": sorted(self.updated),
-                                "epoch_stats": {k: float(v) if isinstance(v, Tensor) else v
-                                                for k, v in vars(self.epoch_stats).items()}},
-            "epoch_start": {k: v.cpu() for k, v in self.epoch_start.items()},
-            "eval_model": {k: v.detach().cpu() for k, v in eval_state.items()},
+                                ckpt.OPTIMIZER_PHASE_KEY: phase.name},
+            ckpt.COUNTERS_KEY: {ckpt.NONFINITE_TOTAL_KEY: self.nonfinite_total,
+                                ckpt.CONSECUTIVE_NONFINITE_KEY: self.consecutive_nonfinite,
+                                ckpt.UPDATED_KEY: sorted(self.updated),
+                                ckpt.EPOCH_STATS_KEY: {k: float(v) if isinstance(v, Tensor) else v
+                                                       for k, v in vars(self.epoch_stats).items()}},
+            ckpt.EPOCH_START_KEY: {k: v.cpu() for k, v in self.epoch_start.items()},
+            ckpt.EVAL_MODEL_KEY: {k: v.detach().cpu() for k, v in eval_state.items()},
         }
         path = self._fresh_path(name)
         size, sha = ckpt.save_checkpoint(path, state)
@@ -496,16 +497,16 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path.name} was written for another config; cannot resume")
         self.model.load_state_dict(state[ckpt.MODEL_KEY])
         p = state[ckpt.POSITION_KEY]
-        self.pos = _Position(p["phase_index"], p["epoch"], p["batch"], p["global_step"])
+        self.pos = _Position(p[ckpt.PHASE_INDEX_KEY], p[ckpt.EPOCH_KEY], p[ckpt.BATCH_KEY], p[ckpt.GLOBAL_STEP_KEY])
         counters = state[ckpt.COUNTERS_KEY]
-        self.nonfinite_total = counters["nonfinite_total"]
-        self.consecutive_nonfinite = counters["consecutive_nonfinite"]
-        self.updated = set(counters["updated"])
-        self.epoch_stats = _EpochStats(**counters["epoch_stats"])
-        self.epoch_start = {k: v.to(self.device) for k, v in state["epoch_start"].items()}
-        torch.set_rng_state(state[ckpt.RNG_KEY]["torch"].cpu())
-        if self.device.type == "cuda" and state[ckpt.RNG_KEY]["cuda"]:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state[ckpt.RNG_KEY]["cuda"]])
+        self.nonfinite_total = counters[ckpt.NONFINITE_TOTAL_KEY]
+        self.consecutive_nonfinite = counters[ckpt.CONSECUTIVE_NONFINITE_KEY]
+        self.updated = set(counters[ckpt.UPDATED_KEY])
+        self.epoch_stats = _EpochStats(**counters[ckpt.EPOCH_STATS_KEY])
+        self.epoch_start = {k: v.to(self.device) for k, v in state[ckpt.EPOCH_START_KEY].items()}
+        torch.set_rng_state(state[ckpt.RNG_KEY][ckpt.RNG_TORCH_KEY].cpu())
+        if self.device.type == "cuda" and state[ckpt.RNG_KEY][ckpt.RNG_CUDA_KEY]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state[ckpt.RNG_KEY][ckpt.RNG_CUDA_KEY]])
         self._resume_state = state
 
 

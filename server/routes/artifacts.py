@@ -13,8 +13,9 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from server.deps import ArtifactsDep, SessionDep
+from server.deps import ArtifactsDep, PrincipalDep, SessionDep
 from server.errors import problem_responses
+from server.ranges import RangedFileResponse
 from server.store import jobs as store_jobs
 from server.store.files import artifact_file
 
@@ -27,8 +28,9 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.get("/{job_id}/artifacts/{name}", operation_id="download_artifact", response_class=FileResponse,
             responses=_RESPONSES)
-def download_artifact(job_id: str, name: str, session: SessionDep, artifacts: ArtifactsDep) -> FileResponse:
+def download_artifact(job_id: str, name: str, session: SessionDep, artifacts: ArtifactsDep,
+                      principal: PrincipalDep) -> FileResponse:
     """An output file of the job (e.g. `k_acc_vs_snr.png`, `report.json`)."""
-    job = store_jobs.get_job(session, job_id)
+    job = store_jobs.get_job(session, job_id, principal=principal)
     path, media_type = artifact_file(artifacts, job.id, name)
-    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, no-cache"})
+    return RangedFileResponse(path, media_type=media_type, headers={"Cache-Control": "private, no-cache"})

@@ -14,8 +14,9 @@ from fastapi import APIRouter, Header, Response
 from fastapi.responses import FileResponse
 
 from api_schemas import CheckpointPublic
-from server.deps import ArtifactsDep, SessionDep
+from server.deps import ArtifactsDep, PrincipalDep, SessionDep
 from server.errors import problem_responses
+from server.ranges import RangedFileResponse
 from server.store import get_checkpoint, list_checkpoints
 from server.store.artifacts import checkpoint_file
 from server.store.models import CheckpointRow
@@ -36,9 +37,9 @@ def to_checkpoint_public(row: CheckpointRow) -> CheckpointPublic:
 
 
 @router.get("/{job_id}/checkpoints", operation_id="read_checkpoints", responses=_PROBLEMS)
-def read_checkpoints(job_id: str, session: SessionDep) -> list[CheckpointPublic]:
+def read_checkpoints(job_id: str, session: SessionDep, principal: PrincipalDep) -> list[CheckpointPublic]:
     """The job's checkpoints by step (available while it runs)."""
-    return [to_checkpoint_public(row) for row in list_checkpoints(session, job_id)]
+    return [to_checkpoint_public(row) for row in list_checkpoints(session, job_id, principal=principal)]
 
 
 def _etag_matches(if_none_match: str | None, etag: str) -> bool:
@@ -70,10 +71,11 @@ def download_checkpoint(
     name: str,
     session: SessionDep,
     artifacts: ArtifactsDep,
+    principal: PrincipalDep,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response:
     """The checkpoint file (`final` and `latest` are aliases); resumable with Range."""
-    row = get_checkpoint(session, job_id, name)
+    row = get_checkpoint(session, job_id, name, principal=principal)
     path = checkpoint_file(artifacts, row)
     etag = f'"{row.sha256}"'
     headers = {
@@ -83,6 +85,6 @@ def download_checkpoint(
     }
     if _etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
-    return FileResponse(
+    return RangedFileResponse(
         path, media_type="application/octet-stream", filename=f"{row.job_id}-{row.name}.pt", headers=headers
     )

@@ -15,13 +15,13 @@ from typing import Annotated, Any, Literal
 
 import redis
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
 from api_schemas import (
     DebugConfig,
     DiagnosticReport,
+    EvaluationJobCreate,
     EvaluationReport,
     Failure,
     FailureReason,
@@ -52,13 +52,21 @@ from server.deps import (
     SettingsDep,
     strict_json_body,
 )
-from server.errors import FaultInjectionRefused, JobNotDispatched, QueueLimitExceeded, problem_responses
+from server.errors import (
+    FaultInjectionRefused,
+    InvalidReference,
+    JobNotDispatched,
+    QueueLimitExceeded,
+    problem_responses,
+)
 from server.store import job_queries as store_queries
 from server.store import jobs as store_jobs
 from server.store import live
-from server.store.errors import JobNotFound, NotASweep
+from server.store.artifacts import checkpoint_file, get_checkpoint
+from server.store.errors import CheckpointNotFound, JobNotFound, NotASweep, UploadNotFound
 from server.store.files import read_log
 from server.store.models import JobRow
+from server.store.uploads import read_upload
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
@@ -108,6 +116,22 @@ def _body_sha256(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _check_checkpoint_source(body: JobCreate, session: SessionDep, artifacts: ArtifactsDep,
+                             principal: PrincipalDep) -> None:
+    """An evaluation must name a checkpoint the caller can use: a job of theirs that has it (with its file), or
+    an upload of theirs. Refused here (422) rather than as a FAILED job a second later."""
+    if not isinstance(body, EvaluationJobCreate):
+        return
+    source = body.config.checkpoint
+    try:
+        if isinstance(source, JobCheckpointSource):
+            checkpoint_file(artifacts, get_checkpoint(session, source.job_id, source.checkpoint, principal=principal))
+        else:
+            read_upload(artifacts, source.upload_id, principal=principal)
+    except (JobNotFound, CheckpointNotFound, UploadNotFound) as exc:
+        raise InvalidReference("config.checkpoint", str(exc)) from exc
+
+
 def _refuse_fault_injection(config: BaseModel, *, allowed: bool) -> None:
     """FaultInjectionRefused when the config (given, or expanded from a preset) switches on a `debug` fault."""
     debug = getattr(config, "debug", None)
@@ -136,6 +160,7 @@ def create_job(
     body: Annotated[JobCreate, Body()],
     response: Response,
     session: SessionDep,
+    artifacts: ArtifactsDep,
     settings: SettingsDep,
     producer: ProducerDep,
     principal: PrincipalDep,
@@ -158,8 +183,9 @@ def create_job(
                 _dispatch_or_503(session, producer, existing, settings.job_queue)
             response.headers["Location"] = f"/v1/jobs/{existing.id}"
             response.headers["Idempotent-Replayed"] = "true"
-            return to_job_public(store_jobs.get_job(session, existing.id))
-    check_init_from(session, body)
+            return to_job_public(store_jobs.get_job(session, existing.id, principal=principal))
+    _check_checkpoint_source(body, session, artifacts, principal)
+    check_init_from(session, body, principal)
     if store_queries.count_queued(session, principal=principal) >= settings.max_queued_jobs_per_key:
         raise QueueLimitExceeded(
             f"{settings.max_queued_jobs_per_key} jobs are already QUEUED for this API key; wait or cancel some"
@@ -172,12 +198,13 @@ def create_job(
     if job.celery_task_id is None:  # an idempotent race may hand back a job that is already dispatched
         _dispatch_or_503(session, producer, job, settings.job_queue)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return to_job_public(store_jobs.get_job(session, job.id))
+    return to_job_public(store_jobs.get_job(session, job.id, principal=principal))
 
 
 @router.get("", operation_id="read_jobs", responses=_PROBLEMS)
 def read_jobs(
     session: SessionDep,
+    principal: PrincipalDep,
     state: JobState | None = None,
     kind: JobKind | None = None,
     parent_id: Annotated[str | None, Query(max_length=64, description="the trials of this sweep")] = None,
@@ -185,32 +212,34 @@ def read_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     page_token: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobsPage:
-    """Jobs newest first, filtered by state, kind, parent sweep and tag, paged by `next_page_token`."""
-    listing = store_queries.list_jobs(session, state=state, kind=kind, parent_id=parent_id, tag=tag, limit=limit,
+    """The caller's jobs (every job for an admin key) newest first, filtered by state, kind, parent sweep and tag,
+    paged by `next_page_token`."""
+    listing = store_queries.list_jobs(session, principal=principal, state=state, kind=kind, parent_id=parent_id,
+                                      tag=tag, limit=limit,
                                       page_token=page_token)
     return JobsPage(items=[to_job_public(j) for j in listing.jobs], next_page_token=listing.next_page_token)
 
 
 @router.get("/{job_id}", operation_id="read_job", responses=_PROBLEMS)
-async def read_job(job_id: str, request: Request) -> JobPublic:
+async def read_job(job_id: str, request: Request, principal: PrincipalDep) -> JobPublic:
     """One job: state, progress, non-finite steps, latest metrics, failure, attempt, links.
 
     The hot path that clients poll: one primary-key read (~0.1 ms on SQLite), so it runs on the event loop
     instead of two thread-pool hops (a sync dependency and a sync route), which costs more than the read itself
     (bench/api.py measures it)."""
     with request.app.state.session_factory() as session:
-        return to_job_public(store_jobs.get_job(session, job_id))
+        return to_job_public(store_jobs.get_job(session, job_id, principal=principal))
 
 
 @router.get("/{job_id}/events", operation_id="read_job_events", responses=_PROBLEMS)
-def read_job_events(job_id: str, session: SessionDep) -> list[JobEvent]:
+def read_job_events(job_id: str, session: SessionDep, principal: PrincipalDep) -> list[JobEvent]:
     """The job's state transitions, oldest first."""
     return [
         JobEvent(
             from_state=JobState(e.from_state) if e.from_state else None, to_state=JobState(e.to_state), at=e.at,
             message=e.message,
         )
-        for e in store_queries.list_events(session, job_id)
+        for e in store_queries.list_events(session, job_id, principal=principal)
     ]
 
 
@@ -225,11 +254,12 @@ def read_job_logs(
     job_id: str,
     session: SessionDep,
     artifacts: ArtifactsDep,
+    principal: PrincipalDep,
     offset: Annotated[int, Query(ge=0, description="byte offset")] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_LOG_CHUNK_BYTES, description="bytes")] = 1024 * 1024,
 ) -> Response:
     """Log bytes from `offset`; pass `X-Next-Offset` back as `offset` to continue."""
-    job = store_jobs.get_job(session, job_id)
+    job = store_jobs.get_job(session, job_id, principal=principal)
     chunk = read_log(artifacts, job.id, offset=offset, limit=limit)
     return Response(
         content=chunk.data, media_type="text/plain; charset=utf-8", headers={"X-Next-Offset": str(chunk.next_offset)}
@@ -241,10 +271,11 @@ def read_job_logs(
     responses={**_PROBLEMS, 200: {"content": {"application/json": {}, "text/markdown": {}}}},
 )
 def read_job_report(
-    job_id: str, session: SessionDep, fmt: Annotated[Literal["json", "md"], Query(alias="format")] = "json"
+    job_id: str, session: SessionDep, principal: PrincipalDep,
+    fmt: Annotated[Literal["json", "md"], Query(alias="format")] = "json",
 ) -> Response:
     """The job's report (a dict of sections) as JSON, or rendered as Markdown with `?format=md`."""
-    report = store_jobs.get_report(session, job_id)
+    report = store_jobs.get_report(session, job_id, principal=principal)
     if fmt == "md" and report.get("kind") == JobKind.EVALUATION.value:  # the report's own rendering
         return Response(EvaluationReport.model_validate(report).to_markdown(), media_type="text/markdown")
     if fmt == "md" and report.get("kind") == JobKind.DIAGNOSTIC.value:  # checks table and verdict
@@ -257,11 +288,11 @@ def read_job_report(
 @router.post(
     "/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, operation_id="cancel_job", responses=_PROBLEMS
 )
-def cancel_job(job_id: str, session: SessionDep, redis_client: RedisDep) -> JobPublic:
+def cancel_job(job_id: str, session: SessionDep, redis_client: RedisDep, principal: PrincipalDep) -> JobPublic:
     """Cooperative cancel: QUEUED → CANCELLED now, RUNNING → CANCELLING (the worker stops at its next step).
     Cancelling a sweep also cancels its unfinished trials."""
-    job = store_jobs.request_cancel(session, job_id)
-    children = store_jobs.cancel_children(session, job.id) if job.kind == JobKind.SWEEP else []
+    job = store_jobs.request_cancel(session, job_id, principal=principal)
+    children = store_jobs.cancel_children(session, job.id, principal=principal) if job.kind == JobKind.SWEEP else []
     for target in (job, *children):
         try:
             if target.state == JobState.CANCELLING:
@@ -269,19 +300,19 @@ def cancel_job(job_id: str, session: SessionDep, redis_client: RedisDep) -> JobP
             live.publish_state(redis_client, target.id, JobState(target.state))
         except redis.RedisError as exc:
             log.warning("cancel of job %s recorded in the database; Redis signal failed: %s", target.id, exc)
-    return to_job_public(store_jobs.get_job(session, job.id))
+    return to_job_public(store_jobs.get_job(session, job.id, principal=principal))
 
 
 @router.get("/{job_id}/trials", operation_id="read_sweep_trials", responses=_PROBLEMS)
-def read_sweep_trials(job_id: str, session: SessionDep) -> TrialsPage:
+def read_sweep_trials(job_id: str, session: SessionDep, principal: PrincipalDep) -> TrialsPage:
     """A sweep's trials, by number: parameters, state, objective value and the child job that runs each;
     `best` is the best complete trial so far. 404 for a job that is not a sweep."""
-    job = store_jobs.get_job(session, job_id)
+    job = store_jobs.get_job(session, job_id, principal=principal)
     if job.kind != JobKind.SWEEP:
         raise NotASweep(job.id)
     config = SweepJobConfig.model_validate(job.config)
-    trials = sorted((t for c in store_queries.list_children(session, job.id) if (t := _trial(c, config))),
-                    key=lambda t: t.number)
+    children = store_queries.list_children(session, job.id, principal=principal)
+    trials = sorted((t for c in children if (t := _trial(c, config))), key=lambda t: t.number)
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     sign = 1.0 if config.objective.direction == "maximize" else -1.0
     best = max(complete, key=lambda t: sign * (t.value or 0.0)) if complete else None
@@ -309,38 +340,35 @@ def _trial(child: JobRow, config: SweepJobConfig) -> TrialPublic | None:
                        job_state=child.state, links={"job": f"/v1/jobs/{child.id}"})
 
 
-def check_init_from(session: SessionDep, body: Any) -> None:
-    """A training config (or a sweep's base) whose `init_from` names an earlier job must match that job's system
-    and weight shapes: 422 naming the field. An uploaded checkpoint is checked by the worker."""
+def check_init_from(session: SessionDep, body: Any, principal: PrincipalDep) -> None:
+    """A training config (or a sweep's base) whose `init_from` names an earlier job must name one of the caller's
+    training or diagnostic jobs, trained for the same system and weight shapes: 422 naming the field. An uploaded
+    checkpoint is checked by the worker."""
     config: Any = body.config
-    loc: tuple[str, ...] = ("body", "config", "init_from")
+    field = "config.init_from"
     if isinstance(config, SweepJobConfig):
         config = config.base.config_model().model_validate(config.base.config)
-        loc = ("body", "config", "base", "config", "init_from")
+        field = "config.base.config.init_from"
     source = getattr(config, "init_from", None)
     if not isinstance(source, JobCheckpointSource):
         return
     try:
-        parent = store_jobs.get_job(session, source.job_id)
+        parent = store_jobs.get_job(session, source.job_id, principal=principal)
     except JobNotFound:
-        raise _invalid(loc, f"job {source.job_id} does not exist") from None
+        raise InvalidReference(field, f"job {source.job_id} does not exist") from None
     if parent.kind not in (JobKind.TRAINING, JobKind.DIAGNOSTIC):
-        raise _invalid(loc, f"job {source.job_id} is a {parent.kind} job; it has no weights to start from")
+        raise InvalidReference(field, f"job {source.job_id} is a {parent.kind} job; it has no weights to start from")
     mismatch = init_mismatch(parent.config, config.model_dump(mode="json"))
     if mismatch is not None:
-        raise _invalid(loc, f"job {source.job_id}: {mismatch}")
-
-
-def _invalid(loc: tuple[str, ...], message: str) -> RequestValidationError:
-    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": message, "input": None}])
+        raise InvalidReference(field, f"job {source.job_id}: {mismatch}")
 
 
 @router.delete(
     "/{job_id}", status_code=status.HTTP_204_NO_CONTENT, operation_id="delete_job", responses=_PROBLEMS
 )
-def delete_job(job_id: str, session: SessionDep, artifacts: ArtifactsDep) -> Response:
+def delete_job(job_id: str, session: SessionDep, artifacts: ArtifactsDep, principal: PrincipalDep) -> Response:
     """Delete a finished job with its metrics, checkpoints and logs (409 while it is not terminal)."""
-    store_jobs.delete_job(session, job_id)
+    store_jobs.delete_job(session, job_id, principal=principal)
     artifacts.delete_job_files(job_id)  # after the rows: a failed removal leaves files, never a dangling row
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

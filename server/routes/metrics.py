@@ -25,11 +25,12 @@ from starlette.concurrency import run_in_threadpool
 
 from api_schemas import MetricsPage, StoredMetricPoint
 from api_schemas.jobs import JobState
-from server.deps import SessionDep, SettingsDep
+from server.deps import PrincipalDep, SessionDep, SettingsDep
 from server.errors import problem_responses
 from server.store import get_job, read_points
 from server.store.live import LiveMetrics, LiveState, live_channel, parse_live_message
 from server.store.metrics import MAX_PAGE_POINTS
+from server.store.principals import Principal
 
 router = APIRouter(prefix="/v1/jobs", tags=["metrics"])
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ _PROBLEMS = problem_responses(401, 404, 422)
 def read_metrics(
     job_id: str,
     session: SessionDep,
+    principal: PrincipalDep,
     since_seq: Annotated[int, Query(ge=0, description="return points with seq > since_seq")] = 0,
     keys: Annotated[list[str] | None, Query(description="metric keys; repeat or comma-separate")] = None,
     phase: Annotated[str | None, Query(max_length=64)] = None,
@@ -56,7 +58,8 @@ def read_metrics(
     """Metric history in seq order; continue with `since_seq=next_since_seq`."""
     wanted = [k for item in keys for k in item.split(",") if k] if keys else None
     return read_points(
-        session, job_id, since_seq=since_seq, keys=wanted, phase=phase, limit=limit, max_points=max_points
+        session, job_id, principal=principal, since_seq=since_seq, keys=wanted, phase=phase, limit=limit,
+        max_points=max_points,
     )
 
 
@@ -68,21 +71,21 @@ class _Snapshot:
     failure: dict[str, str] | None
 
 
-def _read_snapshot(factory: sessionmaker[Session], job_id: str, since_seq: int) -> _Snapshot:
+def _read_snapshot(factory: sessionmaker[Session], job_id: str, since_seq: int, principal: Principal) -> _Snapshot:
     """Points after `since_seq` (one page) and the job's state, read in one short session."""
     with factory() as session:
-        page = read_points(session, job_id, since_seq=since_seq, limit=REPLAY_PAGE_POINTS)
-        job = get_job(session, job_id)
+        page = read_points(session, job_id, principal=principal, since_seq=since_seq, limit=REPLAY_PAGE_POINTS)
+        job = get_job(session, job_id, principal=principal)
         failure = None
         if job.failure_reason is not None:
             failure = {"reason": job.failure_reason, "message": job.failure_message or ""}
         return _Snapshot(page.points, page.next_since_seq is not None, JobState(job.state), failure)
 
 
-def _check_job(factory: sessionmaker[Session], job_id: str) -> None:
+def _check_job(factory: sessionmaker[Session], job_id: str, principal: Principal) -> None:
     """Raises JobNotFound."""
     with factory() as session:
-        get_job(session, job_id)
+        get_job(session, job_id, principal=principal)
 
 
 def _metric_event(point: StoredMetricPoint) -> ServerSentEvent:
@@ -138,7 +141,7 @@ class _LiveFeed:
 
 
 async def _metric_stream(
-    factory: sessionmaker[Session], redis_url: str, job_id: str, last_seq: int
+    factory: sessionmaker[Session], redis_url: str, job_id: str, last_seq: int, principal: Principal
 ) -> AsyncIterator[ServerSentEvent]:
     feed = _LiveFeed(redis_url, job_id)
     await feed.subscribe()  # subscribe before the replay: nothing published in between is lost
@@ -147,7 +150,7 @@ async def _metric_stream(
     try:
         while True:
             if need_db or time.monotonic() - last_read >= POLL_INTERVAL_S:
-                snap = await run_in_threadpool(_read_snapshot, factory, job_id, last_seq)
+                snap = await run_in_threadpool(_read_snapshot, factory, job_id, last_seq, principal)
                 last_read = time.monotonic()
                 for point in snap.points:
                     yield _metric_event(point)
@@ -183,15 +186,16 @@ async def stream_metrics(
     job_id: str,
     request: Request,
     settings: SettingsDep,
+    principal: PrincipalDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", pattern=r"^\d{1,18}$")] = None,
     since_seq: Annotated[int | None, Query(ge=0, description="like Last-Event-ID, for clients without it")] = None,
 ) -> EventSourceResponse:
     """Server-sent events: `metric` (id = seq) and `state`; resumes after Last-Event-ID; ends at a terminal
     state."""
     factory: sessionmaker[Session] = request.app.state.session_factory
-    await run_in_threadpool(_check_job, factory, job_id)  # 404 before the stream starts
+    await run_in_threadpool(_check_job, factory, job_id, principal)  # 404 before the stream starts
     start = int(last_event_id) if last_event_id is not None else (since_seq or 0)
     return EventSourceResponse(
-        _metric_stream(factory, settings.redis_url, job_id, start), ping=PING_INTERVAL_S,
+        _metric_stream(factory, settings.redis_url, job_id, start, principal), ping=PING_INTERVAL_S,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -16,13 +16,21 @@ from fastapi.exceptions import RequestValidationError
 from api_schemas import CheckpointUploadPublic
 from server.deps import ArtifactsDep, PrincipalDep
 from server.errors import problem_responses
-from server.store.uploads import new_upload_id, record_upload, write_upload
+from server.store.uploads import (
+    UploadRecord,
+    delete_upload,
+    new_upload_id,
+    read_upload,
+    record_upload,
+    write_upload,
+)
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
 UPLOAD_PATH = "/v1/checkpoints"
 #: A torch checkpoint (torch.save's default since 1.6) is a zip archive.
 _ZIP_MAGIC = b"PK\x03\x04"
 _PROBLEMS = problem_responses(401, 413, 415, 422)
+_READ_PROBLEMS = problem_responses(401, 404)
 
 
 @router.post(
@@ -48,5 +56,24 @@ async def create_checkpoint_upload(
             }])
     record = record_upload(artifacts, upload_id, writer.digest(), principal=principal)
     response.headers["Location"] = f"{UPLOAD_PATH}/{upload_id}"
+    return to_upload_public(record)
+
+
+def to_upload_public(record: UploadRecord) -> CheckpointUploadPublic:
     return CheckpointUploadPublic(upload_id=record.upload_id, size=record.size, sha256=record.sha256,
                                   created_at=datetime.fromisoformat(record.created_at))
+
+
+@router.get("/{upload_id}", operation_id="read_checkpoint_upload", responses=_READ_PROBLEMS)
+def read_checkpoint_upload(upload_id: str, artifacts: ArtifactsDep, principal: PrincipalDep
+                           ) -> CheckpointUploadPublic:
+    """An uploaded checkpoint's id, size, sha256 and upload time (the `Location` of its upload)."""
+    return to_upload_public(read_upload(artifacts, upload_id, principal=principal))
+
+
+@router.delete("/{upload_id}", status_code=status.HTTP_204_NO_CONTENT, operation_id="delete_checkpoint_upload",
+               responses=_READ_PROBLEMS)
+def delete_checkpoint_upload(upload_id: str, artifacts: ArtifactsDep, principal: PrincipalDep) -> Response:
+    """Remove an uploaded checkpoint; evaluation jobs that name it afterwards are refused (422)."""
+    delete_upload(artifacts, upload_id, principal=principal)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

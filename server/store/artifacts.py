@@ -36,6 +36,7 @@ from server.store.files import (
 from server.store.job_queries import latest_resume_checkpoint
 from server.store.jobs import begin_write, fenced_update, get_job
 from server.store.models import CheckpointRow
+from server.store.principals import Principal
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -90,16 +91,16 @@ def register_checkpoint(
     return row
 
 
-def list_checkpoints(session: Session, job_id: str | UUID) -> list[CheckpointRow]:
+def list_checkpoints(session: Session, job_id: str | UUID, *, principal: Principal) -> list[CheckpointRow]:
     """The job's checkpoints by step, then creation time. Raises JobNotFound."""
-    get_job(session, job_id)
+    get_job(session, job_id, principal=principal)
     return list(session.scalars(
         select(CheckpointRow).where(CheckpointRow.job_id == str(job_id))
         .order_by(CheckpointRow.step, CheckpointRow.created_at, CheckpointRow.id)
     ))
 
 
-def get_checkpoint(session: Session, job_id: str | UUID, name: str) -> CheckpointRow:
+def get_checkpoint(session: Session, job_id: str | UUID, name: str, *, principal: Principal) -> CheckpointRow:
     """The checkpoint called `name`; `final` = the final checkpoint, `latest` = the highest step.
 
     Aliases win over a checkpoint literally named `latest`; for `final`, a checkpoint flagged final wins,
@@ -109,7 +110,7 @@ def get_checkpoint(session: Session, job_id: str | UUID, name: str) -> Checkpoin
         JobNotFound; CheckpointNotFound (no such checkpoint, or `name` is not a valid checkpoint name).
     """
     jid = str(job_id)
-    get_job(session, jid)
+    get_job(session, jid, principal=principal)
     if not re.match(CHECKPOINT_NAME_PATTERN, name):
         raise CheckpointNotFound(jid, name)
     row: CheckpointRow | None

@@ -1,7 +1,8 @@
 """Engines, schema and sessions of the job store (DESIGN §3.3).
 
-Owns: `make_engine` (SQLite in WAL mode by default, PostgreSQL through psycopg 3), `create_schema`,
-`make_session_factory`, `utcnow`. Must not import FastAPI or torch.
+Owns: `make_engine` (SQLite in WAL mode by default, PostgreSQL through psycopg 3), `create_schema` (Alembic's
+upgrade to the newest revision, see `server.store.migrate`),
+`make_session_factory`, `utcnow`, `is_transient`. Must not import FastAPI or torch.
 
 Transactions: every store function that writes opens its own transaction (ending any read the session had
 open) and commits before it returns. Under SQLite WAL a read transaction cannot be upgraded to a write once
@@ -16,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from server.store.models import Base
+from server.store.migrate import upgrade_schema
 
 #: How long SQLite waits for the write lock before it raises "database is locked", milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -62,8 +64,10 @@ def make_engine(url: str) -> Engine:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create every table and index that does not exist yet (no migrations: the schema is additive)."""
-    Base.metadata.create_all(engine)
+    """Bring the database to the newest schema revision with Alembic (`server.store.migrate.upgrade_schema`):
+    an empty database is created, one that predates migrations is stamped and upgraded, one at the newest
+    revision is left as it is."""
+    upgrade_schema(engine)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -75,3 +79,12 @@ def ping_database(session_factory: sessionmaker[Session]) -> None:
     """Run `SELECT 1`; raises sqlalchemy.exc.SQLAlchemyError when the database is unreachable."""
     with session_factory() as session:
         session.execute(text("SELECT 1"))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the database was unreachable or dropped the connection (a restart, a failover, a network blip;
+    SQLite's "database is locked" too): the same statement may succeed later. The API answers 503 with
+    Retry-After; the worker retries (`worker.store_retry`)."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)

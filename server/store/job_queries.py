@@ -23,6 +23,7 @@ from server.store.db import utcnow
 from server.store.errors import InvalidCursor
 from server.store.jobs import get_job
 from server.store.models import CheckpointRow, JobEventRow, JobRow
+from server.store.principals import Principal, owned_by
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -53,6 +54,7 @@ def _decode_cursor(token: str) -> tuple[datetime, str]:
 def list_jobs(
     session: Session,
     *,
+    principal: Principal,
     state: JobState | None = None,
     kind: JobKind | None = None,
     parent_id: str | None = None,
@@ -60,14 +62,15 @@ def list_jobs(
     limit: int = 50,
     page_token: str | None = None,
 ) -> JobListing:
-    """Jobs newest first (created_at, then id), optionally filtered, paged by an opaque token.
+    """The jobs `principal` may see, newest first (created_at, then id), optionally filtered, paged by an opaque
+    token.
 
     `parent_id` keeps the trials of one sweep; `tag` keeps the jobs that carry that tag.
 
     Raises:
         InvalidCursor: `page_token` was not issued by `list_jobs`.
     """
-    stmt = select(JobRow)
+    stmt = select(JobRow).where(owned_by(principal))
     if state is not None:
         stmt = stmt.where(JobRow.state == JobState(state).value)
     if kind is not None:
@@ -87,17 +90,17 @@ def list_jobs(
     return JobListing(jobs=rows, next_page_token=_encode_cursor(rows[-1]) if more and rows else None)
 
 
-def list_events(session: Session, job_id: str | UUID) -> list[JobEventRow]:
+def list_events(session: Session, job_id: str | UUID, *, principal: Principal) -> list[JobEventRow]:
     """The job's state transitions, oldest first. Raises JobNotFound."""
-    get_job(session, job_id)
+    get_job(session, job_id, principal=principal)
     return list(
         session.scalars(select(JobEventRow).where(JobEventRow.job_id == str(job_id)).order_by(JobEventRow.id))
     )
 
 
-def count_queued(session: Session, *, principal: str | None) -> int:
-    """How many QUEUED jobs this principal (None = anonymous) has."""
-    owner = JobRow.principal.is_(None) if principal is None else JobRow.principal == principal
+def count_queued(session: Session, *, principal: Principal) -> int:
+    """How many QUEUED jobs this principal owns (an admin counts its own too, not everyone's)."""
+    owner = JobRow.principal.is_(None) if principal.owner is None else JobRow.principal == principal.owner
     queued = JobRow.state == JobState.QUEUED.value
     return session.scalar(select(func.count()).select_from(JobRow).where(owner, queued)) or 0
 
@@ -125,10 +128,11 @@ def list_undispatched(session: Session, *, older_than_s: float, now: datetime | 
     ))
 
 
-def list_children(session: Session, parent_id: str | UUID) -> list[JobRow]:
-    """The jobs a sweep created, oldest first."""
+def list_children(session: Session, parent_id: str | UUID, *, principal: Principal) -> list[JobRow]:
+    """The jobs a sweep created that `principal` may see, oldest first."""
     return list(session.scalars(
-        select(JobRow).where(JobRow.parent_id == str(parent_id)).order_by(JobRow.created_at, JobRow.id)))
+        select(JobRow).where(JobRow.parent_id == str(parent_id), owned_by(principal))
+        .order_by(JobRow.created_at, JobRow.id)))
 
 
 def latest_resume_checkpoint(session: Session, job_id: str | UUID) -> CheckpointRow | None:

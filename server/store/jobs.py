@@ -5,6 +5,12 @@ claiming, heartbeats, cancel requests, the reaper's lease sweep, dispatch record
 Read-only listings and counts live in `server.store.job_queries`.
 Must not import FastAPI, Celery or torch: the worker uses this module directly.
 
+Tenants (`server.store.principals`): every function that reads or changes a job on a caller's behalf takes the
+caller's `principal` and matches only jobs it may see, so another principal's job is `JobNotFound`, exactly like
+a job that does not exist. Writes of a running attempt (claim, heartbeat, metric points, checkpoints, report,
+terminal state) are authorized by the attempt's lease token instead and are the worker's (`WORKER`); the
+reaper's are `REAPER`'s. Each event records the id of the principal that caused it.
+
 Every write below opens its own transaction and commits before returning (see `server.store.db`).
 A state change is one conditional `UPDATE … WHERE id=:id AND state IN (:allowed) [AND lease_token=:t]` plus a
 `job_events` row in the same transaction; when no row matches, it raises. Terminal states have no way out.
@@ -35,6 +41,7 @@ from server.store.errors import (
     ReportNotFound,
 )
 from server.store.models import IdempotencyKeyRow, JobEventRow, JobRow
+from server.store.principals import REAPER, WORKER, Principal, owned_by
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -86,7 +93,7 @@ def create_job(
     name: str | None,
     config: dict[str, Any],
     max_attempts: int,
-    principal: str | None = None,
+    principal: Principal,
     idempotency_key: str | None = None,
     body_sha256: str | None = None,
     parent_id: str | None = None,
@@ -98,7 +105,8 @@ def create_job(
 
     Args:
         config: the validated job config as JSON (`model_dump(mode="json")`).
-        principal: a non-secret id of the submitter (never the API key itself); None when auth is off.
+        principal: the submitter; the job belongs to `principal.owner` (a non-secret id, never the API key;
+            None for the anonymous principal when auth is off).
         parent_id: the sweep that creates this job as one of its trials.
         tags: the user's labels (validated by api_schemas.lineage.Tag).
         idempotency_key, body_sha256: given together; when another request committed the same key first,
@@ -116,16 +124,18 @@ def create_job(
     now = utcnow()
     job = JobRow(
         id=new_job_id(), kind=JobKind(kind).value, name=name, state=S.QUEUED.value, config=config,
-        principal=principal, attempt=1, max_attempts=max_attempts, created_at=now, queued_at=now,
+        principal=principal.owner, attempt=1, max_attempts=max_attempts, created_at=now, queued_at=now,
         latest_metrics={}, nonfinite={}, nonfinite_total=0, next_seq=1, epoch=0, step=0, progress_fraction=0.0,
         parent_id=parent_id, tags=list(tags), code_version=code_version(), config_sha256=config_sha256(config),
     )
     session.add(job)
     session.flush()  # the job row first: events and keys reference it
-    session.add(JobEventRow(job_id=job.id, from_state=None, to_state=S.QUEUED.value, at=now, attempt=1))
+    session.add(JobEventRow(job_id=job.id, from_state=None, to_state=S.QUEUED.value, at=now, attempt=1,
+                            principal=principal.id))
     if idempotency_key is not None and body_sha256 is not None:
         session.add(IdempotencyKeyRow(
-            principal=principal or "", key=idempotency_key, body_sha256=body_sha256, job_id=job.id, created_at=now,
+            principal=principal.owner or "", key=idempotency_key, body_sha256=body_sha256, job_id=job.id,
+            created_at=now,
         ))
     try:
         session.commit()
@@ -140,28 +150,35 @@ def create_job(
     return job
 
 
-def find_idempotent_job(session: Session, *, principal: str | None, key: str, body_sha256: str) -> JobRow | None:
-    """The job an earlier request with this Idempotency-Key created, or None.
+def find_idempotent_job(session: Session, *, principal: Principal, key: str, body_sha256: str) -> JobRow | None:
+    """The job an earlier request of `principal` with this Idempotency-Key created, or None (keys are per owner).
 
     Raises:
         IdempotencyConflict: the key was used with a body whose sha256 differs.
     """
     row = session.scalars(
-        select(IdempotencyKeyRow).where(IdempotencyKeyRow.principal == (principal or ""), IdempotencyKeyRow.key == key)
+        select(IdempotencyKeyRow).where(
+            IdempotencyKeyRow.principal == (principal.owner or ""), IdempotencyKeyRow.key == key
+        )
     ).first()
     if row is None:
         return None
     if row.body_sha256 != body_sha256:
         raise IdempotencyConflict(key)
-    return session.get(JobRow, row.job_id, populate_existing=True)
+    return _visible_job(session, row.job_id, principal)
 
 
 # ---------------------------------------------------------------------------------------------- reads
 
 
-def get_job(session: Session, job_id: str | UUID) -> JobRow:
-    """The job row, freshly read. Raises JobNotFound."""
-    job = session.get(JobRow, _jid(job_id), populate_existing=True)
+def _visible_job(session: Session, job_id: str, principal: Principal) -> JobRow | None:
+    stmt = select(JobRow).where(JobRow.id == job_id, owned_by(principal))
+    return session.scalars(stmt.execution_options(populate_existing=True)).first()
+
+
+def get_job(session: Session, job_id: str | UUID, *, principal: Principal) -> JobRow:
+    """The job row, freshly read, if `principal` may see it. Raises JobNotFound (also for another's job)."""
+    job = _visible_job(session, _jid(job_id), principal)
     if job is None:
         raise JobNotFound(_jid(job_id))
     return job
@@ -199,11 +216,11 @@ def _target_values(
 
 
 def _raise_for_failed_update(
-    session: Session, job_id: str, to: JobState, *, lease_token: str | None, fenced: bool
+    session: Session, job_id: str, to: JobState, *, lease_token: str | None, fenced: bool, principal: Principal
 ) -> NoReturn:
     """Explain why a conditional UPDATE matched no row: JobNotFound, LeaseLost or InvalidTransition."""
     session.rollback()
-    job = session.get(JobRow, job_id, populate_existing=True)
+    job = _visible_job(session, job_id, principal)
     if job is None:
         raise JobNotFound(job_id)
     if fenced and job.lease_token != lease_token:
@@ -221,6 +238,7 @@ def _transition(
     *,
     allowed: frozenset[JobState],
     values: dict[str, Any],
+    principal: Principal,
     where: Sequence[ColumnElement[bool]] = (),
     lease_token: str | None = None,
     fenced: bool = False,
@@ -228,7 +246,7 @@ def _transition(
 ) -> JobRow:
     """The one conditional UPDATE of `jobs.state` plus its `job_events` row, in one committed transaction."""
     begin_write(session)
-    conditions = [JobRow.id == job_id, JobRow.state.in_(_values(allowed)), *where]
+    conditions = [JobRow.id == job_id, JobRow.state.in_(_values(allowed)), owned_by(principal), *where]
     if fenced:
         conditions.append(JobRow.lease_token == lease_token)
     if to is S.QUEUED:
@@ -242,13 +260,13 @@ def _transition(
     )
     row = session.execute(stmt).first()
     if row is None:
-        _raise_for_failed_update(session, job_id, to, lease_token=lease_token, fenced=fenced)
+        _raise_for_failed_update(session, job_id, to, lease_token=lease_token, fenced=fenced, principal=principal)
     session.add(JobEventRow(
         job_id=job_id, from_state=row.previous_state, to_state=to.value, at=utcnow(), attempt=row.attempt,
-        message=message,
+        message=message, principal=principal.id,
     ))
     session.flush()
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, principal=principal)
     session.commit()
     return job
 
@@ -258,6 +276,7 @@ def transition(
     job_id: str | UUID,
     to: JobState,
     *,
+    principal: Principal,
     lease_token: str | None = None,
     failure_reason: FailureReason | None = None,
     message: str | None = None,
@@ -266,6 +285,7 @@ def transition(
     """Move a job to `to` if its current state allows it (ALLOWED_FROM), record the event, commit.
 
     Args:
+        principal: who causes it (recorded on the event); matches only jobs it may see.
         lease_token: a fence: the UPDATE matches only while the job holds this lease. For `to=RUNNING`
             (a claim; prefer `claim_job`) it is instead the new lease and is required.
         failure_reason: required for FAILED, refused otherwise; `message` becomes `failure_message`.
@@ -293,10 +313,10 @@ def transition(
         if not lease_token:
             raise ValueError("a claim (to=RUNNING) needs the new lease_token")
         values.update(lease_token=lease_token, heartbeat_at=now, started_at=func.coalesce(JobRow.started_at, now))
-        return _transition(session, jid, to, allowed=allowed, values=values, message=message)
+        return _transition(session, jid, to, allowed=allowed, values=values, message=message, principal=principal)
     return _transition(
         session, jid, to, allowed=allowed, values=values, lease_token=lease_token,
-        fenced=lease_token is not None, message=message,
+        fenced=lease_token is not None, message=message, principal=principal,
     )
 
 
@@ -314,7 +334,8 @@ def claim_job(session: Session, job_id: str | UUID, *, worker: str, lease_token:
         lease_token=lease_token, worker=worker, heartbeat_at=now, started_at=func.coalesce(JobRow.started_at, now)
     )
     try:
-        return _transition(session, jid, S.RUNNING, allowed=ALLOWED_FROM[S.RUNNING], values=values, message=worker)
+        return _transition(session, jid, S.RUNNING, allowed=ALLOWED_FROM[S.RUNNING], values=values, message=worker,
+                           principal=WORKER)
     except (InvalidTransition, JobNotFound):
         return None
 
@@ -358,7 +379,7 @@ def heartbeat(session: Session, job_id: str | UUID, *, lease_token: str) -> JobS
     return JobState(row.state)
 
 
-def request_cancel(session: Session, job_id: str | UUID) -> JobRow:
+def request_cancel(session: Session, job_id: str | UUID, *, principal: Principal) -> JobRow:
     """A user's cancel: QUEUED → CANCELLED, RUNNING → CANCELLING; idempotent on CANCELLING/CANCELLED.
 
     The caller sets the Redis cancel flag when the result is CANCELLING (the worker also sees the state
@@ -369,27 +390,29 @@ def request_cancel(session: Session, job_id: str | UUID) -> JobRow:
     """
     for to, source in ((S.CANCELLED, S.QUEUED), (S.CANCELLING, S.RUNNING)):
         try:
-            return transition(session, job_id, to, from_states=frozenset({source}), message="cancel requested")
+            return transition(session, job_id, to, from_states=frozenset({source}), message="cancel requested",
+                              principal=principal)
         except InvalidTransition:
             continue
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, principal=principal)
     if JobState(job.state) in (S.CANCELLING, S.CANCELLED):
         return job
     raise InvalidTransition(job.id, job.state, S.CANCELLED.value, "the job already finished")
 
 
-def cancel_children(session: Session, parent_id: str | UUID) -> list[JobRow]:
-    """Request the cancel of every child job of a sweep that has not finished (commits each).
+def cancel_children(session: Session, parent_id: str | UUID, *, principal: Principal) -> list[JobRow]:
+    """Request the cancel of every child job of a sweep that has not finished and that `principal` may control
+    (commits each).
 
     Returns the children now CANCELLING (the caller sets their Redis cancel flags).
     """
     ids = list(session.scalars(select(JobRow.id).where(
-        JobRow.parent_id == _jid(parent_id), JobRow.state.in_(_values({S.QUEUED, S.RUNNING})))))
+        JobRow.parent_id == _jid(parent_id), JobRow.state.in_(_values({S.QUEUED, S.RUNNING})), owned_by(principal))))
     session.rollback()  # end the read before writing (SQLite WAL, see begin_write)
     cancelling = []
     for child_id in ids:
         try:
-            child = request_cancel(session, child_id)
+            child = request_cancel(session, child_id, principal=principal)
         except (InvalidTransition, JobNotFound):  # finished or deleted meanwhile
             continue
         if child.state == S.CANCELLING.value:
@@ -459,7 +482,8 @@ def _reap_one(
         msg = f"worker lost while cancelling: {lost}"
     values = _target_values(to, failure_reason=failure_reason, message=msg, now=utcnow())
     try:
-        _transition(session, candidate.id, to, allowed=frozenset({state}), values=values, where=where, message=msg)
+        _transition(session, candidate.id, to, allowed=frozenset({state}), values=values, where=where, message=msg,
+                    principal=REAPER)
     except (InvalidTransition, JobNotFound):
         return None
     return ReapAction(job_id=candidate.id, outcome=outcome, attempt=attempt, celery_task_id=candidate.celery_task_id)
@@ -547,9 +571,19 @@ def set_report(session: Session, job_id: str | UUID, report: dict[str, Any], *, 
     session.commit()
 
 
-def get_report(session: Session, job_id: str | UUID) -> dict[str, Any]:
-    """The job's report. Raises JobNotFound, ReportNotFound (not written yet)."""
-    job = get_job(session, job_id)
+def get_report(session: Session, job_id: str | UUID, *, principal: Principal) -> dict[str, Any]:
+    """The job's report. A CANCELLED job without one gets a report that says it was cancelled, when, and how
+    far it got. Raises JobNotFound, ReportNotFound (not written yet)."""
+    job = get_job(session, job_id, principal=principal)
+    if job.report is None and job.state == S.CANCELLED.value:
+        when = job.cancel_requested_at.isoformat() if job.cancel_requested_at else None
+        started = job.started_at is not None
+        return {"state": S.CANCELLED.value, "cancelled": {
+            "message": "the job was cancelled by request " + (
+                f"while running, at phase {job.phase} epoch {job.epoch} step {job.step}; checkpoints written until "
+                "then stay downloadable" if started else "before it started; it has no results"),
+            "requested_at": when, "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        }}
     if job.report is None:
         raise ReportNotFound(job.id)
     return job.report
@@ -558,7 +592,7 @@ def get_report(session: Session, job_id: str | UUID) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- delete
 
 
-def delete_job(session: Session, job_id: str | UUID) -> None:
+def delete_job(session: Session, job_id: str | UUID, *, principal: Principal) -> None:
     """Delete a terminal job's rows (events, metrics, checkpoints, keys cascade); commits.
 
     Its files are the artifact store's: the caller removes them afterwards (`ArtifactStore.delete_job_files`).
@@ -569,12 +603,12 @@ def delete_job(session: Session, job_id: str | UUID) -> None:
     jid = _jid(job_id)
     begin_write(session)
     result = session.execute(
-        delete(JobRow).where(JobRow.id == jid, JobRow.state.in_(_values(TERMINAL_STATES)))
+        delete(JobRow).where(JobRow.id == jid, JobRow.state.in_(_values(TERMINAL_STATES)), owned_by(principal))
         .execution_options(synchronize_session=False)
     )
     if result.rowcount == 0:  # type: ignore[attr-defined]
         session.rollback()
-        job = get_job(session, jid)
+        job = get_job(session, jid, principal=principal)
         raise InvalidTransition(jid, job.state, "DELETED", "only SUCCEEDED, FAILED or CANCELLED jobs can be deleted")
     session.commit()
     session.expunge_all()

@@ -21,6 +21,7 @@ from api_schemas.metrics import NONFINITE_PREFIX, PROGRESS_FRACTION
 from server.store.db import utcnow
 from server.store.jobs import begin_write, fenced_update, get_job
 from server.store.models import JobRow, MetricRow
+from server.store.principals import Principal
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -104,6 +105,7 @@ def read_points(
     session: Session,
     job_id: str | UUID,
     *,
+    principal: Principal,
     since_seq: int = 0,
     keys: Sequence[str] | None = None,
     phase: str | None = None,
@@ -126,7 +128,7 @@ def read_points(
     """
     if limit < 1 or (max_points is not None and max_points < 1) or since_seq < 0:
         raise ValueError("limit and max_points must be >= 1 and since_seq >= 0")
-    get_job(session, job_id)
+    get_job(session, job_id, principal=principal)
     limit = min(limit, MAX_PAGE_POINTS)
     conds: list[ColumnElement[bool]] = [MetricRow.job_id == str(job_id), MetricRow.seq > since_seq]
     if keys:

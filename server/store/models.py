@@ -93,10 +93,12 @@ class JobRow(Base):
     #: the diagnostic verdict or evaluation tables (a dict of sections)
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # lineage
-    #: the sweep whose trial this job runs; None for a job a user submitted
-    parent_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
-    #: the user's labels, a JSON list of short strings (api_schemas.lineage.TAG_PATTERN)
-    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: the sweep whose trial this job runs; None for a job a user submitted. No foreign key: a trial outlives the
+    #: deletion of its sweep and keeps the sweep's id as its lineage
+    parent_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    #: the user's labels, a JSON list of short strings (api_schemas.lineage.TAG_PATTERN); NULL (no tags) on jobs
+    #: written before migration 0003
+    tags: Mapped[list[str] | None] = mapped_column(JSON, default=list)
     #: the package version (+g<commit>) that created the job, then the one of the worker that last ran it
     code_version: Mapped[str | None] = mapped_column(String(100))
     #: api_schemas.lineage.config_sha256 of `config`
@@ -105,6 +107,7 @@ class JobRow(Base):
     __table_args__ = (
         Index("ix_jobs_created_id", "created_at", "id"),
         Index("ix_jobs_principal_state", "principal", "state"),
+        Index("ix_jobs_principal_created", "principal", "created_at", "id"),  # one principal's listing
     )
 
 
@@ -118,6 +121,9 @@ class JobEventRow(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     attempt: Mapped[int] = mapped_column(Integer)
     message: Mapped[str | None] = mapped_column(Text)
+    #: who caused it: a principal id (`key-<16 hex>`, `anonymous`, `system:worker`, `system:reaper`); NULL on
+    #: events older than schema revision 0002
+    principal: Mapped[str | None] = mapped_column(String(64))
 
 
 class MetricRow(Base):

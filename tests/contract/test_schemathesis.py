@@ -32,6 +32,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from server.main import create_app
 from server.settings import Settings
+from tests.services import redis_problem, service_missing
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 QUEUE = f"fuzz-{uuid.uuid4().hex[:12]}"
@@ -51,17 +52,13 @@ REQUESTS: list[tuple[str, str, int]] = []
 
 def _make_fuzz_app() -> FastAPI:
     """The app under fuzzing, built at import (schemathesis parametrizes from a loaded schema)."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"Redis unreachable at {REDIS_URL}: {exc}", allow_module_level=True)
-    finally:
-        client.close()
+    problem = redis_problem(REDIS_URL)
+    if problem is not None:
+        service_missing("Redis", REDIS_URL, problem, allow_module_level=True)
     root = Path(tempfile.mkdtemp(prefix="ris-fuzz-"))
     return create_app(Settings(  # type: ignore[call-arg]
         database_url=f"sqlite:///{root / 'fuzz.sqlite'}", redis_url=REDIS_URL, artifact_dir=root / "artifacts",
-        job_queue=QUEUE, api_keys=API_KEY, max_queued_jobs_per_key=1_000_000,
+        job_queue=QUEUE, api_keys=API_KEY, max_queued_jobs_per_key=1_000_000, rate_limit_per_s=0,
     ))
 
 

@@ -33,7 +33,9 @@ from server.settings import Settings
 from server.store import ArtifactStore, create_job, create_schema, get_job, make_engine, make_session_factory
 from server.store.artifacts import file_sha256
 from server.store.models import CheckpointRow, MetricRow
+from server.store.principals import ADMIN, ANONYMOUS
 from tests.factories import tiny_config
+from tests.services import service_missing
 from worker.cli import redis_answers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,7 +91,7 @@ class RedisServer:
     def __init__(self, directory: Path) -> None:
         binary = shutil.which("redis-server")
         if binary is None or shutil.which("redis-cli") is None:
-            pytest.skip("redis-server/redis-cli are not installed (apt-get install redis-server)")
+            service_missing("redis-server", "PATH", "redis-server/redis-cli not installed (apt-get install it)")
         self._binary = binary
         self._dir = directory
         self.port = free_port()
@@ -210,7 +212,7 @@ class Service:
     def submit(self, config: dict[str, Any], *, kind: JobKind = JobKind.TRAINING, max_attempts: int = 2,
                dispatch: bool = True) -> str:
         with self.sessions() as s:
-            job = create_job(s, kind=kind, name="fault", config=config, max_attempts=max_attempts)
+            job = create_job(s, kind=kind, name="fault", config=config, max_attempts=max_attempts, principal=ANONYMOUS)
             if dispatch:
                 dispatch_job(s, make_producer(self.settings), job.id, self.settings.job_queue)
             return job.id
@@ -221,7 +223,7 @@ class Service:
 
     def job(self, job_id: str) -> Any:
         with self.sessions() as s:
-            return get_job(s, job_id)
+            return get_job(s, job_id, principal=ADMIN)
 
     def wait_state(self, job_id: str, *states: JobState, deadline_s: float = 90.0) -> Any:
         return wait_for(f"job {job_id} in {[s.value for s in states]}",
@@ -239,6 +241,28 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+def build_service(directory: Path, redis_server: RedisServer, **overrides: str) -> tuple[Service, Any]:
+    """One fault world in `directory` (FAULT_ENV overridden by upper-case `overrides`), its schema migrated;
+    returns it and its engine (dispose it when done). Also used by bench/soak.py."""
+    values = {
+        **FAULT_ENV,
+        "DATABASE_URL": f"sqlite:///{directory / 'jobs.sqlite'}",
+        "REDIS_URL": redis_server.url,
+        "ARTIFACT_DIR": str(directory / "artifacts"),
+        "JOB_QUEUE": f"fault-{uuid.uuid4().hex[:8]}",
+        **overrides,
+    }
+    env = {**os.environ, **values, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    settings = Settings(**{k.lower(): v for k, v in values.items()})  # type: ignore[arg-type]
+    engine = make_engine(settings.database_url)
+    create_schema(engine)
+    log_dir = directory / "logs"
+    log_dir.mkdir(exist_ok=True)
+    svc = Service(env=env, settings=settings, sessions=make_session_factory(engine), log_dir=log_dir,
+                  redis=redis_server)
+    return svc, engine
+
+
 @pytest.fixture
 def make_service(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable[..., Service]]:
     """`make_service(**env)`: one fault world with FAULT_ENV overridden by `env` (upper-case names)."""
@@ -246,23 +270,8 @@ def make_service(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable
     engines: list[Any] = []
 
     def make(**overrides: str) -> Service:
-        values = {
-            **FAULT_ENV,
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.sqlite'}",
-            "REDIS_URL": redis_server.url,
-            "ARTIFACT_DIR": str(tmp_path / "artifacts"),
-            "JOB_QUEUE": f"fault-{uuid.uuid4().hex[:8]}",
-            **overrides,
-        }
-        env = {**os.environ, **values, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-        settings = Settings(**{k.lower(): v for k, v in values.items()})  # type: ignore[arg-type]
-        engine = make_engine(settings.database_url)
-        create_schema(engine)
+        svc, engine = build_service(tmp_path, redis_server, **overrides)
         engines.append(engine)
-        log_dir = tmp_path / "logs"
-        log_dir.mkdir(exist_ok=True)
-        svc = Service(env=env, settings=settings, sessions=make_session_factory(engine), log_dir=log_dir,
-                      redis=redis_server)
         made.append(svc)
         return svc
 

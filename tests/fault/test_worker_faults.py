@@ -16,6 +16,7 @@ import pytest
 from api_schemas import JobState
 from server.dispatch import enqueue_job, make_producer
 from server.store.job_queries import list_events
+from server.store.principals import ADMIN
 from tests.fault.conftest import (
     Losses,
     Service,
@@ -136,7 +137,7 @@ def test_duplicate_delivery_executes_the_job_once(service: Service, evidence: An
     final = service.wait_terminal(job_id)
     assert (final.state, final.attempt) == (JobState.SUCCEEDED, 1)
     with service.sessions() as s:
-        claims = [e for e in list_events(s, job_id) if e.to_state == JobState.RUNNING]
+        claims = [e for e in list_events(s, job_id, principal=ADMIN) if e.to_state == JobState.RUNNING]
     assert len(claims) == 1
     # the second message was received and dropped (both workers log to their own files)
     wait_for("the duplicate dropped", lambda: "duplicate delivery" in service.log_text("w"), deadline_s=60)

@@ -18,9 +18,9 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 from fastapi.testclient import TestClient
 from redis import Redis
-from redis.exceptions import RedisError
 
 from server.settings import Settings, get_settings
+from tests.services import redis_problem, service_missing
 
 REDIS_TEST_URL = "redis://127.0.0.1:6379/15"
 #: One queue per test session: parallel runs on the same Redis never collide.
@@ -29,18 +29,12 @@ TEST_QUEUE = f"ris-test-{uuid.uuid4().hex[:12]}"
 POLL_DEADLINE_S = 90.0
 
 
-def _redis_answers(url: str) -> bool:
-    try:
-        return bool(Redis.from_url(url, socket_connect_timeout=1.0).ping())
-    except (RedisError, OSError):
-        return False
-
-
 @pytest.fixture(scope="session")
 def service_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """The environment every component reads (API, task body, reaper), through `get_settings()`."""
-    if not _redis_answers(REDIS_TEST_URL):
-        pytest.skip(f"Redis is not reachable at {REDIS_TEST_URL}")
+    problem = redis_problem(REDIS_TEST_URL)
+    if problem is not None:
+        service_missing("Redis", REDIS_TEST_URL, problem)
     root = tmp_path_factory.mktemp("service")
     env = {
         "DATABASE_URL": f"sqlite:///{root / 'jobs.sqlite'}",

@@ -14,6 +14,7 @@ from api_schemas import JobKind
 from server.dispatch import enqueue_job, make_producer
 from server.settings import Settings
 from server.store import create_job, create_schema, make_engine, make_session_factory
+from server.store.principals import ANONYMOUS
 from tests.integration.conftest import REDIS_TEST_URL, is_terminal, poll
 from tests.worker.configs import quick_diagnostic_config
 from worker.reaper import Reaper, ReapReport
@@ -33,7 +34,8 @@ def _reaper(settings: Settings) -> Reaper:
 def _create_queued_job(reaper: Reaper, name: str) -> str:
     """A committed QUEUED job, with no message sent for it."""
     with reaper._sessions() as s:
-        return create_job(s, kind=JobKind.DIAGNOSTIC, name=name, config=quick_diagnostic_config(), max_attempts=2).id
+        return create_job(s, kind=JobKind.DIAGNOSTIC, name=name, config=quick_diagnostic_config(), max_attempts=2,
+                          principal=ANONYMOUS).id
 
 
 def _sweep_until(reaper: Reaper, job_id: str, *, deadline_s: float = 10.0) -> ReapReport:

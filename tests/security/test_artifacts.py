@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from api_schemas import CheckpointInfo, JobState
+from server.deps import principal_of
 from server.store import ArtifactStore, register_checkpoint, write_atomic
 from tests.factories import make_job
 from tests.security.conftest import GOOD_KEY
@@ -25,7 +26,7 @@ CONTENT = bytes(range(256)) * 8  # 2048 bytes
 def job_id(secured_app: FastAPI) -> str:
     artifacts: ArtifactStore = secured_app.state.artifacts
     with secured_app.state.session_factory() as session:
-        job = make_job(session, JobState.RUNNING)
+        job = make_job(session, JobState.RUNNING, principal=principal_of(GOOD_KEY))
         path = artifacts.checkpoint_dir(job.id) / "final.pt"
         digest = write_atomic(path, CONTENT)
         info = CheckpointInfo(name="final", phase="k_only", epoch=0, step=4, path=str(path), size=digest.size,
@@ -133,18 +134,24 @@ def test_every_torch_load_in_the_service_is_weights_only() -> None:
 
 
 class _Exploit:
+    """Unpickled by a full unpickler, it writes `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Path.write_text, (Path("/tmp/ris-jobs-pwned"), "pwned"))
+        return (Path.write_text, (self.marker, "pwned"))
 
 
 def test_a_checkpoint_holding_code_is_refused_and_never_run(tmp_path: Path) -> None:
     from ris_model.errors import CheckpointError
     from ris_model.train.checkpoint import load_checkpoint
 
-    marker = Path("/tmp/ris-jobs-pwned")
-    marker.unlink(missing_ok=True)
+    marker = tmp_path / "pwned"
     hostile = tmp_path / "hostile.pt"
-    hostile.write_bytes(pickle.dumps({"model": _Exploit()}))
-    with pytest.raises(CheckpointError):
+    hostile.write_bytes(pickle.dumps({"model": _Exploit(marker)}))
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
         load_checkpoint(hostile)
     assert not marker.exists(), "the pickle's code ran"
+    pickle.loads(hostile.read_bytes())  # the payload is live: a full unpickler runs it
+    assert marker.read_text() == "pwned"

@@ -14,6 +14,7 @@ import pytest
 from fastapi import FastAPI
 
 import server.deps
+from server.store.principals import ADMIN
 from tests.security.conftest import GOOD_KEY, OPEN_PATHS, OTHER_KEY, WRONG_KEY, served_routes
 
 JOB_ID = "00000000-0000-4000-8000-000000000000"
@@ -134,5 +135,5 @@ def test_principal_is_a_digest_not_the_key(secured: Any, secured_app: FastAPI) -
     with secured_app.state.session_factory() as s:
         from server.store import get_job
 
-        principal = get_job(s, response.json()["id"]).principal
+        principal = get_job(s, response.json()["id"], principal=ADMIN).principal
     assert principal and GOOD_KEY not in principal and principal.startswith("key-")

@@ -1,12 +1,11 @@
 """Fixtures for server tests: store engines on SQLite and PostgreSQL, sessions, artifact stores.
 
 The store tests run on both databases (`db_engine` is parametrized); PostgreSQL tests use a schema of
-their own per test session and skip, with the reason, when the server is unreachable.
+their own per test session and skip, with the reason, when the server is unreachable (fail under CI=true).
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -16,44 +15,24 @@ import pytest
 import redis
 from fastapi import FastAPI
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from server.main import create_app
 from server.settings import Settings
 from server.store import ArtifactStore, create_schema, make_engine, make_session_factory
 from server.store.models import Base
+from tests.services import PG_URL, reachable_pg_url, redis_problem, service_missing
 
 with warnings.catch_warnings():  # starlette asks for httpx2; the httpx-based client works the same here
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-PG_URL = os.environ.get("DATABASE_URL_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-def _reachable_pg_url() -> tuple[str | None, str]:
-    """The first PostgreSQL URL (user postgres, then root) that accepts a connection, and why not if none."""
-    candidates = [PG_URL, PG_URL.replace("://postgres@", "://root@")]
-    reason = ""
-    for url in dict.fromkeys(candidates):
-        probe = create_engine(url, connect_args={"connect_timeout": 3})
-        try:
-            with probe.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            return url, ""
-        except OperationalError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        finally:
-            probe.dispose()
-    return None, reason
-
-
 @pytest.fixture(scope="session")
 def pg_engine() -> Iterator[Engine]:
     """An engine on a fresh schema of the test database, dropped at the end of the session."""
-    url, reason = _reachable_pg_url()
+    url, reason = reachable_pg_url()
     if url is None:
-        pytest.skip(f"PostgreSQL unreachable at {PG_URL}: {reason}")
+        service_missing("PostgreSQL", PG_URL, reason)
     schema = f"ris_test_{uuid.uuid4().hex[:10]}"
     admin = create_engine(url)
     with admin.begin() as conn:
@@ -104,11 +83,10 @@ REDIS_DOWN_URL = "redis://127.0.0.1:1/14"
 
 @pytest.fixture(scope="session")
 def redis_client() -> Iterator[redis.Redis]:
+    problem = redis_problem(REDIS_TEST_URL)
+    if problem is not None:
+        service_missing("Redis", REDIS_TEST_URL, problem)
     client = redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"Redis unreachable at {REDIS_TEST_URL}: {exc}")
     yield client
     client.close()
 

@@ -16,6 +16,7 @@ from server.settings import Settings
 from server.store import ArtifactStore, create_job, get_job, list_checkpoints, read_points
 from server.store.artifacts import artifact_file
 from server.store.metrics import MAX_PAGE_POINTS
+from server.store.principals import ADMIN, ANONYMOUS
 from tests.worker.configs import quick_diagnostic_config
 from worker.tasks import execute_job
 from worker.tensorboard_export import TENSORBOARD_ARTIFACT
@@ -31,14 +32,15 @@ def _settings(tmp_path: Path, **overrides: Any) -> Settings:
 def _run(sessions: sessionmaker[Session], settings: Settings, config: dict[str, Any]) -> str:
     with sessions() as s:
         job_id = create_job(s, kind=JobKind.DIAGNOSTIC, name="exported", config=config, max_attempts=1,
-                            tags=["exports"]).id
+                            principal=ANONYMOUS, tags=["exports"]).id
     assert execute_job(job_id, worker="w1", settings=settings) is JobState.SUCCEEDED
     return job_id
 
 
 def _stored(sessions: sessionmaker[Session], job_id: str, key: str) -> list[tuple[int, float]]:
     with sessions() as s:
-        return [(p.step, p.value) for p in read_points(s, job_id, keys=[key], limit=MAX_PAGE_POINTS).points]
+        page = read_points(s, job_id, keys=[key], limit=MAX_PAGE_POINTS, principal=ADMIN)
+        return [(p.step, p.value) for p in page.points]
 
 
 def _assert_same_series(read: list[tuple[int, float]], stored: list[tuple[int, float]]) -> None:
@@ -91,7 +93,7 @@ def test_a_failing_export_is_counted_and_the_job_still_succeeds(sessions, tmp_pa
     settings = _settings(tmp_path, mlflow_tracking_uri=(blocker / "mlruns").as_uri())
     job_id = _run(sessions, settings, quick_diagnostic_config())
     with sessions() as s:
-        job = get_job(s, job_id)
+        job = get_job(s, job_id, principal=ADMIN)
     assert job.state == JobState.SUCCEEDED
     assert job.latest_metrics["export/errors/mlflow"] >= 1
     log_text = ArtifactStore(settings.artifact_dir).log_path(job_id).read_text()
@@ -104,8 +106,8 @@ def test_the_job_and_its_checkpoints_record_code_version_and_config_digest(sessi
     job_id = _run(sessions, settings, config)
     digest = DiagnosticJobConfig.model_validate(config).sha256()
     with sessions() as s:
-        job = get_job(s, job_id)
-        checkpoints = list_checkpoints(s, job_id)
+        job = get_job(s, job_id, principal=ADMIN)
+        checkpoints = list_checkpoints(s, job_id, principal=ADMIN)
     assert (job.code_version, job.config_sha256, job.tags) == (code_version(), digest, ["exports"])
     assert checkpoints and all((c.code_version, c.config_sha256) == (code_version(), digest) for c in checkpoints)
     final = ArtifactStore(settings.artifact_dir).resolve(job_id, next(c.path for c in checkpoints if c.is_final))

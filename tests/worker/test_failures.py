@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
@@ -115,7 +117,29 @@ def test_artifact_storage_oserror_is_internal_with_a_clear_message(errno_name: s
     code = getattr(errno, errno_name)
     exc = _wrapped(OSError(code, os.strerror(code), "/artifacts/jobs/j/checkpoints"))
     assert classify_failure(exc) == FailureReason.INTERNAL
-    assert "artifact storage failed" in failure_message(exc) and "/checkpoints" in failure_message(exc)
+    message = failure_message(exc)
+    assert "artifact storage failed" in message and "(checkpoints)" in message
+    assert "/artifacts" not in message  # no server path in a message users see
+
+
+def test_failure_messages_carry_no_server_paths() -> None:
+    exc = _wrapped(RuntimeError("cannot read /srv/ris/artifacts/jobs/0f3a/checkpoints/final.pt: bad magic"))
+    assert failure_message(exc) == "RuntimeError: cannot read final.pt: bad magic"
+
+
+def test_a_checkpoint_holding_code_is_rejected_naming_the_refused_global(tmp_path: Path) -> None:
+    from ris_model.errors import CheckpointError
+    from ris_model.train.checkpoint import load_checkpoint
+    from tests.factories import malicious_checkpoint_bytes
+    from worker.evaluation import rejection_reason
+
+    hostile = tmp_path / "hostile.pt"
+    hostile.write_bytes(malicious_checkpoint_bytes(tmp_path / "ran"))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(hostile)
+    reason = rejection_reason(info.value)
+    assert "refused global exec" in reason and "it was not run" in reason
+    assert str(tmp_path) not in reason and not (tmp_path / "ran").exists()
 
 
 def test_soft_time_limit_backstop_message_says_what_happened() -> None:

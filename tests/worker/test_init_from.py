@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api_schemas import JobKind, JobState, TrainingJobConfig
 from server.settings import Settings
 from server.store import ArtifactStore, create_job, get_job, list_checkpoints
+from server.store.principals import ADMIN, ANONYMOUS
 from server.store.uploads import new_upload_id, record_upload, write_upload
 from tests.worker.configs import tiny_training_config
 from worker.tasks import execute_job
@@ -27,15 +28,16 @@ def _settings(tmp_path: Path) -> Settings:
 def _run(sessions: sessionmaker[Session], settings: Settings, config: dict[str, Any]) -> Any:
     stored = TrainingJobConfig.model_validate(config).model_dump(mode="json")
     with sessions() as s:
-        job_id = create_job(s, kind=JobKind.TRAINING, name="t", config=stored, max_attempts=1).id
+        job_id = create_job(s, kind=JobKind.TRAINING, name="t", config=stored, max_attempts=1,
+                            principal=ANONYMOUS).id
     execute_job(job_id, worker="w1", settings=settings)
     with sessions() as s:
-        return get_job(s, job_id)
+        return get_job(s, job_id, principal=ADMIN)
 
 
 def _final_weights(sessions: sessionmaker[Session], settings: Settings, job_id: str) -> dict[str, torch.Tensor]:
     with sessions() as s:
-        final = next(c for c in list_checkpoints(s, job_id) if c.is_final)
+        final = next(c for c in list_checkpoints(s, job_id, principal=ADMIN) if c.is_final)
     path = ArtifactStore(settings.artifact_dir).resolve(job_id, final.path)
     weights: dict[str, torch.Tensor] = torch.load(path, weights_only=True)["eval_model"]
     return weights
@@ -71,7 +73,7 @@ def test_init_from_an_upload_of_another_system_fails_with_the_reason(sessions, t
     settings = _settings(tmp_path)
     first = _run(sessions, settings, tiny_training_config(epochs=1))
     with sessions() as s:
-        final = next(c for c in list_checkpoints(s, first.id) if c.is_final)
+        final = next(c for c in list_checkpoints(s, first.id, principal=ADMIN) if c.is_final)
     data = ArtifactStore(settings.artifact_dir).resolve(first.id, final.path).read_bytes()
     store, upload_id = ArtifactStore(settings.artifact_dir), new_upload_id()
     with write_upload(store, upload_id) as writer:

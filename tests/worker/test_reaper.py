@@ -12,6 +12,7 @@ from api_schemas import JobState
 from server.dispatch import RUN_JOB_TASK
 from server.settings import Settings
 from server.store import get_job
+from server.store.principals import ADMIN
 from tests.factories import make_job
 from worker.reaper import Reaper, ReapReport
 
@@ -80,8 +81,8 @@ def test_wedged_cancel_is_cancelled_then_only_its_task_terminated(sessions: sess
     report = _sweep_until(reaper, lambda r: wedged.id in r.cancelled)
     assert control.revoked == [], "no terminate at escalation time: the fenced writes stop the trainer first"
     with sessions() as s:
-        assert get_job(s, wedged.id).state == JobState.CANCELLED
-        assert get_job(s, other.id).state == JobState.RUNNING
+        assert get_job(s, wedged.id, principal=ADMIN).state == JobState.CANCELLED
+        assert get_job(s, other.id, principal=ADMIN).state == JobState.RUNNING
 
     report = _sweep_until(reaper, lambda r: r.terminated)
     assert report.terminated == [wedged.id]

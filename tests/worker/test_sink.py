@@ -12,6 +12,7 @@ from server.store import ArtifactStore, get_job, list_checkpoints, read_points
 from server.store.artifacts import write_atomic
 from server.store.errors import LeaseLost
 from server.store.jobs import transition
+from server.store.principals import ADMIN
 from tests.factories import make_job
 from tests.worker.conftest import RecordingRedis
 from worker.sink import StoreSink
@@ -58,7 +59,7 @@ def _sink(
 
 def _stored_keys(sessions: sessionmaker[Session], job_id: str) -> list[str]:
     with sessions() as s:
-        return [p.key for p in read_points(s, job_id).points]
+        return [p.key for p in read_points(s, job_id, principal=ADMIN).points]
 
 
 def test_log_metrics_buffers_until_the_flush_interval(sessions, artifacts, redis_stub, running_job, clock) -> None:
@@ -84,7 +85,7 @@ def test_nonfinite_points_flush_immediately_into_the_job_summary(
     sink = _sink(sessions, artifacts, redis_stub, running_job, clock)
     sink.log_metrics(_nonfinite_points(5))
     with sessions() as s:
-        job = get_job(s, running_job[0])
+        job = get_job(s, running_job[0], principal=ADMIN)
     assert job.nonfinite_total == 1
     assert job.nonfinite["by_cause"] == {"loss": 1}
     assert job.nonfinite["by_loss_term"] == {"k": 1}
@@ -121,7 +122,7 @@ def test_log_checkpoint_flushes_points_then_registers(
     ))
     assert _stored_keys(sessions, job_id) == ["train/loss"]
     with sessions() as s:
-        assert [c.name for c in list_checkpoints(s, job_id)] == ["k_only-1"]
+        assert [c.name for c in list_checkpoints(s, job_id, principal=ADMIN)] == ["k_only-1"]
 
 
 def test_redis_publish_failure_does_not_fail_the_job(sessions, artifacts, running_job, clock) -> None:
@@ -135,7 +136,7 @@ def test_flush_after_lease_lost_raises(sessions, artifacts, redis_stub, running_
     job_id, lease = running_job
     sink = _sink(sessions, artifacts, redis_stub, running_job, clock)
     with sessions() as s:
-        transition(s, job_id, JobState.SUCCEEDED, lease_token=lease)
+        transition(s, job_id, JobState.SUCCEEDED, lease_token=lease, principal=ADMIN)
     with pytest.raises(LeaseLost):
         sink.log_metrics(_nonfinite_points(1))
 
@@ -147,7 +148,7 @@ def test_background_flush_error_is_raised_on_the_next_trainer_call(
     sink = _sink(sessions, artifacts, redis_stub, running_job, clock)
     sink.log_metrics([_point(1)])
     with sessions() as s:
-        transition(s, job_id, JobState.SUCCEEDED, lease_token=lease)
+        transition(s, job_id, JobState.SUCCEEDED, lease_token=lease, principal=ADMIN)
     clock.now += 2.0
     sink.flush_if_due()  # the heartbeat thread's call: must not raise there
     with pytest.raises(LeaseLost):

@@ -13,8 +13,11 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_schemas import FailureReason, JobKind, JobState
+from api_schemas.metrics import VAL_K_ACC
 from server.settings import Settings
-from server.store import ArtifactStore, create_job, get_job, list_checkpoints
+from server.store import ArtifactStore, create_job, get_job, list_checkpoints, read_points
+from server.store.principals import ADMIN, ANONYMOUS
+from tests.checkpoints import assert_training_checkpoint
 from tests.worker.configs import quick_diagnostic_config
 from worker.tasks import execute_job, worker_deadline_s
 
@@ -32,7 +35,7 @@ def settings(tmp_path: Path, sessions: sessionmaker[Session]) -> Settings:
 
 def _submit(sessions: sessionmaker[Session], config: dict[str, Any], *, kind: JobKind = JobKind.DIAGNOSTIC) -> str:
     with sessions() as s:
-        return create_job(s, kind=kind, name="t", config=config, max_attempts=2).id
+        return create_job(s, kind=kind, name="t", config=config, max_attempts=2, principal=ANONYMOUS).id
 
 
 def _with(config: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
@@ -46,18 +49,23 @@ def test_execute_job_tiny_diagnostic_succeeds_with_final_checkpoint(sessions, se
     job_id = _submit(sessions, quick_diagnostic_config())
     assert execute_job(job_id, worker="w1", settings=settings) is JobState.SUCCEEDED
     with sessions() as s:
-        job = get_job(s, job_id)
-        names = [c.name for c in list_checkpoints(s, job_id)]
+        job = get_job(s, job_id, principal=ADMIN)
+        names = [c.name for c in list_checkpoints(s, job_id, principal=ADMIN)]
     assert job.state == JobState.SUCCEEDED
     assert "final" in names
-    assert job.latest_metrics.get("val/k_acc") is not None
+    # the job's latest value is the last stored point, and a share of the val scenes
+    with sessions() as s:
+        history = read_points(s, job_id, keys=[VAL_K_ACC]).points
+    k_acc, n_val = job.latest_metrics[VAL_K_ACC], quick_diagnostic_config()["data"]["n_val"]
+    assert [p.value for p in history][-1] == k_acc
+    assert k_acc * n_val == pytest.approx(round(k_acc * n_val), abs=1e-6)
 
 
 def test_execute_job_diagnostic_stores_the_report(sessions, settings) -> None:
     job_id = _submit(sessions, quick_diagnostic_config())
     execute_job(job_id, worker="w1", settings=settings)
     with sessions() as s:
-        assert get_job(s, job_id).report
+        assert get_job(s, job_id, principal=ADMIN).report
 
 
 def test_execute_job_writes_the_job_log(sessions, settings) -> None:
@@ -73,7 +81,7 @@ def test_execute_job_second_delivery_is_dropped(sessions, settings) -> None:
     execute_job(job_id, worker="w1", settings=settings)
     assert execute_job(job_id, worker="w2", settings=settings) is None
     with sessions() as s:
-        job = get_job(s, job_id)
+        job = get_job(s, job_id, principal=ADMIN)
     assert (job.state, job.attempt, job.worker) == (JobState.SUCCEEDED, 1, "w1")
 
 
@@ -85,7 +93,7 @@ def test_execute_job_invalid_stored_config_fails_user_config(sessions, settings)
     job_id = _submit(sessions, _with(quick_diagnostic_config(), data={"batch_size": 0}))
     assert execute_job(job_id, worker="w1", settings=settings) is JobState.FAILED
     with sessions() as s:
-        job = get_job(s, job_id)
+        job = get_job(s, job_id, principal=ADMIN)
     assert job.failure_reason == FailureReason.USER_CONFIG
     assert "data.batch_size" in (job.failure_message or "")
 
@@ -95,8 +103,8 @@ def test_execute_job_with_debug_faults_fails_user_config_when_the_worker_forbids
     job_id = _submit(sessions, _with(quick_diagnostic_config(), debug={"nan_loss_term": "k"}))
     assert execute_job(job_id, worker="w1", settings=forbidding) is JobState.FAILED
     with sessions() as s:
-        job = get_job(s, job_id)
-        checkpoints = list_checkpoints(s, job_id)
+        job = get_job(s, job_id, principal=ADMIN)
+        checkpoints = list_checkpoints(s, job_id, principal=ADMIN)
     assert job.failure_reason == FailureReason.USER_CONFIG
     assert "config.debug" in (job.failure_message or "")
     assert "ALLOW_FAULT_INJECTION" in (job.failure_message or "")
@@ -109,7 +117,7 @@ def test_execute_job_endless_nan_fails_nonfinite_abort(sessions, settings) -> No
     job_id = _submit(sessions, _with(config, debug={"nan_loss_term": "k"}))
     assert execute_job(job_id, worker="w1", settings=settings) is JobState.FAILED
     with sessions() as s:
-        job = get_job(s, job_id)
+        job = get_job(s, job_id, principal=ADMIN)
     assert job.failure_reason == FailureReason.NONFINITE_ABORT
     assert job.nonfinite_total >= 2
     assert job.nonfinite["by_cause"].get("loss", 0) >= 2
@@ -121,9 +129,9 @@ def test_execute_job_worker_deadline_fails_timeout_with_a_stop_checkpoint(sessio
     job_id = _submit(sessions, _with(quick_diagnostic_config(), debug={"sleep_per_step_s": 0.2}, data={"n_train": 256}))
     assert execute_job(job_id, worker="w1", settings=fast) is JobState.FAILED
     with sessions() as s:
-        job = get_job(s, job_id)
-        checkpoints = list_checkpoints(s, job_id)
+        job = get_job(s, job_id, principal=ADMIN)
+        checkpoints = list_checkpoints(s, job_id, principal=ADMIN)
     assert job.failure_reason == FailureReason.TIMEOUT
     assert checkpoints, "the stop checkpoint must stay downloadable"
     path = ArtifactStore(settings.artifact_dir).resolve(job_id, checkpoints[-1].path)
-    assert isinstance(torch.load(path, weights_only=True), dict)
+    assert_training_checkpoint(torch.load(path, weights_only=True), kind="diagnostic", phase="k_only")

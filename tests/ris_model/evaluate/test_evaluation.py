@@ -61,7 +61,7 @@ def test_report_has_every_table_with_the_model_and_each_baseline_side_by_side(re
         assert [m.method for m in table.methods] == report.methods
         for m in table.methods:
             if m.n_scenes:
-                assert 0.0 <= m.k_acc <= 1.0
+                assert m.k_acc * m.n_scenes == pytest.approx(round(m.k_acc * m.n_scenes), abs=1e-9)  # whole scenes
                 assert m.k_acc + m.k_under + m.k_over == pytest.approx(1.0)
     assert {m.method for m in report.by_range[0].methods} == {MODEL_METHOD, RAW_MODEL_METHOD, "somp"}
 
@@ -81,7 +81,8 @@ def test_count_only_baselines_have_no_geometry_and_the_model_has_crb_ratios(repo
     crb = report.by_snr[-1].crb
     assert crb is not None and crb.azimuth_deg is not None and crb.azimuth_deg > 0
     assert model.crb_ratio_azimuth == pytest.approx(model.rmse_azimuth_deg / crb.azimuth_deg)
-    assert model.outlier_share is not None and 0.0 <= model.outlier_share <= 1.0
+    outliers = model.outlier_share * model.n_matched  # a share of the matched sources
+    assert outliers == pytest.approx(round(outliers), abs=1e-9) and round(outliers) <= model.n_matched
     if model.tp_rmse_azimuth_deg is not None:  # the true positives' RMSE never exceeds the tolerance
         assert model.tp_rmse_azimuth_deg <= report.config.tolerances.azimuth_deg
     for table in report.by_range:

@@ -17,6 +17,7 @@ from server.dispatch import dispatch_pending, make_producer
 from server.main import create_app
 from server.store import ArtifactStore, append_points, get_job, set_report
 from server.store.live import cancel_flag_set
+from server.store.principals import ADMIN
 from tests.factories import make_job, tiny_config
 from tests.server.conftest import REDIS_DOWN_URL, make_settings
 
@@ -281,7 +282,7 @@ def test_cancel_unknown_job_returns_404(client: TestClient) -> None:
 def test_delete_running_job_returns_409(client: TestClient, api_session: Session) -> None:
     job = make_job(api_session, JobState.RUNNING)
     assert client.delete(f"/v1/jobs/{job.id}").status_code == 409
-    assert get_job(api_session, job.id).state == JobState.RUNNING
+    assert get_job(api_session, job.id, principal=ADMIN).state == JobState.RUNNING
 
 
 def test_delete_finished_job_returns_204_then_404(

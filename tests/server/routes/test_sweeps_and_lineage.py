@@ -15,6 +15,7 @@ from api_schemas import FailureReason, JobKind, JobState, MetricPoint, TrainingJ
 from api_schemas.sweeps import trial_tag
 from server.dispatch import sweep_queue
 from server.store import append_points, claim_job, create_job, transition
+from server.store.principals import ANONYMOUS, WORKER
 from tests.factories import new_lease, tiny_config
 
 
@@ -75,7 +76,7 @@ def _child(session: Session, sweep_id: str, number: int, *, lr: float) -> str:
     config = training_config()
     config["phases"][0]["lr"] = lr
     return create_job(session, kind=JobKind.TRAINING, name=f"t{number}", config=config, max_attempts=2,
-                      parent_id=sweep_id, tags=["team-a", trial_tag(number)]).id
+                      principal=ANONYMOUS, parent_id=sweep_id, tags=["team-a", trial_tag(number)]).id
 
 
 def test_trials_list_params_state_value_and_the_best(client: TestClient, api_session: Session) -> None:
@@ -89,9 +90,9 @@ def test_trials_list_params_state_value_and_the_best(client: TestClient, api_ses
                                                         value=value)], lease_token=lease)
         api_session.commit()
         if job_id == done:
-            transition(api_session, job_id, JobState.SUCCEEDED, lease_token=lease)
+            transition(api_session, job_id, JobState.SUCCEEDED, lease_token=lease, principal=WORKER)
         else:
-            transition(api_session, job_id, JobState.CANCELLED, lease_token=lease,
+            transition(api_session, job_id, JobState.CANCELLED, lease_token=lease, principal=WORKER,
                        failure_reason=FailureReason.PRUNED, message="pruned after epoch 1")
     claim_job(api_session, running, worker="w", lease_token=new_lease())
 

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from server.main import create_app
 from server.settings import Settings
 from server.store import ArtifactStore
+from server.store.principals import ADMIN
 from server.store.uploads import read_upload, upload_file
 from tests.server.conftest import make_settings
 
@@ -39,8 +40,8 @@ def test_upload_stores_the_file_with_its_sha256(client: TestClient, api_artifact
     body = r.json()
     assert body["sha256"] == hashlib.sha256(ZIP_BODY).hexdigest() and body["size"] == len(ZIP_BODY)
     assert r.headers["location"] == f"/v1/checkpoints/{body['upload_id']}"
-    assert upload_file(api_artifacts, body["upload_id"]).read_bytes() == ZIP_BODY
-    assert read_upload(api_artifacts, body["upload_id"]).sha256 == body["sha256"]
+    assert upload_file(api_artifacts, body["upload_id"], principal=ADMIN).read_bytes() == ZIP_BODY
+    assert read_upload(api_artifacts, body["upload_id"], principal=ADMIN).sha256 == body["sha256"]
 
 
 def test_upload_over_the_limit_is_413_and_leaves_nothing(small_limit_client: TestClient, tmp_path: Path) -> None:

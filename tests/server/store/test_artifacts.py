@@ -24,6 +24,7 @@ from server.store import (
 )
 from server.store.artifacts import atomic_writer, checkpoint_file
 from server.store.errors import OffsetOutOfRange
+from server.store.principals import ADMIN
 from tests.factories import make_job
 
 
@@ -79,10 +80,10 @@ def test_register_and_get_checkpoint_with_aliases(session: Session, artifacts: A
                         lease_token=job.lease_token, store=artifacts)
     register_checkpoint(session, job.id, _write_checkpoint(artifacts, job.id, "final", step=20, final=True),
                         lease_token=job.lease_token, store=artifacts)
-    assert [c.name for c in list_checkpoints(session, job.id)] == ["k_only-s10", "final"]
-    assert get_checkpoint(session, job.id, "final").step == 20
-    assert get_checkpoint(session, job.id, "latest").step == 20
-    assert get_checkpoint(session, job.id, "k_only-s10").path == "checkpoints/k_only-s10.pt"
+    assert [c.name for c in list_checkpoints(session, job.id, principal=ADMIN)] == ["k_only-s10", "final"]
+    assert get_checkpoint(session, job.id, "final", principal=ADMIN).step == 20
+    assert get_checkpoint(session, job.id, "latest", principal=ADMIN).step == 20
+    assert get_checkpoint(session, job.id, "k_only-s10", principal=ADMIN).path == "checkpoints/k_only-s10.pt"
     row = latest_resume_checkpoint(session, job.id)
     assert row is not None and checkpoint_file(artifacts, row).read_bytes() == b"weights of final"
 
@@ -92,7 +93,7 @@ def test_register_checkpoint_same_name_replaces_record(session: Session, artifac
     for step in (5, 9):
         info = _write_checkpoint(artifacts, job.id, "mid", step=step)
         register_checkpoint(session, job.id, info, lease_token=job.lease_token, store=artifacts)
-    assert [(c.name, c.step) for c in list_checkpoints(session, job.id)] == [("mid", 9)]
+    assert [(c.name, c.step) for c in list_checkpoints(session, job.id, principal=ADMIN)] == [("mid", 9)]
 
 
 def test_register_checkpoint_outside_job_dir_is_rejected(
@@ -135,7 +136,7 @@ def test_register_checkpoint_with_stale_lease_raises(session: Session, artifacts
 def test_get_checkpoint_bad_or_unknown_name_raises(session: Session, name: str) -> None:
     job = make_job(session, JobState.RUNNING)
     with pytest.raises(CheckpointNotFound):
-        get_checkpoint(session, job.id, name)
+        get_checkpoint(session, job.id, name, principal=ADMIN)
 
 
 def test_read_log_by_offset(artifacts: ArtifactStore) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from api_schemas import JobState, MetricPoint
 from api_schemas.metrics import NONFINITE_CAUSE_PREFIX, NONFINITE_TERM_PREFIX, PROGRESS_FRACTION, TRAIN_LOSS, VAL_K_ACC
 from server.store import JobNotFound, LeaseLost, append_points, get_job, make_session_factory, read_points
+from server.store.principals import ADMIN
 from tests.factories import make_job
 
 
@@ -30,7 +31,7 @@ def test_append_points_with_stale_lease_raises(session: Session) -> None:
     job = make_job(session, JobState.RUNNING)
     with pytest.raises(LeaseLost):
         append_points(session, job.id, _points(1), lease_token="stale")
-    assert read_points(session, job.id).points == []
+    assert read_points(session, job.id, principal=ADMIN).points == []
 
 
 def test_append_points_after_job_finished_raises(session: Session) -> None:
@@ -48,7 +49,7 @@ def test_append_points_folds_latest_progress_and_nonfinite(session: Session) -> 
         MetricPoint(phase="k_only", epoch=1, step=9, key=PROGRESS_FRACTION, value=0.25),
     ]
     append_points(session, job.id, points, lease_token=job.lease_token)
-    row = get_job(session, job.id)
+    row = get_job(session, job.id, principal=ADMIN)
     assert row.latest_metrics == {TRAIN_LOSS: 0.5, PROGRESS_FRACTION: 0.25}
     assert (row.phase, row.epoch, row.step, row.progress_fraction) == ("k_only", 1, 9, 0.25)
     assert row.nonfinite["total"] == 1 and row.nonfinite["by_cause"] == {"loss": 1}
@@ -67,8 +68,8 @@ def test_nonfinite_value_round_trips_as_nan(session: Session) -> None:
     job = make_job(session, JobState.RUNNING)
     append_points(session, job.id, [MetricPoint(phase="p", epoch=0, step=0, key=TRAIN_LOSS, value=math.nan)],
                   lease_token=job.lease_token)
-    assert math.isnan(read_points(session, job.id).points[0].value)
-    assert get_job(session, job.id).latest_metrics == {TRAIN_LOSS: None}
+    assert math.isnan(read_points(session, job.id, principal=ADMIN).points[0].value)
+    assert get_job(session, job.id, principal=ADMIN).latest_metrics == {TRAIN_LOSS: None}
 
 
 def test_concurrent_appends_never_share_a_seq(db_engine: Engine, session: Session) -> None:
@@ -86,31 +87,31 @@ def test_concurrent_appends_never_share_a_seq(db_engine: Engine, session: Sessio
         t.start()
     for t in threads:
         t.join()
-    seqs = [p.seq for p in read_points(session, job.id, limit=10_000).points]
+    seqs = [p.seq for p in read_points(session, job.id, limit=10_000, principal=ADMIN).points]
     assert seqs == list(range(1, n_threads * n_batches * batch + 1))
 
 
 def test_read_points_filters_by_key_phase_and_since_seq(session: Session) -> None:
     job = make_job(session, JobState.RUNNING)
     append_points(session, job.id, _points(3) + _points(2, VAL_K_ACC, phase="joint"), lease_token=job.lease_token)
-    assert [p.seq for p in read_points(session, job.id, keys=[VAL_K_ACC]).points] == [4, 5]
-    assert [p.seq for p in read_points(session, job.id, phase="k_only").points] == [1, 2, 3]
-    assert [p.seq for p in read_points(session, job.id, since_seq=3).points] == [4, 5]
+    assert [p.seq for p in read_points(session, job.id, keys=[VAL_K_ACC], principal=ADMIN).points] == [4, 5]
+    assert [p.seq for p in read_points(session, job.id, phase="k_only", principal=ADMIN).points] == [1, 2, 3]
+    assert [p.seq for p in read_points(session, job.id, since_seq=3, principal=ADMIN).points] == [4, 5]
 
 
 def test_read_points_pages_with_next_since_seq(session: Session) -> None:
     job = make_job(session, JobState.RUNNING)
     append_points(session, job.id, _points(5), lease_token=job.lease_token)
-    page = read_points(session, job.id, limit=3)
+    page = read_points(session, job.id, limit=3, principal=ADMIN)
     assert ([p.seq for p in page.points], page.next_since_seq) == ([1, 2, 3], 3)
-    rest = read_points(session, job.id, since_seq=page.next_since_seq, limit=3)
+    rest = read_points(session, job.id, since_seq=page.next_since_seq, limit=3, principal=ADMIN)
     assert ([p.seq for p in rest.points], rest.next_since_seq) == ([4, 5], None)
 
 
 def test_read_points_max_points_downsamples_each_key_keeping_its_last(session: Session) -> None:
     job = make_job(session, JobState.RUNNING)
     append_points(session, job.id, _points(100) + _points(4, VAL_K_ACC), lease_token=job.lease_token)
-    page = read_points(session, job.id, max_points=10)
+    page = read_points(session, job.id, max_points=10, principal=ADMIN)
     loss = [p for p in page.points if p.key == TRAIN_LOSS]
     acc = [p for p in page.points if p.key == VAL_K_ACC]
     assert len(loss) == 10 and loss[-1].step == 99
@@ -120,4 +121,4 @@ def test_read_points_max_points_downsamples_each_key_keeping_its_last(session: S
 
 def test_read_points_unknown_job_raises(session: Session) -> None:
     with pytest.raises(JobNotFound):
-        read_points(session, "missing")
+        read_points(session, "missing", principal=ADMIN)
