@@ -185,7 +185,7 @@ def create_job(
             response.headers["Idempotent-Replayed"] = "true"
             return to_job_public(store_jobs.get_job(session, existing.id, principal=principal))
     _check_checkpoint_source(body, session, artifacts, principal)
-    check_init_from(session, body, principal)
+    check_init_from(session, body, artifacts, principal)
     if store_queries.count_queued(session, principal=principal) >= settings.max_queued_jobs_per_key:
         raise QueueLimitExceeded(
             f"{settings.max_queued_jobs_per_key} jobs are already QUEUED for this API key; wait or cancel some"
@@ -340,17 +340,23 @@ def _trial(child: JobRow, config: SweepJobConfig) -> TrialPublic | None:
                        job_state=child.state, links={"job": f"/v1/jobs/{child.id}"})
 
 
-def check_init_from(session: SessionDep, body: Any, principal: PrincipalDep) -> None:
+def check_init_from(session: SessionDep, body: Any, artifacts: ArtifactsDep, principal: PrincipalDep) -> None:
     """A training config (or a sweep's base) whose `init_from` names an earlier job must name one of the caller's
-    training or diagnostic jobs, trained for the same system and weight shapes: 422 naming the field. An uploaded
-    checkpoint is checked by the worker."""
+    training or diagnostic jobs, trained for the same system and weight shapes; an upload must be the caller's:
+    422 naming the field otherwise. What an uploaded file holds is checked by the worker."""
     config: Any = body.config
     field = "config.init_from"
     if isinstance(config, SweepJobConfig):
         config = config.base.config_model().model_validate(config.base.config)
         field = "config.base.config.init_from"
     source = getattr(config, "init_from", None)
-    if not isinstance(source, JobCheckpointSource):
+    if source is None:
+        return
+    if not isinstance(source, JobCheckpointSource):  # an upload: the caller's own; its contents the worker checks
+        try:
+            read_upload(artifacts, source.upload_id, principal=principal)
+        except UploadNotFound as exc:
+            raise InvalidReference(field, str(exc)) from exc
         return
     try:
         parent = store_jobs.get_job(session, source.job_id, principal=principal)

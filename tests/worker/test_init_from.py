@@ -78,7 +78,7 @@ def test_init_from_an_upload_of_another_system_fails_with_the_reason(sessions, t
     store, upload_id = ArtifactStore(settings.artifact_dir), new_upload_id()
     with write_upload(store, upload_id) as writer:
         writer.write(data)
-    record_upload(store, upload_id, writer.digest(), principal=None)
+    record_upload(store, upload_id, writer.digest(), principal=ANONYMOUS)
 
     other = tiny_training_config(epochs=1)
     other["system"] = {**other["system"], "n_ris_h": 6}

@@ -165,6 +165,11 @@ def test_init_from_a_job_of_another_system_or_shape_is_a_422_at_submit(client: T
     r = client.post("/v1/jobs", json={"kind": "training", "config": missing})
     assert r.status_code == 422 and "does not exist" in r.json()["errors"][0]["message"]
 
+    unknown_upload = training_config()
+    unknown_upload["init_from"] = {"upload_id": "0" * 32}
+    r = client.post("/v1/jobs", json={"kind": "training", "config": unknown_upload})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "config.init_from"
+
     in_sweep = sweep_body(LR)
     in_sweep["config"]["base"]["config"] = wider
     r = client.post("/v1/jobs", json=in_sweep)
