@@ -42,7 +42,9 @@ def sweep_body(*, n_trials: int, max_concurrent: int, base_config: dict[str, Any
 
 def _world(make_service: Callable[..., Service], *, trial_workers: int = 2) -> tuple[Service, Popen[bytes]]:
     """The service with `trial_workers` workers for the trials, one for the drivers (returned), and a reaper."""
-    svc = make_service(SWEEP_POLL_INTERVAL_S="0.3")
+    # a lease of 15 s rather than the fault tests' 2.5 s: a sweep runs up to three processes of tiny jobs at once,
+    # and on a loaded 2-core machine a heartbeat can be late by seconds (a lost lease here would be noise)
+    svc = make_service(SWEEP_POLL_INTERVAL_S="0.3", LEASE_TIMEOUT_S="15", HEARTBEAT_INTERVAL_S="1")
     for i in range(trial_workers):
         svc.start_worker(f"gpu{i}")
     driver = svc.start_sweep_worker()
