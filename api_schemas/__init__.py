@@ -43,6 +43,16 @@ from api_schemas.lineage import code_version, config_sha256
 from api_schemas.metrics import MetricPoint, MetricsPage, StoredMetricPoint, fold_nonfinite
 from api_schemas.problems import FieldError, Problem
 from api_schemas.reports import CheckResult, CheckStatus, DiagnosticReport, Verdict
+from api_schemas.resources import (
+    DEFAULT_PRIORITY,
+    DEFAULT_RESOURCES,
+    DEVICE_QUEUES,
+    Resources,
+    device_queue,
+    split_stored_config,
+    stored_config,
+    stored_priority,
+)
 from api_schemas.sweeps import SweepJobConfig, TrialPublic, TrialsPage, TrialState
 
 __all__ = [
@@ -52,6 +62,9 @@ __all__ = [
     "CheckpointInfo",
     "CheckpointPublic",
     "CheckpointUploadPublic",
+    "DEFAULT_PRIORITY",
+    "DEFAULT_RESOURCES",
+    "DEVICE_QUEUES",
     "DataConfig",
     "DebugConfig",
     "DiagnosticJobConfig",
@@ -69,6 +82,7 @@ __all__ = [
     "JobEvent",
     "JobKind",
     "JobPublic",
+    "Resources",
     "JobState",
     "JobsPage",
     "LossWeights",
@@ -97,4 +111,8 @@ __all__ = [
     "config_sha256",
     "fold_nonfinite",
     "quickstart_diagnostic",
+    "device_queue",
+    "split_stored_config",
+    "stored_config",
+    "stored_priority",
 ]

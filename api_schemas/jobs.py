@@ -2,7 +2,8 @@
 
 Owns: JobKind, JobState, FailureReason, TERMINAL_STATES, JobCreate (+ per-kind bodies: diagnostic, training,
 evaluation, sweep), JobPublic, JobsPage, Progress, NonfiniteSummary, Failure, JobEvent. Imports nothing of ours but
-api_schemas; no torch.
+api_schemas; no torch. Every body takes `priority` and, but for a sweep's (its driver runs on the CPU, its trials
+on the default resources), `resources` (api_schemas.resources) beside `config`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from api_schemas.config import DiagnosticJobConfig, TrainingJobConfig, quickstart_diagnostic
 from api_schemas.evaluation import EvaluationJobConfig
 from api_schemas.lineage import MAX_TAGS, Tag
+from api_schemas.resources import DEFAULT_PRIORITY, DEFAULT_RESOURCES, PRIORITY_FIELD, Resources
 from api_schemas.sweeps import SweepJobConfig
 
 
@@ -78,6 +80,7 @@ class _Body(BaseModel):
     max_attempts: int = Field(2, ge=1, le=5, description="attempts before a lost worker fails the job")
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS,
                             description="short labels to find the job again (`GET /v1/jobs?tag=`)")
+    priority: int = PRIORITY_FIELD
 
 
 class DiagnosticJobCreate(_Body):
@@ -86,6 +89,7 @@ class DiagnosticJobCreate(_Body):
         None, description="quickstart: a small diagnostic that finishes in about a minute on a 2-core CPU "
         "(instead of `config`)")
     config: DiagnosticJobConfig = DiagnosticJobConfig()
+    resources: Resources = DEFAULT_RESOURCES
 
     @model_validator(mode="after")
     def _apply_preset(self) -> DiagnosticJobCreate:
@@ -100,11 +104,19 @@ class DiagnosticJobCreate(_Body):
 class TrainingJobCreate(_Body):
     kind: Literal["training"]
     config: TrainingJobConfig = TrainingJobConfig()
+    resources: Resources = DEFAULT_RESOURCES
 
 
 class EvaluationJobCreate(_Body):
     kind: Literal["evaluation"]
     config: EvaluationJobConfig  # no default: the checkpoint to evaluate is required
+    resources: Resources = DEFAULT_RESOURCES
+
+    @model_validator(mode="after")
+    def _one_process(self) -> EvaluationJobCreate:
+        if self.resources.gpus != 1:
+            raise ValueError("an evaluation job runs one process: resources.gpus must be 1")
+        return self
 
 
 class SweepJobCreate(_Body):
@@ -165,6 +177,13 @@ class JobPublic(BaseModel):
     latest_metrics: dict[str, float]
     failure: Failure | None
     config: dict[str, Any]
+    #: the processes and device the job asked for
+    resources: Resources = DEFAULT_RESOURCES
+    #: 0..9, 9 the most urgent
+    priority: int = DEFAULT_PRIORITY
+    #: why a QUEUED job is not running yet, when something is missing (e.g. "waiting for a cuda worker: …");
+    #: null while it simply waits its turn, and once it runs
+    waiting_reason: str | None = None
     links: dict[str, str]
     parent_id: str | None = Field(None, description="the sweep that created this job as one of its trials")
     tags: list[str] = []

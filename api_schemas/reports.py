@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from api_schemas.evaluation import EvaluationArtifact
 from api_schemas.markdown import markdown_table
 
 
@@ -40,6 +41,8 @@ class DiagnosticReport(BaseModel):
     verdict: Verdict
     checks: list[CheckResult]
     timing_s: dict[str, float] = {}
+    #: the run's plots (loss curves, K accuracy per epoch), written by the worker once the run has finished
+    artifacts: list[EvaluationArtifact] = []
 
     def to_markdown(self) -> str:
         lines = [
@@ -55,6 +58,9 @@ class DiagnosticReport(BaseModel):
                 lines += ["", f"*Next:* {c.next_step}"]
             if c.evidence:
                 lines += ["", "```json", json.dumps(c.evidence, indent=2, default=str), "```"]
+        if self.artifacts:
+            lines += ["", "## Plots", ""]
+            lines += [f"- [{a.name}]({a.url or a.name}) ({a.size} bytes)" for a in self.artifacts]
         if self.timing_s:
             lines += ["", "## Timing (s)", ""] + [f"- {k}: {v:.3f}" for k, v in self.timing_s.items()]
         return "\n".join(lines) + "\n"

@@ -366,20 +366,21 @@ class Soak:
             time.sleep(1.0)
 
     def _files(self) -> tuple[int, int, int]:
-        """(checkpoint records, records whose file is missing or differs in size, unrecorded checkpoint files)."""
+        """(checkpoint records, records whose object is missing or differs in size, unrecorded checkpoint
+        objects)."""
         artifacts = self.svc.artifacts
         with self.svc.sessions() as s:
             rows = s.query(CheckpointRow.job_id, CheckpointRow.path, CheckpointRow.size).all()
         recorded = {(r.job_id, r.path) for r in rows}
         missing = 0
         for r in rows:
-            path = artifacts.job_dir(r.job_id) / r.path
-            if not path.is_file() or path.stat().st_size != r.size:
+            info = artifacts.stat(r.job_id, r.path)
+            if info is None or info.size != r.size:
                 missing += 1
         unrecorded = 0
-        jobs_root = artifacts.root / "jobs"
-        for path in jobs_root.glob("*/checkpoints/*") if jobs_root.is_dir() else []:
-            if (path.parent.parent.name, f"checkpoints/{path.name}") not in recorded:
+        for obj in artifacts.objects.list("jobs"):
+            parts = obj.key.split("/", 2)
+            if len(parts) == 3 and parts[2].startswith("checkpoints/") and (parts[1], parts[2]) not in recorded:
                 unrecorded += 1
         return len(rows), missing, unrecorded
 

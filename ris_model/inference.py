@@ -63,8 +63,8 @@ class Estimator:
         order_test: whether, when the caller gives `snr_db` (and `polish` is on), the count is chosen by a
             penalized likelihood over every count, each fit polished, with the K-head's posterior as a prior
             term (`ris_model.estimators.order`; the noise level is what SOMP's stopping rule gets); without
-            `snr_db` the count is the network's. It costs five polishes: ~12 ms a scene on an H100, ~0.7 s on
-            a 2-core CPU.
+            `snr_db` the count is the network's. Every count's fit is one batched Levenberg–Marquardt problem
+            with global moves (`ris_model.estimators.polish.refine_fits`).
     """
 
     def __init__(self, model: RisNet, config: TrainingJobConfig, *, device: torch.device,
@@ -156,7 +156,8 @@ class Estimator:
         return out.map(Tensor.cpu)
 
     def _polish_chunk(self) -> int:
-        return 512 if self.device.type == "cuda" else 64  # the grid responses take ~3.5 MB a scene
+        # ~12 MB a scene for the count selection (grid dictionary, trials); a GPU takes a whole batch at once
+        return 2048 if self.device.type == "cuda" else 64
 
     def _search_grid(self) -> SearchGrid:
         """The polish's search scale: a grid of the network's own look-grid size over the system's FOV."""

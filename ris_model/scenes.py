@@ -1,7 +1,12 @@
 """Scene generation: batched, on the training device, from seeded independent per-split streams (DESIGN §2.2).
 
-Owns SceneBatch, generate_scenes and SceneSource. Every scene is a pure function of (seed, split, indices):
-- fresh train data: batch b of epoch e is drawn from the stream (seed, TRAIN, e, b);
+Owns SceneBatch, generate_scenes, SceneSource, and each data-parallel rank's share of an epoch (rank_share,
+n_global_batches, check_shardable: global batch b of W x B scenes holds [b·B·W, (b+1)·B·W); rank r takes
+[b·B·W + r·B, b·B·W + (r+1)·B), a short last batch split as evenly as possible in rank order).
+Every scene is a pure function of (seed, split, indices):
+- fresh train data: batch b of epoch e is drawn from the stream (seed, TRAIN, e, b); with W data-parallel
+  processes, rank r's part of global batch b is the stream (seed, TRAIN, e, b·W + r): the batches that one
+  process would draw at b·W + r;
 - a fixed pool (train when `fresh_train_each_epoch` is off, val, test) is drawn in chunks of POOL_CHUNK
   scenes from (seed, split, chunk), so scene i is reproducible from its index alone.
 Splits use disjoint SeedSequence spawn keys, so no scene can appear in two splits. Resume needs no RNG state.
@@ -246,12 +251,44 @@ def _draw_channel(system: SystemConfig, n: int, u: _Uniform, generator: torch.Ge
     return G.baddbmm_(b.unsqueeze(-1), a_far.conj().unsqueeze(1))
 
 
+def n_global_batches(n_train: int, batch_size: int, world_size: int) -> int:
+    """Optimizer steps per epoch: global batches of world_size x batch_size scenes over n_train scenes."""
+    return math.ceil(n_train / (batch_size * world_size))
+
+
+def rank_share(n_train: int, batch_size: int, world_size: int, rank: int, batch: int) -> tuple[int, int]:
+    """(first scene index, number of scenes) of `rank`'s part of global batch `batch` of an epoch."""
+    per_step = batch_size * world_size
+    start = batch * per_step
+    n = min(per_step, n_train - start)
+    if n == per_step:
+        return start + rank * batch_size, batch_size
+    base, extra = divmod(n, world_size)  # the last, short global batch: as even as possible, in rank order
+    return start + rank * base + min(rank, extra), base + (rank < extra)
+
+
+def check_shardable(n_train: int, batch_size: int, world_size: int) -> None:
+    """Raise ValueError when some rank would get no scene in the last global batch of an epoch."""
+    last = n_train - (n_global_batches(n_train, batch_size, world_size) - 1) * batch_size * world_size
+    if last < world_size:
+        raise ValueError(
+            f"data.n_train ({n_train}) leaves a last step of {last} scenes for {world_size} processes; "
+            f"every process needs at least one: make n_train a multiple of {world_size} x data.batch_size "
+            f"({world_size * batch_size}) or leave at least {world_size} scenes for the last step")
+
+
 class SceneSource:
-    """All scenes of one run: train batches by (epoch, batch), and the fixed val/test pools."""
+    """All scenes of one run: train batches by (epoch, batch), and the fixed val/test pools.
+
+    With `world_size` > 1 this is one rank's source: `train_batch` returns `rank`'s part of a global batch of
+    world_size x batch_size scenes (rank_share), and an epoch has that many fewer
+    batches; val and test pools are whole on every rank."""
 
     def __init__(self, system: SystemConfig, data: DataConfig, device: torch.device | str,
-                 *, symbols_constant: bool = False, val_from_train: bool = False) -> None:
+                 *, symbols_constant: bool = False, val_from_train: bool = False,
+                 rank: int = 0, world_size: int = 1) -> None:
         self.system, self.data, self.device = system, data, torch.device(device)
+        self.rank, self.world_size = rank, world_size
         self._symbols_constant = symbols_constant
         self._val_from_train = val_from_train  # test-only: the seed's leak, val drawn from the train stream
         self._train_pool: SceneBatch | None = None
@@ -263,19 +300,20 @@ class SceneSource:
 
     @property
     def n_batches(self) -> int:
-        return self.data.n_batches_per_epoch
+        """Batches (optimizer steps) per epoch: global batches of world_size x batch_size scenes."""
+        return n_global_batches(self.data.n_train, self.data.batch_size, self.world_size)
 
     def train_batch(self, epoch: int, batch: int) -> SceneBatch:
-        """Batch `batch` of epoch `epoch` (both from 0); the last batch may be smaller."""
-        size = min(self.data.batch_size, self.data.n_train - batch * self.data.batch_size)
+        """This rank's part of batch `batch` of epoch `epoch` (both from 0); the last batch may be smaller."""
+        start, size = rank_share(self.data.n_train, self.data.batch_size, self.world_size, self.rank, batch)
         if self.data.fresh_train_each_epoch:
-            g = make_generator(stream_seed(self.data.seed, Split.TRAIN, epoch, batch), self.device)
+            stream = batch * self.world_size + self.rank
+            g = make_generator(stream_seed(self.data.seed, Split.TRAIN, epoch, stream), self.device)
             return generate_scenes(self.system, size, generator=g, device=self.device,
                                    symbols_constant=self._symbols_constant)
         pool = self.pool(Split.TRAIN_POOL, self.data.n_train)
         g = make_generator(stream_seed(self.data.seed, Split.PERMUTATION, epoch), self.device)
         order = torch.randperm(self.data.n_train, generator=g, device=self.device)
-        start = batch * self.data.batch_size
         return pool.index(order[start:start + size])
 
     def train_batches(self, epoch: int, start: int = 0) -> Iterator[SceneBatch]:

@@ -106,15 +106,20 @@ def authenticate(
 class ApiKeyMiddleware:
     """401 before anything else reads the request (body size and type checks, routing, the body itself) when
     keys are configured and the request's X-API-Key matches none; `open_paths` (health, readiness) pass.
-    The route dependency `authenticate` checks again and gives the principal."""
+    `is_open(path)` opens more paths (the dashboard's static files). The route dependency `authenticate` checks
+    again and gives the principal."""
 
-    def __init__(self, app: ASGIApp, *, settings: Settings, open_paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, *, settings: Settings, open_paths: frozenset[str],
+                 is_open: Callable[[str], bool] | None = None) -> None:
         self.app = app
         self.settings = settings
         self.open_paths = open_paths
+        self.is_open = is_open or (lambda _path: False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.settings.auth_enabled or scope["path"] in self.open_paths:
+        path = scope.get("path", "")
+        if (scope["type"] != "http" or not self.settings.auth_enabled or path in self.open_paths
+                or self.is_open(path)):
             await self.app(scope, receive, send)
             return
         raw = dict(scope["headers"]).get(b"x-api-key")

@@ -1,10 +1,17 @@
-"""Sending job ids to the GPU workers' Celery queue (DESIGN §3.4, STYLE B7; docs/CONTRACTS.md).
+"""Sending job ids to the workers' Celery queues (DESIGN §3.4, STYLE B7; docs/CONTRACTS.md).
 
-Owns: `RUN_JOB_TASK`, a producer-only Celery app built from Settings, `enqueue_job`, `queue_for` (a `sweep`
-job's driver goes to `<JOB_QUEUE>.sweeps`, which a CPU worker consumes, so that it never holds a GPU worker
-while its trials wait for one) and `dispatch_pending` (the sweep that re-sends QUEUED jobs whose first enqueue
-failed). Must not import FastAPI, torch or worker/:
-the task is sent by name.
+Owns: `RUN_JOB_TASK`, the queue names (`<JOB_QUEUE>.gpu`, `<JOB_QUEUE>.cpu`: `job_queue_name`; a `sweep` job's
+driver goes to `<JOB_QUEUE>.sweeps`: `sweep_queue`, `queue_for`, which a CPU worker consumes, so that it never holds
+a GPU worker while its trials wait for one), the broker's priority options and key layout
+(`BROKER_PRIORITY_OPTIONS`, `broker_priority`, `queue_keys`, `queue_depth`), a producer-only Celery app built from
+Settings, `enqueue_job`, `dispatch_job` (queue and priority from the job's row) and `dispatch_pending` (the sweep
+that re-sends QUEUED jobs whose first enqueue failed). Must not import FastAPI, torch or worker/: the task is sent
+by name.
+
+Priorities: kombu's Redis transport keeps one list per priority step, `<queue>` for step 0 and
+`<queue>:<step>` for steps 1..9, and a worker pops them in step order, so step 0 is delivered first. A job's
+priority (0..9, 9 the most urgent) is sent as step 9 - priority. Producer and workers must use the same
+options, or they would name the lists differently: both take BROKER_PRIORITY_OPTIONS.
 
 Order (Celery "Database transactions"): the QUEUED row is committed first, then the id alone is enqueued.
 """
@@ -17,9 +24,19 @@ import uuid
 import kombu.exceptions
 import redis.exceptions
 from celery import Celery
+from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from api_schemas import JobKind
+from api_schemas import (
+    DEFAULT_PRIORITY,
+    DEVICE_QUEUES,
+    JobKind,
+    Resources,
+    device_queue,
+    split_stored_config,
+    stored_priority,
+)
+from api_schemas.resources import MAX_PRIORITY, DeviceQueue
 from server.settings import Settings
 from server.store.job_queries import list_undispatched
 from server.store.jobs import get_job, record_dispatch
@@ -31,6 +48,41 @@ RUN_JOB_TASK = "ris_jobs.run_job"
 SWEEP_QUEUE_SUFFIX = ".sweeps"
 
 log = logging.getLogger(__name__)
+
+#: kombu Redis transport options shared by producer and workers: ten priority steps, one list per step named
+#: `<queue>:<step>` (step 0: `<queue>`), popped in step order.
+PRIORITY_SEP = ":"
+PRIORITY_STEPS = tuple(range(10))
+BROKER_PRIORITY_OPTIONS: dict[str, object] = {
+    "priority_steps": list(PRIORITY_STEPS), "sep": PRIORITY_SEP, "queue_order_strategy": "priority",
+}
+
+
+def job_queue_name(prefix: str, queue: DeviceQueue) -> str:
+    """The Celery queue of one device queue: `<JOB_QUEUE>.gpu` or `<JOB_QUEUE>.cpu`."""
+    return f"{prefix}.{queue}"
+
+
+def all_job_queues(prefix: str) -> list[str]:
+    return [job_queue_name(prefix, q) for q in DEVICE_QUEUES]
+
+
+def broker_priority(priority: int) -> int:
+    """The kombu priority step of a job priority: 9 (most urgent) → step 0 (popped first)."""
+    return MAX_PRIORITY - priority
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists that hold a queue's waiting messages, most urgent first."""
+    return [queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS]
+
+
+def queue_depth(redis: Redis, queue: str) -> int:
+    """Messages waiting in `queue`, all priorities."""
+    pipe = redis.pipeline(transaction=False)
+    for key in queue_keys(queue):
+        pipe.llen(key)
+    return sum(int(n) for n in pipe.execute())
 
 
 class DispatchError(Exception):
@@ -52,46 +104,55 @@ def make_producer(settings: Settings) -> Celery:
             "visibility_timeout": settings.broker_visibility_timeout_s,
             "socket_connect_timeout": 2.0,
             "socket_timeout": 5.0,
+            **BROKER_PRIORITY_OPTIONS,
         },
     )
     return app
 
 
-def enqueue_job(producer: Celery, job_id: str, queue: str) -> str:
-    """Send `RUN_JOB_TASK(job_id)` to `queue`; returns the Celery task id.
+def enqueue_job(producer: Celery, job_id: str, queue: str, *, priority: int = DEFAULT_PRIORITY) -> str:
+    """Send `RUN_JOB_TASK(job_id)` to `queue` (the full Celery queue name) with a job priority (0..9, 9 the
+    most urgent); returns the Celery task id.
 
     Raises:
         DispatchError: the broker is unreachable (after a few short retries).
     """
     task_id = str(uuid.uuid4())
     try:
-        producer.send_task(RUN_JOB_TASK, args=[str(job_id)], queue=queue, task_id=task_id)
+        producer.send_task(RUN_JOB_TASK, args=[str(job_id)], queue=queue, task_id=task_id,
+                           priority=broker_priority(priority))
     except (kombu.exceptions.OperationalError, redis.exceptions.RedisError, OSError) as exc:
         raise DispatchError(f"could not enqueue job {job_id} on {queue!r}: {exc}") from exc
     return task_id
 
 
-def sweep_queue(job_queue: str) -> str:
-    """The queue of the sweep drivers that go with the job queue `job_queue`."""
-    return f"{job_queue}{SWEEP_QUEUE_SUFFIX}"
+def sweep_queue(prefix: str) -> str:
+    """The queue of the sweep drivers that go with the job queues `prefix`: `<JOB_QUEUE>.sweeps`."""
+    return f"{prefix}{SWEEP_QUEUE_SUFFIX}"
 
 
-def queue_for(kind: str, job_queue: str) -> str:
-    """Where a job of `kind` is sent: sweeps to their drivers' queue, every other job to `job_queue`."""
-    return sweep_queue(job_queue) if kind == JobKind.SWEEP else job_queue
+def queue_for(kind: str, resources: Resources, prefix: str) -> str:
+    """Where a job is sent: a sweep's driver to `<prefix>.sweeps`, every other job to the device queue of its
+    resources (`<prefix>.gpu|cpu`)."""
+    if kind == JobKind.SWEEP:
+        return sweep_queue(prefix)
+    return job_queue_name(prefix, device_queue(resources))
 
 
-def dispatch_job(session: Session, producer: Celery, job_id: str, queue: str) -> str:
-    """Enqueue a committed QUEUED job on `queue` (or its sweep queue, see `queue_for`) and record its task id
-    (commits). Raises DispatchError."""
-    kind = get_job(session, job_id, principal=DISPATCHER).kind
-    task_id = enqueue_job(producer, job_id, queue_for(kind, queue))
+def dispatch_job(session: Session, producer: Celery, job_id: str, queue_prefix: str) -> str:
+    """Enqueue a committed QUEUED job on its queue (`queue_for`: `<queue_prefix>.gpu|cpu` from its resources, or
+    `<queue_prefix>.sweeps` for a sweep's driver) with its priority, and record its task id (commits). Raises
+    DispatchError, JobNotFound."""
+    job = get_job(session, job_id, principal=DISPATCHER)
+    _, resources = split_stored_config(job.config)
+    queue = queue_for(job.kind, resources, queue_prefix)
+    task_id = enqueue_job(producer, job_id, queue, priority=stored_priority(job.config))
     record_dispatch(session, job_id, celery_task_id=task_id)
     return task_id
 
 
 def dispatch_pending(
-    session_factory: sessionmaker[Session], producer: Celery, queue: str, *, older_than_s: float
+    session_factory: sessionmaker[Session], producer: Celery, queue_prefix: str, *, older_than_s: float
 ) -> list[str]:
     """Re-send QUEUED jobs that have no Celery message yet (enqueue failed, or a requeue was not sent).
 
@@ -103,7 +164,7 @@ def dispatch_pending(
     with session_factory() as session:
         for job_id in list_undispatched(session, older_than_s=older_than_s):
             try:
-                dispatch_job(session, producer, job_id, queue)
+                dispatch_job(session, producer, job_id, queue_prefix)
             except DispatchError as exc:
                 log.warning("dispatch sweep stopped: %s", exc)
                 break

@@ -1,7 +1,8 @@
 """The FastAPI application (DESIGN §3.2): `create_app(settings=None) -> FastAPI`.
 
 Owns: wiring only — engine, sessions, artifact store, Redis client, Celery producer and Prometheus registry on
-`app.state`; error handlers and the request guard; routers (every /v1 route and /metrics behind the API key);
+`app.state`; error handlers and the request guard; routers (every /v1 route and /metrics behind the API key;
+the dashboard at /ui/ and the docs at /docs and /redoc open, see server.routes.ui);
 and the dispatch sweep that re-sends QUEUED jobs whose enqueue failed. Never imports torch or worker/.
 
 Run: `uvicorn server.main:create_app --factory`.
@@ -24,7 +25,7 @@ from server.dispatch import dispatch_pending, make_producer
 from server.errors import RequestGuardMiddleware, install_error_handlers
 from server.ratelimit import RateLimiter
 from server.routes import artifacts as artifact_routes
-from server.routes import checkpoints, health, jobs, metrics, uploads
+from server.routes import checkpoints, health, jobs, metrics, ui, uploads
 from server.settings import Settings, get_settings
 from server.store import ArtifactStore, create_schema, make_engine, make_session_factory
 
@@ -64,23 +65,22 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the API from `settings` (default: the environment). Creates missing tables and the artifact root."""
+    """Build the API from `settings` (default: the environment). Creates missing tables."""
     settings = settings or get_settings()
     engine = make_engine(settings.database_url)
     create_schema(engine)
     session_factory = make_session_factory(engine)
     redis_client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=2.0)
-    artifacts = ArtifactStore(settings.artifact_dir)
-    artifacts.root.mkdir(parents=True, exist_ok=True)
+    artifacts = ArtifactStore(settings.artifact_location)
 
-    # With API keys on, the schema is served behind the key too and the browser docs are off: every endpoint
-    # but health and readiness answers 401 without a valid key.
-    open_docs = not settings.auth_enabled
+    # With API keys on, the schema is served behind the key too (every data endpoint but health and readiness
+    # answers 401 without a valid key); the self-hosted docs pages stay open and fetch it with the user's key.
+    open_schema = not settings.auth_enabled
     app = FastAPI(
         title="ris-jobs", version="0.1.0", lifespan=_lifespan,
-        description="Training and diagnosing learned RIS near-field localization models, as a service.",
-        openapi_url="/openapi.json" if open_docs else None, docs_url="/docs" if open_docs else None,
-        redoc_url="/redoc" if open_docs else None,
+        description="Training and diagnosing learned RIS near-field localization models, as a service. "
+                    "Dashboard: [/ui/](/ui/).",
+        openapi_url="/openapi.json" if open_schema else None, docs_url=None, redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -99,9 +99,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (jobs.router, metrics.router, checkpoints.router, artifact_routes.router, uploads.router):
         app.include_router(router, dependencies=auth)
     app.include_router(health.router)
+    ui.mount_ui(app)
     # added last, so it runs first: an unauthenticated request gets 401 before any size or type check
-    app.add_middleware(ApiKeyMiddleware, settings=settings, open_paths=frozenset({"/healthz", "/readyz"}))
-    if not open_docs:
+    app.add_middleware(ApiKeyMiddleware, settings=settings, open_paths=frozenset({"/healthz", "/readyz"}),
+                       is_open=ui.is_open)
+    if not open_schema:
         app.add_api_route("/openapi.json", lambda: JSONResponse(app.openapi()), include_in_schema=False,
                           dependencies=auth)
     return app

@@ -49,7 +49,40 @@ class Settings(BaseSettings):
     )
     artifact_dir: Path = Field(
         Path("./var/artifacts"),
-        description="root of checkpoints and logs: <ARTIFACT_DIR>/jobs/<job id>/{checkpoints/,log.txt}",
+        description="the artifact store when ARTIFACT_URL is not set: a directory holding "
+        "jobs/<job id>/{checkpoints/,artifacts/,log.txt} and uploads/",
+    )
+    artifact_url: str | None = Field(
+        None,
+        description="the artifact store of checkpoints, logs, reports, plots and uploads: a directory, file://path, "
+        "or s3://bucket/prefix on any S3-compatible store (credentials and endpoint from AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3, AWS_DEFAULT_REGION; needs the [s3] extra). "
+        "Unset: ARTIFACT_DIR. Every API, worker and reaper of one deployment must name the same store",
+    )
+    artifact_presigned_redirect: bool = Field(
+        False,
+        description="answer checkpoint and artifact downloads with a 307 to a presigned URL of the object (stores "
+        "that can sign, such as S3), so that the bytes do not pass through the API",
+    )
+    artifact_presigned_expiry_s: int = Field(
+        300, ge=1, le=7 * 86_400, description="lifetime of a presigned download URL, seconds"
+    )
+    orphan_grace_s: float = Field(
+        3600.0, gt=0, le=30 * 86_400,
+        description="the reaper removes temporary objects and checkpoint objects that no record points at once "
+        "they are this old, seconds (longer than the slowest checkpoint upload)",
+    )
+    artifact_sweep_interval_s: float = Field(
+        600.0, gt=0, le=86_400, description="seconds between the reaper's sweeps of orphaned artifact objects"
+    )
+    scratch_dir: Path = Field(
+        Path("./var/scratch"),
+        description="a worker's local working directory: the trainer writes checkpoints and the log here before the "
+        "worker uploads them to the artifact store; never shared between machines",
+    )
+    log_upload_interval_s: float = Field(
+        2.0, gt=0, le=3600, description="a running job's log is uploaded to the artifact store at least this often, "
+        "seconds",
     )
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         (),
@@ -73,12 +106,10 @@ class Settings(BaseSettings):
         description="how long a worker keeps retrying a metric flush, checkpoint record or terminal state while "
         "the database is unreachable (bounded exponential backoff), seconds",
     )
-    orphan_grace_s: float = Field(
-        3600.0, gt=0, le=30 * 86_400,
-        description="a checkpoint file without a record (its job deleted, or its record never committed) older "
-        "than this, seconds, is removed by the reaper",
+    job_queue: str = Field(
+        "jobs", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="prefix of the Celery queues: jobs go to <JOB_QUEUE>.gpu or <JOB_QUEUE>.cpu by resources.device",
     )
-    job_queue: str = Field("jobs", min_length=1, max_length=100, description="Celery queue that GPU workers consume")
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="largest request body, bytes")
     max_upload_bytes: int = Field(
         256 * 1024 * 1024, ge=1024, le=16 * 1024**3,
@@ -86,6 +117,11 @@ class Settings(BaseSettings):
     )
     max_queued_jobs_per_key: int = Field(
         100, ge=1, le=1_000_000, description="QUEUED jobs one API key (or the anonymous user) may have; more → 429"
+    )
+    max_gpus_per_job: int = Field(
+        8, ge=1, le=64,
+        description="most GPUs (training processes) one job may ask for in resources.gpus; more → 422. Set it to "
+        "the GPUs of the largest worker host",
     )
     lease_timeout_s: float = Field(
         60.0, gt=0, le=86_400, description="seconds without a heartbeat after which the reaper treats a worker as lost"
@@ -185,6 +221,11 @@ class Settings(BaseSettings):
                 f"({self.job_hard_time_limit_s}) so that a job can checkpoint before it is killed"
             )
         return self
+
+    @property
+    def artifact_location(self) -> str:
+        """Where the artifact store is: ARTIFACT_URL, else ARTIFACT_DIR."""
+        return self.artifact_url or str(self.artifact_dir)
 
     @property
     def auth_enabled(self) -> bool:

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from api_schemas import DataConfig, DiagnosticJobConfig, FailureReason, JobKind, JobState, ModelConfig, SystemConfig
+from api_schemas import (
+    CheckpointInfo,
+    DataConfig,
+    DiagnosticJobConfig,
+    FailureReason,
+    JobKind,
+    JobState,
+    ModelConfig,
+    SystemConfig,
+)
 from api_schemas.config import LossWeights, PhaseConfig
-from server.store import claim_job, create_job, request_cancel, transition
+from server.store import ArtifactStore, claim_job, create_job, request_cancel, transition
 from server.store.models import JobRow
 from server.store.principals import ADMIN, ANONYMOUS, Principal
 
@@ -91,3 +103,17 @@ def malicious_checkpoint_bytes(marker: Path) -> bytes:
     torch.save({ckpt.FORMAT_KEY: ckpt.FORMAT, ckpt.MODEL_KEY: _RunsCode(marker), ckpt.CONFIG_KEY: {},
                 ckpt.CONFIG_SHA_KEY: "0", ckpt.POSITION_KEY: {}}, buf)
     return buf.getvalue()
+
+
+def stored_checkpoint(artifacts: ArtifactStore, job_id: str, name: str, data: bytes, *, step: int,
+                      final: bool = False, phase: str = "k_only") -> CheckpointInfo:
+    """Put `data` into the artifact store as the worker does (`put_checkpoint`: under the checkpoint's content key)
+    and return the CheckpointInfo to register (its `path` is that key, relative to the job)."""
+    local = Path(tempfile.mkdtemp()) / f"{name}.pt"
+    local.write_bytes(data)
+    info = CheckpointInfo(name=name, phase=phase, epoch=0, step=step, path=str(local), size=len(data),
+                          sha256=hashlib.sha256(data).hexdigest(), is_final=final)
+    try:
+        return artifacts.put_checkpoint(job_id, info)
+    finally:
+        shutil.rmtree(local.parent, ignore_errors=True)

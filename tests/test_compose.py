@@ -68,10 +68,11 @@ def assert_runs_project_code(argv: list[str]) -> None:
 
 
 def test_compose_has_every_service() -> None:
-    assert {"redis", "postgres", "api", "worker", "reaper"} <= set(_compose()["services"])
+    assert {"redis", "postgres", "minio", "createbucket", "api", "worker", "cpu-worker", "reaper"} <= set(
+        _compose()["services"])
 
 
-@pytest.mark.parametrize("name", ["api", "worker", "reaper"])
+@pytest.mark.parametrize("name", ["api", "worker", "cpu-worker", "reaper"])
 def test_compose_service_command_exists_in_project(name: str) -> None:
     svc = _compose()["services"][name]
     for key in ("entrypoint", "command"):
@@ -119,10 +120,33 @@ def test_compose_worker_reserves_gpus() -> None:
     assert any("gpu" in d.get("capabilities", []) for d in devices)
 
 
-def test_compose_services_share_the_artifact_volume_and_env() -> None:
+def test_compose_services_share_the_store_through_minio_not_a_volume() -> None:
+    services = _compose()["services"]
+    assert services["minio"]["image"].startswith("minio/minio")
     for name, svc in _built_services():
-        assert any(str(v).endswith(":/data/artifacts") for v in svc["volumes"]), name
-        assert {"DATABASE_URL", "REDIS_URL", "ARTIFACT_DIR"} <= set(svc["environment"]), name
+        env = svc["environment"]
+        assert {"DATABASE_URL", "REDIS_URL", "ARTIFACT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(env)
+        assert env["ARTIFACT_URL"].startswith("s3://") and env["AWS_ENDPOINT_URL"] == "http://minio:9000", name
+        assert not any(":/data/artifacts" in str(v) for v in svc.get("volumes", [])), f"{name} shares a volume"
+        assert name == "migrate" or svc["depends_on"].get("api", svc["depends_on"].get("createbucket")), name
+
+
+def test_createbucket_makes_the_bucket_of_artifact_url_before_the_api_starts() -> None:
+    services = _compose()["services"]
+    bucket = services["api"]["environment"]["ARTIFACT_URL"].removeprefix("s3://").split("/")[0]
+    create = services["createbucket"]
+    assert create["image"].startswith("minio/mc") and create["restart"] == "no"
+    assert f"mb --ignore-existing store/{bucket}" in " ".join(create["command"])
+    assert services["api"]["depends_on"]["createbucket"] == {"condition": "service_completed_successfully"}
+
+
+def test_gpu_and_cpu_workers_serve_their_queues() -> None:
+    services = _compose()["services"]
+    parser = build_parser()
+    for name, queues in (("worker", ("gpu",)), ("cpu-worker", ("cpu",))):
+        argv = _argv(services[name]["command"])
+        assert parser.parse_args(argv[1:]).queues == queues, name
+    assert "deploy" not in services["cpu-worker"], "the CPU worker reserves no GPU"
 
 
 def test_dockerfile_cmd_exists_in_project() -> None:

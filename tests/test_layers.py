@@ -74,3 +74,16 @@ def test_ris_model_rooms_import_only_downwards(room: str) -> None:
     bad = [f"{f.relative_to(ROOT)} imports {name}" for f in files for name in _imports(f)
            for forbidden in ROOMS[room] if name == forbidden or name.startswith(forbidden + ".")]
     assert not bad, "\n".join(bad)
+
+
+#: what the client (client/) may import besides the standard library: it runs where neither torch nor the
+#: server is installed
+CLIENT_ALLOWED = {"api_schemas", "client", "httpx", "pydantic", "tqdm"}
+
+
+def test_the_client_imports_only_api_schemas_httpx_and_the_standard_library() -> None:
+    import sys
+
+    bad = [f"{path.relative_to(ROOT)} imports {name}" for path in _files("client") for name in _imports(path)
+           if name.split(".")[0] not in CLIENT_ALLOWED | set(sys.stdlib_module_names)]
+    assert not bad, "\n".join(bad)

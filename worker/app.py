@@ -12,6 +12,9 @@ Why each setting:
 - visibility_timeout > hard time limit, in all three places Celery reads it: otherwise Redis redelivers a
   long job's message to a second worker while the first still runs (celery#5935, kombu#337).
 - task_ignore_result: the job table is the truth; we never read Celery results.
+- broker priority options (server.dispatch.BROKER_PRIORITY_OPTIONS), the same as the producer's: one Redis list
+  per priority step, popped most urgent first. Which queues a worker consumes (`<JOB_QUEUE>.gpu`,
+  `<JOB_QUEUE>.cpu`) is its `-Q` option (`ris-jobs worker --queues`); no message goes to a default queue.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 from celery import Celery
 
-from server.dispatch import RUN_JOB_TASK
+from server.dispatch import BROKER_PRIORITY_OPTIONS, job_queue_name
 from server.settings import Settings, get_settings
 
 
@@ -31,7 +34,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.redis_url,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": visibility_s},
+        "broker_transport_options": {"visibility_timeout": visibility_s, **BROKER_PRIORITY_OPTIONS},
         "result_backend_transport_options": {"visibility_timeout": visibility_s},
         "visibility_timeout": visibility_s,
         "task_serializer": "json",
@@ -42,8 +45,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "task_time_limit": hard_s,
         "task_soft_time_limit": int(settings.job_soft_time_limit_s),
-        "task_default_queue": settings.job_queue,
-        "task_routes": {RUN_JOB_TASK: {"queue": settings.job_queue}},
+        "task_default_queue": job_queue_name(settings.job_queue, "gpu"),
         "task_send_sent_event": True,
         "worker_send_task_events": True,
         "worker_prefetch_multiplier": 1,

@@ -1,8 +1,16 @@
-"""The `ris-jobs` command: `serve` (the README's one-command run), `api`, `worker`, `reaper` (DESIGN §3).
+"""The `ris-jobs` command: `serve` (the README's one-command run), `api`, `worker`, `reaper` (DESIGN §3), and
+the user commands of `client.cli` (submit, list, status, watch, logs, download, report, cancel, ...).
 
 Owns process supervision only: starting, watching and stopping child processes. It imports no torch and never
-initialises CUDA: GPUs are counted from CUDA_VISIBLE_DEVICES or `nvidia-smi -L`, and each GPU gets its own
-Celery worker child with CUDA_VISIBLE_DEVICES=<i>, `-c 1 -P prefork --max-tasks-per-child=1` (DESIGN §3.4).
+initialises CUDA: GPUs are counted from CUDA_VISIBLE_DEVICES or `nvidia-smi -L`, and each GPU (or each group
+of `--gpus-per-worker` GPUs, for jobs with resources.gpus > 1) gets its own Celery worker child with
+CUDA_VISIBLE_DEVICES=<ids>, `-c 1 -P prefork --max-tasks-per-child=1` (DESIGN §3.4).
+
+Queues (`ris-jobs worker --queues`): the GPU workers consume `<JOB_QUEUE>.gpu`; a CPU worker (no GPU visible)
+consumes `<JOB_QUEUE>.cpu`. Default: a host with GPUs serves `gpu` only (its cores feed its GPUs); a host without
+serves `gpu,cpu` with one CPU worker, so that a single machine runs every job (a `gpu` job without
+`resources.device: cuda` then trains on the CPU; one that requires CUDA waits with a reason). In a fleet, give
+CPU-only machines `--queues cpu` so that they never take GPU work.
 """
 
 from __future__ import annotations
@@ -25,8 +33,12 @@ from urllib.parse import urlsplit
 from redis import Redis
 from redis.exceptions import RedisError
 
-from server.dispatch import sweep_queue
+from api_schemas import DEVICE_QUEUES
+from api_schemas.resources import DeviceQueue
+from client import cli as user_cli
+from server.dispatch import job_queue_name, sweep_queue
 from server.settings import Settings, get_settings
+from worker.gpus import visible_gpus
 
 #: Seconds a child gets to exit after SIGTERM before it is killed.
 STOP_GRACE_S = 20.0
@@ -40,27 +52,19 @@ REDIS_INSTALL_HINT = (
 # -- GPU discovery (no CUDA in this process) --
 
 
-def visible_gpus() -> list[str]:
-    """GPU ids a worker may use: CUDA_VISIBLE_DEVICES if set, else `nvidia-smi -L`; [] when there is none."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")  # device visibility, not a service setting (B5)
-    if env is not None:
-        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return []
-    try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
-    except (subprocess.SubprocessError, OSError):
-        return []
-    return [str(i) for i, line in enumerate(ln for ln in out.splitlines() if ln.startswith("GPU "))]
+def gpu_groups(gpus: list[str], per_worker: int) -> list[list[str]]:
+    """The GPUs of each Celery worker: consecutive groups of `per_worker` (the last may be smaller)."""
+    return [gpus[i:i + per_worker] for i in range(0, len(gpus), per_worker)]
 
 
-def worker_command(settings: Settings, *, name: str, loglevel: str = "INFO") -> list[str]:
-    """The Celery worker command line of one GPU (or the CPU): one process, one job at a time."""
+def worker_command(settings: Settings, *, name: str, queues: Sequence[DeviceQueue],
+                   loglevel: str = "INFO") -> list[str]:
+    """The Celery worker command line of one GPU (or the CPU) consuming the device `queues`: one process, one
+    job at a time."""
     return [
         sys.executable, "-m", "celery", "-A", "worker.app", "worker",
         "-c", "1", "-P", "prefork", "--max-tasks-per-child=1", "-n", f"{name}@%h",
-        "-Q", settings.job_queue, "-E", "--loglevel", loglevel,
+        "-Q", ",".join(job_queue_name(settings.job_queue, q) for q in queues), "-E", "--loglevel", loglevel,
     ]
 
 
@@ -71,6 +75,18 @@ def sweep_worker_command(settings: Settings, *, concurrency: int, loglevel: str 
         "-c", str(concurrency), "-P", "prefork", "--max-tasks-per-child=1", "-n", "sweeps@%h",
         "-Q", sweep_queue(settings.job_queue), "-E", "--loglevel", loglevel,
     ]
+def parse_queues(text: str) -> tuple[DeviceQueue, ...]:
+    """`gpu`, `cpu` or `gpu,cpu` (argparse type of --queues)."""
+    names = tuple(dict.fromkeys(q.strip() for q in text.split(",") if q.strip()))
+    bad = [q for q in names if q not in DEVICE_QUEUES]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"--queues takes gpu, cpu or gpu,cpu; got {text!r}")
+    return tuple(q for q in DEVICE_QUEUES if q in names)
+
+
+def default_queues(gpus: Sequence[str]) -> tuple[DeviceQueue, ...]:
+    """What a host serves when --queues is not given: `gpu` with GPUs, `gpu,cpu` without (module docstring)."""
+    return ("gpu",) if gpus else ("gpu", "cpu")
 
 
 # -- child process supervision --
@@ -158,14 +174,15 @@ def ensure_redis(url: str, supervisor: Supervisor) -> None:
 
 
 def create_schema(settings: Settings) -> None:
-    """Bring the job store's schema to the newest revision (Alembic; idempotent) and create the artifact
-    directory."""
+    """Bring the job store's schema to the newest revision (Alembic; idempotent) and, when the artifact store
+    is a directory, create that directory."""
     from server.store.db import create_schema as create
     from server.store.db import make_engine
 
     if settings.database_url.startswith("sqlite:///"):
         Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    Path(settings.artifact_dir).mkdir(parents=True, exist_ok=True)
+    if settings.artifact_url is None:
+        Path(settings.artifact_dir).mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url)
     try:
         create(engine)
@@ -228,17 +245,24 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """One Celery worker per visible GPU (CUDA_VISIBLE_DEVICES=i), or one CPU worker."""
+    """One Celery worker per visible GPU or group of --gpus-per-worker GPUs (CUDA_VISIBLE_DEVICES=ids), or one
+    CPU worker."""
     settings = get_settings()
     sup = Supervisor()
     sup.install_signal_handlers()
     gpus = [] if args.cpu else visible_gpus()
-    if not gpus:
+    queues: tuple[DeviceQueue, ...] = args.queues or default_queues(gpus)
+    # without a GPU, the CPU worker also serves the gpu queue if told to (jobs that do not require CUDA run on it)
+    cpu_queues = [q for q in queues if q == "cpu" or not gpus]
+    if cpu_queues:
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # a CPU worker must not grab a GPU by accident
-        sup.start("worker-cpu", worker_command(settings, name="cpu", loglevel=args.loglevel), env=env)
-    for gpu in gpus:
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu)
-        sup.start(f"worker-gpu{gpu}", worker_command(settings, name=f"gpu{gpu}", loglevel=args.loglevel), env=env)
+        sup.start("worker-cpu", worker_command(settings, name="cpu", queues=cpu_queues, loglevel=args.loglevel),
+                  env=env)
+    for group in gpu_groups(gpus, args.gpus_per_worker) if "gpu" in queues else []:
+        name = "gpu" + "-".join(group)
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(group))
+        sup.start(f"worker-{name}", worker_command(settings, name=name, queues=["gpu"], loglevel=args.loglevel),
+                  env=env)
     if args.sweeps:
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
         sup.start("worker-sweeps", sweep_worker_command(settings, concurrency=args.sweeps, loglevel=args.loglevel),
@@ -259,8 +283,9 @@ def cmd_reaper(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ris-jobs", description=__doc__.split("\n", 1)[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="ris-jobs", description=__doc__.split("\n\n", 1)[0],
+                                     epilog="`ris-jobs COMMAND --help` describes each command.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, func, help_text in (
         ("serve", cmd_serve, "run everything on this machine: Redis if needed, API, one worker, reaper"),
         ("api", cmd_api, "run the HTTP API (one uvicorn process)"),
@@ -273,17 +298,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="one CPU worker even if GPUs are visible")
     p.add_argument("--sweeps", type=int, default=2, metavar="N",
                    help="also run the drivers of up to N sweeps at once on the CPU (0 = none; default 2)")
+    p.add_argument("--queues", type=parse_queues, default=None, metavar="gpu,cpu",
+                   help="device queues this host serves: gpu (one Celery worker per GPU group), cpu (one CPU "
+                   "worker), or both. Default: gpu on a host with GPUs, gpu,cpu on a host without")
+    p.add_argument("--gpus-per-worker", type=int, default=1, metavar="N",
+                   help="GPUs each Celery worker owns; a job may ask for up to N (resources.gpus). Default 1")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("reaper", help="requeue or fail jobs whose worker died; re-dispatch lost messages")
     p.set_defaults(func=cmd_reaper)
     p = sub.add_parser("migrate", help="upgrade the job store's schema to the newest revision, then exit")
     p.set_defaults(func=cmd_migrate)
+    user_cli.add_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in user_cli.COMMANDS:
+        return user_cli.run(args)
     return int(args.func(args))
 
 

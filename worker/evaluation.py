@@ -5,8 +5,9 @@ under the lease and writes the terminal state. Imports neither torch nor ris_mod
 parent imports worker modules: no CUDA before fork); `ris_model` is imported inside run_evaluation_job.
 
 Trust boundary: a checkpoint named by an earlier job or uploaded with POST /v1/checkpoints is untrusted bytes.
-It is loaded only by `ris_model.train.checkpoint.load_checkpoint` (torch.load with weights_only=True: a pickle that
-would run code is refused by the unpickler, never executed) after its sha256 is checked against the record.
+It is downloaded from the artifact store into the worker's scratch directory, its sha256 checked against the
+record, and loaded only by `ris_model.train.checkpoint.load_checkpoint` (torch.load with weights_only=True: a
+pickle that would run code is refused by the unpickler, never executed).
 Any problem with what the user named — a missing job, checkpoint or upload, a file that fails that load, a
 config that does not fit the checkpoint's system — raises UserInputRejected (→ FAILED USER_CONFIG).
 """
@@ -27,10 +28,10 @@ from api_schemas import EvaluationJobConfig, MetricPoint
 from api_schemas.evaluation import EvaluationArtifact, JobCheckpointSource, UploadCheckpointSource
 from api_schemas.metrics import PROGRESS_FRACTION
 from server.store import get_checkpoint
-from server.store.artifacts import ARTIFACT_MEDIA_TYPES, ArtifactStore, artifact_path, checkpoint_file, write_atomic
+from server.store.artifacts import ARTIFACT_MEDIA_TYPES, ArtifactStore, artifact_key, checkpoint_object
 from server.store.errors import ArtifactRejected, CheckpointNotFound, JobNotFound, LeaseLost, UploadNotFound
 from server.store.principals import WORKER
-from server.store.uploads import upload_file
+from server.store.uploads import upload_object
 from worker.failures import TrainerFailed, UserInputRejected, scrub_paths
 
 log = logging.getLogger(__name__)
@@ -53,20 +54,29 @@ class _Stopped(Exception):
 
 
 def resolve_checkpoint(config: EvaluationJobConfig, *, sessions: sessionmaker[Session],
-                       artifacts: ArtifactStore) -> Path:
-    """The file of the configured checkpoint source. Raises UserInputRejected with the reason."""
-    return resolve_source(config.checkpoint, sessions=sessions, artifacts=artifacts)
+                       artifacts: ArtifactStore, inputs_dir: Path) -> Path:
+    """The configured checkpoint source, downloaded into `inputs_dir` with its recorded sha256 checked.
+
+    Raises UserInputRejected with the reason."""
+    return resolve_source(config.checkpoint, sessions=sessions, artifacts=artifacts, inputs_dir=inputs_dir)
 
 
 def resolve_source(source: JobCheckpointSource | UploadCheckpointSource, *, sessions: sessionmaker[Session],
-                   artifacts: ArtifactStore) -> Path:
-    """The file of a checkpoint source (a job's checkpoint, or an upload). Raises UserInputRejected."""
+                   artifacts: ArtifactStore, inputs_dir: Path) -> Path:
+    """A checkpoint source (a job's checkpoint, or an upload), downloaded into `inputs_dir` with its recorded
+    sha256 checked. Raises UserInputRejected with the reason."""
     try:
         if isinstance(source, JobCheckpointSource):
             with sessions() as session:
                 row = get_checkpoint(session, source.job_id, source.checkpoint, principal=WORKER)
-                return checkpoint_file(artifacts, row)
-        return upload_file(artifacts, source.upload_id, principal=WORKER)
+                key, _ = checkpoint_object(artifacts, row)
+                sha256, filename = row.sha256, f"{row.name}.pt"
+        else:
+            key, record = upload_object(artifacts, source.upload_id, principal=WORKER)
+            sha256, filename = record.sha256, f"{source.upload_id}.pt"
+        return artifacts.fetch(key, inputs_dir / filename, sha256=sha256)
+    except FileNotFoundError as exc:
+        raise UserInputRejected(f"checkpoint source {source.model_dump()} cannot be used: its object is gone") from exc
     except (JobNotFound, CheckpointNotFound, UploadNotFound, ArtifactRejected) as exc:
         raise UserInputRejected(f"checkpoint source {source.model_dump()} cannot be used: {exc}") from exc
 
@@ -91,16 +101,17 @@ def rejection_reason(exc: BaseException) -> str:
 
 
 def run_evaluation_job(job_id: str, config_json: dict[str, Any], *, sessions: sessionmaker[Session],
-                       artifacts: ArtifactStore, sink: Any, should_stop: Callable[[], str | None]
+                       artifacts: ArtifactStore, inputs_dir: Path, sink: Any, should_stop: Callable[[], str | None]
                        ) -> EvaluationResult:
-    """Evaluate the configured checkpoint and write `report.json`, `report.md` and the PNGs atomically into
-    `<job dir>/artifacts/`.
+    """Evaluate the configured checkpoint and write `report.json`, `report.md` and the PNGs to the artifact
+    store's `jobs/<id>/artifacts/` (each under a temporary key, then committed).
 
     Args:
         job_id: the evaluation job (for its artifact directory and the artifact URLs).
         config_json: the stored EvaluationJobConfig.
         sessions: the worker's session factory (to resolve a job's checkpoint).
         artifacts: the artifact store.
+        inputs_dir: where the checkpoint to evaluate is downloaded (the job's scratch directory).
         sink: a MetricSink; gets `progress/fraction` points.
         should_stop: polled at every progress report ("cancel" / "timeout" stop the evaluation).
 
@@ -109,7 +120,7 @@ def run_evaluation_job(job_id: str, config_json: dict[str, Any], *, sessions: se
         LeaseLost, TrainerFailed (the evaluation itself failed).
     """
     config = EvaluationJobConfig.model_validate(config_json)
-    path = resolve_checkpoint(config, sessions=sessions, artifacts=artifacts)
+    path = resolve_checkpoint(config, sessions=sessions, artifacts=artifacts, inputs_dir=inputs_dir)
     from ris_model.errors import CheckpointError  # lazy: torch only in the child (no CUDA before fork)
     from ris_model.evaluate.evaluation import check_config, evaluate
     from ris_model.evaluate.plots import render_plots
@@ -145,16 +156,21 @@ def run_evaluation_job(job_id: str, config_json: dict[str, Any], *, sessions: se
     return EvaluationResult(report=report.model_copy(update={"artifacts": files}).model_dump(mode="json"))
 
 
+def write_artifact(artifacts: ArtifactStore, job_id: str, name: str, data: bytes) -> EvaluationArtifact:
+    """Write one output file of the job to the artifact store's `jobs/<id>/artifacts/` (a temporary key, then
+    committed) and describe it (name, media type, size, sha256, download URL) for the report."""
+    digest = artifacts.objects.write(artifact_key(artifacts, job_id, name), data)
+    return EvaluationArtifact(name=name, media_type=ARTIFACT_MEDIA_TYPES[name.rsplit(".", 1)[1]], size=digest.size,
+                              sha256=digest.sha256, url=f"/v1/jobs/{job_id}/artifacts/{name}")
+
+
 def _write_files(job_id: str, artifacts: ArtifactStore, report: Any, figures: dict[str, bytes]
                  ) -> list[EvaluationArtifact]:
-    """Write the PNGs, then report.md (linking them), then report.json (listing them), each atomically."""
+    """Write the PNGs, then report.md (linking them), then report.json (listing them), each committed whole."""
     written: list[EvaluationArtifact] = []
 
     def write(name: str, data: bytes) -> None:
-        digest = write_atomic(artifact_path(artifacts, job_id, name), data)
-        written.append(EvaluationArtifact(name=name, media_type=ARTIFACT_MEDIA_TYPES[name.rsplit(".", 1)[1]],
-                                          size=digest.size, sha256=digest.sha256,
-                                          url=f"/v1/jobs/{job_id}/artifacts/{name}"))
+        written.append(write_artifact(artifacts, job_id, name, data))
 
     for name, data in figures.items():
         write(name, data)

@@ -9,6 +9,7 @@ upload is checked here. ris_model is imported inside the function (no torch in t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,8 +26,9 @@ if TYPE_CHECKING:
 
 
 def initial_weights(config: TrainingJobConfig, *, sessions: sessionmaker[Session],
-                    artifacts: ArtifactStore) -> dict[str, Tensor] | None:
-    """The validated weights of `config.init_from` (None when the config has none).
+                    artifacts: ArtifactStore, inputs_dir: Path) -> dict[str, Tensor] | None:
+    """The validated weights of `config.init_from` (None when the config has none), downloaded from the artifact
+    store into `inputs_dir` (the job's scratch directory) first.
 
     Raises:
         UserInputRejected: the source does not exist, is not a loadable ris-jobs checkpoint, or was trained for
@@ -34,7 +36,7 @@ def initial_weights(config: TrainingJobConfig, *, sessions: sessionmaker[Session
     """
     if config.init_from is None:
         return None
-    path = resolve_source(config.init_from, sessions=sessions, artifacts=artifacts)
+    path = resolve_source(config.init_from, sessions=sessions, artifacts=artifacts, inputs_dir=inputs_dir)
     from ris_model.errors import CheckpointError
     from ris_model.inference import load_estimator
 

@@ -13,13 +13,17 @@ One sweep:
    when Redis restarted without persistence (task id recorded, message gone). A message is live if it waits
    in the queue's Redis lists, or if a worker received it (kombu's `unacked` hash) less than
    `redispatch_after_s` ago — a worker that got a message and did not claim its job within that time died.
-3. Last resort for a wedged cancel: after the store escalated CANCELLING → CANCELLED, the worker's heartbeat
+3. Unserved queues: a QUEUED job whose device queue (`gpu`, `cpu`) no live worker consumes gets its waiting
+   reason ("waiting for a cuda worker: …") as a QUEUED → QUEUED event, shown as JobPublic.waiting_reason
+   (worker/capacity.py keeps the register of live workers and what they serve).
+4. Orphaned artifact objects (worker/artifact_sweep.py), every ARTIFACT_SWEEP_INTERVAL_S: temporary keys of
+   writes that never committed, checkpoint objects no record points at, objects of deleted jobs — each only
+   once older than ORPHAN_GRACE_S.
+5. Last resort for a wedged cancel: after the store escalated CANCELLING → CANCELLED, the worker's heartbeat
    and every fenced write fail with LeaseLost, which stops a trainer that polls `should_stop` or logs metrics.
    If, one more grace period later, a worker still executes that job's task (`inspect().active()`, matched by
    the job id in its args), the reaper calls `revoke(task_id, terminate=True)` for that task id only; workers
    run `-c 1 --max-tasks-per-child=1`, so that process runs nothing else.
-4. Orphans (every ORPHAN_GRACE_S / 4): job directories whose job is gone, and checkpoint or temp files of
-   finished jobs that no record names, older than ORPHAN_GRACE_S, are removed (`server.store.orphans`).
 
 Why a job never runs twice: the claim in the task is a conditional UPDATE QUEUED → RUNNING with a new lease
 token, and every later write is fenced by that token. Any extra message — Redis redelivery of a dead worker's
@@ -42,25 +46,32 @@ from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api_schemas import JobState
-from server.dispatch import RUN_JOB_TASK, DispatchError, dispatch_job, make_producer, sweep_queue
+from api_schemas import JobState, split_stored_config
+from server.dispatch import (
+    RUN_JOB_TASK,
+    DispatchError,
+    all_job_queues,
+    dispatch_job,
+    make_producer,
+    queue_keys,
+    sweep_queue,
+)
 from server.settings import Settings, get_settings
 from server.store import job_queries as store_queries
 from server.store import jobs as store_jobs
 from server.store.db import make_engine, make_session_factory, utcnow
 from server.store.files import ArtifactStore
 from server.store.jobs import ReapOutcome
-from server.store.orphans import find_orphans, remove_orphans
 from server.store.principals import REAPER
+from worker.artifact_sweep import sweep_orphans
+from worker.capacity import live_capacities, queue_waiting_reason
 
 log = logging.getLogger(__name__)
 
-#: kombu's Redis transport: the hash of delivered-but-unacked messages and its delivery-time index.
+#: kombu's Redis transport: the hash of delivered-but-unacked messages and its delivery-time index. The waiting
+#: messages of a queue lie in one list per priority step (server.dispatch.queue_keys).
 UNACKED_KEY = "unacked"
 UNACKED_INDEX_KEY = "unacked_index"
-#: kombu's priority sub-queues are `<queue>\x06\x16<p>` for these steps (p = 0 is the queue itself).
-PRIORITY_SEP = "\x06\x16"
-PRIORITY_STEPS = (0, 3, 6, 9)
 
 
 @dataclass
@@ -72,8 +83,10 @@ class ReapReport:
     cancelled: list[str] = field(default_factory=list)
     redispatched: list[str] = field(default_factory=list)
     terminated: list[str] = field(default_factory=list)
-    #: orphaned artifact paths removed (server.store.orphans)
+    #: artifact-store keys removed as orphans
     orphans_removed: list[str] = field(default_factory=list)
+    #: jobs that got a new waiting reason (their queue has no live worker)
+    waiting: list[str] = field(default_factory=list)
 
 
 class Reaper:
@@ -86,6 +99,7 @@ class Reaper:
         sessions: sessionmaker[Session],
         producer: Celery,
         redis: Redis,
+        artifacts: ArtifactStore | None = None,
         redispatch_after_s: float | None = None,
     ) -> None:
         self._settings = settings
@@ -96,17 +110,17 @@ class Reaper:
         self._redispatch_after_s = settings.redispatch_after_s if redispatch_after_s is None else redispatch_after_s
         #: job id -> monotonic time the sweep escalated its cancel (for the last-resort terminate)
         self._escalated: dict[str, float] = {}
-        self._artifacts = ArtifactStore(settings.artifact_dir)
-        #: monotonic time of the last orphan sweep (None: never); it walks the artifact tree, so it runs rarely
-        self._orphans_swept_at: float | None = None
+        self._artifacts = artifacts if artifacts is not None else ArtifactStore(settings.artifact_location)
+        self._next_artifact_sweep = 0.0  # monotonic; the first sweep looks at once
 
     def reap_once(self) -> ReapReport:
         """One sweep: expired leases, lost messages, escalated cancels."""
         report = ReapReport()
         self._reap_expired(report)
         self._redispatch_lost(report)
+        self._note_unserved(report)
+        self._sweep_artifacts(report)
         self._terminate_wedged(report)
-        self._sweep_orphans(report)
         return report
 
     # -- 1. expired leases and cancel grace --
@@ -169,10 +183,11 @@ class Reaper:
                     return stale
 
     def _live_message_bodies(self) -> list[bytes]:
-        """Raw messages waiting in the job queue, then those delivered recently (order matters: a message moves
-        from the list to the unacked hash, so reading the list first cannot miss it in both)."""
-        queues = (self._settings.job_queue, sweep_queue(self._settings.job_queue))
-        keys = [queue if p == 0 else f"{queue}{PRIORITY_SEP}{p}" for queue in queues for p in PRIORITY_STEPS]
+        """Raw messages waiting in the job queues (every device queue and the sweep drivers' queue, every priority
+        list), then those delivered recently (order matters: a message moves from a list to the unacked hash, so
+        reading the lists first cannot miss it in both)."""
+        queues = [*all_job_queues(self._settings.job_queue), sweep_queue(self._settings.job_queue)]
+        keys = [key for queue in queues for key in queue_keys(queue)]
         bodies: list[bytes] = []
         for key in keys:
             bodies.extend(cast(list[bytes], self._redis.lrange(key, 0, -1)))  # no decode_responses: bytes
@@ -183,7 +198,33 @@ class Reaper:
             bodies.extend(b for b in unacked if b is not None)
         return bodies
 
-    # -- 3. last resort for wedged cancels --
+    # -- 3. QUEUED jobs that no live worker serves --
+
+    def _note_unserved(self, report: ReapReport) -> None:
+        live = live_capacities(self._redis)
+        with self._sessions() as session:
+            page = store_queries.list_jobs(session, principal=REAPER, state=JobState.QUEUED, limit=500)
+            for job in page.jobs:
+                _, resources = split_stored_config(job.config)
+                reason = queue_waiting_reason(resources, live)
+                if reason is not None and store_jobs.note_waiting(session, job.id, reason):
+                    log.info("job %s stays QUEUED: %s", job.id, reason)
+                    report.waiting.append(job.id)
+
+    # -- 4. orphaned artifact objects --
+
+    def _sweep_artifacts(self, report: ReapReport) -> None:
+        if time.monotonic() < self._next_artifact_sweep:
+            return
+        self._next_artifact_sweep = time.monotonic() + self._settings.artifact_sweep_interval_s
+        try:
+            swept = sweep_orphans(self._artifacts, self._sessions, older_than_s=self._settings.orphan_grace_s)
+        except Exception as exc:  # the store may be down; the jobs' sweep above must not depend on it
+            log.warning("artifact orphan sweep failed: %s", exc)
+            return
+        report.orphans_removed.extend(swept.removed)
+
+    # -- 5. last resort for wedged cancels --
 
     def _terminate_wedged(self, report: ReapReport) -> None:
         for job_id, escalated_at in list(self._escalated.items()):
@@ -215,27 +256,6 @@ class Reaper:
             log.warning("%s; a later sweep re-dispatches it", exc)
 
 
-    # -- 4. orphaned artifact files --
-
-    def _sweep_orphans(self, report: ReapReport) -> None:
-        """Every ORPHAN_GRACE_S / 4 (at least every reaper interval, at most every 10 min), remove files under
-        ARTIFACT_DIR that no record names and no attempt can still record (server.store.orphans)."""
-        grace_s = self._settings.orphan_grace_s
-        every_s = min(600.0, max(self._settings.reaper_interval_s, grace_s / 4))
-        now = time.monotonic()
-        if self._orphans_swept_at is not None and now - self._orphans_swept_at < every_s:
-            return
-        self._orphans_swept_at = now
-        with self._sessions() as session:
-            orphans = find_orphans(session, self._artifacts, older_than_s=grace_s)
-        if not orphans:
-            return
-        paths = [str(p) for p in (*orphans.job_dirs, *orphans.files)]
-        remove_orphans(orphans)
-        log.warning("removed %d orphaned artifact path(s) older than %.0f s: %s", len(paths), grace_s, paths[:10])
-        report.orphans_removed.extend(paths)
-
-
 def make_reaper(settings: Settings) -> Reaper:
     """A Reaper with its own engine, producer and Redis client."""
     engine = make_engine(settings.database_url)
@@ -244,6 +264,7 @@ def make_reaper(settings: Settings) -> Reaper:
         sessions=make_session_factory(engine),
         producer=make_producer(settings),
         redis=Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0),
+        artifacts=ArtifactStore(settings.artifact_location),
     )
 
 

@@ -5,6 +5,13 @@ lease, one transaction per flush), publishing the stored points (with their seq)
 registering checkpoints (with the code version and the config digest that produced them). Imports no torch
 and no ris_model (it only has to satisfy the MetricSink protocol).
 
+A checkpoint the trainer wrote to the worker's scratch directory is uploaded to the artifact store (temporary
+key, then commit; retried CHECKPOINT_UPLOAD_TRIES times), and only then recorded, so that a record never
+points at a missing or partial object. The object the record pointed at before (a rewritten `<phase>-last`) is
+removed afterwards; if that fails, the reaper's orphan sweep removes it. An upload that keeps failing raises
+ArtifactUploadFailed: the job fails INTERNAL with the store's error, or, if the worker dies meanwhile, the
+next attempt resumes from the last checkpoint that was recorded.
+
 When a flush happens: every `flush_interval_s` (checked on each `log_metrics` call and by the task's
 heartbeat thread through `flush_if_due`), when `flush_max_points` are buffered, immediately for non-finite
 event points (so `GET /v1/jobs/{id}` shows skipped steps while the job runs), before every checkpoint
@@ -31,13 +38,18 @@ from api_schemas import CheckpointInfo, MetricPoint, StoredMetricPoint
 from api_schemas.lineage import code_version
 from api_schemas.metrics import NONFINITE_PREFIX
 from server.store import live
-from server.store.artifacts import ArtifactStore, register_checkpoint
+from server.store.artifacts import ArtifactStore, recorded_checkpoint_path, register_checkpoint
+from server.store.errors import ArtifactRejected, ArtifactUploadFailed
 from server.store.jobs import get_job
 from server.store.metrics import append_points
 from server.store.principals import WORKER
 from worker.store_retry import retry_store
 
 log = logging.getLogger(__name__)
+
+#: Attempts at uploading one checkpoint, and the pause before the second (doubled for each later one), seconds.
+CHECKPOINT_UPLOAD_TRIES = 3
+UPLOAD_RETRY_DELAY_S = 1.0
 
 
 class StoreSink:
@@ -92,21 +104,32 @@ class StoreSink:
                 self._flush_locked()
 
     def log_checkpoint(self, info: CheckpointInfo) -> None:
-        """Flush buffered points, then register the checkpoint (fenced by the lease) in one transaction."""
+        """Flush buffered points, upload the checkpoint file to the artifact store, then register it (fenced by
+        the lease) in one transaction, and remove the object the record pointed at before."""
         self._raise_background_error()
+        stored = self._upload(info)  # outside the lock: the heartbeat thread's flushes must not wait for the store
         with self._lock:
             self._flush_locked()
+            previous: list[str | None] = [None]
 
             def register() -> None:  # an upsert by name: repeating it after a broken COMMIT is harmless
                 with self._sessions() as session:
-                    register_checkpoint(session, self._job_id, info, lease_token=self._lease_token,
+                    previous[0] = recorded_checkpoint_path(session, self._job_id, info.name)
+                    register_checkpoint(session, self._job_id, stored, lease_token=self._lease_token,
                                         store=self._artifacts, code_version=code_version(),
                                         config_sha256=self._config_sha256)
                     session.commit()
 
             retry_store(register, what=f"checkpoint {info.name} of job {self._job_id}",
                         deadline_s=self._retry_deadline_s)
-        log.info("checkpoint %s registered (phase=%s epoch=%d step=%d)", info.name, info.phase, info.epoch, info.step)
+        replaced = previous[0]
+        if replaced is not None and replaced != stored.path:
+            try:
+                self._artifacts.objects.delete(self._artifacts.job_key(self._job_id, replaced))
+            except Exception as exc:  # noqa: BLE001 - an orphan costs space only; the reaper's sweep removes it
+                log.warning("could not remove the replaced checkpoint object %s: %s", replaced, exc)
+        log.info("checkpoint %s stored as %s (phase=%s epoch=%d step=%d)", info.name, stored.path, info.phase,
+                 info.epoch, info.step)
 
     def close(self) -> None:
         """Flush what is left. Idempotent."""
@@ -134,6 +157,26 @@ class StoreSink:
             self._flush_locked()
 
     # -- internals --
+
+    def _upload(self, info: CheckpointInfo) -> CheckpointInfo:
+        """`ArtifactStore.put_checkpoint`, retried; raises ArtifactUploadFailed once every try failed."""
+        delay_s = UPLOAD_RETRY_DELAY_S
+        for attempt in range(1, CHECKPOINT_UPLOAD_TRIES + 1):
+            try:
+                return self._artifacts.put_checkpoint(self._job_id, info)
+            except ArtifactRejected:
+                raise
+            except Exception as exc:
+                if attempt == CHECKPOINT_UPLOAD_TRIES:
+                    raise ArtifactUploadFailed(
+                        f"checkpoint {info.name} could not be uploaded to the artifact store "
+                        f"{self._artifacts.objects.url} ({attempt} tries): {type(exc).__name__}: {exc}"
+                    ) from exc
+                log.warning("upload of checkpoint %s failed (try %d of %d), retrying in %.0f s: %s", info.name,
+                            attempt, CHECKPOINT_UPLOAD_TRIES, delay_s, exc)
+                time.sleep(delay_s)
+                delay_s *= 2
+        raise AssertionError("unreachable")
 
     def _due(self) -> bool:
         if not self._buffer:

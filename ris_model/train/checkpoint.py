@@ -37,6 +37,8 @@ RNG_TORCH_KEY, RNG_CUDA_KEY = "torch", "cuda"
 PHASE_INDEX_KEY, PHASE_KEY, EPOCH_KEY = "phase_index", "phase", "epoch"
 BATCH_KEY, GLOBAL_STEP_KEY = "batch", "global_step"
 OPTIMIZER_PHASE_KEY = "optimizer_phase"
+#: the number of data-parallel processes that wrote the position (absent: 1); a step is world_size x batch_size
+WORLD_SIZE_KEY = "world_size"
 #: keys inside COUNTERS_KEY
 NONFINITE_TOTAL_KEY, CONSECUTIVE_NONFINITE_KEY = "nonfinite_total", "consecutive_nonfinite"
 UPDATED_KEY, EPOCH_STATS_KEY = "updated", "epoch_stats"

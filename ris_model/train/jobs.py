@@ -16,9 +16,10 @@ from api_schemas import CheckpointInfo, DiagnosticJobConfig, MetricPoint, Traini
 from ris_model.diagnose.checks import diagnose
 from ris_model.errors import NonFiniteAbort
 from ris_model.model.network import RisNet
+from ris_model.train.distributed import SINGLE, DistContext, StopReason
 from ris_model.train.hooks import NO_HOOKS, StepHooks
 from ris_model.train.sinks import MetricSink
-from ris_model.train.trainer import FitResult, StopReason, Trainer, never_stop
+from ris_model.train.trainer import FitResult, Trainer, never_stop
 
 __all__ = ["FitResult", "StopReason", "pick_device", "run_training_job"]
 
@@ -52,7 +53,7 @@ def run_training_job(config: TrainingJobConfig, *, sink: MetricSink, checkpoint_
                      device: str | None = None, resume_from: Path | None = None,
                      should_stop: Callable[[], StopReason | None] = never_stop,
                      checkpoint_interval_s: float | None = None, hooks: StepHooks = NO_HOOKS,
-                     init_weights: Mapping[str, torch.Tensor] | None = None) -> FitResult:
+                     init_weights: Mapping[str, torch.Tensor] | None = None, dist: DistContext = SINGLE) -> FitResult:
     """Build the model, run every phase through the Trainer (with `hooks` at each step), and return the result.
 
     `init_weights` (a state dict of the same network, e.g. a checkpoint's validated weights) replaces the random
@@ -62,6 +63,9 @@ def run_training_job(config: TrainingJobConfig, *, sink: MetricSink, checkpoint_
     A DiagnosticJobConfig also gets its verdict (api_schemas.DiagnosticReport as JSON) in `FitResult.report`;
     when the run aborts on non-finite steps, the report rides on the NonFiniteAbort as `.report`.
     The sink is not closed here.
+
+    With `dist` (one rank of a data-parallel group, ris_model.train.distributed) every rank calls this with the
+    same config; rank 0 alone reports, checkpoints and builds the diagnostic's report.
     """
     dev = pick_device(device)
     torch.manual_seed(config.data.seed)
@@ -72,16 +76,16 @@ def run_training_job(config: TrainingJobConfig, *, sink: MetricSink, checkpoint_
     tee = _TeeSink(sink)
     trainer = Trainer(config, model, tee, dev, checkpoint_dir=checkpoint_dir,
                       checkpoint_interval_s=checkpoint_interval_s,
-                      kind="diagnostic" if is_diagnostic else "training", hooks=hooks)
+                      kind="diagnostic" if is_diagnostic else "training", hooks=hooks, dist=dist)
     started = time.perf_counter()
     try:
         result = trainer.fit(should_stop, resume_from=resume_from)
     except NonFiniteAbort as exc:
-        if is_diagnostic:
+        if is_diagnostic and dist.is_main:
             aborted = trainer.result_so_far()
             exc.report = _report(config, trainer, aborted, tee, time.perf_counter() - started)
         raise
-    if is_diagnostic and result.stopped is None:
+    if is_diagnostic and result.stopped is None and dist.is_main:
         result.report = _report(config, trainer, result, tee, time.perf_counter() - started)
     return result
 

@@ -5,10 +5,18 @@ _save_checkpoint. Knows nothing of Celery or HTTP: everything leaves through the
 Rules pinned by tests: one optimizer step per batch; the LR is a function of the step and is set every step;
 the epoch loss is the mean over the epoch's finite batches; validated weights == saved weights (EMA);
 non-finite steps are skipped, counted by cause and attributed, never zeroed (no nan_to_num).
+
+Data-parallel (a DistContext of world_size W > 1, ris_model.train.distributed): every rank runs this same
+loop on its own share of each global batch, with the model wrapped in DistributedDataParallel (gradients
+averaged over the ranks, eager path only: no CUDA-graph replay). Each step all-reduces one small vector (the
+ranks' losses, non-finite flags, correct K counts and scene counts), so the skip decision, the epoch's totals
+and the sampled losses are the same on every rank; rank 0's stop decision is shared before each step.
+Rank 0 alone validates, writes checkpoints and sends metric points.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 import uuid
@@ -16,10 +24,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from api_schemas import CheckpointInfo, MetricPoint, PhaseConfig, TrainingJobConfig
 from api_schemas import metrics as keys
@@ -28,12 +37,11 @@ from ris_model.errors import CheckpointError, NonFiniteAbort, NonFiniteAttributi
 from ris_model.losses import LossResult, compute_loss
 from ris_model.metrics import CountingTally, GeometryTally
 from ris_model.model.network import ModelOutput, RisNet, k_from_logits
-from ris_model.scenes import SceneBatch, SceneSource
+from ris_model.scenes import SceneBatch, SceneSource, check_shardable
 from ris_model.train import checkpoint as ckpt
+from ris_model.train.distributed import SINGLE, DistContext, StopReason
 from ris_model.train.hooks import NO_HOOKS, StepHooks
 from ris_model.train.sinks import MetricSink
-
-StopReason = Literal["cancel", "timeout"]
 
 
 def never_stop() -> StopReason | None:
@@ -73,12 +81,17 @@ class _EpochStats:
 class Trainer:
     def __init__(self, config: TrainingJobConfig, model: RisNet, sink: MetricSink, device: torch.device | str,
                  *, checkpoint_dir: Path, checkpoint_interval_s: float | None = None,
-                 kind: str = "training", hooks: StepHooks = NO_HOOKS) -> None:
+                 kind: str = "training", hooks: StepHooks = NO_HOOKS, dist: DistContext = SINGLE) -> None:
         self.config, self.model, self.sink = config, model.to(device), sink
         self.device = torch.device(device)
         self.checkpoint_dir, self.checkpoint_interval_s, self.kind = checkpoint_dir, checkpoint_interval_s, kind
         self.hooks = hooks
-        self.scenes = hooks.attach(self.model, SceneSource(config.system, config.data, self.device))
+        self.dist = dist
+        if dist.distributed:
+            check_shardable(config.data.n_train, config.data.batch_size, dist.world_size)
+        self.scenes = hooks.attach(self.model, SceneSource(config.system, config.data, self.device,
+                                                           rank=dist.rank, world_size=dist.world_size))
+        self.ddp: nn.Module | None = None  # the DistributedDataParallel wrapper of the current phase (W > 1)
         self.graphed = GraphedLoss(self.model, config.system)  # CUDA only; see ris_model.accel.graphed_step
         self.group_of = {id(p): g for g, ps in model.param_groups().items() for p in ps}
         self.names = {id(p): n for n, p in model.named_parameters()}
@@ -140,6 +153,12 @@ class Trainer:
             for p in params:
                 p.requires_grad_(group not in frozen)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if self.dist.distributed:  # DDP reduces the gradients of the parameters that train in this phase
+            self.ddp = None
+            gc.collect()  # the previous phase's wrapper must be gone (with its gradient hooks) before the next
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)  # a phase's loss need not reach every trainable parameter
         # fused on CUDA: one kernel for every parameter instead of a few per tensor
         self.optimizer = torch.optim.AdamW(trainable, lr=phase.lr, weight_decay=phase.weight_decay,
                                            fused=self.device.type == "cuda" and bool(trainable))
@@ -168,8 +187,9 @@ class Trainer:
 
         while (batch := upcoming[0]) is not None:
             upcoming[0] = None
-            # cooperative stop, polled between steps
-            reason = should_stop() if self.hooks.polls_stop() else None
+            # cooperative stop, polled between steps (rank 0 decides for every rank)
+            asked = should_stop() if self.dist.is_main and self.hooks.polls_stop() else None
+            reason = self.dist.agree_stop(asked, self.device)
             if reason is not None:
                 return reason
             # LR is a function of the step within the phase (set every step)
@@ -185,7 +205,8 @@ class Trainer:
             if self.pos.global_step % self.config.log_every_steps == 0:
                 self._log_step(phase, loss, res, lr)
             self.hooks.after_step(self.pos.global_step)
-            self._maybe_interval_checkpoint(phase)
+            if self.dist.is_main:
+                self._maybe_interval_checkpoint(phase)
         elapsed = time.perf_counter() - started
         self._samples_per_s = (self.epoch_stats.n_samples - stats_before) / max(elapsed, 1e-9)
         return None
@@ -199,18 +220,18 @@ class Trainer:
         assert opt is not None  # set by _setup_phase (internal invariant, not input)
         self.hooks.before_step(self.pos.global_step)
         model.train()
+        forward = self.ddp if self.ddp is not None else model
         graphed = (self.graphed.run(batch, phase.loss_weights, autocast=self._amp(phase))
                    if self._graphable(batch) else None)
         if graphed is not None:  # forward + loss replayed as a CUDA graph; backward() replays its backward graph
             res, k_logits = graphed
         else:
             with self._autocast(phase):
-                out = model(batch.y, batch.H, batch.codes, batch.snr_db)
+                out = forward(batch.y, batch.H, batch.codes, batch.snr_db)
                 res = self._loss(out, batch, phase)
             k_logits = out.k_logits
         stats = self.epoch_stats
         stats.n_batches += 1
-        stats.n_samples += len(batch)
         total = res.total
         if total.requires_grad:
             total.backward()  # a non-finite loss gives non-finite gradients; the step is skipped below
@@ -219,14 +240,17 @@ class Trainer:
         trainable = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
         max_norm = phase.grad_clip_norm if phase.grad_clip_norm is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm) if trainable else total.detach() * 0
-        # the step's only host sync: is everything finite?
-        if not bool(torch.isfinite(total) & torch.isfinite(grad_norm)):
-            self._skip(phase, batch, res, cause="grad" if bool(torch.isfinite(total)) else "loss")
-            return total.detach(), res
+        loss, loss_finite, k_correct, n_samples = self._step_totals(total, k_logits, batch)
+        # the step's only host sync: is everything finite? (the gradients are the same on every rank: averaged)
+        if not bool(loss_finite & torch.isfinite(grad_norm)):
+            stats.n_samples += n_samples
+            self._skip(phase, batch, res, cause="grad" if bool(loss_finite) else "loss")
+            return loss, res
         self.consecutive_nonfinite = 0
-        stats.loss_sum = stats.loss_sum + total.detach().double()  # device-side sums, read at the epoch end
+        stats.loss_sum = stats.loss_sum + loss.double()  # device-side sums, read at the epoch end
         stats.n_finite += 1
-        stats.k_correct = stats.k_correct + (k_from_logits(k_logits) == batch.k).sum()
+        stats.n_samples += n_samples
+        stats.k_correct = stats.k_correct + k_correct
         if take_step:
             self._mark_updated()
             opt.step()
@@ -235,12 +259,24 @@ class Trainer:
             self.hooks.after_optimizer_step(self.model)
             self._update_ema(phase)
         self._last_grad_norm = grad_norm
-        return total.detach(), res
+        return loss, res
+
+    def _step_totals(self, total: Tensor, k_logits: Tensor, batch: SceneBatch) -> tuple[Tensor, Tensor, Tensor, int]:
+        """The step's loss (mean over the ranks), whether every rank's loss is finite, the correct K counts and
+        the scenes over all ranks: one all-reduce of one small vector (none on a single process)."""
+        correct = (k_from_logits(k_logits) == batch.k).sum()
+        if not self.dist.distributed:
+            return total.detach(), torch.isfinite(total), correct, len(batch)
+        shared = torch.stack([total.detach().double(), (~torch.isfinite(total)).double(), correct.double(),
+                              torch.tensor(float(len(batch)), dtype=torch.float64, device=total.device)])
+        self.dist.sum_(shared)
+        loss = (shared[0] / self.dist.world_size).to(total.dtype)
+        return loss, shared[1] == 0, shared[2], int(shared[3].item())
 
     def _graphable(self, batch: SceneBatch) -> bool:
         """The CUDA-graph path runs the plain loss: not where the hooks change this step, and only at the
         configured batch size (a short last batch runs eagerly rather than capturing its own)."""
-        return (self.device.type == "cuda" and len(batch) == self.config.data.batch_size
+        return (self.device.type == "cuda" and len(batch) == self.config.data.batch_size and self.ddp is None
                 and not self.hooks.runs_eagerly(self.pos.global_step)
                 and any(p.requires_grad for p in self.model.parameters()))
 
@@ -254,12 +290,12 @@ class Trainer:
         assert self.optimizer is not None
         weights = phase.loss_weights.model_dump()
         active = {n: t for n, t in res.terms.items() if weights.get(f"lam_{n}", 1.0) > 0}
-        terms = [n for n, t in active.items() if not bool(torch.isfinite(t))]
+        terms = self._any_rank([n for n, t in active.items() if not bool(torch.isfinite(t))], list(active))
         groups: list[str] = []
         if cause == "grad":
             groups = sorted({self.group_of[id(p)] for p in self.model.parameters()
                              if p.grad is not None and not bool(torch.isfinite(p.grad).all())})
-            terms = self._attribute_grad_terms(phase, batch)
+            terms = self._any_rank(self._attribute_grad_terms(phase, batch), list(active))
             if phase.amp and self.device.type == "cuda" and not terms:
                 cause = "amp_overflow"
         self.optimizer.zero_grad(set_to_none=True)
@@ -278,6 +314,14 @@ class Trainer:
                 f"{self.consecutive_nonfinite} consecutive non-finite steps in phase {phase.name!r} "
                 f"(last at step {self.pos.global_step}: cause {cause}, loss terms {terms or '-'}, "
                 f"parameter groups {groups or '-'})", attribution)
+
+    def _any_rank(self, names: list[str], among: list[str]) -> list[str]:
+        """The names in `among` that some rank listed (this rank's own `names` on a single process)."""
+        if not self.dist.distributed or not among:
+            return names
+        flags = torch.tensor([float(n in names) for n in among], device=self.device)
+        self.dist.sum_(flags)
+        return [n for n, f in zip(among, flags.tolist(), strict=True) if f > 0]
 
     def _attribute_grad_terms(self, phase: PhaseConfig, batch: SceneBatch) -> list[str]:
         """Which weighted loss terms give non-finite gradients: recompute in fp32, one backward per term.
@@ -298,6 +342,11 @@ class Trainer:
     # ---------------------------------------------------------------- epoch end
     def _end_epoch(self, phase: PhaseConfig) -> None:
         stats = self.epoch_stats
+        if not self.dist.is_main:  # rank 0 validates, reports and checkpoints for every rank
+            self.pos.epoch += 1
+            self.pos.batch = 0
+            self.epoch_stats = _EpochStats()
+            return
         val = self._validate(phase)
         delta_total, delta_groups = self._delta_params()
         where: dict[str, Any] = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step)
@@ -318,7 +367,7 @@ class Trainer:
         self.pos.batch = 0
         self.epoch_stats = _EpochStats()
         self._save_checkpoint(phase, f"{phase.name}-last")
-        self.epoch_start = self._snapshot()
+        self.epoch_start = self._snapshot()  # rank 0 only: the other ranks report no parameter deltas
 
     @torch.no_grad()
     def _validate(self, phase: PhaseConfig) -> dict[str, float]:
@@ -370,7 +419,9 @@ class Trainer:
         where: dict[str, Any] = dict(phase=phase.name, epoch=self.pos.epoch + 1, step=self.pos.global_step)
         values = {keys.TRAIN_LOSS: float(loss), keys.TRAIN_LR: lr, keys.PROGRESS_FRACTION: self._progress(),
                   keys.TRAIN_GRAD_NORM: float(getattr(self, "_last_grad_norm", float("nan")))}
-        values.update({keys.TRAIN_LOSS_TERM_PREFIX + n: float(t.detach()) for n, t in res.terms.items()})
+        terms = torch.stack([t.detach().float() for t in res.terms.values()])
+        terms = self.dist.sum_(terms) / self.dist.world_size  # the mean over the ranks (every rank logs here)
+        values.update({keys.TRAIN_LOSS_TERM_PREFIX + n: float(t) for n, t in zip(res.terms, terms, strict=True)})
         # non-finite values are reported by the guard as events; the sampled series keeps finite points only
         self.sink.log_metrics([MetricPoint(**where, key=k, value=v) for k, v in values.items() if math.isfinite(v)])
 
@@ -437,9 +488,11 @@ class Trainer:
             self._save_checkpoint(phase, f"{phase.name}-last")
 
     # ---------------------------------------------------------------- checkpoints
-    def _save_checkpoint(self, phase: PhaseConfig, name: str) -> CheckpointInfo:
-        """Write the full training state under `name` and report it to the sink."""
+    def _save_checkpoint(self, phase: PhaseConfig, name: str) -> CheckpointInfo | None:
+        """Write the full training state under `name` and report it to the sink (rank 0; None elsewhere)."""
         assert self.optimizer is not None
+        if not self.dist.is_main:
+            return None
         eval_state = self.ema if self.ema is not None else self.model.state_dict()
         state = {
             ckpt.KIND_KEY: self.kind,
@@ -455,7 +508,9 @@ class Trainer:
                                 ckpt.EPOCH_KEY: self.pos.epoch, ckpt.BATCH_KEY: self.pos.batch,
                                 ckpt.GLOBAL_STEP_KEY: self.pos.global_step,
                                 # the phase that owns the optimizer/EMA state (one behind after a phase end)
-                                ckpt.OPTIMIZER_PHASE_KEY: phase.name},
+                                ckpt.OPTIMIZER_PHASE_KEY: phase.name,
+                                # the position counts global batches of world_size x batch_size scenes
+                                ckpt.WORLD_SIZE_KEY: self.dist.world_size},
             ckpt.COUNTERS_KEY: {ckpt.NONFINITE_TOTAL_KEY: self.nonfinite_total,
                                 ckpt.CONSECUTIVE_NONFINITE_KEY: self.consecutive_nonfinite,
                                 ckpt.UPDATED_KEY: sorted(self.updated),
@@ -495,8 +550,15 @@ class Trainer:
         state = ckpt.load_checkpoint(path, map_location=self.device)
         if state[ckpt.CONFIG_SHA_KEY] != self.config.sha256():
             raise CheckpointError(f"checkpoint {path.name} was written for another config; cannot resume")
-        self.model.load_state_dict(state[ckpt.MODEL_KEY])
         p = state[ckpt.POSITION_KEY]
+        written_by = int(p.get(ckpt.WORLD_SIZE_KEY, 1))
+        if written_by != self.dist.world_size:
+            raise CheckpointError(
+                f"checkpoint {path.name} was written by a run of {written_by} training processes and this run has "
+                f"{self.dist.world_size}: its position counts steps of {written_by} x data.batch_size scenes, and "
+                "the steps per epoch, the learning-rate schedule and each process's scenes all depend on that "
+                f"number; resume with resources.gpus = {written_by}")
+        self.model.load_state_dict(state[ckpt.MODEL_KEY])
         self.pos = _Position(p[ckpt.PHASE_INDEX_KEY], p[ckpt.EPOCH_KEY], p[ckpt.BATCH_KEY], p[ckpt.GLOBAL_STEP_KEY])
         counters = state[ckpt.COUNTERS_KEY]
         self.nonfinite_total = counters[ckpt.NONFINITE_TOTAL_KEY]

@@ -1,23 +1,23 @@
 """Job artifact downloads: `GET /v1/jobs/{id}/artifacts/{name}` serves an evaluation's plots and
 report files.
 
-Same path safety as checkpoint downloads: `name` must match ARTIFACT_NAME_PATTERN (one file name, known
-extension), the file is resolved inside the job's `artifacts/` directory, symlinks are refused, and anything
-refused is a plain 404. The report (`GET /v1/jobs/{id}/report`) lists the artifacts with their sha256.
+Same key safety as checkpoint downloads: `name` must match ARTIFACT_NAME_PATTERN (one file name, known
+extension), the object is looked up inside the job's `artifacts/` prefix, and anything refused is a plain 404.
+Served from the artifact store with Range support (server/routes/downloads.py). The report
+(`GET /v1/jobs/{id}/report`) lists the artifacts with their sha256.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Header, Request, Response
 
-from server.deps import ArtifactsDep, PrincipalDep, SessionDep
+from server.deps import ArtifactsDep, PrincipalDep, SessionDep, SettingsDep
 from server.errors import problem_responses
-from server.ranges import RangedFileResponse
+from server.routes.downloads import object_response
 from server.store import jobs as store_jobs
-from server.store.files import artifact_file
+from server.store.files import artifact_object
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"])
 _RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -26,11 +26,14 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/{job_id}/artifacts/{name}", operation_id="download_artifact", response_class=FileResponse,
+@router.get("/{job_id}/artifacts/{name}", operation_id="download_artifact", response_class=Response,
             responses=_RESPONSES)
-def download_artifact(job_id: str, name: str, session: SessionDep, artifacts: ArtifactsDep,
-                      principal: PrincipalDep) -> FileResponse:
+def download_artifact(
+    job_id: str, name: str, request: Request, session: SessionDep, artifacts: ArtifactsDep, settings: SettingsDep,
+    principal: PrincipalDep, range_header: Annotated[str | None, Header(alias="Range")] = None,
+) -> Response:
     """An output file of the job (e.g. `k_acc_vs_snr.png`, `report.json`)."""
     job = store_jobs.get_job(session, job_id, principal=principal)
-    path, media_type = artifact_file(artifacts, job.id, name)
-    return RangedFileResponse(path, media_type=media_type, headers={"Cache-Control": "private, no-cache"})
+    info, media_type = artifact_object(artifacts, job.id, name)
+    return object_response(artifacts.objects, info.key, info, settings=settings, method=request.method,
+                           media_type=media_type, range_header=range_header)

@@ -1,8 +1,9 @@
 """Checkpoint routes (DESIGN §3.2, jobserver_notes §3 "File download", §6.5): list and download.
 
-Downloads: `final`/`latest` aliases, names checked against CHECKPOINT_NAME_PATTERN (else 404), files resolved
-inside the job's artifact directory with symlinks refused, `ETag: "<sha256>"` with 304 on If-None-Match,
-`Repr-Digest` (RFC 9530), and Range / If-Range (206, 416) served by Starlette's FileResponse.
+Downloads: `final`/`latest` aliases, names checked against CHECKPOINT_NAME_PATTERN (else 404), objects looked
+up inside the job's prefix of the artifact store, `ETag: "<sha256>"` with 304 on If-None-Match, `Repr-Digest`
+(RFC 9530), and Range / If-Range (206, 416), streamed from the store (server/routes/downloads.py); with
+ARTIFACT_PRESIGNED_REDIRECT, a 307 to a presigned URL of the object instead.
 """
 
 from __future__ import annotations
@@ -10,15 +11,14 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Response
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Header, Request, Response
 
 from api_schemas import CheckpointPublic
-from server.deps import ArtifactsDep, PrincipalDep, SessionDep
+from server.deps import ArtifactsDep, PrincipalDep, SessionDep, SettingsDep
 from server.errors import problem_responses
-from server.ranges import RangedFileResponse
+from server.routes.downloads import object_response
 from server.store import get_checkpoint, list_checkpoints
-from server.store.artifacts import checkpoint_file
+from server.store.artifacts import checkpoint_object
 from server.store.models import CheckpointRow
 
 router = APIRouter(prefix="/v1/jobs", tags=["checkpoints"])
@@ -42,49 +42,42 @@ def read_checkpoints(job_id: str, session: SessionDep, principal: PrincipalDep) 
     return [to_checkpoint_public(row) for row in list_checkpoints(session, job_id, principal=principal)]
 
 
-def _etag_matches(if_none_match: str | None, etag: str) -> bool:
-    if if_none_match is None:
-        return False
-    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-    return "*" in candidates or etag in candidates
-
-
 _DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     **_PROBLEMS,
     200: {"content": {"application/octet-stream": {}}, "description": "the checkpoint file"},
     206: {"description": "the requested byte range"},
     304: {"description": "If-None-Match matched the ETag"},
+    307: {"description": "ARTIFACT_PRESIGNED_REDIRECT: download the object from this presigned URL"},
     416: {"description": "unsatisfiable Range"},
 }
 
 
 @router.get(
-    "/{job_id}/checkpoints/{name}", operation_id="download_checkpoint", response_class=FileResponse,
+    "/{job_id}/checkpoints/{name}", operation_id="download_checkpoint", response_class=Response,
     responses=_DOWNLOAD_RESPONSES,
 )
 @router.head(
-    "/{job_id}/checkpoints/{name}", operation_id="head_checkpoint", response_class=FileResponse,
+    "/{job_id}/checkpoints/{name}", operation_id="head_checkpoint", response_class=Response,
     responses=_DOWNLOAD_RESPONSES,
 )
 def download_checkpoint(
     job_id: str,
     name: str,
+    request: Request,
     session: SessionDep,
     artifacts: ArtifactsDep,
+    settings: SettingsDep,
     principal: PrincipalDep,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+    range_header: Annotated[str | None, Header(alias="Range")] = None,
+    if_range: Annotated[str | None, Header(alias="If-Range")] = None,
 ) -> Response:
     """The checkpoint file (`final` and `latest` are aliases); resumable with Range."""
     row = get_checkpoint(session, job_id, name, principal=principal)
-    path = checkpoint_file(artifacts, row)
-    etag = f'"{row.sha256}"'
-    headers = {
-        "ETag": etag,
-        "Repr-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(row.sha256)).decode()}:",
-        "Cache-Control": "private, no-cache",
-    }
-    if _etag_matches(if_none_match, etag):
-        return Response(status_code=304, headers=headers)
-    return RangedFileResponse(
-        path, media_type="application/octet-stream", filename=f"{row.job_id}-{row.name}.pt", headers=headers
+    key, info = checkpoint_object(artifacts, row)
+    digest = f"sha-256=:{base64.b64encode(bytes.fromhex(row.sha256)).decode()}:"
+    return object_response(
+        artifacts.objects, key, info, settings=settings, method=request.method,
+        media_type="application/octet-stream", etag=f'"{row.sha256}"', filename=f"{row.job_id}-{row.name}.pt",
+        range_header=range_header, if_range=if_range, if_none_match=if_none_match, headers={"Repr-Digest": digest},
     )

@@ -2,7 +2,8 @@
 
 `/healthz` is liveness (no I/O, always 200); `/readyz` checks the database (`SELECT 1`) and Redis (`PING`,
 short timeout) and answers a 503 problem naming what is down; `/metrics` is Prometheus text computed at scrape
-time by a custom collector (jobs by state, queue depth = Redis LLEN of the job queue, non-finite steps).
+time by a custom collector (jobs by state, queue depth = waiting messages of each job queue over all
+priorities, non-finite steps).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.deps import RedisDep, authenticate
+from server.dispatch import all_job_queues, queue_depth
 from server.errors import NotReady, problem_responses
 from server.store.db import ping_database
 from server.store.job_queries import count_by_state, total_nonfinite_steps
@@ -30,10 +32,10 @@ log = logging.getLogger(__name__)
 class JobsCollector(Collector):
     """Prometheus gauges read from the store and Redis at every scrape (no state in the API process)."""
 
-    def __init__(self, session_factory: sessionmaker[Session], redis_client: redis.Redis, queue: str) -> None:
+    def __init__(self, session_factory: sessionmaker[Session], redis_client: redis.Redis, queue_prefix: str) -> None:
         self._session_factory = session_factory
         self._redis = redis_client
-        self._queue = queue
+        self._queues = all_job_queues(queue_prefix)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         db_up = GaugeMetricFamily("ris_jobs_database_up", "1 if the job database answered this scrape")
@@ -57,9 +59,9 @@ class JobsCollector(Collector):
     def _queue_metrics(self) -> Iterator[GaugeMetricFamily]:
         redis_up = GaugeMetricFamily("ris_jobs_redis_up", "1 if Redis answered this scrape")
         try:
-            depth = int(self._redis.llen(self._queue))
-            gauge = GaugeMetricFamily("ris_jobs_queue_depth", "Messages waiting in the job queue", labels=["queue"])
-            gauge.add_metric([self._queue], depth)
+            gauge = GaugeMetricFamily("ris_jobs_queue_depth", "Messages waiting in a job queue", labels=["queue"])
+            for queue in self._queues:
+                gauge.add_metric([queue], queue_depth(self._redis, queue))
             yield gauge
             redis_up.add_metric([], 1)
         except (redis.RedisError, OSError) as exc:
@@ -68,10 +70,11 @@ class JobsCollector(Collector):
         yield redis_up
 
 
-def make_registry(session_factory: sessionmaker[Session], redis_client: redis.Redis, queue: str) -> CollectorRegistry:
+def make_registry(session_factory: sessionmaker[Session], redis_client: redis.Redis,
+                  queue_prefix: str) -> CollectorRegistry:
     """A registry of this app's own (not the process-global one, so several apps can coexist in tests)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(JobsCollector(session_factory, redis_client, queue))
+    registry.register(JobsCollector(session_factory, redis_client, queue_prefix))
     return registry
 
 

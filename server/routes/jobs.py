@@ -15,10 +15,13 @@ from typing import Annotated, Any, Literal
 
 import redis
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
+from sqlalchemy.orm import Session
 
 from api_schemas import (
+    DEFAULT_RESOURCES,
     DebugConfig,
     DiagnosticReport,
     EvaluationJobCreate,
@@ -34,10 +37,14 @@ from api_schemas import (
     JobState,
     NonfiniteSummary,
     Progress,
+    Resources,
     SweepJobConfig,
     TrialPublic,
     TrialsPage,
     TrialState,
+    split_stored_config,
+    stored_config,
+    stored_priority,
 )
 from api_schemas.lineage import TAG_PATTERN, init_mismatch
 from api_schemas.markdown import markdown_table
@@ -62,7 +69,7 @@ from server.errors import (
 from server.store import job_queries as store_queries
 from server.store import jobs as store_jobs
 from server.store import live
-from server.store.artifacts import checkpoint_file, get_checkpoint
+from server.store.artifacts import checkpoint_object, get_checkpoint
 from server.store.errors import CheckpointNotFound, JobNotFound, NotASweep, UploadNotFound
 from server.store.files import read_log
 from server.store.models import JobRow
@@ -88,8 +95,10 @@ def job_links(job_id: str) -> dict[str, str]:
     }
 
 
-def to_job_public(job: JobRow) -> JobPublic:
-    """The wire form of a job row (non-finite latest values, stored as null, become NaN → JSON null)."""
+def to_job_public(job: JobRow, waiting_reason: str | None = None) -> JobPublic:
+    """The wire form of a job row (non-finite latest values, stored as null, become NaN → JSON null);
+    `waiting_reason` comes from `store_queries.waiting_reasons` (QUEUED jobs only)."""
+    config, resources = split_stored_config(job.config)
     failure = None
     if job.failure_reason is not None:
         failure = Failure(reason=FailureReason(job.failure_reason), message=job.failure_message or "")
@@ -105,15 +114,33 @@ def to_job_public(job: JobRow) -> JobPublic:
         progress=Progress(phase=job.phase, epoch=job.epoch, step=job.step, fraction=job.progress_fraction),
         nonfinite_steps=NonfiniteSummary.model_validate(job.nonfinite or {}),
         latest_metrics={k: (math.nan if v is None else float(v)) for k, v in (job.latest_metrics or {}).items()},
-        failure=failure, config=job.config, links=links, parent_id=job.parent_id, tags=list(job.tags or []),
-        code_version=job.code_version, config_sha256=job.config_sha256,
+        failure=failure, config=config, resources=resources, priority=stored_priority(job.config),
+        waiting_reason=waiting_reason if job.state == JobState.QUEUED else None, links=links,
+        parent_id=job.parent_id, tags=list(job.tags or []), code_version=job.code_version,
+        config_sha256=job.config_sha256,
     )
+
+
+def job_public(session: Session, job: JobRow) -> JobPublic:
+    """`to_job_public` with the job's waiting reason (one more read, for QUEUED jobs only)."""
+    if job.state != JobState.QUEUED:
+        return to_job_public(job)
+    return to_job_public(job, store_queries.waiting_reasons(session, [job.id]).get(job.id))
 
 
 def _body_sha256(body: Any) -> str:
     """sha256 of the validated body's canonical JSON: the same job spec hashes the same however it was written."""
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _refuse_oversized(resources: Resources | None, *, max_gpus: int) -> None:
+    """A 422 naming `resources.gpus` when a job asks more processes than one job may have on this server."""
+    if resources is not None and resources.gpus > max_gpus:
+        raise RequestValidationError([{
+            "loc": ("body", "resources", "gpus"), "type": "less_than_equal", "input": resources.gpus,
+            "msg": f"a job may use at most {max_gpus} GPUs (MAX_GPUS_PER_JOB); it asked {resources.gpus}",
+        }])
 
 
 def _check_checkpoint_source(body: JobCreate, session: SessionDep, artifacts: ArtifactsDep,
@@ -125,7 +152,7 @@ def _check_checkpoint_source(body: JobCreate, session: SessionDep, artifacts: Ar
     source = body.config.checkpoint
     try:
         if isinstance(source, JobCheckpointSource):
-            checkpoint_file(artifacts, get_checkpoint(session, source.job_id, source.checkpoint, principal=principal))
+            checkpoint_object(artifacts, get_checkpoint(session, source.job_id, source.checkpoint, principal=principal))
         else:
             read_upload(artifacts, source.upload_id, principal=principal)
     except (JobNotFound, CheckpointNotFound, UploadNotFound) as exc:
@@ -173,6 +200,8 @@ def create_job(
     if isinstance(body.config, SweepJobConfig):  # every trial runs the base config
         base = body.config.base.config_model().model_validate(body.config.base.config)
         _refuse_fault_injection(base, allowed=settings.allow_fault_injection)
+    resources: Resources = getattr(body, "resources", DEFAULT_RESOURCES)
+    _refuse_oversized(resources, max_gpus=settings.max_gpus_per_job)
     body_sha256 = _body_sha256(body) if idempotency_key else None
     if idempotency_key and body_sha256:
         existing = store_jobs.find_idempotent_job(
@@ -191,7 +220,8 @@ def create_job(
             f"{settings.max_queued_jobs_per_key} jobs are already QUEUED for this API key; wait or cancel some"
         )
     job = store_jobs.create_job(
-        session, kind=JobKind(body.kind), name=body.name, config=body.config.model_dump(mode="json"),
+        session, kind=JobKind(body.kind), name=body.name,
+        config=stored_config(body.config.model_dump(mode="json"), resources, body.priority),
         max_attempts=body.max_attempts, principal=principal, idempotency_key=idempotency_key,
         body_sha256=body_sha256, tags=body.tags,
     )
@@ -217,7 +247,9 @@ def read_jobs(
     listing = store_queries.list_jobs(session, principal=principal, state=state, kind=kind, parent_id=parent_id,
                                       tag=tag, limit=limit,
                                       page_token=page_token)
-    return JobsPage(items=[to_job_public(j) for j in listing.jobs], next_page_token=listing.next_page_token)
+    reasons = store_queries.waiting_reasons(session, [j.id for j in listing.jobs if j.state == JobState.QUEUED])
+    return JobsPage(items=[to_job_public(j, reasons.get(j.id)) for j in listing.jobs],
+                    next_page_token=listing.next_page_token)
 
 
 @router.get("/{job_id}", operation_id="read_job", responses=_PROBLEMS)
@@ -228,7 +260,7 @@ async def read_job(job_id: str, request: Request, principal: PrincipalDep) -> Jo
     instead of two thread-pool hops (a sync dependency and a sync route), which costs more than the read itself
     (bench/api.py measures it)."""
     with request.app.state.session_factory() as session:
-        return to_job_public(store_jobs.get_job(session, job_id, principal=principal))
+        return job_public(session, store_jobs.get_job(session, job_id, principal=principal))
 
 
 @router.get("/{job_id}/events", operation_id="read_job_events", responses=_PROBLEMS)

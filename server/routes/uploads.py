@@ -1,9 +1,10 @@
 """Checkpoint uploads: `POST /v1/checkpoints` stores a checkpoint file for evaluation jobs.
 
 The body is the raw file (`Content-Type: application/octet-stream`, at most MAX_UPLOAD_BYTES; the request
-guard enforces both). It is streamed to `<ARTIFACT_DIR>/uploads/<id>.pt` atomically with its sha256; nothing
-is unpickled here (the API never imports torch, DESIGN §1). The worker validates the file with a weights-only
-load when an evaluation job uses it, so a file that holds code fails that job (USER_CONFIG) without running.
+guard enforces both). It is streamed to the artifact store's `uploads/<id>.pt` (a temporary key, committed once
+complete) with its sha256; nothing is unpickled here (the API never imports torch, DESIGN §1). The worker
+validates the file with a weights-only load when an evaluation job uses it, so a file that holds code fails
+that job (USER_CONFIG) without running.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from datetime import datetime
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
 
 from api_schemas import CheckpointUploadPublic
 from server.deps import ArtifactsDep, PrincipalDep
@@ -48,13 +50,13 @@ async def create_checkpoint_upload(
         async for chunk in request.stream():  # the request guard raises 413 past MAX_UPLOAD_BYTES
             if len(head) < len(_ZIP_MAGIC):
                 head += chunk[: len(_ZIP_MAGIC) - len(head)]
-            writer.write(chunk)
+            await run_in_threadpool(writer.write, chunk)  # an object store's part upload blocks
         if not head.startswith(_ZIP_MAGIC):
             raise RequestValidationError([{
                 "loc": ("body",), "type": "value_error", "input": None,
                 "msg": "not a torch checkpoint: torch.save writes a zip archive (the body must be the raw .pt file)",
             }])
-    record = record_upload(artifacts, upload_id, writer.digest(), principal=principal)
+    record = await run_in_threadpool(record_upload, artifacts, upload_id, writer.digest(), principal=principal)
     response.headers["Location"] = f"{UPLOAD_PATH}/{upload_id}"
     return to_upload_public(record)
 

@@ -6,12 +6,10 @@ Imports no FastAPI and no torch, so that the worker can use it (DESIGN §1). See
 from server.store.artifacts import (
     ArtifactStore,
     FileDigest,
-    atomic_writer,
     get_checkpoint,
     list_checkpoints,
     read_log,
     register_checkpoint,
-    write_atomic,
 )
 from server.store.db import create_schema, make_engine, make_session_factory, utcnow
 from server.store.errors import (
@@ -52,10 +50,10 @@ __all__ = [
     "ACTIVE_STATES", "ALLOWED_FROM", "ArtifactRejected", "ArtifactStore", "CheckpointNotFound", "CheckpointRow",
     "FileDigest", "IdempotencyConflict", "IdempotencyKeyRow", "InvalidCursor", "InvalidTransition",
     "JobEventRow", "JobNotFound", "JobRow", "LeaseLost", "MetricRow", "OffsetOutOfRange", "ReapAction",
-    "ReapOutcome", "ReportNotFound", "StoreError", "append_points", "atomic_writer", "claim_job",
+    "ReapOutcome", "ReportNotFound", "StoreError", "append_points", "claim_job",
     "create_job", "create_schema", "delete_job", "find_idempotent_job", "get_checkpoint", "get_job", "get_report",
     "heartbeat", "latest_resume_checkpoint", "list_checkpoints", "list_events", "list_jobs", "list_undispatched",
     "make_engine", "make_session_factory", "read_log", "read_points", "reap_expired", "record_dispatch",
     "register_checkpoint", "request_cancel", "set_report",
-    "transition", "utcnow", "write_atomic",
+    "transition", "utcnow",
 ]

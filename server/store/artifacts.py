@@ -1,14 +1,18 @@
-"""Checkpoint records (DESIGN §3.3): register, list and look up the checkpoint files of a job.
+"""Checkpoint records (DESIGN §3.3): register, list and look up the checkpoint objects of a job.
 
 Owns: `register_checkpoint` (fenced by the job's lease), `list_checkpoints`, `get_checkpoint` (with the
-`final`/`latest` aliases) and `checkpoint_file`. The files themselves, their paths and atomic writes belong to
-`server.store.files`, re-exported here for the store's users. Must not import FastAPI or torch.
+`final`/`latest` aliases) and `checkpoint_object`. The objects themselves, their keys and writes belong to
+`server.store.files` and `server.store.objects`, re-exported here for the store's users. Must not import
+FastAPI or torch.
+
+A record never points at a missing or partial object: the worker uploads the checkpoint (temporary key, then
+commit) and only then registers it, and `register_checkpoint` checks that the committed object has the
+recorded size.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -26,12 +30,11 @@ from server.store.files import (
     FileDigest,
     HashingWriter,
     LogChunk,
-    artifact_file,
-    artifact_path,
-    atomic_writer,
-    file_sha256,
+    ObjectInfo,
+    artifact_key,
+    artifact_object,
+    file_digest,
     read_log,
-    write_atomic,
 )
 from server.store.job_queries import latest_resume_checkpoint
 from server.store.jobs import begin_write, fenced_update, get_job
@@ -43,8 +46,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ARTIFACT_MEDIA_TYPES", "ARTIFACT_NAME_PATTERN", "FINAL", "JOB_ARTIFACTS_SUBDIR", "LATEST", "ArtifactStore",
-    "FileDigest", "HashingWriter", "LogChunk", "artifact_file", "artifact_path", "atomic_writer", "checkpoint_file",
-    "file_sha256", "get_checkpoint", "list_checkpoints", "read_log", "register_checkpoint", "write_atomic",
+    "FileDigest", "HashingWriter", "LogChunk", "ObjectInfo", "artifact_key", "artifact_object", "checkpoint_object",
+    "file_digest", "get_checkpoint", "list_checkpoints", "read_log", "recorded_checkpoint_path", "register_checkpoint",
 ]
 
 #: Checkpoint-name aliases: `final` (the run's final checkpoint) and `latest` (highest step).
@@ -58,23 +61,23 @@ def register_checkpoint(
     session: Session, job_id: str | UUID, info: CheckpointInfo, *, lease_token: str, store: ArtifactStore,
     code_version: str | None = None, config_sha256: str | None = None,
 ) -> CheckpointRow:
-    """Record a checkpoint file the worker wrote (fenced by the lease; renews it); commits.
+    """Record a checkpoint object the worker uploaded (fenced by the lease; renews it); commits.
 
-    The file must lie inside the job's artifact directory, be a regular file (no symlink) and have
-    `info.size` bytes. A checkpoint with the same name is replaced (e.g. rewritten after a resume).
+    `info.path` is the object's key relative to the job (`ArtifactStore.put_checkpoint` returns it); the object
+    must exist and have `info.size` bytes. A checkpoint with the same name is replaced (e.g. rewritten after a
+    resume); the caller removes the object the old record pointed at, or the reaper's orphan sweep does.
     `code_version` and `config_sha256` record the code and the config that produced the weights.
 
     Raises:
-        ArtifactRejected (bad path or size), JobNotFound, LeaseLost.
+        ArtifactRejected (bad key, missing object or wrong size), JobNotFound, LeaseLost.
     """
     jid = str(job_id)
-    rel = store.relative_path(jid, info.path)
-    path = store.resolve(jid, rel)
-    if not path.is_file():
-        raise ArtifactRejected(f"checkpoint file {info.path} does not exist or is not a regular file")
-    size = path.stat().st_size
-    if size != info.size:
-        raise ArtifactRejected(f"checkpoint {info.name}: file has {size} bytes, record says {info.size}")
+    rel = info.path
+    found = store.stat(jid, rel)
+    if found is None:
+        raise ArtifactRejected(f"checkpoint object {rel} does not exist")
+    if found.size != info.size:
+        raise ArtifactRejected(f"checkpoint {info.name}: object has {found.size} bytes, record says {info.size}")
     begin_write(session)
     now = utcnow()
     fenced_update(session, jid, lease_token=lease_token, values={"heartbeat_at": now})
@@ -89,6 +92,15 @@ def register_checkpoint(
     row.code_version, row.config_sha256 = code_version, config_sha256
     session.commit()
     return row
+
+
+def recorded_checkpoint_path(session: Session, job_id: str | UUID, name: str) -> str | None:
+    """The key (relative to the job) that the checkpoint record `name` points at now, or None (the worker's
+    own job: no principal filter)."""
+    path: str | None = session.scalars(
+        select(CheckpointRow.path).where(CheckpointRow.job_id == str(job_id), CheckpointRow.name == name)
+    ).first()
+    return path
 
 
 def list_checkpoints(session: Session, job_id: str | UUID, *, principal: Principal) -> list[CheckpointRow]:
@@ -130,16 +142,17 @@ def get_checkpoint(session: Session, job_id: str | UUID, name: str, *, principal
     return row
 
 
-def checkpoint_file(store: ArtifactStore, row: CheckpointRow) -> Path:
-    """The checkpoint's file, checked (inside the job dir, no symlink, exists).
+def checkpoint_object(store: ArtifactStore, row: CheckpointRow) -> tuple[str, ObjectInfo]:
+    """The checkpoint's object key and its size, checked (inside the job's prefix, exists).
 
     Raises:
-        CheckpointNotFound: the file is gone or its recorded path is unsafe.
+        CheckpointNotFound: the object is gone or its recorded key is unsafe.
     """
     try:
-        path = store.resolve(row.job_id, row.path)
+        key = store.job_key(row.job_id, row.path)
+        info = store.objects.stat(key)
     except ArtifactRejected as exc:
         raise CheckpointNotFound(row.job_id, row.name) from exc
-    if not path.is_file():
+    if info is None:
         raise CheckpointNotFound(row.job_id, row.name)
-    return path
+    return key, info

@@ -93,3 +93,7 @@ class UploadNotFound(StoreError):
     def __init__(self, upload_id: str) -> None:
         super().__init__(f"no uploaded checkpoint {upload_id!r} (POST the file to /v1/checkpoints first)")
         self.upload_id = upload_id
+
+
+class ArtifactUploadFailed(StoreError):
+    """The artifact store did not take an object (after retries): the store's problem, never the job's."""

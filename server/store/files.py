@@ -1,35 +1,53 @@
-"""The artifact directory on disk: every job's checkpoints, logs and output files (DESIGN §3.3).
+"""The artifact store: every job's checkpoints, log and output files, and uploads, as objects (DESIGN §3.3).
 
-Owns: `ArtifactStore` (layout `<root>/jobs/<id>/{checkpoints/, artifacts/, log.txt}`, path checks, and removal
-of a job's files), the atomic write helper (temp file, sha256 while writing, fsync, `os.replace`), job artifact
-paths (evaluation plots) and byte-offset log reads. Files only: no SQL, no FastAPI, no torch; the records of
-checkpoints live in `server.store.artifacts`, above this module.
+Owns: `ArtifactStore` (the key layout `jobs/<id>/{checkpoints/<name>.<sha16>.pt, artifacts/<name>, log.txt}` and
+`uploads/…` on an `ObjectStore`, key checks, checkpoint upload and download with sha256 checks, removal of a
+job's objects), job artifact keys (evaluation plots) and byte-offset log reads. Bytes only: no SQL, no FastAPI,
+no torch; the records of checkpoints live in `server.store.artifacts`, above this module.
 
-Safety: every path served or recorded is resolved inside the job's directory; absolute paths, `..` and
-symlinks anywhere below the artifact root are refused (`ArtifactRejected`).
+Where the bytes live is ARTIFACT_URL (a directory by default: ARTIFACT_DIR; or `s3://bucket/prefix`): see
+`server.store.objects`. Workers never write into the store directly: the trainer writes to the worker's local
+scratch directory, and the worker uploads each file through `put_checkpoint` before it records it.
+
+Safety: job ids and relative paths are checked before they become keys; absolute paths, `..` and (on a
+directory store) symlinks anywhere below the root are refused (`ArtifactRejected`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
+from api_schemas import CheckpointInfo
 from server.store.errors import ArtifactRejected, OffsetOutOfRange
+from server.store.objects import (
+    CHUNK_BYTES,
+    FileDigest,
+    HashingWriter,
+    LocalObjectStore,
+    ObjectInfo,
+    ObjectStore,
+    check_key,
+    file_digest,
+    open_object_store,
+)
 
 if TYPE_CHECKING:
     from uuid import UUID
 
+__all__ = [
+    "ARTIFACT_MEDIA_TYPES", "ARTIFACT_NAME_PATTERN", "JOB_ARTIFACTS_SUBDIR", "JOBS_PREFIX", "LOG_NAME", "ArtifactStore",
+    "FileDigest", "HashingWriter", "LocalObjectStore", "LogChunk", "ObjectInfo", "ObjectStore", "artifact_key",
+    "artifact_object", "file_digest", "read_log",
+]
+
 _JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
-_CHUNK_BYTES = 1024 * 1024
-#: A job's downloadable output files (evaluation plots and report) lie in `<job dir>/artifacts/<name>`.
+JOBS_PREFIX = "jobs"
+LOG_NAME = "log.txt"
+CHECKPOINTS_SUBDIR = "checkpoints"
+#: A job's downloadable output files (evaluation plots and report) lie at `jobs/<id>/artifacts/<name>`.
 JOB_ARTIFACTS_SUBDIR = "artifacts"
 #: Names of downloadable job artifacts: one plain file name with a known extension; never a path.
 ARTIFACT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,100}\.(png|json|md|tfevents)$"
@@ -39,173 +57,100 @@ ARTIFACT_MEDIA_TYPES = {"png": "image/png", "json": "application/json", "md": "t
 
 
 class ArtifactStore:
-    """Paths of one artifact root (ARTIFACT_DIR). Holds no state but the canonical root."""
+    """The key layout of ris-jobs on one ObjectStore. Holds no state but the store."""
 
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(os.path.realpath(root))
+    def __init__(self, location: ObjectStore | Path | str) -> None:
+        self.objects = location if isinstance(location, ObjectStore) else open_object_store(location)
 
-    def job_dir(self, job_id: str | UUID) -> Path:
-        """`<root>/jobs/<id>`; refuses ids that could name another path."""
+    # -- keys --
+
+    def job_prefix(self, job_id: str | UUID) -> str:
+        """`jobs/<id>`; refuses ids that could name another key."""
         jid = str(job_id)
         if not _JOB_ID_RE.match(jid):
             raise ArtifactRejected(f"not a job id: {jid!r}")
-        return self.root / "jobs" / jid
+        return f"{JOBS_PREFIX}/{jid}"
 
-    def checkpoint_dir(self, job_id: str | UUID) -> Path:
-        """Where the trainer writes this job's checkpoint files."""
-        return self.job_dir(job_id) / "checkpoints"
-
-    def log_path(self, job_id: str | UUID) -> Path:
-        """The job's append-only log (read by byte offset)."""
-        return self.job_dir(job_id) / "log.txt"
-
-    def ensure_job_dirs(self, job_id: str | UUID) -> Path:
-        """Create the job's directory and its checkpoints/ (idempotent); returns the job directory."""
-        self.checkpoint_dir(job_id).mkdir(parents=True, exist_ok=True)
-        return self.job_dir(job_id)
-
-    def delete_job_files(self, job_id: str | UUID) -> None:
-        """Remove the job's whole directory (checkpoints, artifacts, log); nothing to do if there is none."""
-        job_dir = self.job_dir(job_id)
-        if job_dir.is_symlink():
-            raise ArtifactRejected(f"job directory of {job_id} is a symlink")
-        if job_dir.exists():
-            shutil.rmtree(job_dir)
-
-    def resolve(self, job_id: str | UUID, relpath: str) -> Path:
-        """The path of `relpath` inside the job directory, refusing traversal and symlinks.
-
-        Raises:
-            ArtifactRejected: absolute path, a `..` part, a symlink on the way, or a path outside the job dir.
-        """
+    def job_key(self, job_id: str | UUID, relpath: str) -> str:
+        """The key of `relpath` inside the job's prefix, refusing absolute paths and traversal."""
         rel = PurePosixPath(relpath)
         if not relpath or rel.is_absolute() or ".." in rel.parts or "\\" in relpath:
             raise ArtifactRejected(f"not a relative artifact path: {relpath!r}")
-        job_dir = self.job_dir(job_id)
-        current = self.root
-        for part in (*job_dir.relative_to(self.root).parts, *rel.parts):
-            current = current / part
-            if current.is_symlink():
-                raise ArtifactRejected(f"symlink in artifact path: {relpath!r}")
-        if not Path(os.path.realpath(current)).is_relative_to(job_dir):
-            raise ArtifactRejected(f"artifact path escapes the job directory: {relpath!r}")
-        return current
+        return check_key(f"{self.job_prefix(job_id)}/{relpath}")
 
-    def relative_path(self, job_id: str | UUID, path: str | Path) -> str:
-        """`path` (absolute, as the worker wrote it) relative to the job directory, checked by `resolve`."""
-        absolute = Path(os.path.abspath(path))  # normalizes `..` without following symlinks
-        try:
-            rel = absolute.relative_to(self.job_dir(job_id))
-        except ValueError as exc:
-            raise ArtifactRejected(f"{path} is not inside {self.job_dir(job_id)}") from exc
-        self.resolve(job_id, rel.as_posix())
-        return rel.as_posix()
+    def log_key(self, job_id: str | UUID) -> str:
+        """The job's log (uploaded by the worker as it grows; read by byte offset)."""
+        return self.job_key(job_id, LOG_NAME)
 
+    @staticmethod
+    def checkpoint_relpath(name: str, sha256: str) -> str:
+        """Where a checkpoint's bytes go, relative to the job: named by its content, so that a checkpoint
+        rewritten under the same name never replaces the object an older record points at."""
+        return f"{CHECKPOINTS_SUBDIR}/{name}.{sha256[:16]}.pt"
 
-# ---------------------------------------------------------------------------------------------- atomic writes
+    # -- objects --
 
+    def stat(self, job_id: str | UUID, relpath: str) -> ObjectInfo | None:
+        return self.objects.stat(self.job_key(job_id, relpath))
 
-@dataclass(frozen=True)
-class FileDigest:
-    size: int  # bytes
-    sha256: str  # hex
+    def put_checkpoint(self, job_id: str | UUID, info: CheckpointInfo) -> CheckpointInfo:
+        """Upload the checkpoint file at `info.path` (the worker's scratch) to the store; returns `info` with
+        `path` = its key relative to the job.
 
+        Raises:
+            ArtifactRejected: the bytes sent are not those the trainer reported (size or sha256 differ).
+            OSError and the store's errors: the upload failed (nothing was committed, or an orphan is left).
+        """
+        relpath = self.checkpoint_relpath(info.name, info.sha256)
+        sent = self.objects.put_file(Path(info.path), self.job_key(job_id, relpath))
+        if (sent.size, sent.sha256) != (info.size, info.sha256):
+            self.objects.delete(self.job_key(job_id, relpath))
+            raise ArtifactRejected(f"checkpoint {info.name}: {info.path} changed after it was written "
+                                   f"({sent.size} bytes, sha256 {sent.sha256[:12]}…; reported {info.size}, "
+                                   f"{info.sha256[:12]}…)")
+        return info.model_copy(update={"path": relpath})
 
-class HashingWriter:
-    """A binary file wrapper that counts bytes and updates a sha256 on every write."""
+    def fetch(self, key: str, dest: Path, *, sha256: str | None = None) -> Path:
+        """Download `key` to the local file `dest`, checking its sha256 when one is given.
 
-    def __init__(self, raw: IO[bytes]) -> None:
-        self._raw = raw
-        self._hash = hashlib.sha256()
-        self.size = 0
+        Raises:
+            FileNotFoundError: no such object. ArtifactRejected: the bytes differ from `sha256`.
+        """
+        got = self.objects.get_file(key, dest)
+        if sha256 is not None and got.sha256 != sha256:
+            dest.unlink(missing_ok=True)
+            raise ArtifactRejected(f"{key}: sha256 {got.sha256[:12]}… differs from the record's {sha256[:12]}…")
+        return dest
 
-    def write(self, data: bytes) -> int:
-        self._hash.update(data)
-        self.size += len(data)
-        return self._raw.write(data)
-
-    def flush(self) -> None:
-        self._raw.flush()
-
-    def digest(self) -> FileDigest:
-        return FileDigest(size=self.size, sha256=self._hash.hexdigest())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_writer(path: Path) -> Iterator[HashingWriter]:
-    """Write `path` atomically: a temp file beside it, fsync, `os.replace`, fsync of the directory.
-
-    Readers never see a partial file; if the block raises, the temp file is removed and `path` is untouched.
-    After the block, `writer.digest()` gives the size and sha256 of what was written.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    done = False
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            writer = HashingWriter(raw)
-            yield writer
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp_name, path)
-        done = True
-        _fsync_dir(path.parent)
-    finally:
-        if not done and os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-
-
-def write_atomic(path: Path, data: bytes | Iterable[bytes]) -> FileDigest:
-    """Write `data` (bytes or chunks) to `path` atomically; returns its size (bytes) and sha256."""
-    with atomic_writer(path) as writer:
-        for chunk in [data] if isinstance(data, bytes) else data:
-            writer.write(chunk)
-    return writer.digest()
-
-
-def file_sha256(path: Path) -> FileDigest:
-    """Size (bytes) and sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
-    return FileDigest(size=size, sha256=digest.hexdigest())
+    def delete_job_files(self, job_id: str | UUID) -> None:
+        """Remove every object of the job (checkpoints, artifacts, log); nothing to do if there is none."""
+        self.objects.delete_prefix(self.job_prefix(job_id))
 
 
 # ---------------------------------------------------------------------------------------------- job artifacts
 
 
-def artifact_path(store: ArtifactStore, job_id: str | UUID, name: str) -> Path:
-    """Where the worker writes the job artifact `name` (checked: name pattern, no traversal, no symlink).
+def artifact_key(store: ArtifactStore, job_id: str | UUID, name: str) -> str:
+    """The key of the job artifact `name` (checked: name pattern, no traversal).
 
     Raises:
-        ArtifactRejected: `name` is not an artifact name, or the path is unsafe.
+        ArtifactRejected: `name` is not an artifact name.
     """
     if not re.match(ARTIFACT_NAME_PATTERN, name):
         raise ArtifactRejected(f"not an artifact name: {name!r}")
-    return store.resolve(job_id, f"{JOB_ARTIFACTS_SUBDIR}/{name}")
+    return store.job_key(job_id, f"{JOB_ARTIFACTS_SUBDIR}/{name}")
 
 
-def artifact_file(store: ArtifactStore, job_id: str | UUID, name: str) -> tuple[Path, str]:
+def artifact_object(store: ArtifactStore, job_id: str | UUID, name: str) -> tuple[ObjectInfo, str]:
     """An existing job artifact to serve, and its media type.
 
     Raises:
-        ArtifactRejected (served as 404): bad name, unsafe path, or no such regular file.
+        ArtifactRejected (served as 404): bad name, unsafe key, or no such object.
     """
-    path = artifact_path(store, job_id, name)
-    if not path.is_file() or path.is_symlink():
+    info = store.objects.stat(artifact_key(store, job_id, name))
+    if info is None:
         raise ArtifactRejected(f"job {job_id} has no artifact {name!r}")
-    return path, ARTIFACT_MEDIA_TYPES[name.rsplit(".", 1)[1]]
+    return info, ARTIFACT_MEDIA_TYPES[name.rsplit(".", 1)[1]]
 
 
 # ---------------------------------------------------------------------------------------------- logs
@@ -217,25 +162,24 @@ class LogChunk:
     next_offset: int  # bytes; pass back as ?offset= to continue
 
 
-def read_log(store: ArtifactStore, job_id: str | UUID, *, offset: int = 0, limit: int = _CHUNK_BYTES) -> LogChunk:
+def read_log(store: ArtifactStore, job_id: str | UUID, *, offset: int = 0, limit: int = CHUNK_BYTES) -> LogChunk:
     """Up to `limit` bytes of the job's log from byte `offset`. A missing log reads as empty.
 
     Raises:
         OffsetOutOfRange: `offset` is past the end of the log. ValueError: negative offset or limit < 1.
+        ArtifactRejected: unsafe job id or key.
     """
     if offset < 0 or limit < 1:
         raise ValueError("offset must be >= 0 and limit >= 1")
+    key = store.log_key(job_id)
+    info = store.objects.stat(key)
+    size = 0 if info is None else info.size
+    if offset > size:
+        raise OffsetOutOfRange(offset, size)
+    if info is None or offset == size:
+        return LogChunk(data=b"", next_offset=offset)
     try:
-        path = store.resolve(job_id, "log.txt")
-        f = path.open("rb")
-    except FileNotFoundError:
-        if offset > 0:
-            raise OffsetOutOfRange(offset, 0) from None
-        return LogChunk(data=b"", next_offset=0)
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        if offset > size:
-            raise OffsetOutOfRange(offset, size)
-        f.seek(offset)
-        data = f.read(limit)
+        data = store.objects.read_range(key, offset, min(size, offset + limit))
+    except FileNotFoundError:  # deleted between stat and read
+        data = b""
     return LogChunk(data=data, next_offset=offset + len(data))

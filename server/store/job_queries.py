@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -96,6 +97,20 @@ def list_events(session: Session, job_id: str | UUID, *, principal: Principal) -
     return list(
         session.scalars(select(JobEventRow).where(JobEventRow.job_id == str(job_id)).order_by(JobEventRow.id))
     )
+
+
+def waiting_reasons(session: Session, job_ids: Sequence[str]) -> dict[str, str]:
+    """Why QUEUED jobs are not running yet: for each job whose latest event is QUEUED → QUEUED (written by
+    `jobs.note_waiting`), that event's message. Jobs that simply wait their turn are absent. One query."""
+    if not job_ids:
+        return {}
+    latest = (select(func.max(JobEventRow.id).label("id")).where(JobEventRow.job_id.in_(list(job_ids)))
+              .group_by(JobEventRow.job_id).subquery())
+    rows = session.execute(
+        select(JobEventRow.job_id, JobEventRow.message).join(latest, JobEventRow.id == latest.c.id).where(
+            JobEventRow.from_state == JobState.QUEUED.value, JobEventRow.to_state == JobState.QUEUED.value)
+    )
+    return {job_id: message for job_id, message in rows if message}
 
 
 def count_queued(session: Session, *, principal: Principal) -> int:

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from api_schemas import TERMINAL_STATES, FailureReason, JobKind, JobState
 from api_schemas.lineage import code_version, config_sha256
+from api_schemas.resources import split_stored_config
 from server.store.db import utcnow
 from server.store.errors import (
     IdempotencyConflict,
@@ -126,7 +127,8 @@ def create_job(
         id=new_job_id(), kind=JobKind(kind).value, name=name, state=S.QUEUED.value, config=config,
         principal=principal.owner, attempt=1, max_attempts=max_attempts, created_at=now, queued_at=now,
         latest_metrics={}, nonfinite={}, nonfinite_total=0, next_seq=1, epoch=0, step=0, progress_fraction=0.0,
-        parent_id=parent_id, tags=list(tags), code_version=code_version(), config_sha256=config_sha256(config),
+        parent_id=parent_id, tags=list(tags), code_version=code_version(),
+        config_sha256=config_sha256(split_stored_config(config)[0]),  # the config alone, as its checkpoints carry
     )
     session.add(job)
     session.flush()  # the job row first: events and keys reference it
@@ -612,3 +614,28 @@ def delete_job(session: Session, job_id: str | UUID, *, principal: Principal) ->
         raise InvalidTransition(jid, job.state, "DELETED", "only SUCCEEDED, FAILED or CANCELLED jobs can be deleted")
     session.commit()
     session.expunge_all()
+
+
+# ---------------------------------------------------------------------------------------------- waiting
+
+
+def note_waiting(session: Session, job_id: str | UUID, reason: str) -> bool:
+    """Record on a QUEUED job why no worker runs it yet: a QUEUED → QUEUED event carrying `reason`, written only
+    when it differs from the job's last event message (a job that keeps waiting for the same reason gets one
+    event). Commits. Returns whether an event was written (False too when the job is no longer QUEUED)."""
+    begin_write(session)
+    jid = _jid(job_id)
+    job = session.get(JobRow, jid, populate_existing=True)
+    if job is None or job.state != S.QUEUED.value:
+        session.rollback()
+        return False
+    last = session.execute(
+        select(JobEventRow.message).where(JobEventRow.job_id == jid).order_by(JobEventRow.id.desc()).limit(1)
+    ).scalar_one_or_none()
+    if last == reason:
+        session.rollback()
+        return False
+    session.add(JobEventRow(job_id=jid, from_state=S.QUEUED.value, to_state=S.QUEUED.value, at=utcnow(),
+                            attempt=job.attempt, message=reason))
+    session.commit()
+    return True

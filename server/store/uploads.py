@@ -1,15 +1,14 @@
 """Uploaded checkpoint files: stored by the API, validated by the worker that evaluates them.
 
-Owns the layout `<ARTIFACT_DIR>/uploads/<upload id>.pt` (the bytes, written atomically) and `<upload id>.json`
-(size, sha256, created_at, principal), `new_upload_id`, `write_upload`, `read_upload`, `upload_file` and
-`delete_upload`. An upload belongs to the principal that posted it (`principal` = its owner id, as on jobs):
-another principal gets UploadNotFound, as for an upload that does not exist; one that sees all sees every upload.
-Must not import FastAPI or torch: the API never unpickles an upload. The worker loads it with
-`torch.load(weights_only=True)` (`ris_model.train.checkpoint.load_checkpoint`) when an evaluation job runs, after
-checking the sha256 recorded here.
+Owns the layout `uploads/<upload id>.pt` (the bytes, written under a temporary key and committed) and
+`uploads/<upload id>.json` (size, sha256, created_at, principal; written once the bytes are in place), in the
+artifact store, `new_upload_id`, `write_upload`, `read_upload`, `upload_object` and `delete_upload`. An upload
+belongs to the principal that posted it (`principal` = its owner id, as on jobs): another principal gets
+UploadNotFound, as for an upload that does not exist; one that sees all sees every upload. Must not import FastAPI
+or torch: the API never unpickles an upload. The worker downloads it, checks the sha256 recorded here, and loads
+it with `torch.load(weights_only=True)` (`ris_model.train.checkpoint.load_checkpoint`) when an evaluation job runs.
 
-Safety: an upload id is a 32-digit hex uuid (never a path); both files are resolved inside `uploads/` and
-symlinks are refused.
+Safety: an upload id is a 32-digit hex uuid (never a path), so both keys stay inside `uploads/`.
 """
 
 from __future__ import annotations
@@ -20,11 +19,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from server.store.db import utcnow
 from server.store.errors import ArtifactRejected, UploadNotFound
-from server.store.files import ArtifactStore, FileDigest, HashingWriter, atomic_writer, file_sha256
+from server.store.files import ArtifactStore, FileDigest, HashingWriter
 from server.store.principals import Principal
 
 UPLOADS_SUBDIR = "uploads"
@@ -44,38 +42,31 @@ def new_upload_id() -> str:
     return uuid.uuid4().hex
 
 
-def _paths(store: ArtifactStore, upload_id: str) -> tuple[Path, Path]:
-    """(data file, metadata file) of an upload; refuses ids that are not ours and symlinked paths."""
+def _keys(upload_id: str) -> tuple[str, str]:
+    """(data key, metadata key) of an upload; refuses ids that are not ours."""
     if not UPLOAD_ID_RE.match(upload_id):
         raise ArtifactRejected(f"not an upload id: {upload_id!r}")
-    directory = store.root / UPLOADS_SUBDIR
-    if directory.is_symlink():
-        raise ArtifactRejected("the uploads directory is a symlink")
-    data, meta = directory / f"{upload_id}.pt", directory / f"{upload_id}.json"
-    if data.is_symlink() or meta.is_symlink():
-        raise ArtifactRejected(f"upload {upload_id} is a symlink")
-    return data, meta
+    return f"{UPLOADS_SUBDIR}/{upload_id}.pt", f"{UPLOADS_SUBDIR}/{upload_id}.json"
 
 
 @contextmanager
 def write_upload(store: ArtifactStore, upload_id: str) -> Iterator[HashingWriter]:
-    """Write the bytes of upload `upload_id` atomically (a temp file beside it, fsync, rename).
+    """Write the bytes of upload `upload_id` under a temporary key, committed when the block ends.
 
-    If the block raises (too large, client gone), nothing is left behind. Call `record_upload` afterwards.
+    If the block raises (too large, client gone), nothing is committed. Call `record_upload` afterwards.
     """
-    data, _ = _paths(store, upload_id)
-    with atomic_writer(data) as writer:
+    data, _ = _keys(upload_id)
+    with store.objects.open_write(data) as writer:
         yield writer
 
 
 def record_upload(store: ArtifactStore, upload_id: str, digest: FileDigest, *, principal: Principal
                   ) -> UploadRecord:
-    """Write the upload's metadata (atomically) once its bytes are in place; returns the record."""
-    _, meta = _paths(store, upload_id)
+    """Write the upload's metadata once its bytes are in place; returns the record."""
+    _, meta = _keys(upload_id)
     record = UploadRecord(upload_id=upload_id, size=digest.size, sha256=digest.sha256,
                           created_at=utcnow().isoformat(), principal=principal.owner)
-    with atomic_writer(meta) as writer:
-        writer.write(json.dumps(asdict(record)).encode())
+    store.objects.write(meta, json.dumps(asdict(record)).encode())
     return record
 
 
@@ -83,11 +74,11 @@ def read_upload(store: ArtifactStore, upload_id: str, *, principal: Principal) -
     """The record of an upload `principal` may see. Raises UploadNotFound (no such upload, another principal's,
     or an unsafe id)."""
     try:
-        data, meta = _paths(store, upload_id)
-        raw = json.loads(meta.read_text())
+        data, meta = _keys(upload_id)
+        raw = json.loads(store.objects.read_range(meta, 0, 1 << 20))
     except (ArtifactRejected, OSError, ValueError) as exc:
         raise UploadNotFound(upload_id) from exc
-    if not data.is_file():
+    if store.objects.stat(data) is None:
         raise UploadNotFound(upload_id)
     record = UploadRecord(**{k: raw.get(k) for k in UploadRecord.__dataclass_fields__})
     if not principal.sees_all and record.principal != principal.owner:
@@ -95,25 +86,26 @@ def read_upload(store: ArtifactStore, upload_id: str, *, principal: Principal) -
     return record
 
 
-def upload_file(store: ArtifactStore, upload_id: str, *, principal: Principal) -> Path:
-    """The upload's data file, after checking that its size and sha256 still match the record.
+def upload_object(store: ArtifactStore, upload_id: str, *, principal: Principal) -> tuple[str, UploadRecord]:
+    """The upload's data key and record, after checking that the object still has the recorded size (the
+    sha256 is checked by whoever downloads it: `ArtifactStore.fetch(key, dest, sha256=record.sha256)`).
 
     Raises:
-        UploadNotFound: no such upload. ArtifactRejected: the file changed since it was uploaded.
+        UploadNotFound: no such upload. ArtifactRejected: the object changed since it was uploaded.
     """
     record = read_upload(store, upload_id, principal=principal)
-    data, _ = _paths(store, upload_id)
-    digest = file_sha256(data)
-    if (digest.size, digest.sha256) != (record.size, record.sha256):
-        raise ArtifactRejected(f"upload {upload_id} does not match its recorded size/sha256; upload it again")
-    return data
+    data, _ = _keys(upload_id)
+    info = store.objects.stat(data)
+    if info is None or info.size != record.size:
+        raise ArtifactRejected(f"upload {upload_id} does not match its recorded size; upload it again")
+    return data, record
 
 
 def delete_upload(store: ArtifactStore, upload_id: str, *, principal: Principal) -> None:
     """Remove an upload `principal` may see (its bytes, then its record). Raises UploadNotFound.
 
-    An evaluation job that names it later fails at submit (422); one already running has resolved its file."""
+    An evaluation job that names it later fails at submit (422); one already running has downloaded its file."""
     read_upload(store, upload_id, principal=principal)
-    data, meta = _paths(store, upload_id)
-    data.unlink(missing_ok=True)
-    meta.unlink(missing_ok=True)
+    data, meta = _keys(upload_id)
+    store.objects.delete(data)
+    store.objects.delete(meta)

@@ -9,6 +9,7 @@ Set RIS_FAULT_EVIDENCE=<path.jsonl> to append one evidence row per injected faul
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -28,11 +29,11 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_schemas import JobKind, JobState, TrainingJobConfig
-from server.dispatch import dispatch_job, make_producer, sweep_queue
+from server.dispatch import dispatch_job, make_producer
 from server.settings import Settings
 from server.store import ArtifactStore, create_job, create_schema, get_job, make_engine, make_session_factory
-from server.store.artifacts import file_sha256
 from server.store.models import CheckpointRow, MetricRow
+from server.store.objects import TEMP_PREFIX
 from server.store.principals import ADMIN, ANONYMOUS
 from tests.factories import tiny_config
 from tests.services import service_missing
@@ -144,21 +145,29 @@ class Service:
 
     @property
     def artifacts(self) -> ArtifactStore:
-        return ArtifactStore(self.settings.artifact_dir)
+        return ArtifactStore(self.settings.artifact_location)
 
-    def start_worker(self, name: str, *, queue: str | None = None) -> subprocess.Popen[bytes]:
-        """A real prefork Celery worker (own process group, so a SIGKILL takes parent and child) consuming the
-        job queue, or `queue`."""
+    def start_worker(self, name: str, *, queues: tuple[str, ...] = ("gpu", "cpu")) -> subprocess.Popen[bytes]:
+        """A real prefork Celery worker (own process group, so a SIGKILL takes parent and child) serving the
+        device `queues`, with a scratch directory of its own, as if it ran on a machine of its own: workers
+        share only the database, Redis and the artifact store."""
         cmd = [
             sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-c", "1", "-P", "prefork",
             "--max-tasks-per-child=1", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h",
-            "-Q", queue or self.settings.job_queue, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+            "-Q", ",".join(f"{self.settings.job_queue}.{q}" for q in queues),
+            "--loglevel", "INFO", "--without-gossip", "--without-mingle",
         ]
-        return self._spawn(name, cmd)
+        scratch = self.log_dir.parent / f"scratch-{name}-{uuid.uuid4().hex[:6]}"
+        return self._spawn(name, cmd, env={"SCRATCH_DIR": str(scratch)})
+
+    def log_text_of_job(self, job_id: str) -> str:
+        """The job's log as the API serves it (from the artifact store)."""
+        key = self.artifacts.log_key(job_id)
+        return self.artifacts.objects.read_range(key, 0, 1 << 24).decode(errors="replace")
 
     def start_sweep_worker(self, name: str = "sweeps") -> subprocess.Popen[bytes]:
         """A worker of the sweep drivers' queue (what `ris-jobs worker --sweeps N` starts)."""
-        return self.start_worker(name, queue=sweep_queue(self.settings.job_queue))
+        return self.start_worker(name, queues=("sweeps",))  # <JOB_QUEUE>.sweeps
 
     def start_reaper(self) -> subprocess.Popen[bytes]:
         return self._spawn("reaper", [sys.executable, "-m", "worker.cli", "reaper"])
@@ -178,10 +187,10 @@ class Service:
         wait_for("the API's /healthz", healthy, deadline_s=30)
         return api
 
-    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         out = (self.log_dir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, env={**self.env, **(env or {})}, cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         return proc
 
@@ -249,6 +258,8 @@ def build_service(directory: Path, redis_server: RedisServer, **overrides: str) 
         "DATABASE_URL": f"sqlite:///{directory / 'jobs.sqlite'}",
         "REDIS_URL": redis_server.url,
         "ARTIFACT_DIR": str(directory / "artifacts"),
+        "SCRATCH_DIR": str(directory / "scratch"),
+        "LOG_UPLOAD_INTERVAL_S": "0.5",
         "JOB_QUEUE": f"fault-{uuid.uuid4().hex[:8]}",
         **overrides,
     }
@@ -331,7 +342,7 @@ def audit(svc: Service, job_id: str, before: Acknowledged | None = None) -> Loss
     """Compare the store with what was acknowledged: the job is terminal; metric seqs are 1..N without a
     duplicate or a gap; every acknowledged point is still there unchanged; every listed checkpoint's file exists
     and has the recorded sha256 (a rolling checkpoint may have been rewritten since: its *record* must still
-    match its file); no temp file is left beside them."""
+    match its object); no temporary object is left in the artifact store (noted, not counted)."""
     losses = Losses()
     job = svc.job(job_id)
     if JobState(job.state) not in TERMINAL:
@@ -351,17 +362,18 @@ def audit(svc: Service, job_id: str, before: Acknowledged | None = None) -> Loss
         losses.checkpoints += len(missing)
         if missing:
             losses.notes.append(f"checkpoint records gone: {missing}")
+    store = svc.artifacts
     with svc.sessions() as s:
         for c in s.query(CheckpointRow).filter(CheckpointRow.job_id == job_id).all():
-            path = svc.artifacts.resolve(job_id, c.path)
-            if not path.is_file() or file_sha256(path).sha256 != c.sha256 or path.stat().st_size != c.size:
+            key = store.job_key(job_id, c.path)
+            info = store.objects.stat(key)
+            data = store.objects.read_range(key, 0, info.size) if info is not None else b""
+            if info is None or info.size != c.size or hashlib.sha256(data).hexdigest() != c.sha256:
                 losses.checkpoints += 1
-                losses.notes.append(f"checkpoint {c.name}: file missing or sha256 differs")
-    ckpt_dir = svc.artifacts.checkpoint_dir(job_id)
-    if ckpt_dir.is_dir():
-        temps = [p.name for p in ckpt_dir.iterdir() if p.name.endswith(".tmp")]
-        if temps:
-            losses.notes.append(f"temp files left (not listed, harmless): {temps}")
+                losses.notes.append(f"checkpoint {c.name}: object missing, partial or its sha256 differs")
+    temps = [o.key for o in store.objects.list(TEMP_PREFIX)]
+    if temps:
+        losses.notes.append(f"temporary objects left (not listed, swept by the reaper): {temps}")
     return losses
 
 

@@ -14,6 +14,7 @@ import torch
 
 from api_schemas import JobState
 from server.store.job_queries import list_events
+from server.store.objects import TEMP_PREFIX
 from server.store.principals import ADMIN
 from tests.checkpoints import assert_training_checkpoint
 from tests.fault.conftest import Service, acknowledged, api_client, audit, slow_training_config, wait_for
@@ -159,22 +160,23 @@ def test_soft_time_limit_backstop_fails_timeout_when_the_trainer_never_polls(mak
 # ---------------------------------------------------------------------------------------------- 7. storage
 
 
-def test_unwritable_checkpoint_dir_fails_with_a_clear_reason(service: Service, evidence: Any) -> None:
-    """Root ignores chmod, so the checkpoints directory is replaced by a regular file: every mkdir and write
-    below it fails (ENOTDIR/EEXIST), as on a read-only or vanished volume."""
+def test_an_artifact_store_that_refuses_writes_fails_the_job_with_a_clear_reason(service: Service,
+                                                                              evidence: Any) -> None:
+    """Root ignores chmod, so the store's temporary-key directory is replaced by a regular file: every upload
+    fails (ENOTDIR/EEXIST), as on a read-only or vanished volume. The checkpoint is never recorded."""
     job_id = service.submit(slow_training_config(epochs=2), dispatch=False)
-    blocker = service.artifacts.checkpoint_dir(job_id)
+    blocker = Path(service.settings.artifact_dir) / TEMP_PREFIX
     blocker.parent.mkdir(parents=True)
     blocker.write_text("not a directory")
     service.dispatch(job_id)
     service.start_worker("w1")
     final = service.wait_terminal(job_id)
     assert (final.state, final.failure_reason) == (JobState.FAILED, "INTERNAL")
-    assert "artifact storage" in final.failure_message and "checkpoints" in final.failure_message
+    assert "could not be uploaded to the artifact store" in final.failure_message
     assert api_client(service).get(f"/v1/jobs/{job_id}/checkpoints").json() == []
     losses = audit(service, job_id)
     losses.assert_none()
-    evidence("unwritable checkpoint directory", 1, losses, [])
+    evidence("artifact store refuses writes", 1, losses, [])
 
 
 def test_artifact_root_that_is_a_file_fails_the_job_not_the_worker(make_service: Any, tmp_path: Path) -> None:
@@ -185,7 +187,7 @@ def test_artifact_root_that_is_a_file_fails_the_job_not_the_worker(make_service:
     job_id = svc.submit(slow_training_config(epochs=1))
     final = svc.wait_terminal(job_id, deadline_s=60)
     assert (final.state, final.failure_reason) == (JobState.FAILED, "INTERNAL")
-    assert "artifact storage" in final.failure_message
+    assert "artifact store" in final.failure_message
     assert worker.poll() is None
     with svc.sessions() as s:
         from server.store import list_checkpoints

@@ -87,7 +87,7 @@ def test_sigkilled_worker_job_is_requeued_and_resumes_from_checkpoint(service: S
     assert final.state == JobState.SUCCEEDED, final.failure_message
     assert final.attempt == 2
     _check_resumed(service, job_id, resume_step=resume_step, last_seq_before=max(before.points))
-    assert "resuming from checkpoint" in service.artifacts.log_path(job_id).read_text()
+    assert "resuming from checkpoint" in service.log_text_of_job(job_id)
     losses = audit(service, job_id, before)
     losses.assert_none()
     evidence("SIGKILL worker mid-job (resume)", 1, losses, [recovery_s])

@@ -1,4 +1,4 @@
-"""ris_model.estimators.polish: the local ML polish of estimated positions (issue 6)."""
+"""ris_model.estimators.polish: the ML polish of estimated positions (Levenberg–Marquardt and global moves)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from api_schemas import SystemConfig
 from ris_model.estimators.atoms import responses, solve_ls
 from ris_model.estimators.grid import SearchGrid, SourceEstimate
-from ris_model.estimators.polish import polish
+from ris_model.estimators.polish import Schedule, polish
 from ris_model.physics import steering
 from ris_model.scenes import SceneBatch, generate_scenes, make_generator
 
@@ -58,7 +58,8 @@ def test_polish_brings_perturbed_sources_to_the_truth_at_high_snr(scenes: SceneB
 
 def test_polish_never_raises_the_residual_energy(scenes: SceneBatch) -> None:
     start = _perturbed(scenes, deg=4.0, range_frac=0.4)
-    out = polish(scenes.y, scenes.H, scenes.codes, start, SearchGrid.uniform(SYSTEM), n_cycles=1, refine_iters=4)
+    out = polish(scenes.y, scenes.H, scenes.codes, start, SearchGrid.uniform(SYSTEM), n_rebirths=0, n_splits=0,
+                 schedule=Schedule(start_iters=3, final_iters=0))
     before, after = _residual_energy(scenes, start), _residual_energy(scenes, out)
     assert bool((after <= before * (1 + 1e-9)).all())
     assert float((after / before).median()) < 0.5
@@ -66,7 +67,8 @@ def test_polish_never_raises_the_residual_energy(scenes: SceneBatch) -> None:
 
 def test_polish_keeps_the_count_and_the_invalid_slots(scenes: SceneBatch) -> None:
     start = _perturbed(scenes)
-    out = polish(scenes.y, scenes.H, scenes.codes, start, SearchGrid.uniform(SYSTEM), n_cycles=1, refine_iters=2)
+    out = polish(scenes.y, scenes.H, scenes.codes, start, SearchGrid.uniform(SYSTEM), n_rebirths=0, n_splits=0,
+                 schedule=Schedule(start_iters=2, final_iters=0))
     assert torch.equal(out.k, start.k) and torch.equal(out.valid, start.valid)
     for name in ("azimuth", "elevation", "range_m"):
         assert torch.equal(getattr(out, name)[~start.valid], getattr(start, name)[~start.valid])
@@ -75,9 +77,10 @@ def test_polish_keeps_the_count_and_the_invalid_slots(scenes: SceneBatch) -> Non
     assert float(out.azimuth[out.valid].abs().max()) <= lo_az, "moves stay inside the field of view"
 
 
-def test_polish_with_no_refinement_only_clamps_into_the_field_of_view(scenes: SceneBatch) -> None:
+def test_polish_with_no_iterations_only_clamps_into_the_field_of_view(scenes: SceneBatch) -> None:
     start = _perturbed(scenes)
-    out = polish(scenes.y, scenes.H, scenes.codes, start, SearchGrid.uniform(SYSTEM), refine_iters=0)
+    out = polish(scenes.y, scenes.H, scenes.codes, start, SearchGrid.uniform(SYSTEM), n_rebirths=0, n_splits=0,
+                 schedule=Schedule(start_iters=0, final_iters=0))
     valid = start.valid
     az_max = math.radians(SYSTEM.azimuth_max_deg)
     torch.testing.assert_close(out.azimuth[valid], start.azimuth[valid].clamp(-az_max, az_max), rtol=0, atol=1e-12)
@@ -86,8 +89,8 @@ def test_polish_with_no_refinement_only_clamps_into_the_field_of_view(scenes: Sc
 
 
 def test_rebirth_move_finds_a_source_missed_by_two_estimates_sharing_another() -> None:
-    """Two estimates start on source A, none on B (30 dB, K = 2): the coordinate passes alone often stay in
-    that local optimum; the joint drop-and-re-place move recovers B."""
+    """Two estimates start on source A, none on B (30 dB, K = 2): the local search alone stays in that local
+    optimum; the relocation move recovers B."""
     s = SystemConfig(snr_min_db=30.0, snr_max_db=30.0)
     n = 16
     b = generate_scenes(s, n, generator=make_generator(9, torch.device("cpu")), device="cpu")  # for H, codes
@@ -115,8 +118,8 @@ def test_rebirth_move_finds_a_source_missed_by_two_estimates_sharing_another() -
 
 def test_split_move_separates_a_close_pair_fitted_by_one_estimate() -> None:
     """Sources A and A' 5° apart are fitted by one estimate between them, the third estimate sits on noise far
-    away and C is found: the passes and the rebirth leave A' missed in about half the scenes; the split move
-    (the weakest estimate re-placed one grid step beside another) finds all three."""
+    away and C is found: the split move (the weakest estimate re-placed one grid step beside another) finds all
+    three in nearly every scene, and never loses what the local search and the relocation found without it."""
     s = SystemConfig(snr_min_db=20.0, snr_max_db=20.0)
     n = 16
     b = generate_scenes(s, n, generator=make_generator(9, torch.device("cpu")), device="cpu")  # for H, codes
@@ -138,4 +141,4 @@ def test_split_move_separates_a_close_pair_fitted_by_one_estimate() -> None:
         est = torch.stack([out.azimuth, out.elevation], -1)  # [n, 3 slots, 2]
         hit = [(est - truth[i, :2].double()).abs().amax(-1).amin(-1) < math.radians(1.0) for i in range(3)]
         found[n_splits] = float(torch.stack(hit, -1).all(-1).double().mean())
-    assert found[1] >= 0.9 and found[1] > found[0] + 0.3, found
+    assert found[1] >= 0.9 and found[1] >= found[0], found

@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from api_schemas import CheckpointInfo, JobState
+from api_schemas import JobState
 from server.deps import principal_of
-from server.store import ArtifactStore, register_checkpoint, write_atomic
-from tests.factories import make_job
+from server.store import ArtifactStore, get_checkpoint, register_checkpoint
+from server.store.objects import LocalObjectStore
+from server.store.principals import ADMIN
+from tests.factories import make_job, stored_checkpoint
 from tests.security.conftest import GOOD_KEY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,13 +29,23 @@ def job_id(secured_app: FastAPI) -> str:
     artifacts: ArtifactStore = secured_app.state.artifacts
     with secured_app.state.session_factory() as session:
         job = make_job(session, JobState.RUNNING, principal=principal_of(GOOD_KEY))
-        path = artifacts.checkpoint_dir(job.id) / "final.pt"
-        digest = write_atomic(path, CONTENT)
-        info = CheckpointInfo(name="final", phase="k_only", epoch=0, step=4, path=str(path), size=digest.size,
-                              sha256=digest.sha256, is_final=True)
+        info = stored_checkpoint(artifacts, job.id, "final", CONTENT, step=4, final=True)
         register_checkpoint(session, job.id, info, lease_token=job.lease_token, store=artifacts)
-        artifacts.log_path(job.id).write_text("hello\n")
+        artifacts.objects.write(artifacts.log_key(job.id), b"hello\n")
         return str(job.id)
+
+
+def _local_path(app: FastAPI, key: str) -> Path:
+    objects = app.state.artifacts.objects
+    assert isinstance(objects, LocalObjectStore)
+    return objects.path(key)
+
+
+def _final_checkpoint_path(app: FastAPI, job_id: str) -> Path:
+    artifacts: ArtifactStore = app.state.artifacts
+    with app.state.session_factory() as session:
+        row = get_checkpoint(session, job_id, "final", principal=ADMIN)
+        return _local_path(app, artifacts.job_key(job_id, row.path))
 
 
 TRAVERSALS = [
@@ -59,7 +71,7 @@ def test_traversal_in_a_job_id_is_404(secured: Any, bad_id: str, suffix: str) ->
 
 
 def test_symlinked_checkpoint_pointing_outside_is_404(secured_app: FastAPI, secured: Any, job_id: str) -> None:
-    path = secured_app.state.artifacts.checkpoint_dir(job_id) / "final.pt"
+    path = _final_checkpoint_path(secured_app, job_id)
     path.unlink()
     path.symlink_to("/etc/passwd")
     assert secured.get(f"/v1/jobs/{job_id}/checkpoints/final", headers=KEY).status_code == 404
@@ -69,14 +81,15 @@ def test_symlinked_job_directory_pointing_outside_is_404(secured_app: FastAPI, s
                                                           tmp_path: Path) -> None:
     artifacts: ArtifactStore = secured_app.state.artifacts
     outside = tmp_path / "outside"
-    artifacts.job_dir(job_id).rename(outside)  # same files, now outside the artifact root
-    artifacts.job_dir(job_id).symlink_to(outside, target_is_directory=True)
+    job_dir = _local_path(secured_app, artifacts.job_prefix(job_id))
+    job_dir.rename(outside)  # same files, now outside the artifact root
+    job_dir.symlink_to(outside, target_is_directory=True)
     assert secured.get(f"/v1/jobs/{job_id}/checkpoints/final", headers=KEY).status_code == 404
     assert secured.get(f"/v1/jobs/{job_id}/logs", headers=KEY).status_code == 404
 
 
 def test_symlinked_log_pointing_outside_is_404(secured_app: FastAPI, secured: Any, job_id: str) -> None:
-    log = secured_app.state.artifacts.log_path(job_id)
+    log = _local_path(secured_app, secured_app.state.artifacts.log_key(job_id))
     log.unlink()
     log.symlink_to("/etc/passwd")
     response = secured.get(f"/v1/jobs/{job_id}/logs", headers=KEY)

@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from api_schemas import CheckpointInfo, JobState, MetricPoint
+from api_schemas import JobState, MetricPoint
 from server.deps import principal_of
 from server.main import create_app
 from server.store import ArtifactStore, append_points, list_events, register_checkpoint, set_report, transition
-from server.store.artifacts import artifact_path, write_atomic
+from server.store.artifacts import artifact_key
 from server.store.principals import ADMIN, WORKER
 from server.store.uploads import new_upload_id, record_upload, write_upload
-from tests.factories import make_job
+from tests.factories import make_job, stored_checkpoint
 from tests.server.conftest import job_queue, make_settings, redis_client  # noqa: F401  (fixtures)
 
 with warnings.catch_warnings():
@@ -68,13 +68,10 @@ def _finished_job(app: FastAPI, owner_key: str) -> str:
         lease = job.lease_token
         append_points(s, job.id, [MetricPoint(phase="k_only", epoch=0, step=i, key="train/loss", value=1.0 / (i + 1))
                                   for i in range(3)], lease_token=lease)
-        path = artifacts.checkpoint_dir(job.id) / "final.pt"
-        digest = write_atomic(path, CONTENT)
-        register_checkpoint(s, job.id, CheckpointInfo(name="final", phase="k_only", epoch=0, step=3, path=str(path),
-                                                      size=digest.size, sha256=digest.sha256, is_final=True),
-                            lease_token=lease, store=artifacts)
-        write_atomic(artifact_path(artifacts, job.id, "report.json"), b'{"ok": true}')
-        artifacts.log_path(job.id).write_text("hello\n")
+        info = stored_checkpoint(artifacts, job.id, "final", CONTENT, step=3, final=True)
+        register_checkpoint(s, job.id, info, lease_token=lease, store=artifacts)
+        artifacts.objects.write(artifact_key(artifacts, job.id, "report.json"), b'{"ok": true}')
+        artifacts.objects.write(artifacts.log_key(job.id), b"hello\n")
         set_report(s, job.id, {"verdict": "ok"}, lease_token=lease)
         transition(s, job.id, JobState.SUCCEEDED, lease_token=lease, principal=WORKER)
         return job.id
@@ -168,7 +165,8 @@ def test_admin_key_sees_and_controls_every_job(api: TestClient, world: World, te
         assert list_events(s, world.queued, principal=ADMIN)[-1].principal == principal_of(ADMIN_KEY).id
     assert api.delete(f"/v1/jobs/{world.bob_job}", headers=ROOT).status_code == 204
     assert api.get(f"/v1/jobs/{world.bob_job}", headers=BOB).status_code == 404
-    assert not tenant_app.state.artifacts.job_dir(world.bob_job).exists()
+    artifacts = tenant_app.state.artifacts
+    assert artifacts.objects.list(artifacts.job_prefix(world.bob_job)) == []
 
 
 def test_uploads_belong_to_the_key_that_posted_them(api: TestClient, world: World) -> None:

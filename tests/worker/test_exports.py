@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api_schemas import DiagnosticJobConfig, JobKind, JobState, code_version
 from server.settings import Settings
 from server.store import ArtifactStore, create_job, get_job, list_checkpoints, read_points
-from server.store.artifacts import artifact_file
+from server.store.artifacts import artifact_key, artifact_object
 from server.store.metrics import MAX_PAGE_POINTS
 from server.store.principals import ADMIN, ANONYMOUS
 from tests.worker.configs import quick_diagnostic_config
@@ -26,7 +26,8 @@ CLOSED_REDIS = "redis://127.0.0.1:1/0"
 
 def _settings(tmp_path: Path, **overrides: Any) -> Settings:
     return Settings(database_url=f"sqlite:///{tmp_path / 'store.sqlite'}", redis_url=CLOSED_REDIS,
-                    artifact_dir=tmp_path / "artifacts", heartbeat_interval_s=0.2, lease_timeout_s=5.0, **overrides)
+                    artifact_dir=tmp_path / "artifacts", scratch_dir=tmp_path / "scratch", heartbeat_interval_s=0.2,
+                    lease_timeout_s=5.0, **overrides)
 
 
 def _run(sessions: sessionmaker[Session], settings: Settings, config: dict[str, Any]) -> str:
@@ -55,8 +56,10 @@ def test_the_tensorboard_artifact_reads_back_with_tensorboards_reader(sessions, 
 
     settings = _settings(tmp_path)
     job_id = _run(sessions, settings, quick_diagnostic_config())
-    path, media_type = artifact_file(ArtifactStore(settings.artifact_dir), job_id, TENSORBOARD_ARTIFACT)
+    store = ArtifactStore(settings.artifact_location)
+    _, media_type = artifact_object(store, job_id, TENSORBOARD_ARTIFACT)
     assert media_type == "application/octet-stream"
+    path = store.fetch(artifact_key(store, job_id, TENSORBOARD_ARTIFACT), tmp_path / TENSORBOARD_ARTIFACT)
     events = EventAccumulator(str(path), size_guidance={"scalars": 0})
     events.Reload()
     for key in ("train/loss", "val/loss", "val/k_acc"):
@@ -96,7 +99,10 @@ def test_a_failing_export_is_counted_and_the_job_still_succeeds(sessions, tmp_pa
         job = get_job(s, job_id, principal=ADMIN)
     assert job.state == JobState.SUCCEEDED
     assert job.latest_metrics["export/errors/mlflow"] >= 1
-    log_text = ArtifactStore(settings.artifact_dir).log_path(job_id).read_text()
+    store = ArtifactStore(settings.artifact_location)
+    log_info = store.objects.stat(store.log_key(job_id))
+    assert log_info is not None
+    log_text = store.objects.read_range(store.log_key(job_id), 0, log_info.size).decode()
     assert "export mlflow.open failed" in log_text
 
 
@@ -110,5 +116,6 @@ def test_the_job_and_its_checkpoints_record_code_version_and_config_digest(sessi
         checkpoints = list_checkpoints(s, job_id, principal=ADMIN)
     assert (job.code_version, job.config_sha256, job.tags) == (code_version(), digest, ["exports"])
     assert checkpoints and all((c.code_version, c.config_sha256) == (code_version(), digest) for c in checkpoints)
-    final = ArtifactStore(settings.artifact_dir).resolve(job_id, next(c.path for c in checkpoints if c.is_final))
+    store = ArtifactStore(settings.artifact_location)
+    final = store.fetch(store.job_key(job_id, next(c.path for c in checkpoints if c.is_final)), tmp_path / "final.pt")
     assert torch.load(final, weights_only=True)["config_sha256"] == digest

@@ -22,7 +22,8 @@ CLOSED_REDIS = "redis://127.0.0.1:1/0"
 
 def _settings(tmp_path: Path) -> Settings:
     return Settings(database_url=f"sqlite:///{tmp_path / 'store.sqlite'}", redis_url=CLOSED_REDIS,
-                    artifact_dir=tmp_path / "artifacts", heartbeat_interval_s=0.2, lease_timeout_s=5.0)
+                    artifact_dir=tmp_path / "artifacts", scratch_dir=tmp_path / "scratch", heartbeat_interval_s=0.2,
+                    lease_timeout_s=5.0)
 
 
 def _run(sessions: sessionmaker[Session], settings: Settings, config: dict[str, Any]) -> Any:
@@ -35,10 +36,16 @@ def _run(sessions: sessionmaker[Session], settings: Settings, config: dict[str, 
         return get_job(s, job_id, principal=ADMIN)
 
 
-def _final_weights(sessions: sessionmaker[Session], settings: Settings, job_id: str) -> dict[str, torch.Tensor]:
+def _final_checkpoint(sessions: sessionmaker[Session], settings: Settings, job_id: str, dest: Path) -> Path:
+    """The job's final checkpoint, downloaded from the artifact store to `dest`."""
     with sessions() as s:
         final = next(c for c in list_checkpoints(s, job_id, principal=ADMIN) if c.is_final)
-    path = ArtifactStore(settings.artifact_dir).resolve(job_id, final.path)
+    store = ArtifactStore(settings.artifact_location)
+    return store.fetch(store.job_key(job_id, final.path), dest, sha256=final.sha256)
+
+
+def _final_weights(sessions: sessionmaker[Session], settings: Settings, job_id: str) -> dict[str, torch.Tensor]:
+    path = _final_checkpoint(sessions, settings, job_id, Path(settings.scratch_dir) / f"{job_id}-final.pt")
     weights: dict[str, torch.Tensor] = torch.load(path, weights_only=True)["eval_model"]
     return weights
 
@@ -72,10 +79,8 @@ def test_init_from_a_job_continues_from_its_weights(sessions, tmp_path) -> None:
 def test_init_from_an_upload_of_another_system_fails_with_the_reason(sessions, tmp_path) -> None:
     settings = _settings(tmp_path)
     first = _run(sessions, settings, tiny_training_config(epochs=1))
-    with sessions() as s:
-        final = next(c for c in list_checkpoints(s, first.id, principal=ADMIN) if c.is_final)
-    data = ArtifactStore(settings.artifact_dir).resolve(first.id, final.path).read_bytes()
-    store, upload_id = ArtifactStore(settings.artifact_dir), new_upload_id()
+    data = _final_checkpoint(sessions, settings, first.id, tmp_path / "final.pt").read_bytes()
+    store, upload_id = ArtifactStore(settings.artifact_location), new_upload_id()
     with write_upload(store, upload_id) as writer:
         writer.write(data)
     record_upload(store, upload_id, writer.digest(), principal=ANONYMOUS)

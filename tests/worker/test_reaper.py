@@ -42,7 +42,10 @@ class FakeProducer:
 
 
 class EmptyBroker:
-    """A Redis with an empty queue and no unacked messages."""
+    """A Redis with an empty queue, no unacked messages and no live worker announcements."""
+
+    def scan_iter(self, match: str, count: int) -> list[bytes]:
+        return []
 
     def lrange(self, key: str, start: int, end: int) -> list[bytes]:
         return []

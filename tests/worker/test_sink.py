@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -9,9 +10,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api_schemas import CheckpointInfo, JobState, MetricPoint
 from server.store import ArtifactStore, get_job, list_checkpoints, read_points
-from server.store.artifacts import write_atomic
-from server.store.errors import LeaseLost
+from server.store.errors import ArtifactUploadFailed, LeaseLost
 from server.store.jobs import transition
+from server.store.objects import LocalObjectStore
 from server.store.principals import ADMIN
 from tests.factories import make_job
 from tests.worker.conftest import RecordingRedis
@@ -109,20 +110,54 @@ def test_close_flushes_the_rest_and_is_idempotent(sessions, artifacts, redis_stu
     assert _stored_keys(sessions, running_job[0]) == ["train/loss"]
 
 
-def test_log_checkpoint_flushes_points_then_registers(
-    sessions, artifacts: ArtifactStore, redis_stub, running_job, clock
+def _scratch_checkpoint(tmp_path: Path, name: str, data: bytes) -> CheckpointInfo:
+    path = tmp_path / "scratch" / f"{name}.{hashlib.sha256(data).hexdigest()[:6]}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return CheckpointInfo(name=name, phase="k_only", epoch=0, step=1, path=str(path), size=len(data),
+                          sha256=hashlib.sha256(data).hexdigest())
+
+
+def test_log_checkpoint_flushes_points_uploads_then_registers(
+    sessions, artifacts: ArtifactStore, redis_stub, running_job, clock, tmp_path: Path
 ) -> None:
     job_id, _ = running_job
     sink = _sink(sessions, artifacts, redis_stub, running_job, clock)
     sink.log_metrics([_point(1)])
-    path: Path = artifacts.checkpoint_dir(job_id) / "k_only-1.pt"
-    digest = write_atomic(path, b"weights")
-    sink.log_checkpoint(CheckpointInfo(
-        name="k_only-1", phase="k_only", epoch=0, step=1, path=str(path), size=digest.size, sha256=digest.sha256,
-    ))
+    sink.log_checkpoint(_scratch_checkpoint(tmp_path, "k_only-1", b"weights"))
     assert _stored_keys(sessions, job_id) == ["train/loss"]
     with sessions() as s:
-        assert [c.name for c in list_checkpoints(s, job_id, principal=ADMIN)] == ["k_only-1"]
+        [row] = list_checkpoints(s, job_id, principal=ADMIN)
+    assert row.name == "k_only-1" and not row.path.startswith("/"), "the record names the store's key"
+    key = artifacts.job_key(job_id, row.path)
+    assert artifacts.objects.read_range(key, 0, 100) == b"weights"
+
+
+def test_a_rewritten_checkpoint_replaces_its_object_after_the_record(
+    sessions, artifacts: ArtifactStore, redis_stub, running_job, clock, tmp_path: Path
+) -> None:
+    job_id, _ = running_job
+    sink = _sink(sessions, artifacts, redis_stub, running_job, clock)
+    sink.log_checkpoint(_scratch_checkpoint(tmp_path, "k_only-last", b"first"))
+    sink.log_checkpoint(_scratch_checkpoint(tmp_path, "k_only-last", b"second"))
+    with sessions() as s:
+        [row] = list_checkpoints(s, job_id, principal=ADMIN)
+    objects = artifacts.objects.list(artifacts.job_prefix(job_id))
+    assert [o.key for o in objects] == [artifacts.job_key(job_id, row.path)], "the replaced object is gone"
+    assert row.sha256 == hashlib.sha256(b"second").hexdigest()
+
+
+def test_a_checkpoint_the_store_does_not_take_is_never_recorded(
+    sessions, redis_stub, running_job, clock, tmp_path: Path
+) -> None:
+    job_id, _ = running_job
+    broken = ArtifactStore(LocalObjectStore(tmp_path / "store"))
+    (tmp_path / "store").write_text("a file where the store's directory should be")
+    sink = _sink(sessions, broken, redis_stub, running_job, clock)
+    with pytest.raises(ArtifactUploadFailed, match="could not be uploaded to the artifact store"):
+        sink.log_checkpoint(_scratch_checkpoint(tmp_path, "k_only-1", b"weights"))
+    with sessions() as s:
+        assert list_checkpoints(s, job_id, principal=ADMIN) == []
 
 
 def test_redis_publish_failure_does_not_fail_the_job(sessions, artifacts, running_job, clock) -> None:

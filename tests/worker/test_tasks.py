@@ -28,7 +28,8 @@ CLOSED_REDIS = "redis://127.0.0.1:1/0"
 def settings(tmp_path: Path, sessions: sessionmaker[Session]) -> Settings:
     return Settings(
         database_url=f"sqlite:///{tmp_path / 'store.sqlite'}", redis_url=CLOSED_REDIS,
-        artifact_dir=tmp_path / "artifacts", heartbeat_interval_s=0.2, lease_timeout_s=5.0,
+        artifact_dir=tmp_path / "artifacts", scratch_dir=tmp_path / "scratch", heartbeat_interval_s=0.2,
+        lease_timeout_s=5.0,
         allow_fault_injection=True,
     )
 
@@ -55,7 +56,7 @@ def test_execute_job_tiny_diagnostic_succeeds_with_final_checkpoint(sessions, se
     assert "final" in names
     # the job's latest value is the last stored point, and a share of the val scenes
     with sessions() as s:
-        history = read_points(s, job_id, keys=[VAL_K_ACC]).points
+        history = read_points(s, job_id, principal=ADMIN, keys=[VAL_K_ACC]).points
     k_acc, n_val = job.latest_metrics[VAL_K_ACC], quick_diagnostic_config()["data"]["n_val"]
     assert [p.value for p in history][-1] == k_acc
     assert k_acc * n_val == pytest.approx(round(k_acc * n_val), abs=1e-6)
@@ -71,9 +72,11 @@ def test_execute_job_diagnostic_stores_the_report(sessions, settings) -> None:
 def test_execute_job_writes_the_job_log(sessions, settings) -> None:
     job_id = _submit(sessions, quick_diagnostic_config())
     execute_job(job_id, worker="w1", settings=settings)
-    log_text = ArtifactStore(settings.artifact_dir).log_path(job_id).read_text()
+    store = ArtifactStore(settings.artifact_location)
+    log_text = store.objects.read_range(store.log_key(job_id), 0, 1 << 20).decode()
     assert "claimed job" in log_text
     assert "finished: SUCCEEDED" in log_text
+    assert not (settings.scratch_dir / "jobs" / job_id).exists(), "the scratch directory goes with the attempt"
 
 
 def test_execute_job_second_delivery_is_dropped(sessions, settings) -> None:
@@ -123,7 +126,7 @@ def test_execute_job_endless_nan_fails_nonfinite_abort(sessions, settings) -> No
     assert job.nonfinite["by_cause"].get("loss", 0) >= 2
 
 
-def test_execute_job_worker_deadline_fails_timeout_with_a_stop_checkpoint(sessions, settings) -> None:
+def test_execute_job_worker_deadline_fails_timeout_with_a_stop_checkpoint(sessions, settings, tmp_path) -> None:
     fast = settings.model_copy(update={"job_soft_time_limit_s": 1.0, "job_hard_time_limit_s": 5.0})
     assert worker_deadline_s(fast) == pytest.approx(0.9)
     job_id = _submit(sessions, _with(quick_diagnostic_config(), debug={"sleep_per_step_s": 0.2}, data={"n_train": 256}))
@@ -133,5 +136,7 @@ def test_execute_job_worker_deadline_fails_timeout_with_a_stop_checkpoint(sessio
         checkpoints = list_checkpoints(s, job_id, principal=ADMIN)
     assert job.failure_reason == FailureReason.TIMEOUT
     assert checkpoints, "the stop checkpoint must stay downloadable"
-    path = ArtifactStore(settings.artifact_dir).resolve(job_id, checkpoints[-1].path)
+    store = ArtifactStore(settings.artifact_location)
+    path = store.fetch(store.job_key(job_id, checkpoints[-1].path), tmp_path / "stop.pt",
+                       sha256=checkpoints[-1].sha256)
     assert_training_checkpoint(torch.load(path, weights_only=True), kind="diagnostic", phase="k_only")

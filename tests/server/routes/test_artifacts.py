@@ -9,8 +9,9 @@ import pytest
 from sqlalchemy.orm import Session
 
 from api_schemas import JobKind, JobState
-from server.store import ArtifactStore, write_atomic
-from server.store.artifacts import artifact_path
+from server.store import ArtifactStore
+from server.store.artifacts import artifact_key
+from server.store.objects import LocalObjectStore
 from tests.factories import make_job
 
 with warnings.catch_warnings():
@@ -22,7 +23,7 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"0" * 32
 
 def _job_with_plot(session: Session, artifacts: ArtifactStore) -> str:
     job = make_job(session, JobState.SUCCEEDED, kind=JobKind.EVALUATION)
-    write_atomic(artifact_path(artifacts, job.id, "k_acc_vs_snr.png"), PNG)
+    artifacts.objects.write(artifact_key(artifacts, job.id, "k_acc_vs_snr.png"), PNG)
     return job.id
 
 
@@ -50,6 +51,7 @@ def test_download_artifact_through_a_symlink_is_404(
     job_id = _job_with_plot(api_session, api_artifacts)
     secret = tmp_path / "secret.png"
     secret.write_bytes(PNG)
-    link = api_artifacts.job_dir(job_id) / "artifacts" / "leak.png"
+    assert isinstance(api_artifacts.objects, LocalObjectStore)
+    link = api_artifacts.objects.path(artifact_key(api_artifacts, job_id, "leak.png"))
     link.symlink_to(secret)
     assert client.get(f"/v1/jobs/{job_id}/artifacts/leak.png").status_code == 404

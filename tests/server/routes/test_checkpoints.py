@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from api_schemas import CheckpointInfo, JobState
-from server.store import ArtifactStore, register_checkpoint, write_atomic
+from api_schemas import JobState
+from server.main import create_app
+from server.store import ArtifactStore, get_checkpoint, register_checkpoint
 from server.store.models import JobRow
-from tests.factories import make_job
+from server.store.objects import LocalObjectStore
+from server.store.principals import ADMIN
+from tests.factories import make_job, stored_checkpoint
+from tests.s3 import moto_server, s3_env  # noqa: F401  (fixtures)
+from tests.server.conftest import make_settings
 
 CONTENT = bytes(range(256)) * 4  # 1024 bytes
 
@@ -19,11 +26,7 @@ CONTENT = bytes(range(256)) * 4  # 1024 bytes
 def _job_with_checkpoints(session: Session, artifacts: ArtifactStore) -> JobRow:
     job = make_job(session, JobState.RUNNING)
     for name, step, final in (("k_only-s10", 10, False), ("final", 20, True)):
-        path = artifacts.checkpoint_dir(job.id) / f"{name}.pt"
-        data = CONTENT if final else b"early"
-        digest = write_atomic(path, data)
-        info = CheckpointInfo(name=name, phase="k_only", epoch=0, step=step, path=str(path), size=digest.size,
-                              sha256=digest.sha256, is_final=final)
+        info = stored_checkpoint(artifacts, job.id, name, CONTENT if final else b"early", step=step, final=final)
         register_checkpoint(session, job.id, info, lease_token=job.lease_token, store=artifacts)
     return job
 
@@ -86,12 +89,36 @@ def test_download_bad_or_unknown_name_returns_404(client: TestClient, job: JobRo
 
 
 def test_download_checkpoint_replaced_by_symlink_returns_404(
-    client: TestClient, job: JobRow, api_artifacts: ArtifactStore, tmp_path: object
+    client: TestClient, job: JobRow, api_session: Session, api_artifacts: ArtifactStore
 ) -> None:
-    path = api_artifacts.checkpoint_dir(job.id) / "final.pt"
+    assert isinstance(api_artifacts.objects, LocalObjectStore)
+    key = api_artifacts.job_key(job.id, get_checkpoint(api_session, job.id, "final", principal=ADMIN).path)
+    path = api_artifacts.objects.path(key)
     path.unlink()
     path.symlink_to("/etc/passwd")
     assert client.get(f"/v1/jobs/{job.id}/checkpoints/final").status_code == 404
+
+
+def test_download_streams_from_s3_with_range_etag_and_presigned_redirect(
+    tmp_path: Path, job_queue: str, s3_env: str  # noqa: F811
+) -> None:
+    for redirect in (False, True):
+        settings = make_settings(tmp_path / str(redirect), job_queue, artifact_url=s3_env,
+                                 artifact_presigned_redirect=redirect)
+        with TestClient(create_app(settings)) as c:
+            job = _job_with_checkpoints(c.app.state.session_factory(), c.app.state.artifacts)  # type: ignore[attr-defined]
+            url = f"/v1/jobs/{job.id}/checkpoints/final"
+            r = c.get(url, follow_redirects=False)
+            if redirect:
+                assert r.status_code == 307 and r.headers["etag"] == f'"{hashlib.sha256(CONTENT).hexdigest()}"'
+                assert httpx.get(r.headers["location"]).content == CONTENT
+                continue
+            assert (r.status_code, r.content) == (200, CONTENT)
+            part = c.get(url, headers={"Range": "bytes=-24"})
+            assert (part.status_code, part.content, part.headers["content-range"]) == (206, CONTENT[-24:],
+                                                                                        "bytes 1000-1023/1024")
+            assert c.get(url, headers={"If-None-Match": r.headers["etag"]}).status_code == 304
+            assert c.get(url, headers={"Range": "bytes=0-9", "If-Range": '"other"'}).content == CONTENT
 
 
 def test_read_checkpoints_unknown_job_returns_404(client: TestClient) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from api_schemas import DebugConfig, JobState, MetricPoint
 from api_schemas.metrics import NONFINITE_CAUSE_PREFIX, PROGRESS_FRACTION, TRAIN_LOSS
-from server.dispatch import dispatch_pending, make_producer
+from server.dispatch import dispatch_pending, job_queue_name, make_producer, queue_depth
 from server.main import create_app
 from server.store import ArtifactStore, append_points, get_job, set_report
 from server.store.live import cancel_flag_set
@@ -27,14 +27,16 @@ BODY = {"kind": "diagnostic", "name": "diag", "config": tiny_config()}
 def test_create_job_returns_202_location_and_enqueues(
     client: TestClient, redis_client: redis.Redis, job_queue: str
 ) -> None:
-    before = redis_client.llen(job_queue)
+    queue = job_queue_name(job_queue, "gpu")
+    before = queue_depth(redis_client, queue)
     r = client.post("/v1/jobs", json=BODY)
     assert r.status_code == 202
     job = r.json()
     assert r.headers["location"] == f"/v1/jobs/{job['id']}"
     assert (job["state"], job["kind"], job["attempt"]) == ("QUEUED", "diagnostic", 1)
     assert job["config"]["data"]["batch_size"] == 16
-    assert redis_client.llen(job_queue) == before + 1
+    assert (job["priority"], job["waiting_reason"]) == (5, None)
+    assert queue_depth(redis_client, queue) == before + 1
 
 
 def test_create_job_with_invalid_config_returns_422_naming_field(client: TestClient) -> None:
@@ -164,10 +166,11 @@ def test_create_job_with_redis_down_returns_503_and_keeps_job_queued(
         assert client.get(f"/v1/jobs/{job_id}").json()["state"] == "QUEUED"
     # once the broker is back, the sweep sends it
     settings = make_settings(tmp_path, job_queue)
-    before = redis_client.llen(job_queue)
+    queue = job_queue_name(job_queue, "gpu")
+    before = queue_depth(redis_client, queue)
     sent = dispatch_pending(app.state.session_factory, make_producer(settings), job_queue, older_than_s=0)
     assert sent == [job_id]
-    assert redis_client.llen(job_queue) == before + 1
+    assert queue_depth(redis_client, queue) == before + 1
 
 
 def test_read_unknown_job_returns_404(client: TestClient) -> None:
@@ -229,8 +232,7 @@ def test_read_job_events_lists_transitions(client: TestClient, api_session: Sess
 
 def test_read_logs_by_offset(client: TestClient, api_session: Session, api_artifacts: ArtifactStore) -> None:
     job = make_job(api_session, JobState.RUNNING)
-    api_artifacts.ensure_job_dirs(job.id)
-    api_artifacts.log_path(job.id).write_bytes(b"epoch 1\nepoch 2\n")
+    api_artifacts.objects.write(api_artifacts.log_key(job.id), b"epoch 1\nepoch 2\n")
     first = client.get(f"/v1/jobs/{job.id}/logs", params={"limit": 8})
     assert (first.text, first.headers["x-next-offset"]) == ("epoch 1\n", "8")
     rest = client.get(f"/v1/jobs/{job.id}/logs", params={"offset": 8})
@@ -289,7 +291,7 @@ def test_delete_finished_job_returns_204_then_404(
     client: TestClient, api_session: Session, api_artifacts: ArtifactStore
 ) -> None:
     job = make_job(api_session, JobState.CANCELLED)
-    api_artifacts.ensure_job_dirs(job.id)
+    api_artifacts.objects.write(api_artifacts.log_key(job.id), b"log")
     assert client.delete(f"/v1/jobs/{job.id}").status_code == 204
     assert client.get(f"/v1/jobs/{job.id}").status_code == 404
-    assert not api_artifacts.job_dir(job.id).exists()
+    assert api_artifacts.objects.list(api_artifacts.job_prefix(job.id)) == []

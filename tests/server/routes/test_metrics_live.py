@@ -6,15 +6,11 @@ read that gets nothing for READ_TIMEOUT_S fails the test."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import httpx
 import pytest
 import redis
-import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.orm import Session
 
@@ -23,7 +19,9 @@ from api_schemas.metrics import TRAIN_LOSS
 from server.routes import metrics as metrics_route
 from server.store import append_points, transition, utcnow
 from server.store.live import live_channel, publish_points, publish_state
+from server.store.principals import ADMIN
 from tests.factories import make_job
+from tests.server.sse_client import EventReader, serve
 
 #: a read that waits longer than this has missed a point that the live branch should have sent at once
 READ_TIMEOUT_S = 10.0
@@ -36,61 +34,23 @@ def _points(n: int, start: int = 0) -> list[MetricPoint]:
             for i in range(n)]
 
 
-@dataclass
-class _Served:
-    base_url: str
-    server: uvicorn.Server
-
-
 @pytest.fixture
-def served(app: FastAPI) -> Iterator[_Served]:
-    """The app on a real uvicorn server in a thread (streaming responses reach the client as they are sent)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        thread.join(0.01)
-    yield _Served(f"http://127.0.0.1:{port}", server)
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-class _EventReader:
-    """SSE events from a streaming response, one at a time (comments, i.e. pings, are skipped)."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self._lines = response.iter_lines()
-
-    def next(self) -> dict[str, str] | None:
-        fields: dict[str, str] = {}
-        for line in self._lines:
-            if not line:
-                if fields:
-                    return fields
-                continue
-            if line.startswith(":"):
-                continue
-            name, _, value = line.partition(":")
-            fields[name] = value.removeprefix(" ")
-        return fields or None
+def served(app: FastAPI) -> Iterator[str]:
+    with serve(app) as base_url:
+        yield base_url
 
 
 def test_live_points_arrive_without_waiting_for_the_sql_poll(
-    served: _Served, app: FastAPI, api_session: Session, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    served: str, app: FastAPI, api_session: Session, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(metrics_route, "POLL_INTERVAL_S", POLL_INTERVAL_S)
     job = make_job(api_session, JobState.RUNNING)
     append_points(api_session, job.id, _points(2), lease_token=job.lease_token)
     timeout = httpx.Timeout(READ_TIMEOUT_S)
-    with httpx.Client(base_url=served.base_url, timeout=timeout) as client, \
+    with httpx.Client(base_url=served, timeout=timeout) as client, \
             client.stream("GET", f"/v1/jobs/{job.id}/metrics/stream") as response:
         assert response.status_code == 200
-        events = _EventReader(response)
+        events = EventReader(response)
         # the replay from SQL, then the state: by now the stream is subscribed (it subscribes before replaying)
         replay = [events.next(), events.next(), events.next()]
         assert [(e["event"], e.get("id")) for e in replay] == [("metric", "1"), ("metric", "2"), ("state", None)]
@@ -105,7 +65,7 @@ def test_live_points_arrive_without_waiting_for_the_sql_poll(
         assert [json.loads(e["data"])["value"] for e in live] == [1.0, 1.5, 2.0]
 
         # a state message makes the stream re-read SQL at once: it reports the terminal state and ends
-        transition(api_session, job.id, JobState.SUCCEEDED, lease_token=job.lease_token)
+        transition(api_session, job.id, JobState.SUCCEEDED, principal=ADMIN, lease_token=job.lease_token)
         publish_state(redis_client, job.id, JobState.SUCCEEDED)
         final = events.next()
         assert final is not None and final["event"] == "state"
@@ -114,22 +74,22 @@ def test_live_points_arrive_without_waiting_for_the_sql_poll(
 
 
 def test_live_points_not_yet_in_sql_are_forwarded_in_seq_order(
-    served: _Served, api_session: Session, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    served: str, api_session: Session, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # points published before the store's commit is visible to the stream's reader: only the live branch can
     # deliver them
     monkeypatch.setattr(metrics_route, "POLL_INTERVAL_S", POLL_INTERVAL_S)
     job = make_job(api_session, JobState.RUNNING)
-    with httpx.Client(base_url=served.base_url, timeout=httpx.Timeout(READ_TIMEOUT_S)) as client, \
+    with httpx.Client(base_url=served, timeout=httpx.Timeout(READ_TIMEOUT_S)) as client, \
             client.stream("GET", f"/v1/jobs/{job.id}/metrics/stream") as response:
-        events = _EventReader(response)
+        events = EventReader(response)
         first = events.next()
         assert first is not None and json.loads(first["data"])["state"] == "RUNNING"
         pending = [StoredMetricPoint(seq=i + 1, ts=utcnow(), **p.model_dump()) for i, p in enumerate(_points(2))]
         assert publish_points(redis_client, job.id, pending) == 1
         assert [(e["event"], e["id"]) for e in (events.next(), events.next())] == [("metric", "1"), ("metric", "2")]
         append_points(api_session, job.id, _points(2), lease_token=job.lease_token)
-        transition(api_session, job.id, JobState.SUCCEEDED, lease_token=job.lease_token)
+        transition(api_session, job.id, JobState.SUCCEEDED, principal=ADMIN, lease_token=job.lease_token)
         publish_state(redis_client, job.id, JobState.SUCCEEDED)
         final = events.next()
         assert final is not None and json.loads(final["data"])["state"] == "SUCCEEDED"

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from api_schemas import FailureReason, JobKind, JobState, MetricPoint, TrainingJobConfig, code_version, config_sha256
 from api_schemas.sweeps import trial_tag
-from server.dispatch import sweep_queue
+from server.dispatch import all_job_queues, queue_depth, sweep_queue
 from server.store import append_points, claim_job, create_job, transition
 from server.store.principals import ANONYMOUS, WORKER
 from tests.factories import new_lease, tiny_config
@@ -37,14 +37,19 @@ LR = {"phases.0.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}}
 def test_a_sweep_is_accepted_and_sent_to_the_sweep_drivers_queue(
     client: TestClient, redis_client: redis.Redis, job_queue: str
 ) -> None:
-    before = redis_client.llen(sweep_queue(job_queue)), redis_client.llen(job_queue)
+    def depths() -> tuple[int, int]:
+        """Messages waiting for the sweep drivers, and in the device queues."""
+        return (queue_depth(redis_client, sweep_queue(job_queue)),
+                sum(queue_depth(redis_client, q) for q in all_job_queues(job_queue)))
+
+    before = depths()
     r = client.post("/v1/jobs", json=sweep_body(LR))
     assert r.status_code == 202, r.text
     job = r.json()
     assert (job["kind"], job["tags"], job["links"]["trials"]) == ("sweep", ["team-a"], f"/v1/jobs/{job['id']}/trials")
     assert job["config_sha256"] == config_sha256(job["config"])
     assert job["code_version"] == code_version()
-    assert (redis_client.llen(sweep_queue(job_queue)), redis_client.llen(job_queue)) == (before[0] + 1, before[1])
+    assert depths() == (before[0] + 1, before[1])
 
 
 @pytest.mark.parametrize(("space", "needle"), [

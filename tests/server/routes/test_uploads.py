@@ -14,7 +14,7 @@ from server.main import create_app
 from server.settings import Settings
 from server.store import ArtifactStore
 from server.store.principals import ADMIN
-from server.store.uploads import read_upload, upload_file
+from server.store.uploads import read_upload, upload_object
 from tests.server.conftest import make_settings
 
 with warnings.catch_warnings():
@@ -40,15 +40,17 @@ def test_upload_stores_the_file_with_its_sha256(client: TestClient, api_artifact
     body = r.json()
     assert body["sha256"] == hashlib.sha256(ZIP_BODY).hexdigest() and body["size"] == len(ZIP_BODY)
     assert r.headers["location"] == f"/v1/checkpoints/{body['upload_id']}"
-    assert upload_file(api_artifacts, body["upload_id"], principal=ADMIN).read_bytes() == ZIP_BODY
+    key, record = upload_object(api_artifacts, body["upload_id"], principal=ADMIN)
+    assert api_artifacts.objects.read_range(key, 0, record.size) == ZIP_BODY
     assert read_upload(api_artifacts, body["upload_id"], principal=ADMIN).sha256 == body["sha256"]
 
 
 def test_upload_over_the_limit_is_413_and_leaves_nothing(small_limit_client: TestClient, tmp_path: Path) -> None:
     r = small_limit_client.post("/v1/checkpoints", content=ZIP_BODY * 4, headers=OCTET)
     assert r.status_code == 413
-    uploads = tmp_path / "artifacts" / "uploads"
-    assert not uploads.exists() or list(uploads.iterdir()) == []
+    for prefix in ("uploads", "_tmp"):
+        leftover = tmp_path / "artifacts" / prefix
+        assert not leftover.exists() or list(leftover.iterdir()) == []
 
 
 def test_streamed_upload_over_the_limit_is_413_and_leaves_nothing(
@@ -60,8 +62,9 @@ def test_streamed_upload_over_the_limit_is_413_and_leaves_nothing(
 
     r = small_limit_client.post("/v1/checkpoints", content=chunks(), headers=OCTET)  # chunked: no length
     assert r.status_code == 413
-    uploads = tmp_path / "artifacts" / "uploads"
-    assert not uploads.exists() or list(uploads.iterdir()) == []
+    for prefix in ("uploads", "_tmp"):
+        leftover = tmp_path / "artifacts" / prefix
+        assert not leftover.exists() or list(leftover.iterdir()) == []
 
 
 def test_upload_that_is_not_a_zip_is_422(client: TestClient) -> None:

@@ -1,9 +1,7 @@
-"""The artifact directory (server/store/artifacts.py): atomic writes, path safety, checkpoint records, logs."""
+"""The artifact store (server/store/artifacts.py, files.py): key safety, checkpoint records, logs, removal."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 import pytest
@@ -20,58 +18,43 @@ from server.store import (
     list_checkpoints,
     read_log,
     register_checkpoint,
-    write_atomic,
 )
-from server.store.artifacts import atomic_writer, checkpoint_file
+from server.store.artifacts import checkpoint_object
 from server.store.errors import OffsetOutOfRange
+from server.store.objects import LocalObjectStore
 from server.store.principals import ADMIN
-from tests.factories import make_job
+from tests.factories import make_job, stored_checkpoint
 
 
 def _write_checkpoint(
     store: ArtifactStore, job_id: str, name: str, *, step: int, final: bool = False
 ) -> CheckpointInfo:
-    path = store.checkpoint_dir(job_id) / f"{name}.pt"
-    digest = write_atomic(path, f"weights of {name}".encode())
-    return CheckpointInfo(
-        name=name, phase="k_only", epoch=0, step=step, path=str(path), size=digest.size, sha256=digest.sha256,
-        is_final=final,
-    )
+    return stored_checkpoint(store, job_id, name, f"weights of {name}".encode(), step=step, final=final)
 
 
-def test_write_atomic_returns_size_and_sha256(tmp_path: Path) -> None:
-    digest = write_atomic(tmp_path / "a" / "f.bin", [b"abc", b"def"])
-    assert digest.size == 6
-    assert digest.sha256 == hashlib.sha256(b"abcdef").hexdigest()
-    assert (tmp_path / "a" / "f.bin").read_bytes() == b"abcdef"
+def _local(artifacts: ArtifactStore) -> LocalObjectStore:
+    assert isinstance(artifacts.objects, LocalObjectStore)
+    return artifacts.objects
 
 
-def test_atomic_writer_failure_leaves_no_file(tmp_path: Path) -> None:
-    target = tmp_path / "f.bin"
-    with pytest.raises(RuntimeError), atomic_writer(target) as writer:
-        writer.write(b"partial")
-        raise RuntimeError("crash mid-write")
-    assert not target.exists()
-    assert os.listdir(tmp_path) == []
-
-
-def test_resolve_refuses_traversal_and_absolute_paths(artifacts: ArtifactStore) -> None:
+def test_job_key_refuses_traversal_and_absolute_paths(artifacts: ArtifactStore) -> None:
     for bad in ["../other/x", "checkpoints/../../x", "/etc/passwd", "", "a\\..\\b"]:
         with pytest.raises(ArtifactRejected):
-            artifacts.resolve("job-1", bad)
+            artifacts.job_key("job-1", bad)
 
 
-def test_resolve_refuses_symlinks(artifacts: ArtifactStore, tmp_path: Path) -> None:
-    artifacts.ensure_job_dirs("job-1")
+def test_a_symlink_in_the_directory_store_is_refused(artifacts: ArtifactStore, tmp_path: Path) -> None:
     (tmp_path / "secret").write_text("s")
-    (artifacts.checkpoint_dir("job-1") / "link.pt").symlink_to(tmp_path / "secret")
+    link = _local(artifacts).path("jobs/job-1/checkpoints/link.pt")
+    link.parent.mkdir(parents=True)
+    link.symlink_to(tmp_path / "secret")
     with pytest.raises(ArtifactRejected):
-        artifacts.resolve("job-1", "checkpoints/link.pt")
+        artifacts.stat("job-1", "checkpoints/link.pt")
 
 
-def test_job_dir_refuses_ids_that_are_paths(artifacts: ArtifactStore) -> None:
+def test_job_prefix_refuses_ids_that_are_paths(artifacts: ArtifactStore) -> None:
     with pytest.raises(ArtifactRejected):
-        artifacts.job_dir("../x")
+        artifacts.job_prefix("../x")
 
 
 def test_register_and_get_checkpoint_with_aliases(session: Session, artifacts: ArtifactStore) -> None:
@@ -83,9 +66,11 @@ def test_register_and_get_checkpoint_with_aliases(session: Session, artifacts: A
     assert [c.name for c in list_checkpoints(session, job.id, principal=ADMIN)] == ["k_only-s10", "final"]
     assert get_checkpoint(session, job.id, "final", principal=ADMIN).step == 20
     assert get_checkpoint(session, job.id, "latest", principal=ADMIN).step == 20
-    assert get_checkpoint(session, job.id, "k_only-s10", principal=ADMIN).path == "checkpoints/k_only-s10.pt"
+    assert get_checkpoint(session, job.id, "k_only-s10", principal=ADMIN).path.startswith("checkpoints/k_only-s10.")
     row = latest_resume_checkpoint(session, job.id)
-    assert row is not None and checkpoint_file(artifacts, row).read_bytes() == b"weights of final"
+    assert row is not None
+    key, info = checkpoint_object(artifacts, row)
+    assert artifacts.objects.read_range(key, 0, info.size) == b"weights of final"
 
 
 def test_register_checkpoint_same_name_replaces_record(session: Session, artifacts: ArtifactStore) -> None:
@@ -96,16 +81,15 @@ def test_register_checkpoint_same_name_replaces_record(session: Session, artifac
     assert [(c.name, c.step) for c in list_checkpoints(session, job.id, principal=ADMIN)] == [("mid", 9)]
 
 
-def test_register_checkpoint_outside_job_dir_is_rejected(
+def test_register_checkpoint_outside_the_job_or_missing_is_rejected(
     session: Session, artifacts: ArtifactStore, tmp_path: Path
 ) -> None:
     job = make_job(session, JobState.RUNNING)
-    outside = tmp_path / "evil.pt"
-    digest = write_atomic(outside, b"x")
-    info = CheckpointInfo(name="evil", phase="p", epoch=0, step=0, path=str(outside), size=digest.size,
-                          sha256=digest.sha256)
-    with pytest.raises(ArtifactRejected):
-        register_checkpoint(session, job.id, info, lease_token=job.lease_token, store=artifacts)
+    other = _write_checkpoint(artifacts, "other-job", "c", step=1)
+    for path in (str(tmp_path / "evil.pt"), f"../other-job/{other.path}", "checkpoints/never-uploaded.pt"):
+        info = other.model_copy(update={"path": path})
+        with pytest.raises(ArtifactRejected):
+            register_checkpoint(session, job.id, info, lease_token=job.lease_token, store=artifacts)
 
 
 def test_register_checkpoint_with_wrong_size_is_rejected(session: Session, artifacts: ArtifactStore) -> None:
@@ -118,10 +102,10 @@ def test_register_checkpoint_with_wrong_size_is_rejected(session: Session, artif
 def test_register_checkpoint_symlink_is_rejected(session: Session, artifacts: ArtifactStore, tmp_path: Path) -> None:
     job = make_job(session, JobState.RUNNING)
     info = _write_checkpoint(artifacts, job.id, "c", step=1)
-    link = artifacts.checkpoint_dir(job.id) / "link.pt"
-    link.symlink_to(info.path)
+    link = _local(artifacts).path(artifacts.job_key(job.id, "checkpoints/link.pt"))
+    link.symlink_to(_local(artifacts).path(artifacts.job_key(job.id, info.path)))
     with pytest.raises(ArtifactRejected):
-        register_checkpoint(session, job.id, info.model_copy(update={"path": str(link)}),
+        register_checkpoint(session, job.id, info.model_copy(update={"path": "checkpoints/link.pt"}),
                             lease_token=job.lease_token, store=artifacts)
 
 
@@ -140,8 +124,7 @@ def test_get_checkpoint_bad_or_unknown_name_raises(session: Session, name: str) 
 
 
 def test_read_log_by_offset(artifacts: ArtifactStore) -> None:
-    artifacts.ensure_job_dirs("job-1")
-    artifacts.log_path("job-1").write_bytes(b"line 1\nline 2\n")
+    artifacts.objects.write(artifacts.log_key("job-1"), b"line 1\nline 2\n")
     first = read_log(artifacts, "job-1", offset=0, limit=7)
     rest = read_log(artifacts, "job-1", offset=first.next_offset)
     assert (first.data, first.next_offset) == (b"line 1\n", 7)
@@ -154,22 +137,23 @@ def test_read_missing_log_is_empty(artifacts: ArtifactStore) -> None:
     assert read_log(artifacts, "job-2").data == b""
 
 
-def test_delete_job_files_removes_the_job_directory_only(artifacts: ArtifactStore) -> None:
+def test_delete_job_files_removes_the_job_objects_only(artifacts: ArtifactStore) -> None:
     for job_id in ("job-a", "job-b"):
-        artifacts.ensure_job_dirs(job_id)
-        artifacts.log_path(job_id).write_text(job_id)
+        artifacts.objects.write(artifacts.log_key(job_id), job_id.encode())
+        _write_checkpoint(artifacts, job_id, "c", step=1)
     artifacts.delete_job_files("job-a")
     artifacts.delete_job_files("job-a")  # idempotent: nothing left to remove
-    assert not artifacts.job_dir("job-a").exists()
-    assert artifacts.log_path("job-b").read_text() == "job-b"
+    assert artifacts.objects.list(artifacts.job_prefix("job-a")) == []
+    assert artifacts.objects.read_range(artifacts.log_key("job-b"), 0, 100) == b"job-b"
 
 
 def test_delete_job_files_refuses_a_symlinked_job_directory(artifacts: ArtifactStore, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "keep.txt").write_text("x")
-    (artifacts.root / "jobs").mkdir(parents=True, exist_ok=True)
-    artifacts.job_dir("job-link").symlink_to(outside, target_is_directory=True)
+    link = _local(artifacts).root / "jobs" / "job-link"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(outside, target_is_directory=True)
     with pytest.raises(ArtifactRejected):
         artifacts.delete_job_files("job-link")
     assert (outside / "keep.txt").exists()

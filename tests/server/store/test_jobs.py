@@ -298,14 +298,13 @@ def test_delete_terminal_job_removes_rows_and_leaves_files_to_the_artifact_store
     session: Session, artifacts: ArtifactStore
 ) -> None:
     job = make_job(session, S.SUCCEEDED)
-    artifacts.ensure_job_dirs(job.id)
-    (artifacts.log_path(job.id)).write_text("log")
+    artifacts.objects.write(artifacts.log_key(job.id), b"log")
     delete_job(session, job.id, principal=ADMIN)
     with pytest.raises(JobNotFound):
         get_job(session, job.id, principal=ADMIN)
-    assert artifacts.log_path(job.id).read_text() == "log"
+    assert artifacts.objects.read_range(artifacts.log_key(job.id), 0, 10) == b"log"
     artifacts.delete_job_files(job.id)
-    assert not artifacts.job_dir(job.id).exists()
+    assert artifacts.objects.list(artifacts.job_prefix(job.id)) == []
     assert session.scalar(select(func.count()).select_from(JobEventRow).where(JobEventRow.job_id == job.id)) == 0
     assert session.scalar(select(func.count()).select_from(MetricRow).where(MetricRow.job_id == job.id)) == 0
 

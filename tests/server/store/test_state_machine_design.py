@@ -38,11 +38,12 @@ PAIRS = [(a, b) for a in S for b in S]
 def _move(session: Session, job_id: str, to: JobState) -> None:
     """A direct transition call with the arguments that `to` requires."""
     if to is S.RUNNING:
-        transition(session, job_id, to, lease_token=new_lease())
+        transition(session, job_id, to, principal=ADMIN, lease_token=new_lease())
     elif to is S.FAILED:
-        transition(session, job_id, to, failure_reason=FailureReason.INTERNAL, message="failed in test")
+        transition(session, job_id, to, principal=ADMIN, failure_reason=FailureReason.INTERNAL,
+                   message="failed in test")
     else:
-        transition(session, job_id, to)
+        transition(session, job_id, to, principal=ADMIN)
 
 
 def test_design_table_names_terminal_states_without_exits() -> None:
@@ -72,7 +73,7 @@ def test_transition_is_allowed_exactly_when_the_design_allows_it(
 def test_running_job_is_never_cancelled_directly(session: Session) -> None:
     job = make_job(session, S.RUNNING)
     with pytest.raises(InvalidTransition, match="from RUNNING to CANCELLED"):
-        transition(session, job.id, S.CANCELLED, lease_token=job.lease_token)
+        transition(session, job.id, S.CANCELLED, principal=ADMIN, lease_token=job.lease_token)
     assert get_job(session, job.id, principal=ADMIN).state == S.RUNNING.value
     # the user's cancel goes through CANCELLING
     assert request_cancel(session, job.id, principal=ADMIN).state == S.CANCELLING.value
@@ -81,7 +82,7 @@ def test_running_job_is_never_cancelled_directly(session: Session) -> None:
 def test_requeue_past_max_attempts_is_refused(session: Session) -> None:
     job = make_job(session, S.RUNNING, max_attempts=1)
     with pytest.raises(InvalidTransition, match=r"attempts exhausted \(1 of 1\)"):
-        transition(session, job.id, S.QUEUED)
+        transition(session, job.id, S.QUEUED, principal=ADMIN)
     after = get_job(session, job.id, principal=ADMIN)
     assert (after.state, after.attempt, after.max_attempts) == (S.RUNNING.value, 1, 1)
     assert [e.to_state for e in list_events(session, job.id, principal=ADMIN)] == ["QUEUED", "RUNNING"]
@@ -90,12 +91,12 @@ def test_requeue_past_max_attempts_is_refused(session: Session) -> None:
 def test_requeue_counts_attempts_and_stops_at_the_last(session: Session) -> None:
     job = make_job(session, S.RUNNING, max_attempts=3)
     for attempt in (2, 3):
-        requeued = transition(session, job.id, S.QUEUED)
+        requeued = transition(session, job.id, S.QUEUED, principal=ADMIN)
         assert (requeued.state, requeued.attempt) == (S.QUEUED.value, attempt)
         assert requeued.lease_token is None
-        transition(session, job.id, S.RUNNING, lease_token=new_lease())
+        transition(session, job.id, S.RUNNING, principal=ADMIN, lease_token=new_lease())
     with pytest.raises(InvalidTransition, match=r"attempts exhausted \(3 of 3\)"):
-        transition(session, job.id, S.QUEUED)
+        transition(session, job.id, S.QUEUED, principal=ADMIN)
     after = get_job(session, job.id, principal=ADMIN)
     assert (after.state, after.attempt) == (S.RUNNING.value, 3)
     assert [(e.to_state, e.attempt) for e in list_events(session, job.id, principal=ADMIN)] == [
@@ -108,9 +109,9 @@ def test_cancel_from_a_terminal_state_changes_nothing(session: Session, terminal
     job = make_job(session, terminal)
     events_before = [(e.from_state, e.to_state) for e in list_events(session, job.id, principal=ADMIN)]
     with pytest.raises(InvalidTransition):
-        transition(session, job.id, S.CANCELLED)
+        transition(session, job.id, S.CANCELLED, principal=ADMIN)
     with pytest.raises(InvalidTransition):
-        transition(session, job.id, S.CANCELLING)
+        transition(session, job.id, S.CANCELLING, principal=ADMIN)
     if terminal is S.CANCELLED:
         assert request_cancel(session, job.id, principal=ADMIN).state == S.CANCELLED.value  # idempotent, no new event
     else:
