@@ -36,8 +36,10 @@ from api_schemas.jobs import (
     NonfiniteEvent,
     NonfiniteSummary,
     Progress,
+    SweepJobCreate,
     TrainingJobCreate,
 )
+from api_schemas.lineage import code_version, config_sha256
 from api_schemas.metrics import MetricPoint, MetricsPage, StoredMetricPoint, fold_nonfinite
 from api_schemas.problems import FieldError, Problem
 from api_schemas.reports import CheckResult, CheckStatus, DiagnosticReport, Verdict
@@ -51,6 +53,7 @@ from api_schemas.resources import (
     stored_config,
     stored_priority,
 )
+from api_schemas.sweeps import SweepJobConfig, TrialPublic, TrialsPage, TrialState
 
 __all__ = [
     "BASELINES",
@@ -93,12 +96,19 @@ __all__ = [
     "Problem",
     "Progress",
     "StoredMetricPoint",
+    "SweepJobConfig",
+    "SweepJobCreate",
     "SystemConfig",
     "TERMINAL_STATES",
     "TrainingJobConfig",
     "TrainingJobCreate",
+    "TrialPublic",
+    "TrialState",
+    "TrialsPage",
     "UploadCheckpointSource",
     "Verdict",
+    "code_version",
+    "config_sha256",
     "fold_nonfinite",
     "quickstart_diagnostic",
     "device_queue",

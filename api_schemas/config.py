@@ -10,12 +10,13 @@ Every model forbids unknown fields and bounds every number, so that no config ca
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from api_schemas.evaluation import CheckpointSource
+from api_schemas.lineage import config_sha256
 
 #: Parameter groups of the network; a phase may freeze any of them (DESIGN §2.5).
 PARAM_GROUPS: tuple[str, ...] = ("backbone", "cov_head", "k_head", "geom_head")
@@ -247,6 +248,10 @@ class TrainingJobConfig(_Frozen):
     phases: tuple[PhaseConfig, ...] = Field(default_factory=_default_training_phases, min_length=1, max_length=8)
     log_every_steps: int = Field(10, ge=1, le=100_000, description="sampled per-step metrics")
     debug: DebugConfig = DebugConfig()
+    init_from: CheckpointSource | None = Field(
+        None, description="start from the weights of this checkpoint (`{job_id, checkpoint}` of an earlier job, or "
+        "`{upload_id}`) instead of a random initialization: continue or fine-tune a run. The checkpoint's system "
+        "and model must match this config's; the optimizer and the schedule start afresh with `phases`")
 
     @model_validator(mode="after")
     def _check_run(self) -> TrainingJobConfig:
@@ -270,9 +275,8 @@ class TrainingJobConfig(_Frozen):
         return sum(p.epochs for p in self.phases) * self.data.n_batches_per_epoch
 
     def sha256(self) -> str:
-        """sha256 of the canonical JSON of this config (stored in checkpoints)."""
-        text = json.dumps(self.model_dump(mode="json", by_alias=False), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        """sha256 of the canonical JSON of this config (stored in checkpoints and on the job row)."""
+        return config_sha256(self.model_dump(mode="json", by_alias=False))
 
 
 class DiagnosticChecksConfig(_Frozen):

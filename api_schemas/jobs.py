@@ -1,8 +1,9 @@
 """Job wire types and the job state vocabulary (DESIGN §3.1, §3.2).
 
 Owns: JobKind, JobState, FailureReason, TERMINAL_STATES, JobCreate (+ per-kind bodies: diagnostic, training,
-evaluation), JobPublic, JobsPage, Progress, NonfiniteSummary, Failure, JobEvent. Imports nothing of ours but
-api_schemas; no torch. Every body takes `resources` and `priority` (api_schemas.resources) beside `config`.
+evaluation, sweep), JobPublic, JobsPage, Progress, NonfiniteSummary, Failure, JobEvent. Imports nothing of ours but
+api_schemas; no torch. Every body takes `priority` and, but for a sweep's (its driver runs on the CPU, its trials
+on the default resources), `resources` (api_schemas.resources) beside `config`.
 """
 
 from __future__ import annotations
@@ -15,13 +16,17 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from api_schemas.config import DiagnosticJobConfig, TrainingJobConfig, quickstart_diagnostic
 from api_schemas.evaluation import EvaluationJobConfig
+from api_schemas.lineage import MAX_TAGS, Tag
 from api_schemas.resources import DEFAULT_PRIORITY, DEFAULT_RESOURCES, PRIORITY_FIELD, Resources
+from api_schemas.sweeps import SweepJobConfig
 
 
 class JobKind(StrEnum):
     DIAGNOSTIC = "diagnostic"
     TRAINING = "training"
     EVALUATION = "evaluation"
+    #: a hyper-parameter sweep: its driver creates one child training (or diagnostic) job per trial
+    SWEEP = "sweep"
 
 
 class JobState(StrEnum):
@@ -54,6 +59,8 @@ class FailureReason(StrEnum):
     WORKER_LOST = "WORKER_LOST"
     OOM = "OOM"
     INTERNAL = "INTERNAL"
+    #: not a failure: a sweep's pruner stopped the trial early (the job ends CANCELLED with this reason)
+    PRUNED = "PRUNED"
 
 
 def _printable(value: str | None) -> str | None:
@@ -71,6 +78,8 @@ class _Body(BaseModel):
         None, max_length=200, description="free text without control characters"
     )
     max_attempts: int = Field(2, ge=1, le=5, description="attempts before a lost worker fails the job")
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS,
+                            description="short labels to find the job again (`GET /v1/jobs?tag=`)")
     priority: int = PRIORITY_FIELD
 
 
@@ -110,8 +119,15 @@ class EvaluationJobCreate(_Body):
         return self
 
 
+class SweepJobCreate(_Body):
+    kind: Literal["sweep"]
+    config: SweepJobConfig  # no default: the search space is required
+
+
 #: The body of POST /v1/jobs; `kind` selects the config model, so errors name `config.<field>`.
-JobCreate = Annotated[DiagnosticJobCreate | TrainingJobCreate | EvaluationJobCreate, Field(discriminator="kind")]
+JobCreate = Annotated[
+    DiagnosticJobCreate | TrainingJobCreate | EvaluationJobCreate | SweepJobCreate, Field(discriminator="kind")
+]
 
 
 class Progress(BaseModel):
@@ -169,6 +185,10 @@ class JobPublic(BaseModel):
     #: null while it simply waits its turn, and once it runs
     waiting_reason: str | None = None
     links: dict[str, str]
+    parent_id: str | None = Field(None, description="the sweep that created this job as one of its trials")
+    tags: list[str] = []
+    code_version: str | None = Field(None, description="package version (+g<commit> when known) that ran it")
+    config_sha256: str | None = None
 
 
 class JobsPage(BaseModel):

@@ -66,6 +66,9 @@ SNR_BINS_DB: tuple[tuple[float, float, str], ...] = (
     (float("-inf"), 0.0, "snr_lt0"), (0.0, 10.0, "snr_0_10"), (10.0, float("inf"), "snr_ge10"))
 VAL_K_ACC_BIN_PREFIX = "val/k_acc_"  # + bin suffix: val/k_acc_snr_ge10
 VAL_RMSE_BIN_KEYS = ("val/rmse_azimuth_deg_", "val/rmse_elevation_deg_", "val/rmse_range_m_")  # + bin suffix
+# a sweep's own points (step = trials ended so far)
+SWEEP_TRIALS_ENDED = "sweep/trials_ended"
+SWEEP_BEST_VALUE = "sweep/best_value"
 # non-finite events (value 1 per skipped step)
 NONFINITE_PREFIX = "nonfinite/"
 NONFINITE_CAUSE_PREFIX = "nonfinite/cause/"

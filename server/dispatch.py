@@ -1,10 +1,12 @@
 """Sending job ids to the workers' Celery queues (DESIGN §3.4, STYLE B7; docs/CONTRACTS.md).
 
-Owns: `RUN_JOB_TASK`, the queue names (`<JOB_QUEUE>.gpu`, `<JOB_QUEUE>.cpu`: `job_queue_name`), the broker's
-priority options and key layout (`BROKER_PRIORITY_OPTIONS`, `broker_priority`, `queue_keys`, `queue_depth`), a
-producer-only Celery app built from Settings, `enqueue_job`, `dispatch_job` (queue and priority from the job's
-row) and `dispatch_pending` (the sweep that re-sends QUEUED jobs whose first enqueue failed). Must not import
-FastAPI, torch or worker/: the task is sent by name.
+Owns: `RUN_JOB_TASK`, the queue names (`<JOB_QUEUE>.gpu`, `<JOB_QUEUE>.cpu`: `job_queue_name`; a `sweep` job's
+driver goes to `<JOB_QUEUE>.sweeps`: `sweep_queue`, `queue_for`, which a CPU worker consumes, so that it never holds
+a GPU worker while its trials wait for one), the broker's priority options and key layout
+(`BROKER_PRIORITY_OPTIONS`, `broker_priority`, `queue_keys`, `queue_depth`), a producer-only Celery app built from
+Settings, `enqueue_job`, `dispatch_job` (queue and priority from the job's row) and `dispatch_pending` (the sweep
+that re-sends QUEUED jobs whose first enqueue failed). Must not import FastAPI, torch or worker/: the task is sent
+by name.
 
 Priorities: kombu's Redis transport keeps one list per priority step, `<queue>` for step 0 and
 `<queue>:<step>` for steps 1..9, and a worker pops them in step order, so step 0 is delivered first. A job's
@@ -25,7 +27,15 @@ from celery import Celery
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from api_schemas import DEFAULT_PRIORITY, DEVICE_QUEUES, device_queue, split_stored_config, stored_priority
+from api_schemas import (
+    DEFAULT_PRIORITY,
+    DEVICE_QUEUES,
+    JobKind,
+    Resources,
+    device_queue,
+    split_stored_config,
+    stored_priority,
+)
 from api_schemas.resources import MAX_PRIORITY, DeviceQueue
 from server.settings import Settings
 from server.store.job_queries import list_undispatched
@@ -34,6 +44,8 @@ from server.store.principals import DISPATCHER
 
 #: The task name the worker registers (worker/tasks.py); the API sends it by name.
 RUN_JOB_TASK = "ris_jobs.run_job"
+#: Appended to JOB_QUEUE: the queue of the sweep drivers.
+SWEEP_QUEUE_SUFFIX = ".sweeps"
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +126,26 @@ def enqueue_job(producer: Celery, job_id: str, queue: str, *, priority: int = DE
     return task_id
 
 
+def sweep_queue(prefix: str) -> str:
+    """The queue of the sweep drivers that go with the job queues `prefix`: `<JOB_QUEUE>.sweeps`."""
+    return f"{prefix}{SWEEP_QUEUE_SUFFIX}"
+
+
+def queue_for(kind: str, resources: Resources, prefix: str) -> str:
+    """Where a job is sent: a sweep's driver to `<prefix>.sweeps`, every other job to the device queue of its
+    resources (`<prefix>.gpu|cpu`)."""
+    if kind == JobKind.SWEEP:
+        return sweep_queue(prefix)
+    return job_queue_name(prefix, device_queue(resources))
+
+
 def dispatch_job(session: Session, producer: Celery, job_id: str, queue_prefix: str) -> str:
-    """Enqueue a committed QUEUED job on its device queue (`<queue_prefix>.gpu|cpu`, from its resources) with its
-    priority, and record its task id (commits). Raises DispatchError, JobNotFound."""
+    """Enqueue a committed QUEUED job on its queue (`queue_for`: `<queue_prefix>.gpu|cpu` from its resources, or
+    `<queue_prefix>.sweeps` for a sweep's driver) with its priority, and record its task id (commits). Raises
+    DispatchError, JobNotFound."""
     job = get_job(session, job_id, principal=DISPATCHER)
     _, resources = split_stored_config(job.config)
-    queue = job_queue_name(queue_prefix, device_queue(resources))
+    queue = queue_for(job.kind, resources, queue_prefix)
     task_id = enqueue_job(producer, job_id, queue, priority=stored_priority(job.config))
     record_dispatch(session, job_id, celery_task_id=task_id)
     return task_id

@@ -42,8 +42,8 @@ from server.store.errors import (
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 #: Retry-After of a 503 while the job store is unreachable, seconds (a database restart takes a few).
 STORE_RETRY_AFTER_S = 5
-#: Kinds that the API accepts in JobCreate.
-IMPLEMENTED_KINDS = (JobKind.DIAGNOSTIC.value, JobKind.TRAINING.value, JobKind.EVALUATION.value)
+#: Kinds that the API accepts in JobCreate: every JobKind.
+IMPLEMENTED_KINDS = tuple(kind.value for kind in JobKind)
 #: Methods whose body must be JSON. Only POST has routes; PUT/PATCH fall through to routing's 405.
 _BODY_METHODS = frozenset({"POST"})
 

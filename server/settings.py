@@ -161,6 +161,17 @@ class Settings(BaseSettings):
     metrics_flush_max_points: int = Field(
         200, ge=1, le=10_000, description="the worker flushes when this many metric points are buffered"
     )
+    sweep_poll_interval_s: float = Field(
+        2.0, gt=0, le=600, description="a sweep's driver looks for finished trials and starts new ones this often, "
+        "seconds"
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None, description="when set, every training and diagnostic job is also copied to this MLflow tracking "
+        "server or store (params, metrics, final checkpoint, report); a failed export never fails a job "
+        "(a local file store, file:///path, also needs MLFLOW_ALLOW_FILE_STORE=true)"
+    )
+    mlflow_experiment: str = Field("ris-jobs", min_length=1, max_length=200,
+                                   description="the MLflow experiment the runs go to")
     allow_fault_injection: bool = Field(
         False,
         description="accept job configs whose `debug` section injects faults (NaN losses, sleeps, ignored cancels, "

@@ -3,13 +3,11 @@ digest, position, and tensors shaped as the model that its own config builds."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 import torch
 
-from api_schemas import ModelConfig, SystemConfig
+from api_schemas import ModelConfig, SystemConfig, config_sha256
 from ris_model.model.network import RisNet
 from ris_model.train import checkpoint as ckpt
 
@@ -26,8 +24,7 @@ def assert_training_checkpoint(state: dict[str, Any], *, kind: str, phase: str) 
     """`state` (torch.load(..., weights_only=True) of a trainer checkpoint) is complete and self-consistent."""
     assert set(state) == TRAINING_CHECKPOINT_KEYS
     assert (state[ckpt.FORMAT_KEY], state[ckpt.KIND_KEY]) == (ckpt.FORMAT, kind)
-    canonical = json.dumps(state[ckpt.CONFIG_KEY], sort_keys=True, separators=(",", ":"))
-    assert hashlib.sha256(canonical.encode()).hexdigest() == state[ckpt.CONFIG_SHA_KEY]
+    assert config_sha256(state[ckpt.CONFIG_KEY]) == state[ckpt.CONFIG_SHA_KEY]  # the canonical digest
     assert set(state[ckpt.POSITION_KEY]) == POSITION_FIELDS
     assert state[ckpt.POSITION_KEY]["phase"] == phase
     assert state[ckpt.RNG_KEY]["torch"].dtype == torch.uint8

@@ -36,7 +36,7 @@ from redis.exceptions import RedisError
 from api_schemas import DEVICE_QUEUES
 from api_schemas.resources import DeviceQueue
 from client import cli as user_cli
-from server.dispatch import job_queue_name
+from server.dispatch import job_queue_name, sweep_queue
 from server.settings import Settings, get_settings
 from worker.gpus import visible_gpus
 
@@ -68,6 +68,13 @@ def worker_command(settings: Settings, *, name: str, queues: Sequence[DeviceQueu
     ]
 
 
+def sweep_worker_command(settings: Settings, *, concurrency: int, loglevel: str = "INFO") -> list[str]:
+    """The Celery worker of the sweep drivers: CPU only, `concurrency` sweeps at once, a fresh child each."""
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.app", "worker",
+        "-c", str(concurrency), "-P", "prefork", "--max-tasks-per-child=1", "-n", "sweeps@%h",
+        "-Q", sweep_queue(settings.job_queue), "-E", "--loglevel", loglevel,
+    ]
 def parse_queues(text: str) -> tuple[DeviceQueue, ...]:
     """`gpu`, `cpu` or `gpu,cpu` (argparse type of --queues)."""
     names = tuple(dict.fromkeys(q.strip() for q in text.split(",") if q.strip()))
@@ -262,6 +269,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(group))
         sup.start(f"worker-{name}", worker_command(settings, name=name, queues=["gpu"], loglevel=args.loglevel),
                   env=env)
+    if args.sweeps:
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+        sup.start("worker-sweeps", sweep_worker_command(settings, concurrency=args.sweeps, loglevel=args.loglevel),
+                  env=env)
     return sup.wait()
 
 
@@ -291,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
     p = sub.add_parser("worker", help="one Celery worker per visible GPU, or one CPU worker")
     p.add_argument("--cpu", action="store_true", help="one CPU worker even if GPUs are visible")
+    p.add_argument("--sweeps", type=int, default=2, metavar="N",
+                   help="also run the drivers of up to N sweeps at once on the CPU (0 = none; default 2)")
     p.add_argument("--queues", type=parse_queues, default=None, metavar="gpu,cpu",
                    help="device queues this host serves: gpu (one Celery worker per GPU group), cpu (one CPU "
                    "worker), or both. Default: gpu on a host with GPUs, gpu,cpu on a host without")

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_schemas import EvaluationJobConfig, MetricPoint
-from api_schemas.evaluation import EvaluationArtifact, JobCheckpointSource
+from api_schemas.evaluation import EvaluationArtifact, JobCheckpointSource, UploadCheckpointSource
 from api_schemas.metrics import PROGRESS_FRACTION
 from server.store import get_checkpoint
 from server.store.artifacts import ARTIFACT_MEDIA_TYPES, ArtifactStore, artifact_key, checkpoint_object
@@ -58,7 +58,13 @@ def resolve_checkpoint(config: EvaluationJobConfig, *, sessions: sessionmaker[Se
     """The configured checkpoint source, downloaded into `inputs_dir` with its recorded sha256 checked.
 
     Raises UserInputRejected with the reason."""
-    source = config.checkpoint
+    return resolve_source(config.checkpoint, sessions=sessions, artifacts=artifacts, inputs_dir=inputs_dir)
+
+
+def resolve_source(source: JobCheckpointSource | UploadCheckpointSource, *, sessions: sessionmaker[Session],
+                   artifacts: ArtifactStore, inputs_dir: Path) -> Path:
+    """A checkpoint source (a job's checkpoint, or an upload), downloaded into `inputs_dir` with its recorded
+    sha256 checked. Raises UserInputRejected with the reason."""
     try:
         if isinstance(source, JobCheckpointSource):
             with sessions() as session:

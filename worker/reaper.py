@@ -47,7 +47,15 @@ from redis.exceptions import RedisError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_schemas import JobState, split_stored_config
-from server.dispatch import RUN_JOB_TASK, DispatchError, all_job_queues, dispatch_job, make_producer, queue_keys
+from server.dispatch import (
+    RUN_JOB_TASK,
+    DispatchError,
+    all_job_queues,
+    dispatch_job,
+    make_producer,
+    queue_keys,
+    sweep_queue,
+)
 from server.settings import Settings, get_settings
 from server.store import job_queries as store_queries
 from server.store import jobs as store_jobs
@@ -175,10 +183,11 @@ class Reaper:
                     return stale
 
     def _live_message_bodies(self) -> list[bytes]:
-        """Raw messages waiting in the job queues (every device queue, every priority list), then those delivered
-        recently (order matters: a message moves from a list to the unacked hash, so reading the lists first
-        cannot miss it in both)."""
-        keys = [key for queue in all_job_queues(self._settings.job_queue) for key in queue_keys(queue)]
+        """Raw messages waiting in the job queues (every device queue and the sweep drivers' queue, every priority
+        list), then those delivered recently (order matters: a message moves from a list to the unacked hash, so
+        reading the lists first cannot miss it in both)."""
+        queues = [*all_job_queues(self._settings.job_queue), sweep_queue(self._settings.job_queue)]
+        keys = [key for queue in queues for key in queue_keys(queue)]
         bodies: list[bytes] = []
         for key in keys:
             bodies.extend(cast(list[bytes], self._redis.lrange(key, 0, -1)))  # no decode_responses: bytes

@@ -2,8 +2,8 @@
 
 Owns: buffering metric points, flushing them through `server.store.metrics.append_points` (fenced by the
 lease, one transaction per flush), publishing the stored points (with their seq) on `job:{id}:live`, and
-uploading then registering checkpoints. Imports no torch and no ris_model (it only has to satisfy the
-MetricSink protocol).
+registering checkpoints (with the code version and the config digest that produced them). Imports no torch
+and no ris_model (it only has to satisfy the MetricSink protocol).
 
 A checkpoint the trainer wrote to the worker's scratch directory is uploaded to the artifact store (temporary
 key, then commit; retried CHECKPOINT_UPLOAD_TRIES times), and only then recorded, so that a record never
@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_schemas import CheckpointInfo, MetricPoint, StoredMetricPoint
+from api_schemas.lineage import code_version
 from api_schemas.metrics import NONFINITE_PREFIX
 from server.store import live
 from server.store.artifacts import ArtifactStore, recorded_checkpoint_path, register_checkpoint
@@ -70,6 +71,7 @@ class StoreSink:
         flush_max_points: int = 200,
         store_retry_deadline_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        config_sha256: str | None = None,
     ) -> None:
         self._sessions = session_factory
         self._job_id = job_id
@@ -79,6 +81,7 @@ class StoreSink:
         self._flush_interval_s = flush_interval_s
         self._flush_max_points = flush_max_points
         self._clock = clock
+        self._config_sha256 = config_sha256
         self._lock = threading.Lock()
         self._buffer: list[MetricPoint] = []
         self._last_flush = clock()
@@ -113,7 +116,8 @@ class StoreSink:
                 with self._sessions() as session:
                     previous[0] = recorded_checkpoint_path(session, self._job_id, info.name)
                     register_checkpoint(session, self._job_id, stored, lease_token=self._lease_token,
-                                        store=self._artifacts)
+                                        store=self._artifacts, code_version=code_version(),
+                                        config_sha256=self._config_sha256)
                     session.commit()
 
             retry_store(register, what=f"checkpoint {info.name} of job {self._job_id}",

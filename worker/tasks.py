@@ -7,18 +7,25 @@ without Celery. The task gets a job id, never an object, and re-reads the row (S
    reason is recorded as a QUEUED → QUEUED event, and its message goes back to the queue for another worker;
 1. claim QUEUED → RUNNING with a fresh lease token; None means the message was a duplicate delivery (the
    job already runs, ran, or was cancelled): log and return, and Celery acks the message;
+0. a job whose `resources` this worker cannot give (worker/capacity.py) is not claimed: it stays QUEUED, its
+   reason is recorded as a QUEUED → QUEUED event, and its message goes back to the queue for another worker;
+1. claim QUEUED → RUNNING with a fresh lease token; None means the message was a duplicate delivery (the
+   job already runs, ran, or was cancelled): log and return, and Celery acks the message;
 2. attach the per-job log file (in the job's scratch directory, worker/scratch.py, continuing the log of earlier
    attempts and uploaded to the artifact store as it grows), start the monitor thread (heartbeat, cancel flag,
    timed metric flushes, log uploads);
 3. build the config from the row; download the latest recorded checkpoint of an earlier attempt (on whichever
-   machine it ran) from the artifact store into the scratch directory, to resume from;
+   machine it ran) from the artifact store into the scratch directory, to resume from (or, on a first run, the
+   `init_from` weights);
 4. call `ris_model.train.jobs.run_training_job` (imported here, never in the prefork parent: no CUDA before
    fork), as rank 0 of `resources.gpus` processes (worker/launcher.py), writing checkpoints to the scratch
-   directory (the sink uploads each one to the artifact store before recording it), or, for an `evaluation` job,
-   `worker.evaluation.run_evaluation_job`; a lost rank requeues the job (FAILED WORKER_LOST once its
-   attempts are spent);
-5. finish: SUCCEEDED (+ report) | CANCELLED | FAILED TIMEOUT | FAILED <classify_failure(exc)> (+ the report a
-   NonFiniteAbort carries), one fenced transition, then publish the state on Redis.
+   directory (the sink uploads each one to the artifact store before recording it), through an `ExportingSink`
+   (the store, then TensorBoard, MLflow when configured, and the sweep trial's reporter for a sweep's child job);
+   or, for an `evaluation` job, `worker.evaluation.run_evaluation_job`, or, for a `sweep` job, the sweep driver
+   (`worker.sweep`); a lost rank requeues the job (FAILED WORKER_LOST once its attempts are spent);
+5. finish: SUCCEEDED (+ report) | CANCELLED (reason PRUNED when a sweep's pruner stopped it) | FAILED TIMEOUT |
+   FAILED <classify_failure(exc)> (+ the report a NonFiniteAbort carries), one fenced transition, then publish
+   the state on Redis.
 
 If the lease is lost (the reaper gave the job to another attempt), the attempt writes nothing more.
 """
@@ -48,6 +55,7 @@ from api_schemas import (
     JobKind,
     JobState,
     Resources,
+    SweepJobConfig,
     TrainingJobConfig,
     split_stored_config,
 )
@@ -73,12 +81,16 @@ from worker.capacity import (
     waiting_reason,
 )
 from worker.evaluation import run_evaluation_job
+from worker.exports import ExportingSink
 from worker.failures import TrainerFailed, UserInputRejected, classify_failure, failure_message, traceback_tail
 from worker.heartbeat import JobMonitor, make_should_stop
+from worker.init_from import initial_weights
 from worker.plots import write_metric_plots
 from worker.scratch import JobScratch, LogUploader
 from worker.sink import StoreSink
 from worker.store_retry import retry_store
+from worker.sweep import SweepDriver, SweepJob
+from worker.trial import TrialReporter, open_trial_reporter
 
 if TYPE_CHECKING:
     from ris_model.train.hooks import StepHooks
@@ -216,6 +228,8 @@ def _claim(res: JobResources, job_id: str, *, worker: str, lease_token: str) -> 
     if row is None:
         log.warning("duplicate delivery of job %s (no longer QUEUED); dropping the message", job_id)
         return None
+    with res.sessions() as session:
+        store_jobs.record_code_version(session, job_id, lease_token=lease_token)
     _publish_state(res, job_id, JobState.RUNNING)
     return row
 
@@ -228,7 +242,7 @@ def _run_claimed(res: JobResources, row: Any, *, scratch: JobScratch, uploader: 
     sink = StoreSink(
         res.sessions, job_id, lease_token=lease_token, artifacts=res.artifacts, redis=res.redis,
         flush_interval_s=s.metrics_flush_interval_s, flush_max_points=s.metrics_flush_max_points,
-        store_retry_deadline_s=s.store_retry_deadline_s,
+        store_retry_deadline_s=s.store_retry_deadline_s, config_sha256=row.config_sha256,
     )
     announcer = CapacityAnnouncer(res.redis, worker, capacity)  # a busy worker stays in the live register
 
@@ -258,6 +272,9 @@ def _train(res: JobResources, row: Any, *, scratch: JobScratch, sink: StoreSink,
     job_id = str(row.id)
     if row.kind == JobKind.EVALUATION:
         return _evaluate(res, row, scratch=scratch, sink=sink, monitor=monitor)
+    if row.kind == JobKind.SWEEP:
+        return _sweep(res, row, sink=sink, monitor=monitor)
+    exporting = ExportingSink(sink)
     try:
         stored, resources = stored_resources(row.kind, row.config)
         config = build_config(row.kind, stored)
@@ -271,22 +288,31 @@ def _train(res: JobResources, row: Any, *, scratch: JobScratch, sink: StoreSink,
 
         hooks = training_hooks(config, stored)
         checkpoint_dir = scratch.checkpoint_dir
+        # the other ranks need no init weights: DistributedDataParallel broadcasts rank 0's at construction
+        init_weights = (initial_weights(config, sessions=res.sessions, artifacts=res.artifacts,
+                                        inputs_dir=scratch.inputs_dir)
+                        if resume_from is None else None)
+        reporter = _open_exporters(res, row, config, exporting, scratch=scratch)
         spec = RankSpec(label=job_id, kind=row.kind, config=stored, checkpoint_dir=str(checkpoint_dir),
                         resume_from=str(resume_from) if resume_from is not None else None,
                         device=run_device(resources, capacity), world_size=resources.gpus)
         deadline = res.started_at + worker_deadline_s(res.settings)
+        should_stop = make_should_stop(monitor, deadline=deadline)
+        if reporter is not None:
+            should_stop = reporter.should_stop(should_stop)
         try:
             with rank_group(spec) as group:
                 try:
                     result = run_training_job(
                         config,
-                        sink=sink,
+                        sink=exporting,
                         checkpoint_dir=checkpoint_dir,
                         device=str(group.device),
                         resume_from=resume_from,
-                        should_stop=make_should_stop(monitor, deadline=deadline),
+                        should_stop=should_stop,
                         checkpoint_interval_s=res.settings.checkpoint_interval_s,
                         hooks=hooks,
+                        init_weights=init_weights,
                         dist=group.context,
                     )
                 except LeaseLost:
@@ -298,14 +324,79 @@ def _train(res: JobResources, row: Any, *, scratch: JobScratch, sink: StoreSink,
                 return None
             return _rank_lost_outcome(row, exc, sink)
         sink.close()
-        outcome = outcome_from_result(result)
+        pruned = reporter is not None and reporter.pruned_at is not None and not monitor.cancel_requested.is_set()
+        outcome = outcome_from_result(result, pruned_at=reporter.pruned_at if pruned and reporter else None)
         if outcome.state == JobState.SUCCEEDED:
             outcome = replace(outcome, report=_report_with_plots(res, job_id, row.kind, outcome.report))
+        # the final checkpoint is still in the scratch directory (an exporter may upload it elsewhere too)
+        final = Path(result.final_checkpoint.path) if result.final_checkpoint is not None else None
+        exporting.finish(state=outcome.state, report=outcome.report, final_checkpoint=final)
         return outcome
     except Exception as exc:  # process boundary: every failure becomes a FAILED row (STYLE B6)
         if _is_lease_lost(exc) or monitor.lease_lost.is_set():
             return None
+        outcome = _failed_outcome(exc, sink)
+        try:
+            exporting.finish(state=outcome.state, report=outcome.report, final_checkpoint=None)
+        except Exception as finish_exc:  # the failure we report is the first one
+            log.warning("could not finish the exports: %s", finish_exc)
+        return outcome
+
+
+def _open_exporters(res: JobResources, row: Any, config: TrainingJobConfig, exporting: ExportingSink, *,
+                    scratch: JobScratch) -> TrialReporter | None:
+    """Add the job's exporters to `exporting` (each failure to open one is logged and counted); returns the
+    sweep trial's reporter when the job is a trial of a sweep."""
+    job_id, s = str(row.id), res.settings
+    exporting.open("tensorboard", lambda: _tensorboard(res, job_id, scratch))
+    if s.mlflow_tracking_uri:
+        exporting.open("mlflow", lambda: _mlflow(s.mlflow_tracking_uri or "", s.mlflow_experiment, row))
+    if row.parent_id is None:
+        return None
+    with res.sessions() as session:
+        sweep_config, _ = split_stored_config(store_jobs.get_job(session, row.parent_id, principal=WORKER).config)
+    reporter = exporting.open("trial", lambda: open_trial_reporter(
+        s.database_url, sweep_id=row.parent_id, sweep_config=sweep_config, tags=list(row.tags or []),
+        config=config))
+    return reporter if isinstance(reporter, TrialReporter) else None
+
+
+def _tensorboard(res: JobResources, job_id: str, scratch: JobScratch) -> Any:
+    from worker.tensorboard_export import TensorBoardExporter  # imports torch: only in the child
+
+    return TensorBoardExporter(res.artifacts, job_id, scratch.dir)
+
+
+def _mlflow(tracking_uri: str, experiment: str, row: Any) -> Any:
+    from worker.mlflow_export import MlflowExporter  # imports mlflow: only when configured, in the child
+
+    return MlflowExporter(tracking_uri, experiment, job_id=str(row.id), kind=row.kind, job_name=row.name,
+                          config=split_stored_config(row.config)[0], tags=list(row.tags or []),
+                          code_version=row.code_version)
+
+
+def _sweep(res: JobResources, row: Any, *, sink: StoreSink, monitor: JobMonitor) -> Outcome | None:
+    """Run a sweep's driver (worker/sweep.py) and map its result or exception to an Outcome."""
+    try:
+        config = SweepJobConfig.model_validate(split_stored_config(row.config)[0])
+        job = SweepJob(id=str(row.id), name=row.name, owner=row.principal, tags=list(row.tags or []),
+                       max_attempts=row.max_attempts)
+        driver = SweepDriver(job, config, sessions=res.sessions, database_url=res.settings.database_url,
+                             job_queue=res.settings.job_queue, producer=make_producer(res.settings),
+                             redis=res.redis, sink=sink, poll_interval_s=res.settings.sweep_poll_interval_s)
+        deadline = res.started_at + worker_deadline_s(res.settings)
+        result = driver.run(make_should_stop(monitor, deadline=deadline))
+        sink.close()
+    except Exception as exc:  # process boundary, as in _train
+        if _is_lease_lost(exc) or monitor.lease_lost.is_set():
+            return None
         return _failed_outcome(exc, sink)
+    if result.stopped == "cancel":
+        return Outcome(JobState.CANCELLED, message="cancelled by request; its running trials were cancelled")
+    if result.stopped == "timeout":
+        return Outcome(JobState.FAILED, FailureReason.TIMEOUT,
+                       "stopped at the worker's time limit; a new attempt would resume from the study")
+    return Outcome(JobState.SUCCEEDED, report=result.report)
 
 
 def _evaluate(res: JobResources, row: Any, *, scratch: JobScratch, sink: StoreSink,
@@ -406,9 +497,17 @@ def worker_deadline_s(settings: Settings) -> float:
     return soft_s - margin_s
 
 
-def outcome_from_result(result: Any) -> Outcome:
-    """SUCCEEDED / CANCELLED / FAILED TIMEOUT from a FitResult or an EvaluationResult (`stopped`, `report`;
-    a training run also names its stop checkpoint)."""
+def outcome_from_result(result: Any, *, pruned_at: int | None = None) -> Outcome:
+    """SUCCEEDED / CANCELLED / CANCELLED PRUNED / FAILED TIMEOUT from a FitResult or an EvaluationResult
+    (`stopped`, `report`; a training run also names its stop checkpoint).
+
+    `pruned_at`: the run's epoch at which a sweep's pruner stopped the trial (its "cancel" was the pruner's).
+    """
+    if result.stopped == "cancel" and pruned_at is not None:
+        step = result.last_checkpoint.step if result.last_checkpoint is not None else None
+        message = (f"pruned by the sweep's pruner after epoch {pruned_at}; the stop checkpoint at step {step} is "
+                   "kept")
+        return Outcome(JobState.CANCELLED, FailureReason.PRUNED, message)
     if result.stopped == "cancel":
         return Outcome(JobState.CANCELLED, message="cancelled by request")
     if result.stopped == "timeout":

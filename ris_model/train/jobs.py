@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +71,12 @@ def run_training_job(config: TrainingJobConfig, *, sink: MetricSink, checkpoint_
                      device: str | None = None, resume_from: Path | None = None,
                      should_stop: Callable[[], StopReason | None] = never_stop,
                      checkpoint_interval_s: float | None = None, hooks: StepHooks = NO_HOOKS,
-                     dist: DistContext = SINGLE) -> FitResult:
+                     init_weights: Mapping[str, torch.Tensor] | None = None, dist: DistContext = SINGLE) -> FitResult:
     """Build the model, run every phase through the Trainer (with `hooks` at each step), and return the result.
+
+    `init_weights` (a state dict of the same network, e.g. a checkpoint's validated weights) replaces the random
+    initialization: the run continues or fine-tunes them with fresh optimizers and schedules. A `resume_from`
+    checkpoint, when given, takes precedence (it restores the run's own weights and position).
 
     A DiagnosticJobConfig also gets its verdict (api_schemas.DiagnosticReport as JSON) in `FitResult.report`;
     when the run aborts on non-finite steps, the report rides on the NonFiniteAbort as `.report`.
@@ -87,6 +91,8 @@ def run_training_job(config: TrainingJobConfig, *, sink: MetricSink, checkpoint_
     tee.log_progress(SETUP_PHASE, 0, plan.fraction_setup(0.0))
     torch.manual_seed(config.data.seed)
     model = RisNet(config.system, config.model)
+    if init_weights is not None and resume_from is None:
+        model.load_state_dict(init_weights, strict=True)
     is_diagnostic = isinstance(config, DiagnosticJobConfig)
     trainer = Trainer(config, model, tee, dev, checkpoint_dir=checkpoint_dir,
                       checkpoint_interval_s=checkpoint_interval_s,

@@ -1,4 +1,4 @@
-"""Job routes (DESIGN §3.2): create, list, read, events, logs, report, cancel, delete.
+"""Job routes (DESIGN §3.2): create, list, read, events, logs, report, cancel, delete, a sweep's trials.
 
 Routes parse, call `server.store`, and shape the response; no SQL here and no error responses (domain errors
 propagate to `server.errors`). POST /v1/jobs commits the QUEUED row first, then enqueues the id alone
@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from api_schemas import (
+    DEFAULT_RESOURCES,
     DebugConfig,
     DiagnosticReport,
     EvaluationJobCreate,
@@ -37,11 +38,17 @@ from api_schemas import (
     NonfiniteSummary,
     Progress,
     Resources,
+    SweepJobConfig,
+    TrialPublic,
+    TrialsPage,
+    TrialState,
     split_stored_config,
     stored_config,
     stored_priority,
 )
+from api_schemas.lineage import TAG_PATTERN, init_mismatch
 from api_schemas.markdown import markdown_table
+from api_schemas.sweeps import get_path, trial_number
 from server import dispatch
 from server.deps import (
     ArtifactsDep,
@@ -63,7 +70,7 @@ from server.store import job_queries as store_queries
 from server.store import jobs as store_jobs
 from server.store import live
 from server.store.artifacts import checkpoint_object, get_checkpoint
-from server.store.errors import CheckpointNotFound, JobNotFound, UploadNotFound
+from server.store.errors import CheckpointNotFound, JobNotFound, NotASweep, UploadNotFound
 from server.store.files import read_log
 from server.store.models import JobRow
 from server.store.uploads import read_upload
@@ -95,6 +102,11 @@ def to_job_public(job: JobRow, waiting_reason: str | None = None) -> JobPublic:
     failure = None
     if job.failure_reason is not None:
         failure = Failure(reason=FailureReason(job.failure_reason), message=job.failure_message or "")
+    links = job_links(job.id)
+    if job.kind == JobKind.SWEEP:
+        links["trials"] = f"/v1/jobs/{job.id}/trials"
+    if job.parent_id is not None:
+        links["parent"] = f"/v1/jobs/{job.parent_id}"
     return JobPublic(
         id=job.id, kind=JobKind(job.kind), name=job.name, state=JobState(job.state), attempt=job.attempt,
         max_attempts=job.max_attempts, created_at=job.created_at, started_at=job.started_at,
@@ -103,7 +115,9 @@ def to_job_public(job: JobRow, waiting_reason: str | None = None) -> JobPublic:
         nonfinite_steps=NonfiniteSummary.model_validate(job.nonfinite or {}),
         latest_metrics={k: (math.nan if v is None else float(v)) for k, v in (job.latest_metrics or {}).items()},
         failure=failure, config=config, resources=resources, priority=stored_priority(job.config),
-        waiting_reason=waiting_reason if job.state == JobState.QUEUED else None, links=job_links(job.id),
+        waiting_reason=waiting_reason if job.state == JobState.QUEUED else None, links=links,
+        parent_id=job.parent_id, tags=list(job.tags or []), code_version=job.code_version,
+        config_sha256=job.config_sha256,
     )
 
 
@@ -183,7 +197,10 @@ def create_job(
 ) -> JobPublic:
     """Submit a job: 202 + Location; the same Idempotency-Key and body returns the same job."""
     _refuse_fault_injection(body.config, allowed=settings.allow_fault_injection)
-    resources: Resources = body.resources
+    if isinstance(body.config, SweepJobConfig):  # every trial runs the base config
+        base = body.config.base.config_model().model_validate(body.config.base.config)
+        _refuse_fault_injection(base, allowed=settings.allow_fault_injection)
+    resources: Resources = getattr(body, "resources", DEFAULT_RESOURCES)
     _refuse_oversized(resources, max_gpus=settings.max_gpus_per_job)
     body_sha256 = _body_sha256(body) if idempotency_key else None
     if idempotency_key and body_sha256:
@@ -197,6 +214,7 @@ def create_job(
             response.headers["Idempotent-Replayed"] = "true"
             return to_job_public(store_jobs.get_job(session, existing.id, principal=principal))
     _check_checkpoint_source(body, session, artifacts, principal)
+    check_init_from(session, body, artifacts, principal)
     if store_queries.count_queued(session, principal=principal) >= settings.max_queued_jobs_per_key:
         raise QueueLimitExceeded(
             f"{settings.max_queued_jobs_per_key} jobs are already QUEUED for this API key; wait or cancel some"
@@ -205,7 +223,7 @@ def create_job(
         session, kind=JobKind(body.kind), name=body.name,
         config=stored_config(body.config.model_dump(mode="json"), resources, body.priority),
         max_attempts=body.max_attempts, principal=principal, idempotency_key=idempotency_key,
-        body_sha256=body_sha256,
+        body_sha256=body_sha256, tags=body.tags,
     )
     if job.celery_task_id is None:  # an idempotent race may hand back a job that is already dispatched
         _dispatch_or_503(session, producer, job, settings.job_queue)
@@ -219,12 +237,15 @@ def read_jobs(
     principal: PrincipalDep,
     state: JobState | None = None,
     kind: JobKind | None = None,
+    parent_id: Annotated[str | None, Query(max_length=64, description="the trials of this sweep")] = None,
+    tag: Annotated[str | None, Query(pattern=TAG_PATTERN, description="jobs that carry this tag")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     page_token: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobsPage:
-    """The caller's jobs (every job for an admin key) newest first, filtered by state and kind, paged by
-    `next_page_token`."""
-    listing = store_queries.list_jobs(session, principal=principal, state=state, kind=kind, limit=limit,
+    """The caller's jobs (every job for an admin key) newest first, filtered by state, kind, parent sweep and tag,
+    paged by `next_page_token`."""
+    listing = store_queries.list_jobs(session, principal=principal, state=state, kind=kind, parent_id=parent_id,
+                                      tag=tag, limit=limit,
                                       page_token=page_token)
     reasons = store_queries.waiting_reasons(session, [j.id for j in listing.jobs if j.state == JobState.QUEUED])
     return JobsPage(items=[to_job_public(j, reasons.get(j.id)) for j in listing.jobs],
@@ -300,15 +321,84 @@ def read_job_report(
     "/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, operation_id="cancel_job", responses=_PROBLEMS
 )
 def cancel_job(job_id: str, session: SessionDep, redis_client: RedisDep, principal: PrincipalDep) -> JobPublic:
-    """Cooperative cancel: QUEUED → CANCELLED now, RUNNING → CANCELLING (the worker stops at its next step)."""
+    """Cooperative cancel: QUEUED → CANCELLED now, RUNNING → CANCELLING (the worker stops at its next step).
+    Cancelling a sweep also cancels its unfinished trials."""
     job = store_jobs.request_cancel(session, job_id, principal=principal)
+    children = store_jobs.cancel_children(session, job.id, principal=principal) if job.kind == JobKind.SWEEP else []
+    for target in (job, *children):
+        try:
+            if target.state == JobState.CANCELLING:
+                live.set_cancel_flag(redis_client, target.id)  # the worker also sees CANCELLING in its heartbeat
+            live.publish_state(redis_client, target.id, JobState(target.state))
+        except redis.RedisError as exc:
+            log.warning("cancel of job %s recorded in the database; Redis signal failed: %s", target.id, exc)
+    return to_job_public(store_jobs.get_job(session, job.id, principal=principal))
+
+
+@router.get("/{job_id}/trials", operation_id="read_sweep_trials", responses=_PROBLEMS)
+def read_sweep_trials(job_id: str, session: SessionDep, principal: PrincipalDep) -> TrialsPage:
+    """A sweep's trials, by number: parameters, state, objective value and the child job that runs each;
+    `best` is the best complete trial so far. 404 for a job that is not a sweep."""
+    job = store_jobs.get_job(session, job_id, principal=principal)
+    if job.kind != JobKind.SWEEP:
+        raise NotASweep(job.id)
+    config = SweepJobConfig.model_validate(job.config)
+    children = store_queries.list_children(session, job.id, principal=principal)
+    trials = sorted((t for c in children if (t := _trial(c, config))), key=lambda t: t.number)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    sign = 1.0 if config.objective.direction == "maximize" else -1.0
+    best = max(complete, key=lambda t: sign * (t.value or 0.0)) if complete else None
+    return TrialsPage(sweep_id=job.id, objective=config.objective, trials=trials, best=best)
+
+
+def _trial(child: JobRow, config: SweepJobConfig) -> TrialPublic | None:
+    """A child job of a sweep as its trial (None for a child without a trial tag)."""
+    number = trial_number(list(child.tags or []))
+    if number is None:
+        return None
+    state = JobState(child.state)
+    if state is JobState.SUCCEEDED:
+        trial_state = TrialState.COMPLETE
+    elif state is JobState.CANCELLED and child.failure_reason == FailureReason.PRUNED:
+        trial_state = TrialState.PRUNED
+    elif state.is_terminal():
+        trial_state = TrialState.FAIL
+    else:
+        trial_state = TrialState.RUNNING
+    raw = (child.latest_metrics or {}).get(config.objective.metric)
+    params = {path: get_path(child.config, path) for path in config.space}
+    return TrialPublic(number=number, params=params, state=trial_state,
+                       value=TrialPublic.finite(None if raw is None else float(raw)), job_id=child.id,
+                       job_state=child.state, links={"job": f"/v1/jobs/{child.id}"})
+
+
+def check_init_from(session: SessionDep, body: Any, artifacts: ArtifactsDep, principal: PrincipalDep) -> None:
+    """A training config (or a sweep's base) whose `init_from` names an earlier job must name one of the caller's
+    training or diagnostic jobs, trained for the same system and weight shapes; an upload must be the caller's:
+    422 naming the field otherwise. What an uploaded file holds is checked by the worker."""
+    config: Any = body.config
+    field = "config.init_from"
+    if isinstance(config, SweepJobConfig):
+        config = config.base.config_model().model_validate(config.base.config)
+        field = "config.base.config.init_from"
+    source = getattr(config, "init_from", None)
+    if source is None:
+        return
+    if not isinstance(source, JobCheckpointSource):  # an upload: the caller's own; its contents the worker checks
+        try:
+            read_upload(artifacts, source.upload_id, principal=principal)
+        except UploadNotFound as exc:
+            raise InvalidReference(field, str(exc)) from exc
+        return
     try:
-        if job.state == JobState.CANCELLING:
-            live.set_cancel_flag(redis_client, job.id)  # the worker also sees CANCELLING in its heartbeat
-        live.publish_state(redis_client, job.id, JobState(job.state))
-    except redis.RedisError as exc:
-        log.warning("cancel of job %s recorded in the database; Redis signal failed: %s", job.id, exc)
-    return to_job_public(job)
+        parent = store_jobs.get_job(session, source.job_id, principal=principal)
+    except JobNotFound:
+        raise InvalidReference(field, f"job {source.job_id} does not exist") from None
+    if parent.kind not in (JobKind.TRAINING, JobKind.DIAGNOSTIC):
+        raise InvalidReference(field, f"job {source.job_id} is a {parent.kind} job; it has no weights to start from")
+    mismatch = init_mismatch(parent.config, config.model_dump(mode="json"))
+    if mismatch is not None:
+        raise InvalidReference(field, f"job {source.job_id}: {mismatch}")
 
 
 @router.delete(

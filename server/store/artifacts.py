@@ -58,13 +58,15 @@ FINAL, LATEST = "final", "latest"
 
 
 def register_checkpoint(
-    session: Session, job_id: str | UUID, info: CheckpointInfo, *, lease_token: str, store: ArtifactStore
+    session: Session, job_id: str | UUID, info: CheckpointInfo, *, lease_token: str, store: ArtifactStore,
+    code_version: str | None = None, config_sha256: str | None = None,
 ) -> CheckpointRow:
     """Record a checkpoint object the worker uploaded (fenced by the lease; renews it); commits.
 
     `info.path` is the object's key relative to the job (`ArtifactStore.put_checkpoint` returns it); the object
     must exist and have `info.size` bytes. A checkpoint with the same name is replaced (e.g. rewritten after a
     resume); the caller removes the object the old record pointed at, or the reaper's orphan sweep does.
+    `code_version` and `config_sha256` record the code and the config that produced the weights.
 
     Raises:
         ArtifactRejected (bad key, missing object or wrong size), JobNotFound, LeaseLost.
@@ -87,6 +89,7 @@ def register_checkpoint(
         session.add(row)
     row.phase, row.epoch, row.step, row.path = info.phase, info.epoch, info.step, rel
     row.size, row.sha256, row.is_final, row.created_at = info.size, info.sha256, info.is_final, now
+    row.code_version, row.config_sha256 = code_version, config_sha256
     session.commit()
     return row
 

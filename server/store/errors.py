@@ -18,6 +18,14 @@ class JobNotFound(StoreError):
         self.job_id = job_id
 
 
+class NotASweep(JobNotFound):
+    """The job exists but is not a sweep, so it has no trials (HTTP 404)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.args = (f"job {job_id} is not a sweep; it has no trials",)
+
+
 class InvalidTransition(StoreError):
     """Current state does not allow the target (HTTP 409)."""
 

@@ -50,8 +50,10 @@ CHECKPOINTS_SUBDIR = "checkpoints"
 #: A job's downloadable output files (evaluation plots and report) lie at `jobs/<id>/artifacts/<name>`.
 JOB_ARTIFACTS_SUBDIR = "artifacts"
 #: Names of downloadable job artifacts: one plain file name with a known extension; never a path.
-ARTIFACT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,100}\.(png|json|md)$"
-ARTIFACT_MEDIA_TYPES = {"png": "image/png", "json": "application/json", "md": "text/markdown; charset=utf-8"}
+ARTIFACT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,100}\.(png|json|md|tfevents)$"
+#: tfevents: TensorBoard event records (TFRecord), worker/tensorboard_export.py
+ARTIFACT_MEDIA_TYPES = {"png": "image/png", "json": "application/json", "md": "text/markdown; charset=utf-8",
+                        "tfevents": "application/octet-stream"}
 
 
 class ArtifactStore:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import Text, cast, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from api_schemas import JobKind, JobState
@@ -58,11 +58,15 @@ def list_jobs(
     principal: Principal,
     state: JobState | None = None,
     kind: JobKind | None = None,
+    parent_id: str | None = None,
+    tag: str | None = None,
     limit: int = 50,
     page_token: str | None = None,
 ) -> JobListing:
     """The jobs `principal` may see, newest first (created_at, then id), optionally filtered, paged by an opaque
     token.
+
+    `parent_id` keeps the trials of one sweep; `tag` keeps the jobs that carry that tag.
 
     Raises:
         InvalidCursor: `page_token` was not issued by `list_jobs`.
@@ -72,6 +76,10 @@ def list_jobs(
         stmt = stmt.where(JobRow.state == JobState(state).value)
     if kind is not None:
         stmt = stmt.where(JobRow.kind == JobKind(kind).value)
+    if parent_id is not None:
+        stmt = stmt.where(JobRow.parent_id == parent_id)
+    if tag is not None:  # tags are stored as a JSON list of strings that contain no quote
+        stmt = stmt.where(cast(JobRow.tags, Text).contains(json.dumps(tag), autoescape=True))
     if page_token:
         created, last_id = _decode_cursor(page_token)
         if created.tzinfo is None:
@@ -133,6 +141,13 @@ def list_undispatched(session: Session, *, older_than_s: float, now: datetime | 
             JobRow.state == JobState.QUEUED.value, JobRow.celery_task_id.is_(None), JobRow.queued_at < cutoff
         ).order_by(JobRow.queued_at)
     ))
+
+
+def list_children(session: Session, parent_id: str | UUID, *, principal: Principal) -> list[JobRow]:
+    """The jobs a sweep created that `principal` may see, oldest first."""
+    return list(session.scalars(
+        select(JobRow).where(JobRow.parent_id == str(parent_id), owned_by(principal))
+        .order_by(JobRow.created_at, JobRow.id)))
 
 
 def latest_resume_checkpoint(session: Session, job_id: str | UUID) -> CheckpointRow | None:

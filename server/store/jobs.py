@@ -31,6 +31,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api_schemas import TERMINAL_STATES, FailureReason, JobKind, JobState
+from api_schemas.lineage import code_version, config_sha256
+from api_schemas.resources import split_stored_config
 from server.store.db import utcnow
 from server.store.errors import (
     IdempotencyConflict,
@@ -53,7 +55,8 @@ ALLOWED_FROM: dict[JobState, frozenset[JobState]] = {
     S.CANCELLING: frozenset({S.RUNNING}),
     S.SUCCEEDED: frozenset({S.RUNNING, S.CANCELLING}),  # CANCELLING → SUCCEEDED: finished before it saw the flag
     S.FAILED: frozenset({S.RUNNING, S.CANCELLING}),
-    S.CANCELLED: frozenset({S.QUEUED, S.CANCELLING}),
+    # RUNNING → CANCELLED: only a sweep's trial that its pruner stopped (reason PRUNED; see transition)
+    S.CANCELLED: frozenset({S.QUEUED, S.CANCELLING, S.RUNNING}),
 }
 #: States in which a worker holds a lease and writes metrics, checkpoints and heartbeats.
 ACTIVE_STATES: frozenset[JobState] = frozenset({S.RUNNING, S.CANCELLING})
@@ -94,13 +97,19 @@ def create_job(
     principal: Principal,
     idempotency_key: str | None = None,
     body_sha256: str | None = None,
+    parent_id: str | None = None,
+    tags: Sequence[str] = (),
 ) -> JobRow:
     """Insert a QUEUED job (and its first event, and its idempotency key if given) and commit.
+
+    The job records the digest of its config and the version of the code that created it.
 
     Args:
         config: the validated job config as JSON (`model_dump(mode="json")`).
         principal: the submitter; the job belongs to `principal.owner` (a non-secret id, never the API key;
             None for the anonymous principal when auth is off).
+        parent_id: the sweep that creates this job as one of its trials.
+        tags: the user's labels (validated by api_schemas.lineage.Tag).
         idempotency_key, body_sha256: given together; when another request committed the same key first,
             its job is returned instead (or IdempotencyConflict if its body differs).
 
@@ -118,6 +127,8 @@ def create_job(
         id=new_job_id(), kind=JobKind(kind).value, name=name, state=S.QUEUED.value, config=config,
         principal=principal.owner, attempt=1, max_attempts=max_attempts, created_at=now, queued_at=now,
         latest_metrics={}, nonfinite={}, nonfinite_total=0, next_seq=1, epoch=0, step=0, progress_fraction=0.0,
+        parent_id=parent_id, tags=list(tags), code_version=code_version(),
+        config_sha256=config_sha256(split_stored_config(config)[0]),  # the config alone, as its checkpoints carry
     )
     session.add(job)
     session.flush()  # the job row first: events and keys reference it
@@ -181,13 +192,18 @@ def get_job(session: Session, job_id: str | UUID, *, principal: Principal) -> Jo
 def _target_values(
     to: JobState, *, failure_reason: FailureReason | None, message: str | None, now: datetime
 ) -> dict[str, Any]:
-    """Columns that change with the state, besides `state` itself."""
-    if (to is S.FAILED) != (failure_reason is not None):
-        raise ValueError("failure_reason is required for FAILED and only for FAILED")
+    """Columns that change with the state, besides `state` itself.
+
+    FAILED requires a failure_reason; CANCELLED takes one only to say why it stopped early (PRUNED); no other
+    state takes one.
+    """
+    pruned = to is S.CANCELLED and failure_reason is FailureReason.PRUNED
+    if (to is S.FAILED) != (failure_reason is not None) and not pruned:
+        raise ValueError("failure_reason is required for FAILED and only for FAILED (or PRUNED for CANCELLED)")
     values: dict[str, Any] = {}
     if to in TERMINAL_STATES:
         values.update(finished_at=now, lease_token=None)  # a terminal job has no owner; fenced writes fail
-    if to is S.FAILED and failure_reason is not None:
+    if (to is S.FAILED or pruned) and failure_reason is not None:
         values.update(failure_reason=FailureReason(failure_reason).value, failure_message=message or "")
     if to is S.CANCELLING:
         values.update(cancel_requested_at=now)
@@ -285,13 +301,15 @@ def transition(
         JobNotFound: no such job.
         LeaseLost: `lease_token` was given and the job no longer holds it.
         InvalidTransition: the current state does not allow `to` (terminal states allow nothing;
-            QUEUED from RUNNING also needs attempt < max_attempts).
+            QUEUED from RUNNING also needs attempt < max_attempts; CANCELLED from RUNNING needs reason PRUNED).
         ValueError: `failure_reason` missing for FAILED or given for another state.
     """
     to = JobState(to)
     jid = _jid(job_id)
     now = utcnow()
     allowed = ALLOWED_FROM[to] if from_states is None else ALLOWED_FROM[to] & from_states
+    if to is S.CANCELLED and failure_reason is not FailureReason.PRUNED:
+        allowed = allowed - {S.RUNNING}  # a running job is cancelled through CANCELLING; only a pruned one directly
     values = _target_values(to, failure_reason=failure_reason, message=message, now=now)
     if to is S.RUNNING:
         if not lease_token:
@@ -382,6 +400,33 @@ def request_cancel(session: Session, job_id: str | UUID, *, principal: Principal
     if JobState(job.state) in (S.CANCELLING, S.CANCELLED):
         return job
     raise InvalidTransition(job.id, job.state, S.CANCELLED.value, "the job already finished")
+
+
+def cancel_children(session: Session, parent_id: str | UUID, *, principal: Principal) -> list[JobRow]:
+    """Request the cancel of every child job of a sweep that has not finished and that `principal` may control
+    (commits each).
+
+    Returns the children now CANCELLING (the caller sets their Redis cancel flags).
+    """
+    ids = list(session.scalars(select(JobRow.id).where(
+        JobRow.parent_id == _jid(parent_id), JobRow.state.in_(_values({S.QUEUED, S.RUNNING})), owned_by(principal))))
+    session.rollback()  # end the read before writing (SQLite WAL, see begin_write)
+    cancelling = []
+    for child_id in ids:
+        try:
+            child = request_cancel(session, child_id, principal=principal)
+        except (InvalidTransition, JobNotFound):  # finished or deleted meanwhile
+            continue
+        if child.state == S.CANCELLING.value:
+            cancelling.append(child)
+    return cancelling
+
+
+def record_code_version(session: Session, job_id: str | UUID, *, lease_token: str) -> None:
+    """Record the version of the code that runs this attempt (fenced by the lease; commits)."""
+    begin_write(session)
+    fenced_update(session, job_id, lease_token=lease_token, values={"code_version": code_version()})
+    session.commit()
 
 
 # ---------------------------------------------------------------------------------------------- reaper

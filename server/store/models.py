@@ -92,6 +92,17 @@ class JobRow(Base):
     next_seq: Mapped[int] = mapped_column(BigInteger, default=1)
     #: the diagnostic verdict or evaluation tables (a dict of sections)
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # lineage
+    #: the sweep whose trial this job runs; None for a job a user submitted. No foreign key: a trial outlives the
+    #: deletion of its sweep and keeps the sweep's id as its lineage
+    parent_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    #: the user's labels, a JSON list of short strings (api_schemas.lineage.TAG_PATTERN); NULL (no tags) on jobs
+    #: written before migration 0003
+    tags: Mapped[list[str] | None] = mapped_column(JSON, default=list)
+    #: the package version (+g<commit>) that created the job, then the one of the worker that last ran it
+    code_version: Mapped[str | None] = mapped_column(String(100))
+    #: api_schemas.lineage.config_sha256 of `config`
+    config_sha256: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         Index("ix_jobs_created_id", "created_at", "id"),
@@ -146,6 +157,9 @@ class CheckpointRow(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     is_final: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: the code (package version +g<commit>) and the config digest that produced the weights
+    code_version: Mapped[str | None] = mapped_column(String(100))
+    config_sha256: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (UniqueConstraint("job_id", "name", name="uq_checkpoints_job_name"),)
 

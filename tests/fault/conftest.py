@@ -165,6 +165,10 @@ class Service:
         key = self.artifacts.log_key(job_id)
         return self.artifacts.objects.read_range(key, 0, 1 << 24).decode(errors="replace")
 
+    def start_sweep_worker(self, name: str = "sweeps") -> subprocess.Popen[bytes]:
+        """A worker of the sweep drivers' queue (what `ris-jobs worker --sweeps N` starts)."""
+        return self.start_worker(name, queues=("sweeps",))  # <JOB_QUEUE>.sweeps
+
     def start_reaper(self) -> subprocess.Popen[bytes]:
         return self._spawn("reaper", [sys.executable, "-m", "worker.cli", "reaper"])
 

@@ -29,3 +29,12 @@ def two_phase_training_config() -> dict[str, Any]:
             "loss_weights": {"lam_cov": 1.0, "lam_K": 0.0, "lam_aux": 1.0}}
     config["phases"] = [geom, k_only]
     return config
+
+
+def tiny_training_config(*, epochs: int = 4, **debug: Any) -> dict[str, Any]:
+    """tiny_config() as a one-phase training job of `epochs` epochs (4 steps each), optional debug knobs."""
+    config = {k: v for k, v in tiny_config().items() if k in TrainingJobConfig.model_fields}
+    config["phases"][0]["epochs"] = epochs
+    if debug:
+        config["debug"] = {**config.get("debug", {}), **debug}
+    return config

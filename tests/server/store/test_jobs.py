@@ -37,7 +37,7 @@ from server.store import (
 from server.store.job_queries import list_events, list_undispatched
 from server.store.jobs import find_idempotent_job, record_dispatch
 from server.store.models import JobEventRow, MetricRow
-from server.store.principals import ADMIN, ANONYMOUS, Principal
+from server.store.principals import ADMIN, ANONYMOUS, WORKER, Principal
 from tests.factories import make_job, new_lease, tiny_config
 
 S = JobState
@@ -61,8 +61,19 @@ def _attempt(session: Session, job_id: str, to: JobState) -> None:
         transition(session, job_id, to, lease_token=new_lease(), principal=ADMIN)
     elif to is S.FAILED:
         transition(session, job_id, to, failure_reason=FailureReason.INTERNAL, message="x", principal=ADMIN)
+    elif to is S.CANCELLED and get_job(session, job_id, principal=ADMIN).state == S.RUNNING:  # only a pruned trial
+        transition(session, job_id, to, failure_reason=FailureReason.PRUNED, message="pruned", principal=ADMIN)
     else:
         transition(session, job_id, to, principal=ADMIN)
+
+
+def test_a_running_job_is_cancelled_directly_only_when_pruned(session: Session) -> None:
+    job = make_job(session, S.RUNNING)
+    with pytest.raises(InvalidTransition):
+        transition(session, job.id, S.CANCELLED, lease_token=job.lease_token, principal=WORKER)
+    pruned = transition(session, job.id, S.CANCELLED, lease_token=job.lease_token, principal=WORKER,
+                        failure_reason=FailureReason.PRUNED, message="pruned after epoch 1")
+    assert (pruned.state, pruned.failure_reason, pruned.finished_at is not None) == (S.CANCELLED, "PRUNED", True)
 
 
 def test_transition_table_every_pair_is_allowed_or_raises(session: Session) -> None:
@@ -329,3 +340,20 @@ def test_list_undispatched_finds_queued_jobs_without_task(session: Session) -> N
     record_dispatch(session, sent.id, celery_task_id="t")
     assert list_undispatched(session, older_than_s=5, now=_later(10)) == [waiting.id]
     assert list_undispatched(session, older_than_s=5) == []
+
+
+def test_list_jobs_filters_by_whole_tags_and_by_parent(session: Session) -> None:
+    from server.store.job_queries import list_children, list_jobs
+
+    sweep = create_job(session, kind=JobKind.SWEEP, name="s", config={}, max_attempts=1, tags=["a_b", "x"],
+                       principal=ANONYMOUS)
+    child = create_job(session, kind=JobKind.TRAINING, name="t", config=tiny_config(), max_attempts=1,
+                       parent_id=sweep.id, tags=["a_b", "trial:0"], principal=ANONYMOUS)
+    create_job(session, kind=JobKind.TRAINING, name="u", config=tiny_config(), max_attempts=1, tags=["aXb", "a_b2"],
+               principal=ANONYMOUS)
+    assert {j.id for j in list_jobs(session, tag="a_b", principal=ADMIN).jobs} == {sweep.id, child.id}  # `_`: literal
+    assert [j.id for j in list_jobs(session, parent_id=sweep.id, principal=ADMIN).jobs] == [child.id]
+    assert [j.id for j in list_children(session, sweep.id, principal=ADMIN)] == [child.id]
+    other = Principal(id="key-0000000000000000", owner="key-0000000000000000")
+    assert list_children(session, sweep.id, principal=other) == []  # another tenant's trials stay hidden
+    assert (child.parent_id, child.tags) == (sweep.id, ["a_b", "trial:0"])
