@@ -61,17 +61,18 @@ def service_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     yield settings
     mp.undo()
     get_settings.cache_clear()
-    Redis.from_url(REDIS_TEST_URL).delete(TEST_QUEUE)
+    Redis.from_url(REDIS_TEST_URL).delete(TEST_QUEUE, f"{TEST_QUEUE}.gpu", f"{TEST_QUEUE}.cpu")
 
 
 @pytest.fixture(scope="session")
 def celery_worker(service_env: Settings) -> Iterator[Any]:
     """A real Celery worker (thread, solo pool) consuming this session's queue from the real Redis."""
+    from server.dispatch import all_job_queues
     from worker.app import app, configure_app
 
     configure_app(app, service_env)
     with start_worker(app, pool="solo", concurrency=1, perform_ping_check=False, loglevel="WARNING",
-                      queues=[TEST_QUEUE], shutdown_timeout=30.0) as worker:
+                      queues=all_job_queues(TEST_QUEUE), shutdown_timeout=30.0) as worker:
         yield worker
 
 
