@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from redis import Redis
 
 from api_schemas import JobKind
-from server.dispatch import enqueue_job, make_producer
+from server.dispatch import all_job_queues, enqueue_job, job_queue_name, make_producer
 from server.settings import Settings
 from server.store import create_job, create_schema, make_engine, make_session_factory
 from server.store.principals import ANONYMOUS
@@ -64,9 +64,9 @@ def test_reaper_leaves_queued_job_with_a_waiting_message_alone(tmp_path: Path, s
     })
     reaper = _reaper(settings)
     job_id = _create_queued_job(reaper, "waiting")
-    enqueue_job(make_producer(settings), job_id, settings.job_queue)
+    enqueue_job(make_producer(settings), job_id, job_queue_name(settings.job_queue, "gpu"))
     # redispatch_after_s is 0: the job is overdue at once, so only its waiting message keeps it from a re-send
     try:
         assert job_id not in reaper.reap_once().redispatched
     finally:
-        Redis.from_url(REDIS_TEST_URL).delete(settings.job_queue)
+        Redis.from_url(REDIS_TEST_URL).delete(*all_job_queues(settings.job_queue))
