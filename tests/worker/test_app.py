@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from server.dispatch import RUN_JOB_TASK
 from server.settings import Settings
 from worker.app import celery_config
 
@@ -37,10 +36,10 @@ def test_celery_visibility_timeout_exceeds_hard_limit_in_all_three_places() -> N
     assert all(v > conf["task_time_limit"] for v in values)
 
 
-def test_celery_routes_the_job_task_to_the_settings_queue() -> None:
+def test_celery_default_queue_is_the_settings_gpu_queue() -> None:
+    # each job is sent to its device queue explicitly (server.dispatch.queue_for); the default is the gpu queue
     conf = celery_config(_settings())
-    assert conf["task_default_queue"] == "gpu-a"
-    assert conf["task_routes"][RUN_JOB_TASK] == {"queue": "gpu-a"}
+    assert conf["task_default_queue"] == "gpu-a.gpu"
 
 
 def test_worker_modules_import_neither_torch_nor_ris_model() -> None:
