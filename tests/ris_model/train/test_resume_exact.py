@@ -99,7 +99,8 @@ def test_stop_checkpoint_records_the_position_of_the_next_step(runs) -> None:  #
     assert (result.global_step, steps) == (STOP_AFTER_STEPS, STOP_AFTER_STEPS)
     state = ckpt.load_checkpoint(Path(result.last_checkpoint.path), map_location="cpu")
     assert state[ckpt.POSITION_KEY] == {"phase_index": 1, "phase": "joint", "epoch": 0, "batch": 3,
-                                        "global_step": STOP_AFTER_STEPS, "optimizer_phase": "joint"}
+                                        "global_step": STOP_AFTER_STEPS, "optimizer_phase": "joint",
+                                        "world_size": 1}
 
 
 def test_resume_runs_exactly_the_remaining_steps(runs) -> None:  # type: ignore[no-untyped-def]
