@@ -1,4 +1,4 @@
-"""Where one `joint` training step spends its time, by region (issue 4): host time and GPU kernel time of scene
+"""Where one `joint` training step spends its time, by region: host time and GPU kernel time of scene
 generation, the look pass, the trainable forward, the loss, the backward and the optimizer. Not a test.
 
     python3 bench/step_regions.py [--batch 4096] [--steps 5] [--out var/step-regions.json]

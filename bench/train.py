@@ -1,4 +1,4 @@
-"""Training throughput of the `joint` phase (issue 4): samples/s of the real train step (scene generation on
+"""Training throughput of the `joint` phase: samples/s of the real train step (scene generation on
 the device + forward + loss + backward + clip + AdamW + EMA) at several batch sizes; bf16 autocast on CUDA.
 Times one epoch of the trainer's own loop (Trainer._train_epoch) after five warm-up steps.
 

@@ -104,7 +104,7 @@ def generate_scenes(system: SystemConfig, n: int, *, generator: torch.Generator,
         symbols_constant: test-only; reproduces the seed's defect (the same symbols in every snapshot).
 
     The placement check of the sources (see _draw_positions) reads one flag on the host; it is read after the
-    whole batch has been queued, so that the GPU keeps working while the CPU waits (issue 4). In the rare batch
+    whole batch has been queued, so that the GPU keeps working while the CPU waits. In the rare batch
     where a scene's candidates were all rejected, the generator is rewound and the batch drawn again with the
     check in line, which gives exactly the scenes that the in-line check gives for this generator state.
     """

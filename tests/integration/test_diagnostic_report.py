@@ -1,4 +1,4 @@
-"""The diagnostic's verdict through the real stack (issue 5): HTTP → Celery worker → trainer + checks → store →
+"""The diagnostic's verdict through the real stack: HTTP → Celery worker → trainer + checks → store →
 GET /v1/jobs/{id}/report as JSON and as Markdown, for a finished run and for one aborted by non-finite steps."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Evaluation jobs through the real stack (issue 6): train a tiny job through the API, evaluate its final
+"""Evaluation jobs through the real stack: train a tiny job through the API, evaluate its final
 checkpoint, read the report and download the plots; upload checkpoints, a malicious one included."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """ris_model.estimators.order: the count by penalized likelihood over every count, the K-head's posterior as a
-prior term (issue 6)."""
+prior term."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ris_model.accel.graphed_step: the CUDA-graph replay of forward + loss + backward equals the eager step (issue 4).
+"""ris_model.accel.graphed_step: the CUDA-graph replay of forward + loss + backward equals the eager step.
 CUDA only (run on the device machine: bench/gpu_speed_quick.sh); on the CPU the trainer never graphs."""
 
 from __future__ import annotations

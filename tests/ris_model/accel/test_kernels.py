@@ -1,4 +1,4 @@
-"""ris_model.accel.kernels: the fused grouped-power Triton kernel equals the product-then-reduce it replaces (issue 4).
+"""ris_model.accel.kernels: the fused grouped-power Triton kernel equals the product-then-reduce it replaces.
 
 On a GPU the kernel runs natively; on the CPU it runs in Triton's interpreter (TRITON_INTERPRET=1, which must be
 set before triton is imported, hence a subprocess). Skipped where Triton is not installed."""

@@ -1,4 +1,4 @@
-"""Evaluation of a checkpoint against the baselines (issue 6): tables, known answers, JSON, Markdown, plots, CLI.
+"""Evaluation of a checkpoint against the baselines: tables, known answers, JSON, Markdown, plots, CLI.
 
 Tiny: the tiny_config() system (N = 16, M = 4, K_MAX = 3), 40 scenes, SOMP on a 6 × 3 × 2 grid.
 """

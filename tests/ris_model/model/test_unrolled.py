@@ -1,5 +1,5 @@
 """ris_model.model.unrolled and ris_model.accel.cuda_graphs: the look pass's low-precision refinement operator, its
-refinement, and the CUDA-graph replay of the look pass (issue 4)."""
+refinement, and the CUDA-graph replay of the look pass."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GET /v1/jobs/{id}/artifacts/{name} (issue 6): a job's output files, with checkpoint-grade path safety."""
+"""GET /v1/jobs/{id}/artifacts/{name}: a job's output files, with checkpoint-grade path safety."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""POST /v1/checkpoints (issue 6): raw-body uploads, stored atomically with their sha256, bounded in size."""
+"""POST /v1/checkpoints: raw-body uploads, stored atomically with their sha256, bounded in size."""
 
 from __future__ import annotations
 
