@@ -1,4 +1,4 @@
-"""Experiment (issue 4, not a test, not the product's route): would `torch.compile` of the graphed trainable part
+"""Experiment (not a test, not the product's route): would `torch.compile` of the graphed trainable part
 (forward from the prepared inputs + loss, and its backward) pay for itself? Its ~1,000 kernels are each
 launch-latency bound even inside a CUDA graph, which inductor's fusion would cut.
 
