@@ -1,4 +1,4 @@
-"""Per-scene features of the model-order decision (an issue-6 experiment): the K-head's log-probabilities, the
+"""Per-scene features of the model-order decision: the K-head's log-probabilities, the
 residual energy of the polished fit for every count K = 1..K_max (`ris_model.estimators.order.count_fits`), the
 SNR and the truth. Not a test; `bench/order_fusion.py` fits and scores count rules on the files it writes.
 

@@ -1,5 +1,5 @@
-"""Fit and score the count rule of `ris_model.estimators.order` on `bench/order_features.py` files (an issue-6
-experiment; not a test): the prior weight w₀ and decay d of
+"""Fit and score the count rule of `ris_model.estimators.order` on `bench/order_features.py` files
+(not a test): the prior weight w₀ and decay d of
 
     K̂ = argmax_K  −E(K)/σ² − (2L + 3)·K + w₀·exp(−SNR/d)·L·log p(K | y)
 

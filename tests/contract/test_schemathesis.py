@@ -1,4 +1,4 @@
-"""Contract fuzzing (issue #7): schemathesis generates requests from /openapi.json against the ASGI app and
+"""Contract fuzzing: schemathesis generates requests from /openapi.json against the ASGI app and
 checks every response — no 5xx, and status, content type, headers and body conform to the schema.
 
 API keys are on (as in production) and every generated request carries the key. No worker runs: fuzzed jobs
@@ -99,7 +99,7 @@ def test_api_conforms_to_its_schema(case: Any, fuzz_app: FastAPI) -> None:
 
 
 def test_fuzzing_made_enough_requests() -> None:
-    """Runs after the fuzzing (file order): the issue asks for at least 1,000 generated requests."""
+    """Runs after the fuzzing (file order): the contract asks for at least 1,000 generated requests."""
     if not REQUESTS:
         pytest.skip("the fuzz test did not run (deselected or skipped)")
     assert len(REQUESTS) >= MIN_REQUESTS, f"only {len(REQUESTS)} requests; raise RIS_FUZZ_EXAMPLES"

@@ -1,4 +1,4 @@
-"""Infrastructure faults (issue #7 items 3-4): Redis restarted without persistence mid-job, and the API process
+"""Infrastructure faults: Redis restarted without persistence mid-job, and the API process
 killed and restarted mid-job — with a real uvicorn API, real prefork workers and the real reaper."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Faults inside one job (issue #7 items 5-8): cancel in every state, the soft time limit, an unwritable
+"""Faults inside one job: cancel in every state, the soft time limit, an unwritable
 artifact directory, and an out-of-memory error — each on real prefork workers."""
 
 from __future__ import annotations

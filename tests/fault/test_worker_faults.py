@@ -1,4 +1,4 @@
-"""Real processes, real failures (issue #7 items 1-2): SIGKILL a worker mid-job, repeatedly and at random
+"""Real processes, real failures: SIGKILL a worker mid-job, repeatedly and at random
 points; a job with one attempt; the same message delivered twice (jobserver_notes §5.3).
 
 RIS_FAULT_KILLS (default 3) sets how many kills the repeated test injects; the evidence run used 20.
@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from api_schemas import JobState
-from server.dispatch import enqueue_job, make_producer
+from api_schemas import JobState, split_stored_config
+from server.dispatch import enqueue_job, make_producer, queue_for
 from server.store.job_queries import list_events
+from server.store.jobs import get_job
 from server.store.principals import ADMIN
 from tests.fault.conftest import (
     Losses,
@@ -131,7 +132,11 @@ def test_sigkilled_worker_with_one_attempt_fails_worker_lost(service: Service, e
 def test_duplicate_delivery_executes_the_job_once(service: Service, evidence: Any) -> None:
     producer = make_producer(service.settings)
     job_id = service.submit(slow_training_config(epochs=2))
-    enqueue_job(producer, job_id, service.settings.job_queue)  # the same job id, a second message
+    with service.sessions() as s:
+        job = get_job(s, job_id, principal=ADMIN)
+    _, resources = split_stored_config(job.config)
+    # the same job id, a second message, on the queue the first one went to
+    enqueue_job(producer, job_id, queue_for(job.kind, resources, service.settings.job_queue))
     service.start_worker("w1")
     service.start_worker("w2")
     final = service.wait_terminal(job_id)

@@ -144,7 +144,8 @@ def test_total_is_weighted_sum_of_terms(tiny_out) -> None:
 def test_zero_weight_drops_term_even_when_nan(tiny_out, term: str) -> None:
     out, batch, system = tiny_out
     weights = ALL_TERMS.model_copy(update={f"lam_{term}": 0.0})
-    res = compute_loss(out, batch, weights, system, inject_nan=term)
+    hooks = DebugHooks(DebugConfig(nan_loss_term=term, nan_from_step=0, nan_n_steps=1))
+    res = hooks.loss(compute_loss(out, batch, weights, system), out, batch, weights, step=0)
     assert torch.isnan(res.terms[term])
     assert torch.isfinite(res.total), f"a NaN in the unused term {term!r} must not reach the total"
     expected = sum(getattr(weights, f"lam_{n}") * res.terms[n] for n in TERMS if n != term)

@@ -1,4 +1,4 @@
-"""Hostile artifact requests (issue #7): path traversal and absolute paths in every path parameter, symlinks
+"""Hostile artifact requests: path traversal and absolute paths in every path parameter, symlinks
 out of the artifact directory, absurd Range headers; only weights_only loads anywhere."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""API keys (issue #7): with keys configured every route but health and readiness answers 401 without a valid
+"""API keys: with keys configured every route but health and readiness answers 401 without a valid
 key; keys are compared in constant time; a key never appears in a log line, a response or an error."""
 
 from __future__ import annotations

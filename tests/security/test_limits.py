@@ -1,4 +1,4 @@
-"""Resource limits (issue #7): body size, config sizes and queued jobs per key are bounded with a clear 4xx;
+"""Resource limits: body size, config sizes and queued jobs per key are bounded with a clear 4xx;
 hostile bodies (deep nesting, huge numbers, wrong types) never reach a 500."""
 
 from __future__ import annotations

@@ -103,6 +103,9 @@ def make_settings(tmp_path: Path, job_queue: str, **overrides: object) -> Settin
     values: dict[str, object] = {
         "database_url": f"sqlite:///{tmp_path / 'api.sqlite'}", "redis_url": REDIS_TEST_URL,
         "artifact_dir": tmp_path / "artifacts", "job_queue": job_queue, "api_keys": (),
+        # the service worlds of other test packages export ALLOW_FAULT_INJECTION=true for the whole session;
+        # the API's own tests start from the production default
+        "allow_fault_injection": False,
     }
     return Settings(**{**values, **overrides})  # type: ignore[arg-type]
 
