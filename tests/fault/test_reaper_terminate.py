@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from api_schemas import JobState
+from ris_model.train.jobs import SETUP_PHASE
 from server.dispatch import RUN_JOB_TASK, make_producer
 from server.store.job_queries import list_events
 from server.store.principals import ADMIN
@@ -47,6 +48,9 @@ def test_wedged_task_is_terminated_and_the_worker_runs_the_next_job(make_service
     config["log_every_steps"] = 100_000
     job_id = svc.submit(config)
     svc.wait_state(job_id, JobState.RUNNING)
+    # in the step loop: the phase-start point is stored, so the task's next write is the epoch end, 40 s away
+    # (a cancel during setup would be seen by the setup's own progress writes)
+    wait_for("the first training step", lambda: svc.job(job_id).phase not in (None, SETUP_PHASE))
     task = wait_for("the task in the worker's active list", lambda: _active_task(svc, job_id))
     pool_pid = int(task["worker_pid"])
     assert task["id"] == svc.job(job_id).celery_task_id
