@@ -1,4 +1,5 @@
-"""Checkpoint metadata, as the trainer reports it and as the API lists it (DESIGN §2.6, §3.2)."""
+"""Checkpoint metadata, as the trainer reports it and as the API lists it (SCIENCE.md, "The trainer"; ARCHITECTURE.md,
+"HTTP API")."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""Every science setting of ris-jobs, as pydantic v2 models (DESIGN §2).
+"""Every science setting of ris-jobs, as pydantic v2 models (docs/SCIENCE.md).
 
 Owns: SystemConfig, ModelConfig, DataConfig, LossWeights, PhaseConfig, DebugConfig, TrainingJobConfig,
-DiagnosticJobConfig and the named presets. Imports nothing of ours and no torch (DESIGN §1).
+DiagnosticJobConfig and the named presets. Imports nothing of ours and no torch
+(ARCHITECTURE.md, "The parts and their arrows").
 
 Units: angles in the configs are degrees with a `_deg` suffix (people write configs); the science code
 converts once to radians. Ranges in meters (`_m`), SNR in dB (`_db`), frequencies in Hz (`_hz`).
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from api_schemas.evaluation import CheckpointSource
 from api_schemas.lineage import config_sha256
 
-#: Parameter groups of the network; a phase may freeze any of them (DESIGN §2.5).
+#: Parameter groups of the network; a phase may freeze any of them (SCIENCE.md, "Losses and phases").
 PARAM_GROUPS: tuple[str, ...] = ("backbone", "cov_head", "k_head", "geom_head")
 ParamGroup = Literal["backbone", "cov_head", "k_head", "geom_head"]
 
@@ -33,7 +34,8 @@ class _Frozen(BaseModel):
 
 
 class SystemConfig(_Frozen):
-    """The physical system and the scene distribution (DESIGN §2.1, §2.1a)."""
+    """The physical system and the scene distribution (SCIENCE.md, "System model";
+    ARCHITECTURE.md, "The data contract")."""
 
     n_ris_h: int = Field(12, ge=2, le=64, description="RIS elements along x (N_H)")
     n_ris_v: int = Field(12, ge=2, le=64, description="RIS elements along y (N_V)")
@@ -87,7 +89,7 @@ class SystemConfig(_Frozen):
 
 
 class ModelConfig(_Frozen):
-    """Network sizes (DESIGN §2.3). `architecture` picks the backbone."""
+    """Network sizes (SCIENCE.md, "The network"). `architecture` picks the backbone."""
 
     architecture: Literal["unrolled_omp", "seed_cov"] = Field(
         "unrolled_omp",
@@ -130,7 +132,7 @@ class ModelConfig(_Frozen):
 
 
 class DataConfig(_Frozen):
-    """How many scenes, in which batches, from which seed (DESIGN §2.2)."""
+    """How many scenes, in which batches, from which seed (SCIENCE.md, "Scenes")."""
 
     n_train: int = Field(5000, ge=1, le=100_000_000, description="train scenes per epoch")
     n_val: int = Field(1000, ge=1, le=MAX_POOL_SCENES)
@@ -155,7 +157,7 @@ class DataConfig(_Frozen):
 
 
 class LossWeights(_Frozen):
-    """The weights of the loss terms (DESIGN §2.5). Set only through a PhaseConfig."""
+    """The weights of the loss terms (SCIENCE.md, "Losses and phases"). Set only through a PhaseConfig."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -176,7 +178,7 @@ class PhaseConfig(_Frozen):
     schedule: Literal["constant", "cosine", "onecycle"] = "cosine"
     warmup_fraction: float = Field(0.05, ge=0.0, le=0.5, description="linear warm-up, fraction of steps")
     frozen_groups: tuple[ParamGroup, ...] = ()
-    loss_weights: LossWeights = LossWeights()  # the only place a loss weight is set (DESIGN §2.5)
+    loss_weights: LossWeights = LossWeights()  # the only place a loss weight is set (SCIENCE.md, "Losses and phases")
     amp: bool = Field(True, description="bf16 autocast on CUDA; ignored on CPU")
     grad_clip_norm: float | None = Field(1.0, gt=0.0, le=1e6)
     ema_decay: float | None = Field(None, ge=0.5, lt=1.0, description="None = no EMA")
@@ -229,7 +231,7 @@ def _default_training_phases() -> tuple[PhaseConfig, ...]:
 
 
 def _reference_diagnostic_phases() -> tuple[PhaseConfig, ...]:
-    # The reference diagnostic (DESIGN §2.5): k_only weights, backbone unfrozen, AMP off.
+    # The reference diagnostic (SCIENCE.md, "Losses and phases"): k_only weights, backbone unfrozen, AMP off.
     return (
         PhaseConfig(
             name="k_only", epochs=10, lr=1e-3, amp=False,
@@ -239,7 +241,7 @@ def _reference_diagnostic_phases() -> tuple[PhaseConfig, ...]:
 
 
 class TrainingJobConfig(_Frozen):
-    """A phase-training run: system, model, data and the phases in order (DESIGN §2.5)."""
+    """A phase-training run: system, model, data and the phases in order (SCIENCE.md, "Losses and phases")."""
 
     system: SystemConfig = SystemConfig()
     model: ModelConfig = ModelConfig()
@@ -294,7 +296,7 @@ class DiagnosticChecksConfig(_Frozen):
 
 
 class DiagnosticJobConfig(TrainingJobConfig):
-    """The reference diagnostic as a job (DESIGN §2.5): k_only, lam_K 1.5, lam_aux 0.5, lam_cov 0.1,
+    """The reference diagnostic as a job (SCIENCE.md, "Losses and phases"): k_only, lam_K 1.5, lam_aux 0.5, lam_cov 0.1,
     10 epochs, 5000 train / 1000 val scenes, batch 64; then the automatic checks."""
 
     data: DataConfig = DataConfig(n_train=5000, n_val=1000, batch_size=64)

@@ -1,5 +1,5 @@
 """Evaluation of a trained model against the classical baselines: the job config and the report
-(DESIGN §2.7, §3.2 /report).
+(SCIENCE.md, "Estimators and evaluation"; ARCHITECTURE.md, "HTTP API", /report).
 
 Owns: EvaluationConfig (scenes, baselines, tolerances, CRB; what `ris_model.evaluate.evaluation.evaluate` takes),
 EvaluationJobConfig (adds the checkpoint source), EvaluationJobCreate's config, the report wire types
@@ -67,7 +67,7 @@ class ToleranceConfig(_Frozen):
 
 
 class SompGridConfig(_Frozen):
-    """The SOMP dictionary grid (azimuth × elevation × inverse range); DESIGN §2.7 default 24 × 12 × 6."""
+    """The SOMP dictionary grid (azimuth × elevation × inverse range); default 24 × 12 × 6."""
 
     n_azimuth: int = Field(24, ge=1, le=128)
     n_elevation: int = Field(12, ge=1, le=64)

@@ -1,4 +1,4 @@
-"""Job wire types and the job state vocabulary (DESIGN §3.1, §3.2).
+"""Job wire types and the job state vocabulary (ARCHITECTURE.md, "The job state machine", "HTTP API").
 
 Owns: JobKind, JobState, FailureReason, TERMINAL_STATES, JobCreate (+ per-kind bodies: diagnostic, training,
 evaluation, sweep), JobPublic, JobsPage, Progress, NonfiniteSummary, Failure, JobEvent. Imports nothing of ours but
@@ -138,7 +138,7 @@ class Progress(BaseModel):
 
 
 class NonfiniteEvent(BaseModel):
-    """The last skipped step: where, why, and what was involved (DESIGN §2.6)."""
+    """The last skipped step: where, why, and what was involved (SCIENCE.md, "The trainer")."""
 
     phase: str
     epoch: int

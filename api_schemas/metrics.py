@@ -1,4 +1,5 @@
-"""The one metric type that crosses every hop, trainer → sink → store → HTTP (STYLE B9), and its keys.
+"""The one metric type that crosses every hop, trainer → sink → store → HTTP (ARCHITECTURE.md, "The life of a metric"),
+and its keys.
 
 Keys are `<split>/<name>[_<unit>]` and are declared here once, so a search finds producer and readers.
 Non-finite skipped steps travel as metric points too: each skipped step emits value-1 points under
@@ -74,7 +75,7 @@ NONFINITE_PREFIX = "nonfinite/"
 NONFINITE_CAUSE_PREFIX = "nonfinite/cause/"
 NONFINITE_TERM_PREFIX = "nonfinite/term/"
 NONFINITE_GROUP_PREFIX = "nonfinite/group/"
-#: causes of a skipped step (DESIGN §2.6)
+#: causes of a skipped step (SCIENCE.md, "The trainer")
 NONFINITE_CAUSES = ("loss", "grad", "amp_overflow")
 
 

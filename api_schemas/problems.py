@@ -1,4 +1,4 @@
-"""RFC 9457 problem details, the body of every API error (DESIGN §3.2)."""
+"""RFC 9457 problem details, the body of every API error (ARCHITECTURE.md, "HTTP API")."""
 
 from __future__ import annotations
 

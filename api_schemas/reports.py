@@ -1,4 +1,4 @@
-"""The diagnostic verdict as a wire type, and its Markdown rendering (DESIGN §3.2 /report).
+"""The diagnostic verdict as a wire type, and its Markdown rendering (ARCHITECTURE.md, "HTTP API", /report).
 
 Owns CheckStatus, CheckResult, Verdict, DiagnosticReport. Pure Python (no torch), so the API can render it.
 """

@@ -1,4 +1,5 @@
-"""What a job asks of the worker that runs it: processes (one per GPU) and the device (DESIGN §3.4).
+"""What a job asks of the worker that runs it: processes (one per GPU) and the device
+(ARCHITECTURE.md, "Multi-GPU training").
 
 Owns: Resources, DEFAULT_RESOURCES, the job priority (PRIORITY_FIELD, DEFAULT_PRIORITY), device_queue,
 stored_config, split_stored_config and stored_priority. Imports nothing of ours; no torch.

@@ -1,6 +1,6 @@
-"""Classical baselines on the test stream of the default system (DESIGN §2.7): K accuracy of SOMP, of MDL/AIC on
-the compressed R_yy and of MDL/AIC on an oracle uncompressed RIS array; SOMP's matched RMSE; the median √CRB.
-Results by SNR bin, as a table and as JSON.
+"""Classical baselines on the test stream of the default system (SCIENCE.md, "Estimators and evaluation"): K accuracy of
+SOMP, of MDL/AIC on the compressed R_yy and of MDL/AIC on an oracle uncompressed RIS array; SOMP's matched RMSE; the
+median √CRB. Results by SNR bin, as a table and as JSON.
 
     python3 bench/baselines.py [--device cuda] [--n-scenes 2000] [--out var/bench-baselines.json] [--calibrate]
 

@@ -1,4 +1,4 @@
-"""Scene-generation throughput versus one training step: is generation ever the bottleneck? (DESIGN §2.2)
+"""Scene-generation throughput versus one training step: is generation ever the bottleneck? (SCIENCE.md, "Scenes")
 
 Runs from the repo root with only torch, numpy, scipy and pydantic installed:
 

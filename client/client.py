@@ -1,6 +1,6 @@
 """`Client`: the ris-jobs HTTP API from Python, typed with the api_schemas wire models.
 
-Every method maps to one endpoint family of the API (DESIGN §3.2); errors are the typed exceptions of
+Every method maps to one endpoint family of the API (ARCHITECTURE.md, "HTTP API"); errors are the typed exceptions of
 `client.errors`. Streams resume where they stopped: `stream_metrics` reconnects with `Last-Event-ID` after a
 dropped connection and yields every metric point once, in seq order; `download` continues a `.part` file with
 `Range`/`If-Range`, checks the sha256 the server announced (`ETag`) and renames the file into place atomically.

@@ -1,6 +1,6 @@
 """The science of ris-jobs: physics, scenes, network, losses, estimators, trainer, diagnostics, evaluation.
 
-Public API (DESIGN §2.7): `ris_model.load_estimator(checkpoint_path, device=None)` and
+Public API (SCIENCE.md, "Estimators and evaluation"): `ris_model.load_estimator(checkpoint_path, device=None)` and
 `ris_model.physics.steering`. Importing this package is cheap and imports no torch: `load_estimator` is
 resolved on first use (PEP 562), so the worker's prefork parent can import `ris_model.errors` without CUDA.
 """

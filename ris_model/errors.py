@@ -1,4 +1,4 @@
-"""Domain errors of ris_model (STYLE B6). The worker's classify_failure maps them to FailureReason."""
+"""Domain errors of ris_model. The worker's classify_failure maps them to FailureReason."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ class RisModelError(Exception):
 
 @dataclass
 class NonFiniteAttribution:
-    """Which step went non-finite, why, and what was involved (DESIGN §2.6)."""
+    """Which step went non-finite, why, and what was involved (SCIENCE.md, "The trainer")."""
 
     phase: str
     epoch: int

@@ -1,9 +1,10 @@
-"""The public inference API: `load_estimator(checkpoint_path, device=None)` → `Estimator` (DESIGN §2.7).
+"""The public inference API: `load_estimator(checkpoint_path, device=None)` → `Estimator`
+(SCIENCE.md, "Estimators and evaluation").
 
 Owns load_estimator, Estimator and the per-scene prediction dicts. A checkpoint is loaded only through
 `ris_model.train.checkpoint.load_checkpoint` (weights_only=True: a file holding code is refused, never run), and the
-network gets the checkpoint's `eval_model` weights, the ones that were validated (DESIGN §2.6). Imports torch,
-numpy, api_schemas and ris_model; never Celery, HTTP or SQL.
+network gets the checkpoint's `eval_model` weights, the ones that were validated (SCIENCE.md, "The trainer"). Imports
+torch, numpy, api_schemas and ris_model; never Celery, HTTP or SQL.
 
     est = ris_model.load_estimator("final.pt")
     scenes = est.predict(y, H, codes)   # y [B, L, M], H [B, M, N], codes [B, L, N], complex, numpy or torch
@@ -29,7 +30,7 @@ from ris_model.estimators.polish import polish as ml_polish
 from ris_model.model.network import ModelOutput, RisNet
 from ris_model.train import checkpoint as ckpt
 
-#: The checkpoint key of the validated weights (the EMA's when the phase kept one; DESIGN §2.6).
+#: The checkpoint key of the validated weights (the EMA's when the phase kept one; SCIENCE.md, "The trainer").
 EVAL_MODEL_KEY = "eval_model"
 DEFAULT_BATCH_SIZE = 256
 
@@ -87,9 +88,9 @@ class Estimator:
             y: complex [B, L, M] measurements; axis 1 is the snapshot axis (one RIS code per snapshot).
             H: complex [B, M, N] BS→RIS channel.
             codes: complex [B, L, N] RIS codes, one row per snapshot.
-            snr_db: None, a float, or real [B] dB (DESIGN §2.1a definition). The network infers the noise
-                level from y (DESIGN §2.3); when given, the count is chosen by a penalized likelihood with it
-                (`order_test`), as SOMP's stopping rule uses it.
+            snr_db: None, a float, or real [B] dB (the data contract's definition). The network infers the noise
+                level from y (SCIENCE.md, "The network"); when given, the count is chosen by a penalized likelihood with
+                it (`order_test`), as SOMP's stopping rule uses it.
             numpy arrays or torch tensors, complex64 or complex128 (computed in complex64).
 
         Returns:
@@ -221,7 +222,8 @@ def _as_complex(value: ArrayLike, name: str) -> Tensor:
 
 def load_estimator(checkpoint_path: str | Path, device: str | torch.device | None = None, *,
                    batch_size: int = DEFAULT_BATCH_SIZE, polish: bool = True, order_test: bool = True) -> Estimator:
-    """Load a checkpoint written by this package's trainer as an Estimator (DESIGN §2.7 public API).
+    """Load a checkpoint written by this package's trainer as an Estimator (the public API;
+    SCIENCE.md, "Estimators and evaluation").
 
     Args:
         checkpoint_path: a `.pt` file (any checkpoint of a job: `final`, a phase's, a `-last`).

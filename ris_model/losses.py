@@ -1,4 +1,4 @@
-"""Loss terms and their weighted sum (DESIGN §2.5).
+"""Loss terms and their weighted sum (SCIENCE.md, "Losses and phases").
 
 Owns: covariance NMSE (computed through K×K Gram products, never an N×N matrix), K cross-entropy, the
 permutation-invariant geometry set loss (with slot existence), and the eigengap hinge / subspace margin on

@@ -1,4 +1,4 @@
-"""Evaluation metrics of counting and localization (DESIGN §2.6, §2.7).
+"""Evaluation metrics of counting and localization (SCIENCE.md, "The trainer", "Estimators and evaluation").
 
 Owns K accuracy / under / over counts, the K confusion matrix and matched per-source errors. Angles come in
 radians and leave in degrees only through the `_deg` names (reports).

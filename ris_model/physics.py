@@ -1,8 +1,9 @@
-"""RIS near-field physics: element grid, steering, BS→RIS channel, RIS codebook (DESIGN §2.1, §2.1a).
+"""RIS near-field physics: element grid, steering, BS→RIS channel, RIS codebook (SCIENCE.md, "System model";
+ARCHITECTURE.md, "The data contract").
 
 Owns the one steering function used by data, losses and estimators. Imports torch and api_schemas only.
-Conventions (public contract, DESIGN §2.1a): RIS in the x–y plane centred on the origin, boresight +z;
-flat index n = i_v·N_H + i_h; a source at (φ, θ, r) sits at r·(cosθ·sinφ, sinθ, cosθ·cosφ); angles in
+Conventions (public contract, ARCHITECTURE.md, "The data contract"): RIS in the x–y plane centred on the origin,
+boresight +z; flat index n = i_v·N_H + i_h; a source at (φ, θ, r) sits at r·(cosθ·sinφ, sinθ, cosθ·cosφ); angles in
 radians, distances in meters.
 """
 
@@ -46,7 +47,7 @@ def source_position(azimuth: Tensor, elevation: Tensor, range_m: Tensor) -> Tens
 
 def steering(system: SystemConfig, azimuth: Tensor | float, elevation: Tensor | float,
              range_m: Tensor | float) -> Tensor:
-    """Near-field RIS steering vectors (public API, DESIGN §2.7).
+    """Near-field RIS steering vectors (public API, SCIENCE.md, "Estimators and evaluation").
 
     a_n(φ, θ, r) = exp(−j·k0·(‖p − e_n‖ − r)) / √N, phase relative to the RIS centre.
 
@@ -106,7 +107,7 @@ def bs_response(n_antennas: int, psi: Tensor) -> Tensor:
 
 
 def dft_codebook(system: SystemConfig, *, device: torch.device | str | None = None) -> Tensor:
-    """The L RIS phase codes (DESIGN §2.1a), complex64 [L, N], unit modulus.
+    """The L RIS phase codes (ARCHITECTURE.md, "The data contract"), complex64 [L, N], unit modulus.
 
     Rows are 2D DFT beams c[n] = exp(j·2π·(p·i_h/N_H + q·i_v/N_V)) with p, q on an evenly spaced grid of
     ceil(√L) values each ({0, 3, 6, 9} for the default 12×12, L = 16), p-major, first L pairs.

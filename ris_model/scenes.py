@@ -1,4 +1,4 @@
-"""Scene generation: batched, on the training device, from seeded independent per-split streams (DESIGN §2.2).
+"""Scene generation: batched, on the training device, from seeded independent per-split streams (SCIENCE.md, "Scenes").
 
 Owns SceneBatch, generate_scenes, SceneSource, and each data-parallel rank's share of an epoch (rank_share,
 n_global_batches, check_shardable: global batch b of W x B scenes holds [b·B·W, (b+1)·B·W); rank r takes
@@ -94,7 +94,7 @@ def make_generator(seed: int, device: torch.device) -> torch.Generator:
 
 def generate_scenes(system: SystemConfig, n: int, *, generator: torch.Generator,
                     device: torch.device | str, symbols_constant: bool = False) -> SceneBatch:
-    """Draw `n` scenes per DESIGN §2.1a on `device`.
+    """Draw `n` scenes per the data contract (ARCHITECTURE.md) on `device`.
 
     Args:
         system: geometry, FOV, SNR and power ranges.
@@ -164,8 +164,8 @@ class _Uniform:
 def _draw_positions(system: SystemConfig, n: int, u: _Uniform, *, check_in_line: bool = True
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Uniform (φ, θ, r) per slot; a source is redrawn until it is separated from the earlier ones by
-    min_separation_deg in φ or θ, or min_separation_m in r (DESIGN §2.1a): rejection sampling, so each source
-    is uniform over the part of the field of view that the earlier ones leave free.
+    min_separation_deg in φ or θ, or min_separation_m in r (ARCHITECTURE.md, "The data contract"): rejection sampling,
+    so each source is uniform over the part of the field of view that the earlier ones leave free.
 
     Each slot draws _CANDIDATES_PER_SLOT candidates per scene at once and keeps the first separated one, with
     no host synchronization; one check per batch finds the (at the default separations, never seen) scenes

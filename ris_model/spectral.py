@@ -1,4 +1,4 @@
-"""Numerically stable spectral tools on small matrices (DESIGN §2.4).
+"""Numerically stable spectral tools on small matrices (SCIENCE.md, "Numerically stable spectral features").
 
 Owns the K-head's spectral features and the low-rank identities that replace N×N decompositions.
 Rules kept here: eigenvalues only (never eigen- or singular vectors on a gradient path), float64 for small

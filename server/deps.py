@@ -1,4 +1,4 @@
-"""Typed FastAPI dependencies (STYLE B1, A2): what a route needs, named for what it gives.
+"""Typed FastAPI dependencies: what a route needs, named for what it gives.
 
 Owns: `SettingsDep`, `SessionDep`, `ArtifactsDep`, `RedisDep`, `ProducerDep`, `PrincipalDep` and the API-key
 check (`authenticate` per route, with the key's rate limit; `ApiKeyMiddleware` before everything else). Everything

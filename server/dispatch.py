@@ -1,4 +1,4 @@
-"""Sending job ids to the workers' Celery queues (DESIGN §3.4, STYLE B7; docs/CONTRACTS.md).
+"""Sending job ids to the workers' Celery queues (ARCHITECTURE.md, "The life of a job"; docs/CONTRACTS.md).
 
 Owns: `RUN_JOB_TASK`, the queue names (`<JOB_QUEUE>.gpu`, `<JOB_QUEUE>.cpu`: `job_queue_name`; a `sweep` job's
 driver goes to `<JOB_QUEUE>.sweeps`: `sweep_queue`, `queue_for`, which a CPU worker consumes, so that it never holds

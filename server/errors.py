@@ -1,4 +1,4 @@
-"""Every HTTP error of the API as application/problem+json (RFC 9457; DESIGN §3.2, STYLE B6).
+"""Every HTTP error of the API as application/problem+json (RFC 9457; ARCHITECTURE.md, "HTTP API").
 
 Owns: the API's own error types (auth, limits, dispatch), the one mapping from domain errors to status codes
 (`install_error_handlers`), validation-error formatting (`errors: [{field, message}]` with pydantic's union tag

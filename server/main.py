@@ -1,4 +1,4 @@
-"""The FastAPI application (DESIGN §3.2): `create_app(settings=None) -> FastAPI`.
+"""The FastAPI application (ARCHITECTURE.md, "HTTP API"): `create_app(settings=None) -> FastAPI`.
 
 Owns: wiring only — engine, sessions, artifact store, Redis client, Celery producer and Prometheus registry on
 `app.state`; error handlers and the request guard; routers (every /v1 route and /metrics behind the API key;

@@ -1,7 +1,7 @@
 """Range requests on file downloads (RFC 9110 §14): the answers Starlette's FileResponse does not give itself.
 
 Owns: `RangedFileResponse`. Starlette serves `bytes` ranges (206, multipart for several) and If-Range; this
-wrapper adds what the API promises on top (DESIGN §3.2):
+wrapper adds what the API promises on top (ARCHITECTURE.md, "HTTP API"):
 - a malformed Range header is a 400 problem+json (not plain text);
 - a Range in a unit other than `bytes` is ignored and the whole file is served (RFC 9110 §14.2);
 - an unsatisfiable range is a 416 problem+json with `Content-Range: bytes */<size>`.

@@ -1,6 +1,6 @@
 """Service settings: one `Settings(BaseSettings)` read from the environment, shared by API, worker and reaper.
 
-Owns every environment variable of ris-jobs (DESIGN §3.5, STYLE B5); no other module reads `os.environ`.
+Owns every environment variable of ris-jobs (README.md, "Settings"); no other module reads `os.environ`.
 Variables have no prefix (`DATABASE_URL`, `REDIS_URL`, ...). Bad values fail at startup with a message that
 names the variable. Must not import FastAPI, torch or anything of ours but the standard library.
 """

@@ -1,4 +1,4 @@
-"""What a training checkpoint holds, checked value by value (DESIGN §2.6): its keys, format marker, config
+"""What a training checkpoint holds, checked value by value (SCIENCE.md, "The trainer"): its keys, format marker, config
 digest, position, and tensors shaped as the model that its own config builds."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Shared test builders (STYLE B8): jobs in any state through the store's own functions, and tiny configs."""
+"""Shared test builders: jobs in any state through the store's own functions, and tiny configs."""
 
 from __future__ import annotations
 

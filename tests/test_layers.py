@@ -1,4 +1,5 @@
-"""The dependency arrows of DESIGN §1 (STYLE B1), checked on every import statement of the packages."""
+"""The dependency arrows (ARCHITECTURE.md, "The parts and their arrows"), checked on every import statement of the
+packages."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ ROOMS: dict[str, set[str]] = {
     "ris_model/diagnose": {"ris_model.evaluate", "ris_model.cli"},
     "ris_model/train": {"ris_model.evaluate", "ris_model.cli"},
 }
-#: modules nothing outside their own package may import (DESIGN §1: nothing imports worker or server.api)
+#: modules nothing outside their own package may import (nothing imports worker or the API modules of server)
 PRIVATE = {"worker": "worker", "server.main": "server", "server.routes": "server", "server.deps": "server",
            "server.errors": "server"}
 

@@ -1,4 +1,4 @@
-"""The Celery app of ris-jobs and its configuration (DESIGN §3.4; jobserver_notes §2.1, §6.6).
+"""The Celery app of ris-jobs and its configuration (ARCHITECTURE.md, "The life of a job").
 
 Owns: `app` (what `celery -A worker.app worker` loads) and `configure_app(app, settings)`.
 Must not import torch, CUDA or ris_model: a prefork parent that initialised CUDA cannot fork usable children

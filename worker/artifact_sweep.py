@@ -1,4 +1,5 @@
-"""The orphan sweep of the artifact store, run by the reaper (DESIGN §3.3).
+"""The orphan sweep of the artifact store, run by the reaper
+(ARCHITECTURE.md, "Artifacts, queues and several machines").
 
 Owns `sweep_orphans`. An object is an orphan when nothing can ever point at it again:
 - a temporary key (`_tmp/…`) older than ORPHAN_GRACE_S: a write that crashed before its commit;

@@ -1,4 +1,4 @@
-"""What a worker can run, and why a job waits (DESIGN §3.4; docs/ARCHITECTURE.md "Multi-GPU training").
+"""What a worker can run, and why a job waits (docs/ARCHITECTURE.md "Multi-GPU training").
 
 Owns: WorkerCapacity, local_capacity, served_queues, unfit_reason, run_device, the Redis register of live
 workers (`announce`, `live_capacities`, `CapacityAnnouncer`), `waiting_reason` and `queue_waiting_reason`.

@@ -1,10 +1,11 @@
-"""The `ris-jobs` command: `serve` (the README's one-command run), `api`, `worker`, `reaper` (DESIGN §3), and
-the user commands of `client.cli` (submit, list, status, watch, logs, download, report, cancel, ...).
+"""The `ris-jobs` command: `serve` (the README's one-command run), `api`, `worker`, `reaper`
+(ARCHITECTURE.md, "The life of a job"), and the user commands of `client.cli` (submit, list, status, watch, logs,
+download, report, cancel, ...).
 
 Owns process supervision only: starting, watching and stopping child processes. It imports no torch and never
 initialises CUDA: GPUs are counted from CUDA_VISIBLE_DEVICES or `nvidia-smi -L`, and each GPU (or each group
 of `--gpus-per-worker` GPUs, for jobs with resources.gpus > 1) gets its own Celery worker child with
-CUDA_VISIBLE_DEVICES=<ids>, `-c 1 -P prefork --max-tasks-per-child=1` (DESIGN §3.4).
+CUDA_VISIBLE_DEVICES=<ids>, `-c 1 -P prefork --max-tasks-per-child=1` (ARCHITECTURE.md, "The life of a job").
 
 Queues (`ris-jobs worker --queues`): the GPU workers consume `<JOB_QUEUE>.gpu`; a CPU worker (no GPU visible)
 consumes `<JOB_QUEUE>.cpu`. Default: a host with GPUs serves `gpu` only (its cores feed its GPUs); a host without

@@ -1,4 +1,5 @@
-"""Exception → FailureReason: the one place that picks a job's failure reason (STYLE B6, DESIGN §3.1).
+"""Exception → FailureReason: the one place that picks a job's failure reason
+(ARCHITECTURE.md, "The job state machine").
 
 Owns: `TrainerFailed` (marks an exception that escaped `ris_model.train.jobs.run_training_job`), `classify_failure`
 and `failure_message`. Imports neither torch nor ris_model (the prefork parent imports this module): an

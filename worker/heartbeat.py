@@ -1,4 +1,5 @@
-"""The job monitor thread: lease heartbeat, cancel detection, and timed metric flushes (DESIGN §3.1, §3.4).
+"""The job monitor thread: lease heartbeat, cancel detection, and timed metric flushes
+(ARCHITECTURE.md, "The job state machine", "The life of a job").
 
 Owns: `JobMonitor` and `make_should_stop`. Every `poll_interval_s` the monitor reads the Redis cancel flag and
 lets the sink flush points that waited too long; every `heartbeat_interval_s` it renews the lease with

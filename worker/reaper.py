@@ -1,4 +1,5 @@
-"""The reaper: requeue or fail jobs whose worker died, re-dispatch lost messages, escalate cancels (DESIGN §3.1).
+"""The reaper: requeue or fail jobs whose worker died, re-dispatch lost messages, escalate cancels (ARCHITECTURE.md,
+"The job state machine").
 
 Owns: `Reaper` (one sweep = `reap_once()`), the module-level `reap_once()` for tests and `run_reaper()` (the
 loop of `ris-jobs reaper`). Imports no torch.

@@ -1,4 +1,5 @@
-"""StoreSink: the worker's MetricSink — SQL first (the truth), then Redis pub/sub (DESIGN §3.3, STYLE B9 hop 3).
+"""StoreSink: the worker's MetricSink — SQL first (the truth), then Redis pub/sub
+(ARCHITECTURE.md, "The life of a metric").
 
 Owns: buffering metric points, flushing them through `server.store.metrics.append_points` (fenced by the
 lease, one transaction per flush), publishing the stored points (with their seq) on `job:{id}:live`, and

@@ -1,7 +1,8 @@
-"""The `run_job` task: claim, run the trainer, finish with one fenced terminal transition (DESIGN §3.1, §3.4).
+"""The `run_job` task: claim, run the trainer, finish with one fenced terminal transition
+(ARCHITECTURE.md, "The job state machine", "The life of a job").
 
 Owns: `run_job` (registered as `server.dispatch.RUN_JOB_TASK`) and its body `execute_job`, which tests call
-without Celery. The task gets a job id, never an object, and re-reads the row (STYLE B7, A3):
+without Celery. The task gets a job id, never an object, and re-reads the row:
 
 0. a job whose `resources` this worker cannot give (worker/capacity.py) is not claimed: it stays QUEUED, its
    reason is recorded as a QUEUED → QUEUED event, and its message goes back to the queue for another worker;
@@ -332,7 +333,7 @@ def _train(res: JobResources, row: Any, *, scratch: JobScratch, sink: StoreSink,
         final = Path(result.final_checkpoint.path) if result.final_checkpoint is not None else None
         exporting.finish(state=outcome.state, report=outcome.report, final_checkpoint=final)
         return outcome
-    except Exception as exc:  # process boundary: every failure becomes a FAILED row (STYLE B6)
+    except Exception as exc:  # process boundary: every failure becomes a FAILED row
         if _is_lease_lost(exc) or monitor.lease_lost.is_set():
             return None
         outcome = _failed_outcome(exc, sink)
@@ -543,7 +544,7 @@ def _finish(res: JobResources, job_id: str, *, outcome: Outcome, lease_token: st
     except (InvalidTransition, LeaseLost) as exc:
         log.warning("terminal transition to %s refused (%s): the reaper or a cancel decided first", outcome.state, exc)
         return None
-    except Exception as exc:  # process boundary: never leave the job RUNNING (STYLE B6)
+    except Exception as exc:  # process boundary: never leave the job RUNNING
         log.error("writing the outcome failed; marking the job FAILED INTERNAL\n%s", traceback_tail(exc))
         outcome = Outcome(JobState.FAILED, classify_failure(exc), failure_message(exc))
         try:

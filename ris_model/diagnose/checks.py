@@ -4,7 +4,8 @@ Owns `diagnose(...) -> DiagnosticReport`. Reads what the trainer reported (metri
 config, and runs three small probes of its own (split leakage, identifiability, overfit). Each check says
 PASS / WARN / FAIL, shows its evidence and what to do next, or SKIP when the run's budget (training steps, val
 scenes, probe steps) is too small for it to judge: a short run is never reported as a bug. The verdict
-automates the reference study's decision table (which machinery to fix first, when to proceed to three-phase training).
+automates the decision a diagnostic is for: which machinery to fix first, or whether to proceed to three-phase
+training.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class CheckId(IntEnum):
 #: the checks of the training machinery and the data: a FAIL among them is fixed before anything else
 MACHINERY_CHECKS = frozenset({CheckId.NONFINITE, CheckId.STEPS_AND_LR, CheckId.PARAM_MOTION,
                               CheckId.DEAD_PARAMETERS, CheckId.SPLIT_LEAKAGE, CheckId.IDENTIFIABILITY})
-SEED_BAR = (0.3, 0.4)  # the reference study's bar: "K_acc rises above 0.3–0.4" at K_MAX = 5
+SEED_BAR = (0.3, 0.4)  # the predecessor's target: "K_acc rises above 0.3–0.4" at K_MAX = 5 (chance: 0.2)
 IDENTIFIABLE_MARGIN = 0.1  # check 6: accuracy above chance that counts as "K is recoverable"
 IDENTIFIABLE_Z = 3.0  # check 6: ... and binomial standard deviations above chance
 OVERFIT_ACC = 0.95  # check 8: train K_acc that counts as fitted
@@ -153,7 +154,8 @@ def check_nonfinite(points: Sequence[MetricPoint]) -> CheckResult:
                 f"by phase {_counts(s.by_phase)}); loss terms involved: {terms}; "
                 f"parameter groups: {', '.join(sorted(s.by_param_group)) or '-'}",
         next_step="fix the named loss term(s): a term through eigen/singular vectors of a rank-deficient R̂ "
-                  "is the usual cause (DESIGN §2.4) — use eigenvalues of the K×K Gram matrix instead",
+                  "is the usual cause (docs/SCIENCE.md, 'Numerically stable spectral features') — use eigenvalues "
+                  "of the K×K Gram matrix instead",
     )
 
 
@@ -600,7 +602,7 @@ def check_provenance(config: DiagnosticJobConfig) -> CheckResult:
 
 # ---------------------------------------------------------------- verdict
 def _verdict(checks: list[CheckResult]) -> Verdict:
-    """The reference study's decision table, automated. In order:
+    """The diagnostic's decision, automated. In order:
     1. any machinery check (1–6: non-finite, steps/LR, motion, dead parameters, leakage, identifiability)
        FAILs → "something else is broken": fix the first one first;
     2. learning PASSes (K_acc above the bar) → proceed to three-phase training (WARN if other checks warn);

@@ -1,4 +1,4 @@
-"""Classical estimators and evaluation for RIS near-field localization (DESIGN §2.7).
+"""Classical estimators and evaluation for RIS near-field localization (SCIENCE.md, "Estimators and evaluation").
 
 Spectra (MUSIC, MVDR) from a covariance or its low-rank factor, 3D peak search and refinement; MDL/AIC source
 counting on the compressed data and on an oracle uncompressed array; simultaneous OMP on the compressed

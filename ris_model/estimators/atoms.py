@@ -1,4 +1,5 @@
-"""Effective atoms through the known sensing operator, shared by SOMP and the polish (DESIGN §2.3, §2.7).
+"""Effective atoms through the known sensing operator, shared by SOMP and the polish (SCIENCE.md, "The network",
+"Estimators and evaluation").
 
 Owns: `responses` (b_l(p) = H·diag(c_l)·a(p) for positions p), `solve_ls` (per-snapshot least squares of the
 measurements on a set of atoms), `refine_atom` (the shrinking 27-point stencil search of one atom's position),
@@ -60,7 +61,7 @@ def solve_ls(y: Tensor, Phi: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def noise_var_from_snr(y: Tensor, snr_db: Tensor) -> Tensor:
-    """σ² per antenna, float64 [B], of measurements y [B, L, M] at SNR snr_db [B] (DESIGN §2.1a definition):
+    """σ² per antenna, float64 [B], of measurements y [B, L, M] at SNR snr_db [B] (the data contract's definition):
     ‖Y‖²_F / (L·M·(1 + 10^(snr_db/10)))."""
     B, L, M = y.shape
     total = y.to(torch.complex128).abs().square().sum((1, 2))

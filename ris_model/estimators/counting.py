@@ -1,5 +1,5 @@
 """Classical source counting: Wax–Kailath MDL and AIC, on the compressed measurements and on an oracle
-uncompressed RIS array observing the same scenes (DESIGN §2.7; doa_notes.md §2).
+uncompressed RIS array observing the same scenes (SCIENCE.md, "Estimators and evaluation").
 
 Owns mdl, aic, sample_eigenvalues, count_sources, measurement_counts, simulate_array_snapshots and
 oracle_array_counts. Batched torch on the device of the inputs; the eigendecompositions here are of small
@@ -102,8 +102,9 @@ def simulate_array_snapshots(A: Tensor, power: Tensor, snr_db: Tensor, n_snapsho
                              generator: torch.Generator, symbols_constant: bool = False) -> Tensor:
     """Snapshots of an uncompressed N-element RIS array observing the given sources (the "oracle array").
 
-    x_t = A·s_t + n_t, s_t ~ CN(0, diag(p)) i.i.d. over t, n_t ~ CN(0, σ²·I_N), with σ² set by the DESIGN §2.1a
-    SNR definition applied to this array: SNR = mean_t ‖A·s_t‖² / (N·σ²) (realized signal, per element).
+    x_t = A·s_t + n_t, s_t ~ CN(0, diag(p)) i.i.d. over t, n_t ~ CN(0, σ²·I_N), with σ² set by the data contract's
+    SNR definition (ARCHITECTURE.md) applied to this array: SNR = mean_t ‖A·s_t‖² / (N·σ²) (realized signal, per
+    element).
 
     Args:
         A: complex [B, N, K] source steering (zero columns where absent).

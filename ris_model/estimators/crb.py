@@ -1,5 +1,5 @@
-"""Numerical stochastic Cramér–Rao bound for the compressed RIS measurement model (DESIGN §2.1a, §2.7;
-doa_notes.md §3.1).
+"""Numerical stochastic Cramér–Rao bound for the compressed RIS measurement model (ARCHITECTURE.md, "The data contract";
+SCIENCE.md, "Estimators and evaluation").
 
 Model: y_l = G_l·A(η)·s_l + n_l, G_l = H·diag(c_l), s_l ~ CN(0, diag(p)) i.i.d. over l, n_l ~ CN(0, σ²·I_M),
 σ² known. y_l is zero-mean Gaussian with a covariance that differs per snapshot,
@@ -58,7 +58,7 @@ def crb_compressed(system: SystemConfig, H: Tensor, codes: Tensor, azimuth: Tens
         codes: complex [B, L, N] RIS codes; axis 1 is the snapshot axis (L snapshots, one code each).
         azimuth, elevation: float [B, K] radians; range_m: float [B, K] meters; power: float [B, K] (> 0 where
             present); mask: bool [B, K], True for present sources (e.g. a SceneBatch's fields).
-        snr_db: real [B] dB (DESIGN §2.1a definition, in expectation over the symbols):
+        snr_db: real [B] dB (the data contract's definition, in expectation over the symbols):
             σ² = (1/L)·Σ_l tr(G_l·A·P·Aᴴ·G_lᴴ) / (M·10^(snr_db/10)). Give exactly one of snr_db, noise_var.
         noise_var: real [B], σ² per antenna, in the units of |y|².
         chunk_size: scenes per chunk (memory ≈ chunk·L·4K·M²·16 bytes).

@@ -1,8 +1,10 @@
-"""The (φ, θ, r) search grid shared by the spectra, the peak search and the SOMP dictionary (DESIGN §2.7).
+"""The (φ, θ, r) search grid shared by the spectra, the peak search and the SOMP dictionary
+(SCIENCE.md, "Estimators and evaluation").
 
 Owns SearchGrid, its field-of-view axes (fov_axes) and the spectra's peaks (Peaks); the estimators' result
 type SourceEstimate lives in ris_model.estimators.result and is re-exported here. Steering comes only from
-`ris_model.physics.steering` (DESIGN §2.1a). Imports torch, api_schemas and ris_model.physics; nothing else.
+`ris_model.physics.steering` (ARCHITECTURE.md, "The data contract"). Imports torch, api_schemas and ris_model.physics;
+nothing else.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Evaluation of estimated sources against the truth: Hungarian matching, counting metrics, matched RMSE and
-detection precision/recall/F1 at tolerances (DESIGN §2.7).
+detection precision/recall/F1 at tolerances (SCIENCE.md, "Estimators and evaluation").
 
 Owns match_sources, counting_metrics, evaluate_sources and their frozen reports. Composes
 `ris_model.metrics.GeometryTally` for the squared-error sums. Angles come in radians; degrees appear only in
@@ -95,7 +95,7 @@ def match_sources(estimate: SourceEstimate, azimuth: Tensor, elevation: Tensor, 
     """Hungarian matching of valid estimates to true sources, scene by scene.
 
     The cost of a pair is (Δφ/s_φ)² + (Δθ/s_θ)² + (Δr/s_r)² with `scale` = (s_φ rad, s_θ rad, s_r m); the default
-    is the DESIGN §2.1 field of view, as the old training set loss did.
+    is the default system's field of view, as the old training set loss did.
 
     Args:
         estimate: SourceEstimate [B, S] (only `valid` slots take part).

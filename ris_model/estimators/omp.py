@@ -1,4 +1,5 @@
-"""Simultaneous OMP on the compressed measurements through the known sensing operator (DESIGN §2.3, §2.7).
+"""Simultaneous OMP on the compressed measurements through the known sensing operator (SCIENCE.md, "The network",
+"Estimators and evaluation").
 
 Owns `somp` and SompResult: the classical compressive baseline on the same y, H, codes the network sees.
 For scene b and snapshot l the effective atom of a grid point g is b_l(g) = H_b·diag(c_l)·a(g) ∈ C^M; each
@@ -60,7 +61,7 @@ def somp(y: Tensor, H: Tensor, codes: Tensor, grid: SearchGrid, *, snr_db: Tenso
     the same threshold to the residual energy when it alone is removed (the rest re-fitted per snapshot), it
     is dropped; this removes a greedy first pick that landed between sources. σ̂² is the noise power per
     antenna:
-    - with snr_db (DESIGN §2.1a definition): σ̂² = ‖Y‖²_F / (L·M·(1 + 10^(snr_db/10)));
+    - with snr_db (the data contract's definition): σ̂² = ‖Y‖²_F / (L·M·(1 + 10^(snr_db/10)));
     - without: σ̂² = e_{max_sources} / (L·(M − max_sources)), the residual after max_sources atoms, which is
       biased low (the greedy atoms also fit noise), so K̂ tends to be larger.
 

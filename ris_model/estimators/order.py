@@ -1,5 +1,5 @@
 """Model-order selection after the ML polish: a penalized likelihood over every count, with the network's
-posterior over the count as a prior term (DESIGN §2.7).
+posterior over the count as a prior term (SCIENCE.md, "Estimators and evaluation").
 
 Owns `select_order` and its parts `count_fits` (the polished fit of each count) and `order_scores` (the rule),
 and `residual_energy`. With the noise power σ² known (from the scene's SNR: the information SOMP's stopping
@@ -65,7 +65,7 @@ def select_order(y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, 
         estimate: starting positions (radians, meters) in S slots, best first; every slot must hold a finite
             position (its k and valid are not used). Its `k_log_prob` [B, ≥ S], when present, is the prior term.
         grid: the polish's search grid.
-        snr_db: real [B] (or a scalar) dB, the scenes' SNR (DESIGN §2.1a definition), for σ².
+        snr_db: real [B] (or a scalar) dB, the scenes' SNR (the data contract's definition), for σ².
         prior_weight: w₀, the prior's weight at 0 dB in units of L (0: AIC alone).
         prior_decay_db: d, the SNR over which the weight falls by e.
         n_splits: split passes of each count's polish (`ris_model.estimators.polish`); they gain K_acc and

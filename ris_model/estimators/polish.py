@@ -1,9 +1,9 @@
 """Maximum-likelihood polish of estimated source positions: local Levenberg–Marquardt plus global moves
-(DESIGN §2.7).
+(SCIENCE.md, "Estimators and evaluation").
 
 Owns `polish` (the K̂ sources of an estimate, K̂ left as it is) and `refine_fits` (the same procedure on many
 configurations per scene at once, which the count selection uses for every count). The noise is white per
-antenna (DESIGN §2.1a), so the ML positions minimize E = Σ_l ‖y_l − Φ_l·ŝ_l‖² over positions and per-snapshot
+antenna (the data contract), so the ML positions minimize E = Σ_l ‖y_l − Φ_l·ŝ_l‖² over positions and per-snapshot
 amplitudes ŝ_l, with Φ_l = H·diag(c_l)·[a(p_1) … a(p_K̂)]. The procedure:
 
 1. Levenberg–Marquardt on all sources jointly (`ris_model.estimators.varpro`: the amplitudes projected out,

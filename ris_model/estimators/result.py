@@ -1,4 +1,4 @@
-"""The result type every estimator returns: SourceEstimate (DESIGN §2.7, STYLE B3).
+"""The result type every estimator returns: SourceEstimate (SCIENCE.md, "Estimators and evaluation").
 
 Imports torch only. Also importable as `ris_model.estimators.SourceEstimate`.
 """
@@ -15,7 +15,7 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class SourceEstimate:
-    """Estimated sources of B scenes, as every estimator here returns them (STYLE B3).
+    """Estimated sources of B scenes, as every estimator here returns them, whatever its options.
 
     k: int64 [B] estimated number of sources; azimuth, elevation: float64 [B, S] radians; range_m: float64
     [B, S] meters; valid: bool [B, S], True for the first k[b] slots of scene b (S ≥ max k);

@@ -1,4 +1,5 @@
-"""MUSIC and MVDR spectra over a (φ, θ, r) grid, 3D peak search and local refinement (DESIGN §2.4, §2.7).
+"""MUSIC and MVDR spectra over a (φ, θ, r) grid, 3D peak search and local refinement
+(SCIENCE.md, "Numerically stable spectral features", "Estimators and evaluation").
 
 Two routes, the same numbers (tests pin the agreement):
 - from the low-rank factor F [B, N, K] of R = F·Fᴴ, with no N×N matrix: MUSIC through the Cholesky factor of
@@ -10,7 +11,8 @@ Batched torch on the device of the inputs. Imports torch, api_schemas and ris_mo
 References:
     R. Schmidt, "Multiple emitter location and signal parameter estimation", IEEE TAP 34(3), 1986.
     J. Capon, "High-resolution frequency-wavenumber spectrum analysis", Proc. IEEE 57(8), 1969.
-    doa_notes.md §4.5 (the low-rank identities), doatools `estimation/music.py` (interface, refinement test).
+    SCIENCE.md, "Numerically stable spectral features" (the low-rank identities); doatools `estimation/music.py`
+    (interface, refinement test).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Levenberg–Marquardt on the variable-projection likelihood of point sources (DESIGN §2.7).
+"""Levenberg–Marquardt on the variable-projection likelihood of point sources (SCIENCE.md, "Estimators and evaluation").
 
 Owns the numerical core of the ML polish and of the count selection: `atom_jacobians` (the steering vector and
 its analytic derivatives in (φ, θ, 1/r)), `small_solve` (batched Cholesky solves of many tiny systems),
 `Scenes` (a chunk's measurements and operators, made once and shared by every fit, count and iteration) and
-`Fits` (many candidate configurations per scene, fitted at once). The noise is white per antenna (DESIGN
-§2.1a), so the ML positions minimize E(p) = Σ_l ‖y_l − Φ_l(p)·ŝ_l‖² with the per-snapshot LS amplitudes ŝ_l =
+`Fits` (many candidate configurations per scene, fitted at once). The noise is white per antenna (the data
+contract), so the ML positions minimize E(p) = Σ_l ‖y_l − Φ_l(p)·ŝ_l‖² with the per-snapshot LS amplitudes ŝ_l =
 Φ_l⁺·y_l and Φ_l = H·diag(c_l)·[a(p_1) … a(p_K)]. Eliminating the amplitudes (variable projection) leaves 3K
 real unknowns; `Fits.lm` runs Levenberg–Marquardt on them with Kaufman's Jacobian J_l = −P⊥_l·∂Φ_l·ŝ_l, whose
 normal equations need only the atoms, their derivatives and K×K per-snapshot Gram matrices:

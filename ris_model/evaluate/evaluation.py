@@ -1,4 +1,5 @@
-"""Evaluation of a trained model against the classical baselines on test scenes (DESIGN §2.7).
+"""Evaluation of a trained model against the classical baselines on test scenes
+(SCIENCE.md, "Estimators and evaluation").
 
 Owns evaluate (→ api_schemas.EvaluationReport), evaluation_scenes and render_plots. The scenes come from the
 TEST stream of the checkpoint's own system (`scenes.stream_seed(seed, Split.TEST, chunk)`, chunks of

@@ -1,4 +1,5 @@
-"""The network: physics-informed features, a backbone, and the covariance, K and geometry heads (DESIGN §2.3).
+"""The network: physics-informed features, a backbone, and the covariance, K and geometry heads
+(SCIENCE.md, "The network").
 
 Owns RisNet and ModelOutput. Imports torch, api_schemas and ris_model.physics/spectral.
 Parameter groups (`RisNet.param_groups()`): backbone, cov_head, k_head, geom_head; a phase may freeze any.
@@ -9,7 +10,8 @@ Architectures (`ModelConfig.architecture`):
 - "seed_cov": the reference baseline: a transformer over per-snapshot back-projections
   z_l = (H·diag(c_l))ᴴ·W·y_l, pooled, with the same heads.
 No N×N matrix is formed or decomposed; the K-head's spectral path uses eigenvalues of the K_MAX×K_MAX Gram
-matrix Aᴴ·A and of the M×M measurement covariance (eigenvalues only, float64, floored; DESIGN §2.4).
+matrix Aᴴ·A and of the M×M measurement covariance (eigenvalues only, float64, floored;
+SCIENCE.md, "Numerically stable spectral features").
 """
 
 from __future__ import annotations
@@ -155,7 +157,8 @@ def _mlp(n_in: int, d: int, n_out: int) -> nn.Sequential:
 
 
 def _unit_rms(x: Tensor) -> Tensor:
-    """Scale each scene to unit mean power (models must not depend on the absolute scale; DESIGN §2.1a)."""
+    """Scale each scene to unit mean power (models must not depend on the absolute scale;
+    ARCHITECTURE.md, "The data contract")."""
     dims = tuple(range(1, x.ndim))
     return x / x.abs().square().mean(dims, keepdim=True).clamp_min(1e-20).sqrt()
 

@@ -1,4 +1,4 @@
-"""The only checkpoint writer and reader (DESIGN §2.6, STYLE B3).
+"""The only checkpoint writer and reader (SCIENCE.md, "The trainer").
 
 A checkpoint is a dict of tensors and plain types under constant keys, loadable with
 `torch.load(path, weights_only=True)`. Writes go to a temp file in the same directory, are fsynced and

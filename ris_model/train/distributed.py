@@ -1,5 +1,5 @@
 """Data-parallel training over several processes: the process group and the collectives the trainer needs
-(DESIGN §2.5, docs/ARCHITECTURE.md "Multi-GPU training").
+(SCIENCE.md, "The trainer"; docs/ARCHITECTURE.md "Multi-GPU training").
 
 Owns: DistContext, StopReason, backend_for, tcp_store, say_ready, all_ready, init_process_group, STOP_CODES;
 each rank's share of the scenes is ris_model.scenes' (rank_share, n_global_batches, check_shardable).

@@ -1,4 +1,5 @@
-"""Where the trainer sends metric points and checkpoint records (DESIGN §2.6, STYLE B9).
+"""Where the trainer sends metric points and checkpoint records (SCIENCE.md, "The trainer";
+ARCHITECTURE.md, "The life of a metric").
 
 Owns: the MetricSink protocol and three small sinks (NullSink, MemorySink for tests, JsonlSink for the CLI).
 Must not import celery, fastapi, sqlalchemy or redis: the worker brings its own sink (worker/sink.py).

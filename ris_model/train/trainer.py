@@ -1,4 +1,4 @@
-"""The phase trainer (DESIGN §2.5, §2.6).
+"""The phase trainer (SCIENCE.md, "Losses and phases", "The trainer").
 
 Owns Trainer and FitResult. Reads top to bottom: fit → phases → _train_epoch → _train_step, _validate,
 _save_checkpoint. Knows nothing of Celery or HTTP: everything leaves through the MetricSink.
@@ -289,7 +289,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- non-finite guard
     def _skip(self, phase: PhaseConfig, batch: SceneBatch, res: LossResult, *, cause: str) -> None:
-        """Count and attribute a skipped step; abort after too many in a row (DESIGN §2.6)."""
+        """Count and attribute a skipped step; abort after too many in a row (SCIENCE.md, "The trainer")."""
         assert self.optimizer is not None
         weights = phase.loss_weights.model_dump()
         active = {n: t for n, t in res.terms.items() if weights.get(f"lam_{n}", 1.0) > 0}

@@ -1,4 +1,4 @@
-"""Checkpoint routes (DESIGN §3.2, jobserver_notes §3 "File download", §6.5): list and download.
+"""Checkpoint routes (ARCHITECTURE.md, "HTTP API", "Checkpoints"): list and download.
 
 Downloads: `final`/`latest` aliases, names checked against CHECKPOINT_NAME_PATTERN (else 404), objects looked
 up inside the job's prefix of the artifact store, `ETag: "<sha256>"` with 304 on If-None-Match, `Repr-Digest`

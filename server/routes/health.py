@@ -1,4 +1,4 @@
-"""Health and monitoring routes (DESIGN §3.2, jobserver_notes §3 "Health", "Prometheus").
+"""Health and monitoring routes (ARCHITECTURE.md, "HTTP API").
 
 `/healthz` is liveness (no I/O, always 200); `/readyz` checks the database (`SELECT 1`) and Redis (`PING`,
 short timeout) and answers a 503 problem naming what is down; `/metrics` is Prometheus text computed at scrape

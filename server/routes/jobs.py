@@ -1,8 +1,9 @@
-"""Job routes (DESIGN §3.2): create, list, read, events, logs, report, cancel, delete, a sweep's trials.
+"""Job routes (ARCHITECTURE.md, "HTTP API"): create, list, read, events, logs, report, cancel, delete, a sweep's trials.
 
 Routes parse, call `server.store`, and shape the response; no SQL here and no error responses (domain errors
 propagate to `server.errors`). POST /v1/jobs commits the QUEUED row first, then enqueues the id alone
-(STYLE B7); if the broker is down it answers 503 and leaves the job QUEUED for the dispatch sweep.
+(a worker never receives a job the database does not hold); if the broker is down it answers 503 and leaves the job
+QUEUED for the dispatch sweep.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Metric routes (DESIGN §3.2, STYLE B9 step 5, jobserver_notes §6.4): paged history and the live SSE stream.
+"""Metric routes (ARCHITECTURE.md, "HTTP API", "The life of a metric"): paged history and the live SSE stream.
 
 The stream subscribes to `job:{id}:live` first, then replays from SQL after `Last-Event-ID`, forwards live
 points whose seq follows the last one sent, and re-reads SQL on a gap, on a state message, and at least every

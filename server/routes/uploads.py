@@ -2,7 +2,7 @@
 
 The body is the raw file (`Content-Type: application/octet-stream`, at most MAX_UPLOAD_BYTES; the request
 guard enforces both). It is streamed to the artifact store's `uploads/<id>.pt` (a temporary key, committed once
-complete) with its sha256; nothing is unpickled here (the API never imports torch, DESIGN §1). The worker
+complete) with its sha256; nothing is unpickled here (the API process never imports torch). The worker
 validates the file with a weights-only load when an evaluation job uses it, so a file that holds code fails
 that job (USER_CONFIG) without running.
 """

@@ -1,6 +1,7 @@
 """The job store: SQL tables, the job state machine, metric history, artifacts, and Redis live signals.
 
-Imports no FastAPI and no torch, so that the worker can use it (DESIGN §1). See docs/CONTRACTS.md.
+Imports no FastAPI and no torch, so that the worker can use it (ARCHITECTURE.md, "The parts and their arrows"). See
+docs/CONTRACTS.md.
 """
 
 from server.store.artifacts import (

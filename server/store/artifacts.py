@@ -1,4 +1,4 @@
-"""Checkpoint records (DESIGN §3.3): register, list and look up the checkpoint objects of a job.
+"""Checkpoint records (ARCHITECTURE.md, "Checkpoints"): register, list and look up the checkpoint objects of a job.
 
 Owns: `register_checkpoint` (fenced by the job's lease), `list_checkpoints`, `get_checkpoint` (with the
 `final`/`latest` aliases) and `checkpoint_object`. The objects themselves, their keys and writes belong to

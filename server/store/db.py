@@ -1,4 +1,4 @@
-"""Engines, schema and sessions of the job store (DESIGN §3.3).
+"""Engines, schema and sessions of the job store (ARCHITECTURE.md, "Where data lives").
 
 Owns: `make_engine` (SQLite in WAL mode by default, PostgreSQL through psycopg 3), `create_schema` (Alembic's
 upgrade to the newest revision, see `server.store.migrate`),

@@ -1,4 +1,4 @@
-"""Domain errors of the job store (STYLE B6). Only `server/errors.py` maps them to HTTP problems.
+"""Domain errors of the job store. Only `server/errors.py` maps them to HTTP problems.
 
 Must not import FastAPI; the worker catches these too.
 """

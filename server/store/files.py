@@ -1,4 +1,5 @@
-"""The artifact store: every job's checkpoints, log and output files, and uploads, as objects (DESIGN §3.3).
+"""The artifact store: every job's checkpoints, log and output files, and uploads, as objects (ARCHITECTURE.md,
+"Artifacts, queues and several machines").
 
 Owns: `ArtifactStore` (the key layout `jobs/<id>/{checkpoints/<name>.<sha16>.pt, artifacts/<name>, log.txt}` and
 `uploads/…` on an `ObjectStore`, key checks, checkpoint upload and download with sha256 checks, removal of a

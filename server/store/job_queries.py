@@ -1,6 +1,6 @@
-"""Read-only queries over the job table (DESIGN §3.1): the listing with its opaque page tokens, a job's state
-events, counts for admission and /health, the dispatcher's sweep for jobs without a Celery message, and the
-checkpoint a new attempt resumes from.
+"""Read-only queries over the job table (ARCHITECTURE.md, "The job state machine"): the listing with its opaque page
+tokens, a job's state events, counts for admission and /health, the dispatcher's sweep for jobs without a Celery
+message, and the checkpoint a new attempt resumes from.
 
 Owns nothing that writes: every state change stays in `server.store.jobs` (the one writer of `jobs.state`).
 Must not import FastAPI, Celery or torch: the worker uses this module directly.

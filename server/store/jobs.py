@@ -1,4 +1,4 @@
-"""The job state machine and the job table (DESIGN §3.1, jobserver_notes §6.1, STYLE B7).
+"""The job state machine and the job table (ARCHITECTURE.md, "The job state machine").
 
 Owns: `ALLOWED_FROM`, `transition` (the only writer of `jobs.state`), job creation with idempotency keys,
 claiming, heartbeats, cancel requests, the reaper's lease sweep, dispatch records, reports and row deletion.
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from uuid import UUID
 
 S = JobState
-#: For each target state, the states it may be entered from (jobserver_notes §6.1).
+#: For each target state, the states it may be entered from (ARCHITECTURE.md, "The job state machine").
 ALLOWED_FROM: dict[JobState, frozenset[JobState]] = {
     S.QUEUED: frozenset({S.RUNNING}),  # reaper requeue after a lost lease, while attempt < max_attempts
     S.RUNNING: frozenset({S.QUEUED}),  # a worker's claim

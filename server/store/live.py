@@ -1,5 +1,5 @@
-"""Ephemeral job signals in Redis (DESIGN §3.3): live pub/sub and cancel flags. Nothing here must survive a
-Redis restart; the SQL store stays the source of truth (SSE readers re-read it, workers see CANCELLING in
+"""Ephemeral job signals in Redis (ARCHITECTURE.md, "Where data lives"): live pub/sub and cancel flags. Nothing here
+must survive a Redis restart; the SQL store stays the source of truth (SSE readers re-read it, workers see CANCELLING in
 their heartbeat).
 
 Owns: channel and key names, the message format on `job:{id}:live` (`publish_points`, `publish_state`,

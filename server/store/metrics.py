@@ -1,4 +1,4 @@
-"""Metric history of a job (DESIGN §3.3, STYLE B9 step 4): append under the lease, read in pages.
+"""Metric history of a job (ARCHITECTURE.md, "The life of a metric"): append under the lease, read in pages.
 
 Owns: `append_points` (assigns the per-job `seq`, folds latest values, progress and the non-finite summary
 into the job row) and `read_points` (paging and per-key stride downsampling). Must not import FastAPI or torch.

@@ -1,4 +1,5 @@
-"""Schema migrations of the job store, run programmatically with Alembic (DESIGN §3.3).
+"""Schema migrations of the job store, run programmatically with Alembic
+(ARCHITECTURE.md, "Schema migrations and store outages").
 
 Owns: `VERSION_TABLE`, `upgrade_schema` (bring a database to the newest revision: create it, stamp a database
 that predates migrations, apply what is missing), `current_revision`, `head_revision` and `schema_diff` (what

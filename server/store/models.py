@@ -1,8 +1,8 @@
-"""SQLAlchemy 2 tables of the job store (DESIGN §3.3): jobs, job_events, metric_points, checkpoints,
-idempotency_keys.
+"""SQLAlchemy 2 tables of the job store (ARCHITECTURE.md, "Where data lives"): jobs, job_events, metric_points,
+checkpoints, idempotency_keys.
 
 Owns: `JobRow`, `JobEventRow`, `MetricRow`, `CheckpointRow`, `IdempotencyKeyRow`. Must not import FastAPI or
-torch. `jobs.state` is written only by `server.store.jobs` (STYLE B7). Times are stored as naive UTC and read
+torch. `jobs.state` is written only by `server.store.jobs`. Times are stored as naive UTC and read
 back timezone-aware (`UTCDateTime`), identically on SQLite and PostgreSQL.
 """
 

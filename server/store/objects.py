@@ -1,4 +1,5 @@
-"""Object storage for artifacts: one interface, a local-directory and an fsspec implementation (DESIGN §3.3).
+"""Object storage for artifacts: one interface, a local-directory and an fsspec implementation (ARCHITECTURE.md,
+"Artifacts, queues and several machines").
 
 Owns: `ObjectStore` (the interface), `LocalObjectStore` (a directory: temp file, fsync, `os.replace`),
 `FsspecObjectStore` (any fsspec URL; `s3://bucket/prefix` through s3fs works with every S3-compatible store,

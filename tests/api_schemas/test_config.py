@@ -100,7 +100,7 @@ def test_diagnostic_defaults_equal_seed_diagnostic() -> None:
     w = phase.loss_weights
     assert (w.lam_k, w.lam_aux, w.lam_cov, w.lam_gap, w.lam_margin) == (1.5, 0.5, 0.1, 0.0, 0.0)
     assert (config.data.n_train, config.data.n_val, config.data.batch_size) == (5000, 1000, 64)
-    assert phase.frozen_groups == () and phase.amp is False, "seed report: backbone unfrozen, AMP off"
+    assert phase.frozen_groups == () and phase.amp is False, "the predecessor's run: backbone unfrozen, AMP off"
 
 
 def test_lam_k_alias_is_accepted() -> None:

@@ -1,6 +1,6 @@
 """Fault-test fixtures: a private redis-server on a free port (restartable), real `celery worker` processes
 (prefork, as in production), a real `ris-jobs reaper` and a real uvicorn API process, all configured through the
-environment (jobserver_notes §5.3), plus the loss audit that every fault test ends with.
+environment as in production, plus the loss audit that every fault test ends with.
 
 Nothing here touches the shared Redis: tests may SIGKILL workers, the API, or restart their own redis-server.
 Timings are shrunk through the environment (LEASE_TIMEOUT_S, REAPER_INTERVAL_S, ...), never patched.

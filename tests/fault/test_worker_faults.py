@@ -1,5 +1,5 @@
 """Real processes, real failures: SIGKILL a worker mid-job, repeatedly and at random
-points; a job with one attempt; the same message delivered twice (jobserver_notes §5.3).
+points; a job with one attempt; the same message delivered twice.
 
 RIS_FAULT_KILLS (default 3) sets how many kills the repeated test injects; the evidence run used 20.
 """

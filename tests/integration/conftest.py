@@ -1,5 +1,5 @@
 """Integration fixtures: real Redis (db 15), a real embedded Celery worker, the FastAPI app on the same SQLite
-file and artifact directory (jobserver_notes §5.2).
+file and artifact directory: no mocks.
 
 Every test session gets its own queue name, so concurrent runs on one Redis never take each other's messages.
 The worker runs in a thread (`start_worker`, solo pool): Celery time limits and terminate do not apply here;

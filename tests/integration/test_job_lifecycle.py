@@ -1,4 +1,5 @@
-"""A job through the real stack: HTTP API → Redis → Celery worker → trainer → SQL/Redis → HTTP (DESIGN §3)."""
+"""A job through the real stack: HTTP API → Redis → Celery worker → trainer → SQL/Redis → HTTP
+(ARCHITECTURE.md, "The life of a job")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Builders and fixtures of the ris_model tests (STYLE B8): tiny CPU configs, seeded generators, small models."""
+"""Builders and fixtures of the ris_model tests: tiny CPU configs, seeded generators, small models."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from api_schemas import DataConfig, LossWeights, ModelConfig, PhaseConfig, SystemConfig, TrainingJobConfig
 from ris_model.model.network import RisNet
 
-#: A joint phase with every loss weight > 0 (every parameter must get a gradient; DESIGN §2.3).
+#: A joint phase with every loss weight > 0 (every parameter must get a gradient; SCIENCE.md, "The network").
 ALL_TERMS = LossWeights(lam_cov=1.0, lam_k=1.0, lam_aux=1.0, lam_gap=0.1, lam_margin=0.1)
 
 
@@ -51,7 +51,7 @@ def make_model(config: TrainingJobConfig, seed: int = 0) -> RisNet:
 
 @pytest.fixture
 def gen() -> torch.Generator:
-    """A seeded CPU generator (STYLE B8)."""
+    """A seeded CPU generator."""
     return torch.Generator().manual_seed(1234)
 
 

@@ -18,8 +18,8 @@ SOURCES = [(-40.0, 12.0, 1.2, 1.0), (25.0, -18.0, 2.5, 0.8), (-5.0, 5.0, 0.8, 0.
 
 
 def noise_free_scenes(counts: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """y [B, L, M] = H·diag(c_l)·A·s_l without noise (DESIGN §2.1a), with the channels and codes of seeded scenes;
-    and the truth float64 [B, 3, 3] (φ rad, θ rad, r m) with mask [B, 3]."""
+    """y [B, L, M] = H·diag(c_l)·A·s_l without noise (ARCHITECTURE.md, "The data contract"), with the channels and codes
+    of seeded scenes; and the truth float64 [B, 3, 3] (φ rad, θ rad, r m) with mask [B, 3]."""
     B = len(counts)
     batch = generate_scenes(SYSTEM, B, generator=torch.Generator().manual_seed(31), device="cpu")
     src = torch.tensor(SOURCES, dtype=torch.float64)

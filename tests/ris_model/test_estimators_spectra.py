@@ -1,4 +1,5 @@
-"""ris_model.estimators spectra: MUSIC/MVDR from a factor and from a covariance, peaks, refinement (DESIGN §2.7)."""
+"""ris_model.estimators spectra: MUSIC/MVDR from a factor and from a covariance, peaks, refinement (SCIENCE.md,
+"Estimators and evaluation")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The public inference API (DESIGN §2.7): ris_model.load_estimator(path, device) → predict(y, H, codes)."""
+"""The public inference API (SCIENCE.md, "Estimators and evaluation"): ris_model.load_estimator(path, device) →
+predict(y, H, codes)."""
 
 from __future__ import annotations
 

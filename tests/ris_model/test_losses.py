@@ -1,5 +1,5 @@
 """ris_model.losses: term definitions, permutation invariance, weights, NaN injection, and finite gradients on a
-rank-deficient R̂ (DESIGN §2.4, §2.5)."""
+rank-deficient R̂ (SCIENCE.md, "Numerically stable spectral features", "Losses and phases")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ris_model.physics: the public data contract of DESIGN §2.1a (element grid, steering, codebook)."""
+"""ris_model.physics: the public data contract of ARCHITECTURE.md (element grid, steering, codebook)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_element_positions_grid_is_centred_on_origin() -> None:
     system = SystemConfig(n_ris_h=5, n_ris_v=3, n_snapshots=4)
     e = element_positions(system)
     assert_close(e.mean(0), torch.zeros(3, dtype=torch.float64), rtol=0, atol=1e-15,
-                 msg="DESIGN §2.1a: the grid is centred on the origin")
+                 msg="data contract: the grid is centred on the origin")
 
 
 def test_element_positions_spacing_is_half_wavelength_in_meters() -> None:
@@ -48,7 +48,7 @@ def test_element_positions_flat_index_is_iv_major() -> None:
     e = element_positions(system)
     d = system.spacing_m
     for i_v, i_h in itertools.product(range(3), range(5)):
-        n = i_v * 5 + i_h  # DESIGN §2.1a: n = i_v·N_H + i_h
+        n = i_v * 5 + i_h  # the data contract: n = i_v·N_H + i_h
         expected = torch.tensor([(i_h - 2) * d, (i_v - 1) * d, 0.0], dtype=torch.float64)
         assert_close(e[n], expected, rtol=0, atol=1e-15, msg=f"element (i_h={i_h}, i_v={i_v}) at row {n}")
 

@@ -1,5 +1,5 @@
-"""Generated scenes against the data contract (DESIGN §2.1a), written out here in numpy from the contract's
-text — not through ris_model.physics — so that a scene generator that builds A, the codes or y in any other
+"""Generated scenes against the data contract (ARCHITECTURE.md, "The data contract"), written out here in numpy from the
+contract's text — not through ris_model.physics — so that a scene generator that builds A, the codes or y in any other
 way fails: A's columns are the steering of the labelled (φ, θ, r), the codes are the 2D DFT beams, and every
 snapshot y_l lies in the span of H·diag(c_l)·A up to the noise that the scene's SNR allows."""
 
@@ -23,7 +23,8 @@ SYSTEM = SystemConfig(n_ris_h=6, n_ris_v=4, n_bs_antennas=8, n_snapshots=9, k_ma
 
 def contract_steering(system: SystemConfig, azimuth: float, elevation: float, range_m: float) -> np.ndarray:
     """a_n(φ,θ,r) = exp(−j·k0·(‖p − e_n‖ − r)) / √N with p = r·(cosθ·sinφ, sinθ, cosθ·cosφ), elements at
-    x = (i_h − (N_H−1)/2)·d, y = (i_v − (N_V−1)/2)·d, flat index n = i_v·N_H + i_h (DESIGN §2.1a)."""
+    x = (i_h − (N_H−1)/2)·d, y = (i_v − (N_V−1)/2)·d, flat index n = i_v·N_H + i_h
+    (ARCHITECTURE.md, "The data contract")."""
     n_h, n_v = system.n_ris_h, system.n_ris_v
     wavelength_m = 299_792_458.0 / system.carrier_hz
     d = system.element_spacing_wavelengths * wavelength_m

@@ -1,4 +1,5 @@
-"""ris_model.scenes: SceneBatch contents, the measurement model of DESIGN §2.1a, and split independence (§2.2)."""
+"""ris_model.scenes: SceneBatch contents, the measurement model of the data contract, and split
+independence (SCIENCE.md, "Scenes")."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def test_channel_mean_energy_is_m_times_n() -> None:
     energy = b.H.abs().square().sum((1, 2)).double()  # ‖H‖²_F per scene
     # E‖H‖²_F = M·N; only the NLoS part is random: std of the mean ≲ 0.1 %, so 1 % is > 10 σ
     assert_close(energy.mean(), torch.tensor(float(s.n_bs_antennas * s.n_ris), dtype=torch.float64),
-                 rtol=0.01, atol=0, msg="E‖H‖²_F = M·N (DESIGN §2.1a)")
+                 rtol=0.01, atol=0, msg="E‖H‖²_F = M·N (the data contract)")
 
 
 def test_measured_snr_matches_drawn_snr() -> None:
@@ -98,7 +99,7 @@ def test_measured_snr_matches_drawn_snr() -> None:
     ratio = signal / (M * sigma2) / 10 ** (b.snr_db.double() / 10)  # measured / drawn SNR, linear
     # per-scene ratio std ≈ 0.11 (estimation noise), so the mean over 1024 scenes has std ≈ 0.0035
     assert_close(ratio.mean(), torch.tensor(1.0, dtype=torch.float64), rtol=0, atol=0.02,
-                 msg="SNR = mean_l ‖H·diag(c_l)·A·s_l‖² / (M·σ²) (DESIGN §2.1a)")
+                 msg="SNR = mean_l ‖H·diag(c_l)·A·s_l‖² / (M·σ²) (the data contract)")
     high = b.snr_db > 10  # there the estimate is good per scene (≲ 0.5 dB)
     db_err = 10 * torch.log10(ratio[high].clamp_min(1e-9))
     assert db_err.abs().median() < 0.5, f"median |measured − drawn| = {db_err.abs().median():.3f} dB"
@@ -120,7 +121,7 @@ def _single_k_high_snr_system() -> SystemConfig:
 def test_symbols_differ_across_snapshots() -> None:
     s = _recovered_symbols(_scenes(_single_k_high_snr_system(), 64))  # [B, L, 1]
     spread = (s - s[:, :1]).abs().amax(1) / s.abs().amax(1)
-    assert torch.all(spread > 0.05), "symbols are drawn i.i.d. per snapshot (DESIGN §2.1)"
+    assert torch.all(spread > 0.05), "symbols are drawn i.i.d. per snapshot (SCIENCE.md, 'System model')"
 
 
 def test_symbols_constant_switch_makes_snapshot_symbols_identical() -> None:

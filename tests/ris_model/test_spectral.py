@@ -1,4 +1,5 @@
-"""ris_model.spectral: low-rank MUSIC, Gram eigenvalues and bounded spectral features (DESIGN §2.4, §2.7)."""
+"""ris_model.spectral: low-rank MUSIC, Gram eigenvalues and bounded spectral features
+(SCIENCE.md, "Numerically stable spectral features", "Estimators and evaluation")."""
 
 from __future__ import annotations
 
@@ -213,7 +214,7 @@ def test_gram_eigen_features_are_finite_and_within_unit_interval(case: str, floo
     _, feats = gram_eigen_features(F, floor=floor)
     assert torch.isfinite(feats).all()
     assert feats.min() >= 0.0 and feats.max() <= 1.0, (
-        f"{case}: features {feats.tolist()} leave [0, 1] (normalized_spectrum_features docstring and DESIGN §2.4)")
+        f"{case}: features {feats.tolist()} leave [0, 1] (normalized_spectrum_features docstring and docs/SCIENCE.md)")
 
 
 def test_normalized_spectrum_features_log_term_of_dominant_eigenvalue_is_not_negative() -> None:

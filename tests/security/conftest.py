@@ -22,8 +22,8 @@ with warnings.catch_warnings():
 GOOD_KEY = "sk-good-7f3c9a1e5b2d4c6e8a0b1c2d3e4f5a6b"
 OTHER_KEY = "sk-other-0a1b2c3d4e5f60718293a4b5c6d7e8f9"
 WRONG_KEY = "sk-wrong-deadbeefdeadbeefdeadbeefdeadbeef"
-#: Routes that stay open with keys configured (DESIGN §3.2): health, readiness, and the dashboard and docs pages
-#: (static files that hold no data; the data they show comes from the keyed /v1 routes).
+#: Routes that stay open with keys configured (ARCHITECTURE.md, "HTTP API"): health, readiness, and the dashboard and
+#: docs pages (static files that hold no data; the data they show comes from the keyed /v1 routes).
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/docs", "/redoc"})
 
 

@@ -1,4 +1,4 @@
-"""The Celery configuration (DESIGN §3.4) and the no-CUDA-in-the-parent rule."""
+"""The Celery configuration (ARCHITECTURE.md, "The life of a job") and the no-CUDA-in-the-parent rule."""
 
 from __future__ import annotations
 

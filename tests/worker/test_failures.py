@@ -1,4 +1,4 @@
-"""classify_failure: the one place that maps an exception to a FailureReason (STYLE B6)."""
+"""classify_failure: the one place that maps an exception to a FailureReason."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ from tests.ris_model.fault_plants import FaultPlants
 #: The diagnostic's own probes, shrunk so that a tiny run's checks take well under a second.
 TINY_CHECKS = DiagnosticChecksConfig(overfit_scenes=16, overfit_steps=50, identifiability_scenes=200,
                                      leakage_train_batches=2)
-#: The seed's k_only weights (DESIGN §2.5).
+#: The seed's k_only weights (SCIENCE.md, "Losses and phases").
 SEED_WEIGHTS = LossWeights(lam_cov=0.1, lam_k=1.5, lam_aux=0.5)
 
 

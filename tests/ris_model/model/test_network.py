@@ -1,4 +1,5 @@
-"""ris_model.model.network: output shapes, scale invariance and the Gram route to R̂'s spectrum (DESIGN §2.3, §2.4)."""
+"""ris_model.model.network: output shapes, scale invariance and the Gram route to R̂'s spectrum
+(SCIENCE.md, "The network", "Numerically stable spectral features")."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def test_forward_is_invariant_to_input_scale(architecture: str) -> None:
     # each scene is normalized to unit RMS; what remains is float32 round-off through the network
     for name in ("cov_factor", "k_logits", "azimuth", "elevation", "range_m", "exist_logits", "gram_eigs"):
         assert_close(getattr(scaled, name), getattr(ref, name), rtol=1e-4, atol=1e-5,
-                     msg=f"{name}: models must not depend on the absolute scale of y or H (DESIGN §2.1a)")
+                     msg=f"{name}: models must not depend on the absolute scale of y or H (the data contract)")
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)

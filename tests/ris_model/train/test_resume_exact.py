@@ -1,5 +1,5 @@
-"""Resume continues from the exact step (DESIGN §2.6): a run stopped mid-epoch and resumed by a fresh trainer —
-built on a model of another seed, with dropout on and the global RNG reseeded — runs exactly the remaining
+"""Resume continues from the exact step (SCIENCE.md, "The trainer"): a run stopped mid-epoch and resumed by a fresh
+trainer — built on a model of another seed, with dropout on and the global RNG reseeded — runs exactly the remaining
 steps and ends with the weights, optimizer state, EMA and epoch metrics of the uninterrupted run, bit for bit
 on the CPU.
 

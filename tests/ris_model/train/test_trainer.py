@@ -1,5 +1,5 @@
-"""ris_model.train.trainer: the rules of DESIGN §2.6 on a tiny CPU config with a MemorySink — one optimizer step per
-batch, LR per step, epoch loss, no dead parameters, frozen groups, phase hand-over, EMA, the non-finite guard,
+"""ris_model.train.trainer: the trainer's rules (SCIENCE.md) on a tiny CPU config with a MemorySink — one optimizer step
+per batch, LR per step, epoch loss, no dead parameters, frozen groups, phase hand-over, EMA, the non-finite guard,
 and no N×N decomposition on the training path."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""The job state machine against the design's own table (DESIGN §3.1, jobserver_notes §6.1), on SQLite and
+"""The job state machine against its documented table (ARCHITECTURE.md, "The job state machine"), on SQLite and
 PostgreSQL.
 
-The table below is written from the design, not read from `server.store.jobs.ALLOWED_FROM`: a source state added
+The table below is written from the documentation, not read from `server.store.jobs.ALLOWED_FROM`: a source state added
 to or dropped from the implementation's table fails here. Beside it, the guards that the table alone does not
 express: the requeue needs attempts left, and terminal states have no way out — also through direct calls.
 """
