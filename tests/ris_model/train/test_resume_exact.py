@@ -11,13 +11,11 @@ running statistics (the interrupted epoch's train loss is compared).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from api_schemas import LossWeights, ModelConfig
 from api_schemas import metrics as keys
@@ -25,6 +23,7 @@ from ris_model.train import checkpoint as ckpt
 from ris_model.train.sinks import MemorySink
 from ris_model.train.trainer import FitResult, StopReason, Trainer
 from tests.ris_model.conftest import make_model, tiny_config, tiny_phase
+from tests.ris_model.train.steps import count_optimizer_steps
 
 BATCHES_PER_EPOCH = 4  # tiny_config: n_train 64, batch 16
 STOP_AFTER_STEPS = 7  # inside the second phase's first epoch: 4 (geom) + 3
@@ -50,22 +49,12 @@ def _stop_after(n_steps: int) -> Callable[[], StopReason | None]:
     return should_stop
 
 
-@contextmanager
-def _optimizer_steps() -> Iterator[list[int]]:
-    calls: list[int] = []
-    handle = register_optimizer_step_post_hook(lambda opt, args, kwargs: calls.append(1))
-    try:
-        yield calls
-    finally:
-        handle.remove()
-
-
 def _run(config, directory: Path, *, model_seed: int, stop_after: int | None = None,  # type: ignore[no-untyped-def]
          resume_from: Path | None = None) -> tuple[FitResult, MemorySink, int]:
     sink = MemorySink()
     trainer = Trainer(config, make_model(config, seed=model_seed), sink, "cpu", checkpoint_dir=directory)
     should_stop = _stop_after(stop_after) if stop_after is not None else (lambda: None)
-    with _optimizer_steps() as steps:
+    with count_optimizer_steps() as steps:
         result = trainer.fit(should_stop, resume_from=resume_from)
     return result, sink, len(steps)
 

@@ -5,14 +5,13 @@ and no N×N decomposition on the training path."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from api_schemas import DataConfig, DebugConfig, LossWeights, NonfiniteSummary, SystemConfig, fold_nonfinite
 from api_schemas import metrics as keys
@@ -25,6 +24,7 @@ from ris_model.train.sinks import MemorySink
 from ris_model.train.trainer import FitResult, Trainer, lr_at, never_stop
 from tests.ris_model.conftest import make_model, tiny_config, tiny_phase
 from tests.ris_model.fault_plants import FaultPlants
+from tests.ris_model.train.steps import count_optimizer_steps
 
 
 def _fit(config, tmp_path: Path, *, hooks: StepHooks | None = None, model: RisNet | None = None,
@@ -35,16 +35,6 @@ def _fit(config, tmp_path: Path, *, hooks: StepHooks | None = None, model: RisNe
         hooks = DebugHooks(config.debug) if "debug" in config.model_fields_set else NO_HOOKS
     trainer = Trainer(config, model or make_model(config), sink, "cpu", checkpoint_dir=tmp_path, hooks=hooks)
     return trainer.fit(should_stop, resume_from=resume_from), sink, trainer
-
-
-@contextmanager
-def _count_optimizer_steps() -> Iterator[list[int]]:
-    calls: list[int] = []
-    handle = register_optimizer_step_post_hook(lambda opt, args, kwargs: calls.append(1))
-    try:
-        yield calls
-    finally:
-        handle.remove()
 
 
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -60,7 +50,7 @@ def test_optimizer_steps_equal_batches_per_epoch(tmp_path: Path, n_train: int) -
                          phases=(tiny_phase(epochs=2),))
     per_epoch = math.ceil(n_train / 16)
     sink = MemorySink()
-    with _count_optimizer_steps() as calls:
+    with count_optimizer_steps() as calls:
         _fit(config, tmp_path, sink=sink)
     assert sink.values(keys.TRAIN_OPTIMIZER_STEPS) == [per_epoch] * 2
     assert sink.values(keys.TRAIN_BATCHES) == [per_epoch] * 2
@@ -69,7 +59,7 @@ def test_optimizer_steps_equal_batches_per_epoch(tmp_path: Path, n_train: int) -
 
 def test_one_step_per_epoch_fault_is_caught_by_optimizer_step_count(tmp_path: Path) -> None:
     config = tiny_config(phases=(tiny_phase(epochs=2),))
-    with _count_optimizer_steps() as calls:
+    with count_optimizer_steps() as calls:
         _, sink, _ = _fit(config, tmp_path, hooks=FaultPlants(one_step_per_epoch=True))
     assert sink.values(keys.TRAIN_OPTIMIZER_STEPS) == [1, 1]
     assert sink.values(keys.TRAIN_BATCHES) == [4, 4]
