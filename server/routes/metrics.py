@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, cast
 
 import anyio
 import redis
@@ -134,7 +134,8 @@ class _LiveFeed:
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):  # runs while the stream is being cancelled
             try:
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                # some redis-py releases leave it unannotated, others do not
+                await cast(Any, self._pubsub).aclose()
                 await self._client.aclose()
             except (redis.RedisError, OSError) as exc:
                 log.debug("closing live feed %s: %s", self._channel, exc)
