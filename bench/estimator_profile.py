@@ -67,7 +67,8 @@ def main() -> None:
             for text in args.schedules:
                 a, b, c, r, sp = (int(v) for v in text.split(","))
                 schedule = Schedule(start_iters=a, trial_iters=b, final_iters=c, relocations=r, splits=sp)
-                run(schedule, bs)  # warm
+                if device.type == "cuda":
+                    run(schedule, bs)  # warm: kernels, allocator
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
