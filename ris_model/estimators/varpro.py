@@ -85,25 +85,39 @@ def atom_jacobians(grid: SearchGrid, p: Tensor, elements: Tensor | None = None) 
 
 def small_solve(A: Tensor, rhs: Tensor) -> Tensor:
     """x = A⁻¹·rhs for Hermitian positive definite A [..., n, n] (real or complex) and rhs [..., n] or [..., n, m]
-    (batch shapes broadcast): Gaussian elimination of [A | rhs] without pivoting, which is backward stable for
-    these matrices (the pivots are Schur complements' diagonals, all positive), then back substitution by
-    column sweeps (a residual as small as Cholesky's; Gauss–Jordan's is not), in place on the shrinking
-    active blocks. 2n steps of three elementwise ops, for the small n here (a Gram matrix of ≤ K_MAX atoms,
-    a normal matrix of 3·K_MAX unknowns): no library call, nothing waits on the host (a CUDA graph can hold
-    it), and on the CPU several times faster than batched Cholesky, whose output masking dominated there."""
+    (batch shapes broadcast): `forward_eliminate`, then back substitution by column sweeps (a residual as small
+    as Cholesky's; Gauss–Jordan's is not). 2n steps of three elementwise ops, for the small n here (a Gram
+    matrix of ≤ K_MAX atoms, a normal matrix of 3·K_MAX unknowns): no library call, nothing waits on the host
+    (a CUDA graph can hold it), and on the CPU several times faster than batched Cholesky, whose output
+    masking dominated there."""
     vector = rhs.dim() == A.dim() - 1
-    rhs = rhs.unsqueeze(-1) if vector else rhs
+    aug = forward_eliminate(A, rhs.unsqueeze(-1) if vector else rhs)
+    x = back_substitute(aug, A.shape[-1])
+    return x.squeeze(-1) if vector else x
+
+
+def forward_eliminate(A: Tensor, rhs: Tensor) -> Tensor:
+    """Gaussian elimination without pivoting of [A | rhs] (A [..., n, n] Hermitian positive definite, rhs
+    [..., n, m], batch shapes broadcast), in place on the shrinking active block: returns [U | L⁻¹·rhs] with
+    A = L·U, L unit lower triangular and U = D·Lᴴ, D = diag(U) > 0 (the pivots are Schur complements'
+    diagonals). Backward stable for these matrices; rhsᴴ·A⁻¹·rhs = Wᴴ·D⁻¹·W with W = L⁻¹·rhs, no back
+    substitution needed."""
     n = A.shape[-1]
     batch = torch.broadcast_shapes(A.shape[:-2], rhs.shape[:-2])
     aug = torch.cat([A.expand(*batch, n, n), rhs.expand(*batch, n, rhs.shape[-1])], -1)
-    for j in range(n):  # forward: clear column j below the diagonal, touching only the columns from j on
+    for j in range(n):  # clear column j below the diagonal, touching only the columns from j on
         row = aug[..., j:j + 1, j:] / aug[..., j:j + 1, j:j + 1]
         aug[..., j + 1:, j:] -= aug[..., j + 1:, j:j + 1] * row
-    for j in reversed(range(n)):  # back substitution by column sweeps, on the right-hand sides only
+    return aug
+
+
+def back_substitute(aug: Tensor, n: int) -> Tensor:
+    """U⁻¹·W [..., n, m] from [U | W] [..., n, n + m] (`forward_eliminate`'s output, changed in place): column
+    sweeps on the right-hand sides only."""
+    for j in reversed(range(n)):
         aug[..., j:j + 1, n:] /= aug[..., j:j + 1, j:j + 1]
         aug[..., :j, n:] -= aug[..., :j, j:j + 1] * aug[..., j:j + 1, n:]
-    x = aug[..., n:]
-    return x.squeeze(-1) if vector else x
+    return aug[..., n:]
 
 
 _SLOT_INDEX: dict[tuple[tuple[int, ...], int, str], Tensor] = {}
@@ -245,17 +259,22 @@ class Fits:
 def masked_solve(gram: Tensor, rhs: Tensor, valid: Tensor) -> Tensor:
     """Per-snapshot LS amplitudes [..., S] from the Gram matrices G = ΦᴴΦ [..., S, S] and Φᴴy [..., S] of all
     columns (or G⁻¹·rhs [..., S, m] for rhs [..., S, m]), using only the `valid` ones ([..., S], broadcast; the
-    others get zero): G restricted to them, with
-    unit diagonal elsewhere and a loading of 1e-7 of its mean diagonal. Leave-one-out and one-column-replaced
-    fits are then masks and small products on G, never copies of the atoms."""
+    others get zero): G restricted to them (`masked_gram`). Leave-one-out and one-column-replaced fits are then
+    masks and small products on G, never copies of the atoms."""
+    v = valid.to(gram.dtype)
+    rhs = rhs * (v[..., :, None] if rhs.dim() == gram.dim() else v)
+    return small_solve(masked_gram(gram, valid), rhs)
+
+
+def masked_gram(gram: Tensor, valid: Tensor) -> Tensor:
+    """G [..., S, S] restricted to the `valid` [..., S] columns: zero rows and columns elsewhere, with unit
+    diagonal there, and a loading of 1e-7 of the mean diagonal."""
     S = gram.shape[-1]
     v = valid.to(gram.dtype)
     g = gram * (v[..., :, None] * v[..., None, :])
     eye = torch.eye(S, dtype=torch.bool, device=gram.device)
     load = 1e-7 * g.diagonal(dim1=-2, dim2=-1).real.mean(-1).clamp_min(1e-30)
-    matrix = rhs.dim() == gram.dim()
-    rhs = rhs * (v[..., :, None] if matrix else v)
-    return small_solve(g + (eye * (~valid)[..., None, :] + load[..., None, None] * eye), rhs)
+    return g + (eye * (~valid)[..., None, :] + load[..., None, None] * eye)
 
 
 def fit_energy(y_energy: Tensor, gram: Tensor, rhs: Tensor, coef: Tensor) -> Tensor:
@@ -281,8 +300,8 @@ def energy_of(residual: Tensor) -> Tensor:
 def _normal_equations(scenes: Scenes, p: Tensor, valid: Tensor, n_slots: tuple[int, ...] | None
                       ) -> tuple[Tensor, Tensor, Tensor]:
     """Energy [b, T], Re Σ_l JᴴJ [b, T, 3S, 3S] and Re Σ_l D_lᴴ r_l [b, T, 3S] (module docstring) at p. The
-    amplitudes ŝ scale the columns of D = ∂Φ·ŝ and X = Φᴴ·D, so one product Φᴴ·[Φ, ∂Φ] and one elimination
-    of the Gram matrix give G, ŝ and G⁻¹·Φᴴ·∂Φ together; Z = G⁻¹·X is the latter scaled."""
+    amplitudes ŝ scale the columns of D = ∂Φ·ŝ and X = Φᴴ·D, so one product Φᴴ·[Φ, ∂Φ] and one forward
+    elimination of the Gram matrix give G, ŝ (back substitution of one column) and XᴴG⁻¹X = WᴴD⁻¹W."""
     phi, dphi = scenes.atoms(p, jacobian=True, n_slots=n_slots)
     assert dphi is not None
     b, T, L, M, S = phi.shape
@@ -291,14 +310,16 @@ def _normal_equations(scenes: Scenes, p: Tensor, valid: Tensor, n_slots: tuple[i
     proj = (phi.mH @ both.reshape(b, T, L, M, 4 * S)).reshape(b, T, L, S, S, 4)  # Φᴴ·[Φ, ∂Φ]
     v = valid[:, :, None, :]
     Xb = proj[..., 1:].reshape(b, T, L, S, 3 * S) * v[..., None].to(phi.dtype)  # Φᴴ∂Φ, rows of valid slots
-    rhs = (phi.mH @ scenes.y[:, None, :, :, None]).squeeze(-1)  # Φᴴy [b, T, L, S]
-    sol = masked_solve(proj[..., 0], torch.cat([rhs[..., None], Xb], -1), v)  # [b, T, L, S, 1 + 3S]
-    coef, Zb = sol[..., 0], sol[..., 1:]  # invalid slots: ŝ = 0, so their columns of D, X and Z are 0
+    rhs = (phi.mH @ scenes.y[:, None, :, :, None]) * v[..., None].to(phi.dtype)  # Φᴴy [b, T, L, S, 1]
+    aug = forward_eliminate(masked_gram(proj[..., 0], v), torch.cat([rhs, Xb], -1))  # [U | L⁻¹Φᴴy | L⁻¹Xb]
+    coef = back_substitute(aug[..., :S + 1], S)[..., 0]  # ŝ; invalid slots: 0, so are their columns of D and X
+    # XᴴG⁻¹X = WᴴD⁻¹W with W = L⁻¹X: L⁻¹Φᴴ∂Φ with ŝ scaling its columns, rows weighted by the pivots' D^(-1/2)
+    pivots = aug[..., :S].diagonal(dim1=-2, dim2=-1).real  # [b, T, L, S]
     residual = scenes.y[:, None] - (phi @ coef.unsqueeze(-1)).squeeze(-1)
     scale = coef[..., None].expand(b, T, L, S, 3).reshape(b, T, L, 1, 3 * S)  # ŝ_s at column (s, ·)
     D = (both[..., 1:] * coef[:, :, :, None, :, None]).reshape(b, T, L * M, 3 * S)  # ∂Φ·ŝ
-    X, Z = (Xb * scale).reshape(b, T, L * S, 3 * S), (Zb * scale).reshape(b, T, L * S, 3 * S)  # Φᴴ·D, G⁻¹X
+    W = (aug[..., S + 1:] * scale * pivots.rsqrt()[..., None]).reshape(b, T, L * S, 3 * S)
     # the sums over snapshots as single products over the stacked rows (inner sizes L·M and L·S)
-    normal = (D.mH @ D - X.mH @ Z).real.double()  # [b, T, 3S, 3S]
+    normal = (D.mH @ D - W.mH @ W).real.double()  # [b, T, 3S, 3S]
     gradient = (D.mH @ residual.reshape(b, T, L * M, 1)).squeeze(-1).real.double()  # [b, T, 3S]
     return energy_of(residual), normal, gradient
