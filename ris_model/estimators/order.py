@@ -19,6 +19,8 @@ Every count 1..S is fitted: the fit of K starts from the first K slots of the es
 existence logit) and is polished, relocation and split moves included. All counts of a chunk's scenes are one
 batched problem (`ris_model.estimators.polish.refine_fits` with the counts' slot structure): the operators and
 the grid dictionary are made once per scene, and the atoms of slots a count does not use are never computed.
+E(K) is the fit's own energy (complex64 residuals summed in float64; within 1e-5 relative of a complex128
+refit, far below σ²). On CUDA a chunk's fit can replay from a CUDA graph (`graphs`).
 Two moves of one source each (add the residual's best atom, or drop the weakest) gained less: 0.375 / 0.678 /
 0.960 by SNR bin against 0.364 / 0.736 / 0.976 with every count fitted, on the same held-out scenes. Imports
 torch and the estimators' atoms, grid, polish and varpro.

@@ -21,7 +21,12 @@ amplitudes ŝ_l, with Φ_l = H·diag(c_l)·[a(p_1) … a(p_K̂)]. The procedure:
 4. A last run of Levenberg–Marquardt.
 
 Every trial of every configuration of every scene of a chunk is one batched problem with a fixed number of
-iterations: no step raises E, and nothing waits on the host, on the CPU or on CUDA. At high SNR the ML
+iterations: no step raises E, and nothing waits on the host, on the CPU or on CUDA, so on CUDA a chunk's whole
+procedure can replay from a CUDA graph (`graphs`: the same kernels without the launch cost of each, which
+bounds small chunks). The screens of the global moves work on each configuration's per-snapshot Gram matrices
+(`ris_model.estimators.varpro.masked_solve`, `fit_energy`): a slot left out is a mask, a slot replaced by a
+placement is one row and column of G, and their energies need no residuals, so the atoms are never copied per
+candidate (the relocation move's targets, its leave-one-out residuals, are one product). At high SNR the ML
 estimate reaches the CRB, which a regression head trained on a Huber loss with a degree-scale knee does not.
 Imports torch and the estimators' grid and varpro.
 
