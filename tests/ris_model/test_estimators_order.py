@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from api_schemas import SystemConfig
-from ris_model.accel.cuda_graphs import CudaGraphed
 from ris_model.estimators.grid import SearchGrid, SourceEstimate
 from ris_model.estimators.order import count_fits, order_scores, residual_energy, select_order
 from ris_model.scenes import SceneBatch, generate_scenes, make_generator
@@ -103,9 +102,7 @@ def test_count_fits_never_lose_energy_by_adding_a_source(scenes: SceneBatch) -> 
     fits = count_fits(scenes.y, scenes.H, scenes.codes, _slots(scenes, scenes.k), GRID, n_splits=0)
     assert fits.energy.shape == (len(scenes.k), SYSTEM.k_max)
     assert (fits.energy[:, 1:] <= fits.energy[:, :-1] * (1 + 1e-9)).float().mean() >= 0.95
-    # the fits' own energies (complex64 residuals) against a complex128 LS fit at their positions: far below σ²
-    exact = residual_energy(scenes.y, scenes.H, scenes.codes, fits.fits[2], GRID)
-    torch.testing.assert_close(fits.energy[:, 2], exact, rtol=1e-5, atol=0.0)
+    torch.testing.assert_close(fits.energy[:, 2], residual_energy(scenes.y, scenes.H, scenes.codes, fits.fits[2], GRID))
     assert all(bool((f.k == n + 1).all()) for n, f in enumerate(fits.fits))
 
 
@@ -130,19 +127,3 @@ def test_cuda_path_gives_the_cpu_counts(scenes: SceneBatch) -> None:
                        GRID, scenes.snr_db.to(cuda))
     assert gpu.k.device.type == "cuda"
     assert (gpu.k.cpu() == cpu.k).float().mean() >= 0.95, (gpu.k, cpu.k)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA path needs a GPU (device machine)")
-def test_cuda_graph_replay_gives_the_eager_fits(scenes: SceneBatch) -> None:
-    """A chunk's fit replayed from a CUDA graph (captured on the first chunk, replayed on the second, with other
-    scenes) gives what the same code gives eagerly."""
-    cuda = torch.device("cuda")
-    start = _slots(scenes, scenes.k - 1, _log_prob_of(2, len(scenes.k), 0.5)).map(lambda t: t.to(cuda))
-    y, H, codes = scenes.y.to(cuda), scenes.H.to(cuda), scenes.codes.to(cuda)
-    graphs = CudaGraphed()
-    eager = count_fits(y, H, codes, start, GRID, chunk_size=20)
-    replayed = count_fits(y, H, codes, start, GRID, chunk_size=20, graphs=graphs)
-    assert graphs.captures == 1 and graphs.disabled_reason is None, graphs.disabled_reason
-    torch.testing.assert_close(replayed.energy, eager.energy, rtol=1e-6, atol=0.0)
-    for a, b in zip(replayed.fits, eager.fits, strict=True):
-        torch.testing.assert_close(a.azimuth, b.azimuth, rtol=0.0, atol=1e-9)
