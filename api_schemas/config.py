@@ -305,7 +305,7 @@ class DiagnosticJobConfig(TrainingJobConfig):
 
 
 def quickstart_diagnostic() -> DiagnosticJobConfig:
-    """A diagnostic small enough to finish in about a minute on a 2-core CPU (README's first job)."""
+    """A diagnostic small enough to finish in about two minutes on a 2-core CPU (README's first job)."""
     phase = _reference_diagnostic_phases()[0].model_copy(update={"epochs": 3})
     # about 1 s per step on a 2-core CPU, for training and for the overfit probe alike
     return DiagnosticJobConfig(data=DataConfig(n_train=768, n_val=256, batch_size=64), phases=(phase,),

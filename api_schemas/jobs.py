@@ -86,7 +86,7 @@ class _Body(BaseModel):
 class DiagnosticJobCreate(_Body):
     kind: Literal["diagnostic"]
     preset: Literal["quickstart"] | None = Field(
-        None, description="quickstart: a small diagnostic that finishes in about a minute on a 2-core CPU "
+        None, description="quickstart: a small diagnostic that finishes in about two minutes on a 2-core CPU "
         "(instead of `config`)")
     config: DiagnosticJobConfig = DiagnosticJobConfig()
     resources: Resources = DEFAULT_RESOURCES

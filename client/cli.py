@@ -283,7 +283,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("kind", choices=[k.value for k in JobKind], help="what the job does")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--preset", choices=PRESETS, default=None,
-                        help="a named config (diagnostic only; quickstart finishes in about a minute on a CPU)")
+                        help="a named config (diagnostic only; quickstart finishes in about two minutes on a CPU)")
     source.add_argument("--config", metavar="FILE", default=None,
                         help="the job's config as a JSON file ('-' reads standard input)")
     p.add_argument("--name", default=None, help="a label shown in listings and on the dashboard")

@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", type=Path, default=None, help="a checkpoint of the same config to resume from")
         if name == "diagnose":
             p.add_argument("--preset", choices=["quickstart"], default=None,
-                           help="quickstart: a diagnostic small enough for about a minute on a 2-core CPU "
+                           help="quickstart: a diagnostic small enough for about two minutes on a 2-core CPU "
                                 "(instead of --config)")
         p.add_argument("--print-default-config", action="store_true",
                        help="print the config the command would run (JSON) and exit")

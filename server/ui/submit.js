@@ -9,7 +9,7 @@ const FORM_FIELDS = ["kind", "name", "preset", "max_attempts", "config"];
 export function renderSubmit(view) {
   const kind = el("select", { name: "kind", id: "submit-kind" }, KINDS.map((k) => el("option", { value: k }, k)));
   const preset = el("select", { name: "preset", id: "submit-preset" },
-    el("option", { value: "quickstart" }, "quickstart (about a minute on a CPU)"), el("option", { value: "" }, "none: use the config below"));
+    el("option", { value: "quickstart" }, "quickstart (about two minutes on a CPU)"), el("option", { value: "" }, "none: use the config below"));
   const name = el("input", { name: "name", id: "submit-name", maxlength: 200, placeholder: "optional label" });
   const attempts = el("input", { name: "max_attempts", id: "submit-attempts", type: "number", min: 1, max: 5, placeholder: "2" });
   const config = el("textarea", { name: "config", id: "submit-config", rows: 14, spellcheck: false,
