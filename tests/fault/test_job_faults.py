@@ -130,7 +130,7 @@ def _download_latest(client: Any, job_id: str) -> bytes:
 
 def test_soft_time_limit_saves_a_checkpoint_and_fails_timeout(make_service: Any, evidence: Any) -> None:
     # the limit covers the child's torch import and setup too (over 15 s on a 2-core box under load); the trainer
-    # is asked to stop 10 % (3 s) before it, at a step boundary, which leaves room for one epoch-end validation
+    # ends 10 % (3 s) before it, at a step boundary, which leaves room for one epoch-end validation
     svc = make_service(JOB_SOFT_TIME_LIMIT_S="30", JOB_HARD_TIME_LIMIT_S="60")
     svc.start_worker("w1")
     job_id = svc.submit(slow_training_config(epochs=100))
