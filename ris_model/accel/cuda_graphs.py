@@ -3,8 +3,11 @@ against memory traffic.
 
 Owns CudaGraphed and compiled_on_cuda. The unrolled look pass launches ~1,000 small kernels per step whose GPU
 time is shorter than their launch time; one graph replay launches them all at once. Rules for a graphed
-function: no host synchronization, no host→device copies, no parameters or autograd, outputs of fixed shape. If
-capture fails (an op that cannot be captured), CudaGraphed warns once and runs the function eagerly from then on.
+function: no host synchronization, no host→device copies, no parameters or autograd, outputs of fixed shape. A
+graph reads the memory that its capture read: its arguments are copied into that memory on each replay, and any
+other tensor the function reads (a closure's constants) is the capture's own, kept alive with the graph, so such
+tensors must hold the same values on every call (a grid, an index), never data. If capture fails (an op that
+cannot be captured), CudaGraphed warns once and runs the function eagerly from then on.
 Reference: PyTorch docs, "CUDA Graphs" (torch.cuda.graph, warm-up on a side stream).
 """
 
@@ -19,17 +22,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
-Key = tuple[tuple[tuple[int, ...], torch.dtype, torch.device], ...]
+Signature = tuple[tuple[tuple[int, ...], torch.dtype, torch.device], ...]
+Key = tuple[object, Signature]
+
+
+#: a captured graph: the function captured (kept alive: the tensors its closure reads are the graph's), its static
+#: inputs and outputs, and the graph
+_Entry = tuple[Callable[..., tuple[Tensor, ...]], list[Tensor], tuple[Tensor, ...], torch.cuda.CUDAGraph]
 
 
 class CudaGraphed:
-    """fn(*tensors) -> tuple of tensors, replayed from a graph captured per input signature (shape, dtype,
-    device); at most `max_graphs` kept (least recently used dropped, which frees its memory pool).
-    Returns copies of the graph's outputs, so a later replay cannot overwrite tensors still in use."""
+    """fn(*tensors) -> tuple of tensors, replayed from a graph captured per function code and input signature
+    (shape, dtype, device); at most `max_graphs` kept (least recently used dropped, which frees its memory pool).
+    A closure made anew on each call (same code, same constants) replays the graph of the first one, whose
+    function is kept with the graph: the tensors it closes over are the ones the graph reads. Returns copies of
+    the graph's outputs, so a later replay cannot overwrite tensors still in use."""
 
     def __init__(self, max_graphs: int = 2, warmup_calls: int = 2) -> None:
         self.max_graphs, self.warmup_calls = max_graphs, warmup_calls
-        self.graphs: OrderedDict[Key, tuple[list[Tensor], tuple[Tensor, ...], torch.cuda.CUDAGraph]] = OrderedDict()
+        self.graphs: OrderedDict[Key, _Entry] = OrderedDict()
         self.disabled_reason: str | None = None
         self.captures = 0
 
@@ -39,7 +50,7 @@ class CudaGraphed:
     def __call__(self, fn: Callable[..., tuple[Tensor, ...]], *args: Tensor) -> tuple[Tensor, ...]:
         if self.disabled_reason is not None or torch.cuda.is_current_stream_capturing():
             return fn(*args)
-        key: Key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
+        key: Key = (getattr(fn, "__code__", fn), tuple((tuple(a.shape), a.dtype, a.device) for a in args))
         entry = self.graphs.get(key)
         if entry is None:
             try:
@@ -53,14 +64,13 @@ class CudaGraphed:
             while len(self.graphs) > self.max_graphs:
                 self.graphs.popitem(last=False)
         self.graphs.move_to_end(key)
-        static_in, static_out, graph = entry
+        _, static_in, static_out, graph = entry
         for dst, src in zip(static_in, args, strict=True):
             dst.copy_(src)
         graph.replay()
         return tuple(o.clone() for o in static_out)
 
-    def _capture(self, fn: Callable[..., tuple[Tensor, ...]], args: tuple[Tensor, ...]
-                 ) -> tuple[list[Tensor], tuple[Tensor, ...], torch.cuda.CUDAGraph]:
+    def _capture(self, fn: Callable[..., tuple[Tensor, ...]], args: tuple[Tensor, ...]) -> _Entry:
         static_in = [a.clone() for a in args]
         side = torch.cuda.Stream(device=args[0].device)
         side.wait_stream(torch.cuda.current_stream(args[0].device))
@@ -72,7 +82,7 @@ class CudaGraphed:
         with torch.cuda.graph(graph):
             static_out = tuple(fn(*static_in))
         self.captures += 1
-        return static_in, static_out, graph
+        return fn, static_in, static_out, graph
 
 
 def compiled_on_cuda(fn: Callable[..., Any]) -> Callable[..., Any]:
