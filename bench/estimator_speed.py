@@ -10,8 +10,8 @@ For each batch size: scenes/s of each stage (warm: the first batch of each stage
 then K_acc (overall and by SNR bin: −5..0, 0..10, 10..20 dB) and F1, matched RMSE and the true positives' RMSE
 at 10–20 dB of each stage, on the same scenes (the first `--scenes` test-stream scenes of `--seed`, the scenes
 `python -m ris_model evaluate` uses). On CUDA, batches of at most `--graph-max-scenes` (default
-`GRAPH_MAX_SCENES`) run the polish and count selection twice: replayed from CUDA graphs (the default) and
-eagerly (`"cuda_graphs": false`). Prints and writes JSON.
+`GRAPH_MAX_SCENES`) run the polish twice: replayed from CUDA graphs (the default) and eagerly
+(`"cuda_graphs": false`). Prints and writes JSON.
 
 `--baseline-root DIR` (a tree of an earlier revision: `git archive REV ris_model api_schemas bench | tar -x -C
 DIR`) first runs that revision's own copy of this bench, same arguments, in a subprocess on the same scenes,
@@ -124,8 +124,8 @@ def main() -> None:
     rows: list[dict[str, object]] = []
     for batch_size in args.batches:
         for stage in args.stages:
-            # on CUDA, small batches' polish and count selection replay CUDA graphs: time them eagerly too
-            graphs = [True, False] if device.type == "cuda" and stage != "network" and (
+            # on CUDA, small batches' polish replays CUDA graphs: time it eagerly too
+            graphs = [True, False] if device.type == "cuda" and stage == "polish" and (
                 batch_size <= est.graph_max_scenes) else [True]
             for use_graphs in graphs:
                 est.cuda_graphs = use_graphs

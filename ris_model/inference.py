@@ -35,7 +35,7 @@ from ris_model.train import checkpoint as ckpt
 #: The checkpoint key of the validated weights (the EMA's when the phase kept one; SCIENCE.md, "The trainer").
 EVAL_MODEL_KEY = "eval_model"
 DEFAULT_BATCH_SIZE = 256
-#: the largest batch whose polish and count selection replay from CUDA graphs (`Estimator.cuda_graphs`)
+#: the largest batch whose polish replays from CUDA graphs (`Estimator.cuda_graphs`)
 GRAPH_MAX_SCENES = 512
 
 
@@ -70,11 +70,13 @@ class Estimator:
             term (`ris_model.estimators.order`; the noise level is what SOMP's stopping rule gets); without
             `snr_db` the count is the network's. Every count's fit is one batched Levenberg–Marquardt problem
             with global moves (`ris_model.estimators.polish.refine_fits`).
-        cuda_graphs: on CUDA, replay the polish and the count selection of a batch of at most
-            `graph_max_scenes` scenes from a CUDA graph: the same kernels without the launch cost of each, which
-            bounds small batches. A batch shape is captured on its second use, so that a one-off shape (the
-            last partial batch) runs eagerly instead of paying the warm-up and capture (about three eager runs).
-            Larger batches run eagerly: a graph keeps its own memory pool (~12 MB a scene).
+        cuda_graphs: on CUDA, replay the polish of a batch of at most `graph_max_scenes` scenes from a CUDA
+            graph: the same kernels without the launch cost of each, which bounds small batches. A batch shape
+            is captured on its second use, so that a one-off shape (the last partial batch) runs eagerly instead
+            of paying the warm-up and capture (about three eager runs). Larger batches run eagerly: a graph keeps
+            its own memory pool (~12 MB a scene). The count selection runs eagerly (`count_fits` can replay
+            from graphs too; the Estimator leaves that off until its accuracy is measured against eager on a
+            GPU).
     """
 
     def __init__(self, model: RisNet, config: TrainingJobConfig, *, device: torch.device,
@@ -89,8 +91,8 @@ class Estimator:
         self.polish = polish
         self.order_test = order_test
         self.cuda_graphs, self.graph_max_scenes = cuda_graphs, graph_max_scenes
-        self._graphs = {"polish": CudaGraphed(), "order": CudaGraphed()}  # the fixed settings of each route
-        self._uses: Counter[tuple[str, int]] = Counter()  # batches seen per (route, rows)
+        self._polish_graphs = CudaGraphed()  # for the polish's fixed settings
+        self._uses: Counter[int] = Counter()  # polished batches seen, per row count
         self._grid: SearchGrid | None = None
 
     def predict(self, y: ArrayLike, H: ArrayLike, codes: ArrayLike, snr_db: ArrayLike | float | None = None
@@ -144,7 +146,7 @@ class Estimator:
                     est = self._order(yb, Hb, cb, est, snr[sl])
                 else:
                     est = ml_polish(yb, Hb, cb, est, self._search_grid(), chunk_size=self._polish_chunk(),
-                                    graphs=self._graphed("polish", yb))
+                                    graphs=self._graphed(yb))
             parts.append(est)
         return _cat(parts, self.system.k_max)
 
@@ -154,7 +156,7 @@ class Estimator:
         with torch.inference_mode():
             y_d = y_t.to(self.device)
             return ml_polish(y_d, H_t.to(self.device), codes_t.to(self.device), estimate, self._search_grid(),
-                             chunk_size=self._polish_chunk(), graphs=self._graphed("polish", y_d))
+                             chunk_size=self._polish_chunk(), graphs=self._graphed(y_d))
 
     def refine_count(self, y: ArrayLike, H: ArrayLike, codes: ArrayLike, estimate: SourceEstimate,
                      snr_db: ArrayLike | float) -> SourceEstimate:
@@ -168,15 +170,15 @@ class Estimator:
     def _order(self, y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, snr_db: Tensor
                ) -> SourceEstimate:
         out = select_order(y, H, codes, estimate, self._search_grid(), snr_db.to(y.device),
-                           chunk_size=self._polish_chunk(), graphs=self._graphed("order", y))
+                           chunk_size=self._polish_chunk())
         return out.map(Tensor.cpu)
 
-    def _graphed(self, route: str, y: Tensor) -> CudaGraphed | None:
+    def _graphed(self, y: Tensor) -> CudaGraphed | None:
         rows = min(y.shape[0], self._polish_chunk())
         if not (self.cuda_graphs and y.is_cuda and rows <= self.graph_max_scenes):
             return None
-        self._uses[route, rows] += 1
-        return self._graphs[route] if self._uses[route, rows] >= 2 else None
+        self._uses[rows] += 1
+        return self._polish_graphs if self._uses[rows] >= 2 else None
 
     def _polish_chunk(self) -> int:
         # ~12 MB a scene for the count selection (grid dictionary, trials); a GPU takes a whole batch at once
@@ -254,7 +256,7 @@ def load_estimator(checkpoint_path: str | Path, device: str | torch.device | Non
         batch_size: scenes per forward pass.
         polish: refine the network's positions by a local ML search on the measurements (see Estimator).
         order_test: choose the count by penalized likelihood when `snr_db` is given (see Estimator).
-        cuda_graphs: replay small batches' polish and count selection from CUDA graphs (see Estimator).
+        cuda_graphs: replay small batches' polish from CUDA graphs (see Estimator).
 
     Returns:
         An Estimator in eval mode with the checkpoint's validated (`eval_model`) weights.
