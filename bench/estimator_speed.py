@@ -3,20 +3,12 @@ the network + ML polish (`load_estimator(..., ).estimate(y, H, codes)`), and the
 every K with the polished fits (`estimate(..., snr_db)`). Not a test.
 
     python3 bench/estimator_speed.py --checkpoint OUT/final.pt [--device cuda] [--batches 64 2048]
-        [--scenes 2048] [--seed 0] [--baseline-root DIR] [--graph-max-scenes 512]
-        [--out var/bench-estimator-speed.json]
+        [--scenes 2048] [--seed 0] [--out var/bench-estimator-speed.json]
 
-For each batch size: scenes/s of each stage (warm: the first batch of each stage is run twice before timing),
+For each batch size: scenes/s of each stage (warm: the first batch of each stage is run once before timing),
 then K_acc (overall and by SNR bin: −5..0, 0..10, 10..20 dB) and F1, matched RMSE and the true positives' RMSE
 at 10–20 dB of each stage, on the same scenes (the first `--scenes` test-stream scenes of `--seed`, the scenes
-`python -m ris_model evaluate` uses). On CUDA, batches of at most `--graph-max-scenes` (default
-`GRAPH_MAX_SCENES`) run the polish twice: replayed from CUDA graphs (the default) and eagerly
-(`"cuda_graphs": false`). Prints and writes JSON.
-
-`--baseline-root DIR` (a tree of an earlier revision: `git archive REV ris_model api_schemas bench | tar -x -C
-DIR`) first runs that revision's own copy of this bench, same arguments, in a subprocess on the same scenes,
-and adds its rows with `"code": "baseline"` (this tree's rows: `"code": "current"`), so that old and new code
-are timed side by side in one invocation on one device.
+`python -m ris_model evaluate` uses). Prints and writes JSON.
 """
 
 from __future__ import annotations
@@ -24,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +27,7 @@ import torch  # noqa: E402
 from ris_model.estimators.matching import evaluate_sources  # noqa: E402
 from ris_model.estimators.result import SourceEstimate  # noqa: E402
 from ris_model.evaluate.evaluation import evaluation_scenes  # noqa: E402
-from ris_model.inference import GRAPH_MAX_SCENES, Estimator, load_estimator  # noqa: E402
+from ris_model.inference import Estimator, load_estimator  # noqa: E402
 from ris_model.scenes import SceneBatch  # noqa: E402
 
 SNR_BINS_DB = ((-5.0, 0.0), (0.0, 10.0), (10.0, 20.0))
@@ -95,26 +86,10 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=2048, help="test-stream scenes (all stages, every batch size)")
     parser.add_argument("--seed", type=int, default=None, help="test-stream seed (default: the checkpoint's)")
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
-    parser.add_argument("--baseline-root", type=Path, default=None,
-                        help="an earlier revision's tree, benched first on the same scenes (module docstring)")
-    parser.add_argument("--graph-max-scenes", type=int, default=GRAPH_MAX_SCENES,
-                        help="on CUDA, the largest batch replayed from CUDA graphs (Estimator.graph_max_scenes)")
     parser.add_argument("--out", type=Path, default=Path("var/bench-estimator-speed.json"))
     args = parser.parse_args()
-    baseline: list[dict[str, object]] = []
-    if args.baseline_root is not None:
-        base_out = args.out.with_suffix(".baseline.json")
-        own = ("--baseline-root", "--graph-max-scenes")  # options of this tree only
-        argv = [str(a) for i, a in enumerate(sys.argv[1:]) if a not in own and sys.argv[i] not in own]
-        out_at = argv.index("--out") if "--out" in argv else None
-        if out_at is not None:
-            del argv[out_at:out_at + 2]
-        subprocess.run([sys.executable, str(args.baseline_root / "bench" / "estimator_speed.py"), *argv,
-                        "--out", str(base_out)], check=True)
-        baseline = [{"code": "baseline", **row} for row in json.loads(base_out.read_text())["rows"]]
     device = torch.device(args.device)
     est = load_estimator(args.checkpoint, device)
-    est.graph_max_scenes = args.graph_max_scenes
     seed = args.seed if args.seed is not None else est.config.data.seed
     batch = evaluation_scenes(est.system, args.scenes, seed=seed, k_values=None, device=device)
     result: dict[str, object] = {"device": str(device), "threads": torch.get_num_threads(), "scenes": len(batch),
@@ -124,21 +99,14 @@ def main() -> None:
     rows: list[dict[str, object]] = []
     for batch_size in args.batches:
         for stage in args.stages:
-            # on CUDA, small batches' polish replays CUDA graphs: time it eagerly too
-            graphs = [True, False] if device.type == "cuda" and stage == "polish" and (
-                batch_size <= est.graph_max_scenes) else [True]
-            for use_graphs in graphs:
-                est.cuda_graphs = use_graphs
-                warm = batch.index(torch.arange(min(batch_size, len(batch)), device=batch.y.device))
-                for _ in range(2):  # warm-up: allocator, kernels, the grid, graph capture (a shape's second use)
-                    _run(est, warm, stage, batch_size)
-                out, seconds = _run(est, batch, stage, batch_size)
-                row = {"code": "current", "batch": batch_size, "stage": stage, "cuda_graphs": use_graphs,
-                       "seconds": round(seconds, 3), "scenes_per_s": round(len(batch) / seconds, 1),
-                       **_accuracy(out, batch, est.system.k_max)}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    result["rows"] = baseline + rows
+            warm = batch.index(torch.arange(min(batch_size, len(batch)), device=batch.y.device))
+            _run(est, warm, stage, batch_size)  # warm-up: allocator, kernels, the grid
+            out, seconds = _run(est, batch, stage, batch_size)
+            row = {"batch": batch_size, "stage": stage, "seconds": round(seconds, 3),
+                   "scenes_per_s": round(len(batch) / seconds, 1), **_accuracy(out, batch, est.system.k_max)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    result["rows"] = rows
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

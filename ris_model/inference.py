@@ -14,7 +14,6 @@ torch, numpy, api_schemas and ris_model; never Celery, HTTP or SQL.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -24,7 +23,6 @@ from pydantic import ValidationError
 from torch import Tensor
 
 from api_schemas import DiagnosticJobConfig, SystemConfig, TrainingJobConfig
-from ris_model.accel.cuda_graphs import CudaGraphed
 from ris_model.errors import CheckpointError
 from ris_model.estimators.grid import SearchGrid, SourceEstimate
 from ris_model.estimators.order import select_order
@@ -35,8 +33,6 @@ from ris_model.train import checkpoint as ckpt
 #: The checkpoint key of the validated weights (the EMA's when the phase kept one; SCIENCE.md, "The trainer").
 EVAL_MODEL_KEY = "eval_model"
 DEFAULT_BATCH_SIZE = 256
-#: the largest batch whose polish replays from CUDA graphs (`Estimator.cuda_graphs`)
-GRAPH_MAX_SCENES = 512
 
 
 class SourcePrediction(TypedDict):
@@ -70,19 +66,11 @@ class Estimator:
             term (`ris_model.estimators.order`; the noise level is what SOMP's stopping rule gets); without
             `snr_db` the count is the network's. Every count's fit is one batched Levenberg–Marquardt problem
             with global moves (`ris_model.estimators.polish.refine_fits`).
-        cuda_graphs: on CUDA, replay the polish of a batch of at most `graph_max_scenes` scenes from a CUDA
-            graph: the same kernels without the launch cost of each, which bounds small batches. A batch shape
-            is captured on its second use, so that a one-off shape (the last partial batch) runs eagerly instead
-            of paying the warm-up and capture (about three eager runs). Larger batches run eagerly: a graph keeps
-            its own memory pool (~12 MB a scene). The count selection runs eagerly (`count_fits` can replay
-            from graphs too; the Estimator leaves that off until its accuracy is measured against eager on a
-            GPU).
     """
 
     def __init__(self, model: RisNet, config: TrainingJobConfig, *, device: torch.device,
                  batch_size: int = DEFAULT_BATCH_SIZE, source: dict[str, Any] | None = None,
-                 polish: bool = True, order_test: bool = True, cuda_graphs: bool = True,
-                 graph_max_scenes: int = GRAPH_MAX_SCENES) -> None:
+                 polish: bool = True, order_test: bool = True) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.to(device).eval()
@@ -90,9 +78,6 @@ class Estimator:
         self.source = source or {}  # where the weights came from (path, phase, step), for reports
         self.polish = polish
         self.order_test = order_test
-        self.cuda_graphs, self.graph_max_scenes = cuda_graphs, graph_max_scenes
-        self._polish_graphs = CudaGraphed()  # for the polish's fixed settings
-        self._uses: Counter[int] = Counter()  # polished batches seen, per row count
         self._grid: SearchGrid | None = None
 
     def predict(self, y: ArrayLike, H: ArrayLike, codes: ArrayLike, snr_db: ArrayLike | float | None = None
@@ -145,8 +130,7 @@ class Estimator:
                 if snr is not None and self.order_test:
                     est = self._order(yb, Hb, cb, est, snr[sl])
                 else:
-                    est = ml_polish(yb, Hb, cb, est, self._search_grid(), chunk_size=self._polish_chunk(),
-                                    graphs=self._graphed(yb))
+                    est = ml_polish(yb, Hb, cb, est, self._search_grid(), chunk_size=self._polish_chunk())
             parts.append(est)
         return _cat(parts, self.system.k_max)
 
@@ -154,9 +138,8 @@ class Estimator:
         """The ML polish alone, applied to an earlier `estimate(..., polish=False)` of the same scenes."""
         y_t, H_t, codes_t = self._check_inputs(y, H, codes, None)
         with torch.inference_mode():
-            y_d = y_t.to(self.device)
-            return ml_polish(y_d, H_t.to(self.device), codes_t.to(self.device), estimate, self._search_grid(),
-                             chunk_size=self._polish_chunk(), graphs=self._graphed(y_d))
+            return ml_polish(y_t.to(self.device), H_t.to(self.device), codes_t.to(self.device), estimate,
+                             self._search_grid(), chunk_size=self._polish_chunk())
 
     def refine_count(self, y: ArrayLike, H: ArrayLike, codes: ArrayLike, estimate: SourceEstimate,
                      snr_db: ArrayLike | float) -> SourceEstimate:
@@ -172,13 +155,6 @@ class Estimator:
         out = select_order(y, H, codes, estimate, self._search_grid(), snr_db.to(y.device),
                            chunk_size=self._polish_chunk())
         return out.map(Tensor.cpu)
-
-    def _graphed(self, y: Tensor) -> CudaGraphed | None:
-        rows = min(y.shape[0], self._polish_chunk())
-        if not (self.cuda_graphs and y.is_cuda and rows <= self.graph_max_scenes):
-            return None
-        self._uses[rows] += 1
-        return self._polish_graphs if self._uses[rows] >= 2 else None
 
     def _polish_chunk(self) -> int:
         # ~12 MB a scene for the count selection (grid dictionary, trials); a GPU takes a whole batch at once
@@ -245,8 +221,7 @@ def _as_complex(value: ArrayLike, name: str) -> Tensor:
 
 
 def load_estimator(checkpoint_path: str | Path, device: str | torch.device | None = None, *,
-                   batch_size: int = DEFAULT_BATCH_SIZE, polish: bool = True, order_test: bool = True,
-                   cuda_graphs: bool = True) -> Estimator:
+                   batch_size: int = DEFAULT_BATCH_SIZE, polish: bool = True, order_test: bool = True) -> Estimator:
     """Load a checkpoint written by this package's trainer as an Estimator (the public API;
     SCIENCE.md, "Estimators and evaluation").
 
@@ -256,7 +231,6 @@ def load_estimator(checkpoint_path: str | Path, device: str | torch.device | Non
         batch_size: scenes per forward pass.
         polish: refine the network's positions by a local ML search on the measurements (see Estimator).
         order_test: choose the count by penalized likelihood when `snr_db` is given (see Estimator).
-        cuda_graphs: replay small batches' polish from CUDA graphs (see Estimator).
 
     Returns:
         An Estimator in eval mode with the checkpoint's validated (`eval_model`) weights.
@@ -288,7 +262,7 @@ def load_estimator(checkpoint_path: str | Path, device: str | torch.device | Non
               "phase": str(position.get("phase", "")), "global_step": int(position.get("global_step", 0)),
               "config_sha256": str(state.get(ckpt.CONFIG_SHA_KEY, ""))}
     return Estimator(model, config, device=dev, batch_size=batch_size, source=source, polish=polish,
-                     order_test=order_test, cuda_graphs=cuda_graphs)
+                     order_test=order_test)
 
 
 def _config_of(state: dict[str, Any], path: Path) -> TrainingJobConfig:

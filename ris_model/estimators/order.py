@@ -19,8 +19,6 @@ Every count 1..S is fitted: the fit of K starts from the first K slots of the es
 existence logit) and is polished, relocation and split moves included. All counts of a chunk's scenes are one
 batched problem (`ris_model.estimators.polish.refine_fits` with the counts' slot structure): the operators and
 the grid dictionary are made once per scene, and the atoms of slots a count does not use are never computed.
-E(K) is the fit's own energy (complex64 residuals summed in float64; within 1e-5 relative of a complex128
-refit, far below σ²). On CUDA a chunk's fit can replay from a CUDA graph (`graphs`).
 Two moves of one source each (add the residual's best atom, or drop the weakest) gained less: 0.375 / 0.678 /
 0.960 by SNR bin against 0.364 / 0.736 / 0.976 with every count fitted, on the same held-out scenes. Imports
 torch and the estimators' atoms, grid, polish and varpro.
@@ -37,11 +35,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ris_model.accel.cuda_graphs import CudaGraphed
 from ris_model.estimators.atoms import noise_var_from_snr, responses, solve_ls
 from ris_model.estimators.grid import SearchGrid, SourceEstimate
 from ris_model.estimators.polish import DEFAULT_SCHEDULE, DEFAULT_SPLITS, Schedule, positions_of, refine_fits
-from ris_model.estimators.varpro import GridTensors, Scenes
+from ris_model.estimators.varpro import Scenes
 
 DEFAULT_PRIOR_WEIGHT = 0.5
 DEFAULT_PRIOR_DECAY_DB = 10.0
@@ -58,8 +55,7 @@ class CountFits:
 
 def select_order(y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, grid: SearchGrid, snr_db: Tensor,
                  *, prior_weight: float = DEFAULT_PRIOR_WEIGHT, prior_decay_db: float = DEFAULT_PRIOR_DECAY_DB,
-                 n_splits: int = DEFAULT_SPLITS, schedule: Schedule = DEFAULT_SCHEDULE, chunk_size: int = 64,
-                 graphs: CudaGraphed | None = None) -> SourceEstimate:
+                 n_splits: int = DEFAULT_SPLITS, chunk_size: int = 64) -> SourceEstimate:
     """The count and positions of B scenes by the penalized likelihood of the module docstring.
 
     Args:
@@ -74,9 +70,7 @@ def select_order(y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, 
         prior_decay_db: d, the SNR over which the weight falls by e.
         n_splits: split passes of each count's polish (`ris_model.estimators.polish`); they gain K_acc and
             fewer gross position errors.
-        schedule: LM iterations and trials of each count's polish.
         chunk_size: scenes per batched problem (memory grows ~12 MB a scene).
-        graphs: on CUDA, the chunks' fits replayed from CUDA graphs kept there (`count_fits`).
 
     Returns:
         A SourceEstimate with K̂ ∈ 1..S valid slots first, polished at that count, on the device of
@@ -94,8 +88,7 @@ def select_order(y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, 
                          f"{S} slots")
     snr_db = torch.as_tensor(snr_db, dtype=torch.float64).to(y.device).expand(B)
     est = estimate.map(lambda t: t.to(y.device))
-    fits = count_fits(y, H, codes, est, grid, n_splits=n_splits, schedule=schedule, chunk_size=chunk_size,
-                      graphs=graphs)
+    fits = count_fits(y, H, codes, est, grid, n_splits=n_splits, chunk_size=chunk_size)
     prior = None if est.k_log_prob is None else est.k_log_prob[:, :S]
     scores = order_scores(fits.energy, noise_var_from_snr(y, snr_db), snr_db, L, prior,
                           prior_weight=prior_weight, prior_decay_db=prior_decay_db)
@@ -128,38 +121,28 @@ def order_scores(energy: Tensor, noise_var: Tensor, snr_db: Tensor, n_snapshots:
 
 
 def count_fits(y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, grid: SearchGrid, *,
-               n_splits: int = DEFAULT_SPLITS, schedule: Schedule = DEFAULT_SCHEDULE, chunk_size: int = 64,
-               graphs: CudaGraphed | None = None) -> CountFits:
+               n_splits: int = DEFAULT_SPLITS, schedule: Schedule = DEFAULT_SCHEDULE, chunk_size: int = 64
+               ) -> CountFits:
     """The polished fit of each count K = 1..S from the first K slots of `estimate` (tensors on y's device),
     with `n_splits` split passes: all counts of a chunk's scenes are one batched problem
-    (`ris_model.estimators.polish.refine_fits`), sharing the scenes' operators and grid dictionary. The energies
-    are the fits' own (complex64 residuals summed in float64). `graphs`: on CUDA, each chunk's fit replayed from
-    a CUDA graph (`ris_model.estimators.polish.polish` says more; one CudaGraphed per set of the other
-    arguments)."""
+    (`ris_model.estimators.polish.refine_fits`), sharing the scenes' operators and grid dictionary."""
     B, S = estimate.valid.shape
     params = positions_of(estimate).to(y.device)  # [B, S, 3]
     first = torch.arange(S, device=y.device)[None] < torch.arange(1, S + 1, device=y.device)[:, None]  # [K, S]
-    consts = GridTensors.of(grid, y.device)
-
-    def fit(y: Tensor, H: Tensor, codes: Tensor, p: Tensor) -> tuple[Tensor, ...]:
-        b = y.shape[0]
-        fits = refine_fits(Scenes(y, H, codes, grid, consts), p[:, None].expand(b, S, S, 3), first.expand(b, S, S),
-                           n_slots=tuple(range(1, S + 1)), n_splits=n_splits, schedule=schedule)
-        assert fits.energy is not None
-        return fits.p, fits.energy
-
-    ps, energies = [params[:, None].expand(B, S, S, 3)[:0]], [params.new_zeros(0, S)]
+    parts = []
     for sl in (slice(s, s + chunk_size) for s in range(0, B, chunk_size)):
-        args = (y[sl].to(torch.complex64), H[sl].to(torch.complex64), codes[sl].to(torch.complex64), params[sl])
-        p, energy = graphs(fit, *args) if graphs is not None and y.is_cuda else fit(*args)
-        ps.append(p)
-        energies.append(energy)
-    p = torch.cat(ps)  # [B, K, S, 3]
+        scenes = Scenes(y[sl], H[sl], codes[sl], grid)
+        b = scenes.y.shape[0]
+        fits = refine_fits(scenes, params[sl, None].expand(b, S, S, 3), first.expand(b, S, S),
+                           n_slots=tuple(range(1, S + 1)), n_splits=n_splits, schedule=schedule)
+        parts.append(fits.p)
+    p = torch.cat(parts) if parts else params[:, None].expand(B, S, S, 3)  # [B, K, S, 3]
     fits_k = tuple(SourceEstimate(k=torch.full_like(estimate.k, n), azimuth=p[:, n - 1, :, 0],
                                   elevation=p[:, n - 1, :, 1], range_m=1 / p[:, n - 1, :, 2],
                                   valid=first[n - 1].expand(B, S).clone(), k_log_prob=estimate.k_log_prob)
                    for n in range(1, S + 1))
-    return CountFits(energy=torch.cat(energies), fits=fits_k)
+    energy = torch.stack([residual_energy(y, H, codes, f, grid) for f in fits_k], 1)
+    return CountFits(energy=energy, fits=fits_k)
 
 
 def residual_energy(y: Tensor, H: Tensor, codes: Tensor, est: SourceEstimate, grid: SearchGrid) -> Tensor:

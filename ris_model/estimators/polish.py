@@ -21,12 +21,7 @@ amplitudes ŝ_l, with Φ_l = H·diag(c_l)·[a(p_1) … a(p_K̂)]. The procedure:
 4. A last run of Levenberg–Marquardt.
 
 Every trial of every configuration of every scene of a chunk is one batched problem with a fixed number of
-iterations: no step raises E, and nothing waits on the host, on the CPU or on CUDA, so on CUDA a chunk's whole
-procedure can replay from a CUDA graph (`graphs`: the same kernels without the launch cost of each, which
-bounds small chunks). The screens of the global moves work on each configuration's per-snapshot Gram matrices
-(`ris_model.estimators.varpro.masked_solve`, `fit_energy`): a slot left out is a mask, a slot replaced by a
-placement is one row and column of G, and their energies need no residuals, so the atoms are never copied per
-candidate (the relocation move's targets, its leave-one-out residuals, are one product). At high SNR the ML
+iterations: no step raises E, and nothing waits on the host, on the CPU or on CUDA. At high SNR the ML
 estimate reaches the CRB, which a regression head trained on a Huber loss with a degree-scale knee does not.
 Imports torch and the estimators' grid and varpro.
 
@@ -44,9 +39,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ris_model.accel.cuda_graphs import CudaGraphed
 from ris_model.estimators.grid import SearchGrid, SourceEstimate
-from ris_model.estimators.varpro import Fits, GridTensors, Scenes, energy_of, fit_energy, masked_solve, slot_index
+from ris_model.estimators.varpro import Fits, Scenes, energy_of, least_squares, slot_index
 
 DEFAULT_REBIRTHS = 1
 DEFAULT_SPLITS = 1
@@ -69,7 +63,7 @@ DEFAULT_SCHEDULE = Schedule()
 
 def polish(y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, grid: SearchGrid, *,
            n_rebirths: int = DEFAULT_REBIRTHS, n_splits: int = DEFAULT_SPLITS, schedule: Schedule = DEFAULT_SCHEDULE,
-           chunk_size: int = 64, graphs: CudaGraphed | None = None) -> SourceEstimate:
+           chunk_size: int = 64) -> SourceEstimate:
     """ML refinement of the valid sources of `estimate` (the module docstring's procedure).
 
     Args:
@@ -82,9 +76,6 @@ def polish(y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, grid: 
         n_splits: passes of the split move (0: none).
         schedule: iterations and trials.
         chunk_size: scenes per chunk.
-        graphs: on CUDA, replay each chunk's fit from a CUDA graph kept here (captured on a chunk shape's
-            first use; `ris_model.accel.cuda_graphs`): the same kernels without the launch cost of each, which
-            dominates small chunks. One CudaGraphed per set of the other arguments (its key is the shapes).
 
     Returns:
         A SourceEstimate with the same k, valid, slot order and count posterior, on the device of `estimate`,
@@ -100,18 +91,12 @@ def polish(y: Tensor, H: Tensor, codes: Tensor, estimate: SourceEstimate, grid: 
     out_device = estimate.azimuth.device
     params = positions_of(estimate).to(y.device)  # [B, S, 3]
     valid = estimate.valid.to(y.device)
-    consts = GridTensors.of(grid, y.device)
-
-    def fit(y: Tensor, H: Tensor, codes: Tensor, p: Tensor, valid: Tensor) -> tuple[Tensor, ...]:
-        fits = refine_fits(Scenes(y, H, codes, grid, consts), p[:, None], valid[:, None], n_rebirths=n_rebirths,
-                           n_splits=n_splits, schedule=schedule)
-        return (torch.where(valid[:, :, None], fits.p[:, 0], p),)
-
     parts = []
     for sl in (slice(s, s + chunk_size) for s in range(0, B, chunk_size)):
-        args = (y[sl].to(torch.complex64), H[sl].to(torch.complex64), codes[sl].to(torch.complex64), params[sl],
-                valid[sl])
-        parts.append(graphs(fit, *args)[0] if graphs is not None and y.is_cuda else fit(*args)[0])
+        scenes = Scenes(y[sl], H[sl], codes[sl], grid)
+        fits = refine_fits(scenes, params[sl, None], valid[sl, None], n_rebirths=n_rebirths, n_splits=n_splits,
+                           schedule=schedule)
+        parts.append(torch.where(valid[sl, :, None], fits.p[:, 0], params[sl]))
     params = torch.cat(parts).to(out_device) if parts else params.to(out_device)
     return SourceEstimate(k=estimate.k, azimuth=params[..., 0], elevation=params[..., 1],
                           range_m=1 / params[..., 2], valid=estimate.valid, k_log_prob=estimate.k_log_prob)
@@ -165,39 +150,31 @@ def _keep_best(fits: Fits, trials: Tensor, scenes: Scenes, schedule: Schedule) -
 
 @dataclass(frozen=True)
 class _Leave1Out:
-    """Each slot j of each configuration removed: the energy of the others' fit [b, T, S] (inf at invalid
-    slots), its residual [b, T, S, L, M] (when asked for), the atoms of the configuration [b, T, L, M, S], their
-    Gram matrices [b, T, L, S, S] and Φᴴy [b, T, L, S]."""
+    """Each slot j of each configuration removed: the residual of the others' fit [b, T, S, L, M], its energy
+    [b, T, S] (inf at invalid slots) and the atoms of the configuration [b, T, L, M, S]."""
 
+    residual: Tensor
     energy: Tensor
-    residual: Tensor | None
     atoms: Tensor
-    gram: Tensor
-    rhs: Tensor
 
 
-def _leave_one_out(scenes: Scenes, fits: Fits, residuals: bool) -> _Leave1Out:
+def _leave_one_out(scenes: Scenes, fits: Fits) -> _Leave1Out:
     b, T, S, _ = fits.p.shape
     phi, _ = scenes.atoms(fits.p, jacobian=False, n_slots=fits.n_slots)  # [b, T, L, M, S]
     L, M = phi.shape[2:4]
-    gram, rhs = phi.mH @ phi, (phi.mH @ scenes.y[:, None, :, :, None]).squeeze(-1)
     others = fits.valid[:, :, None, :] & ~torch.eye(S, dtype=torch.bool, device=phi.device)  # [b, T, S(j), S]
-    coef = masked_solve(gram[:, :, None], rhs[:, :, None], others[:, :, :, None])  # [b, T, S(j), L, S]
-    y_energy = energy_of(scenes.y)[:, None, None]
-    energy = fit_energy(y_energy, gram[:, :, None], rhs[:, :, None], coef).masked_fill(~fits.valid, torch.inf)
-    residual = None
-    if residuals:  # y − Φ·c_j for every j at once: one product with the coefficients as columns
-        fitted = phi @ coef.permute(0, 1, 3, 4, 2)  # [b, T, L, M, S(j)]
-        residual = (scenes.y[:, None, :, :, None] - fitted).permute(0, 1, 4, 2, 3)  # [b, T, S(j), L, M]
-    return _Leave1Out(energy=energy, residual=residual, atoms=phi, gram=gram, rhs=rhs)
+    phi_j = phi[:, :, None].expand(b, T, S, L, M, S).reshape(b, T * S, L, M, S)
+    _, residual, _ = least_squares(scenes.y[:, None], phi_j, others.reshape(b, T * S, S))
+    residual = residual.reshape(b, T, S, L, M)
+    energy = energy_of(residual).masked_fill(~fits.valid, torch.inf)
+    return _Leave1Out(residual=residual, energy=energy, atoms=phi)
 
 
 def _relocation_trials(scenes: Scenes, fits: Fits, n_trials: int) -> Tensor:
     """[b, T, R, S, 3]: for the R slots per configuration whose residual (the others fitted) is explained best
     by a grid point rather than by the slot itself, that slot moved to the grid point."""
     b, T, S, _ = fits.p.shape
-    loo = _leave_one_out(scenes, fits, residuals=True)
-    assert loo.residual is not None
+    loo = _leave_one_out(scenes, fits)
     targets = loo.residual.reshape(b, T * S, scenes.L, scenes.M)
     if fits.n_slots is None:
         best_p, best_score = scenes.grid_best(targets)
@@ -216,7 +193,7 @@ def _relocation_trials(scenes: Scenes, fits: Fits, n_trials: int) -> Tensor:
     slot = gain.topk(R, -1).indices  # [b, T, R]
     moved = best_p.reshape(b, T, S, 3).gather(2, slot[..., None].expand(b, T, R, 3))  # [b, T, R, 3]
     trials = fits.p[:, :, None].expand(b, T, R, S, 3).clone()
-    onehot = (slot[..., None] == torch.arange(S, device=slot.device))[..., None]  # [b, T, R, S, 1]
+    onehot = torch.nn.functional.one_hot(slot, S).bool()[..., None]  # [b, T, R, S, 1]
     return torch.where(onehot, moved[:, :, :, None], trials)
 
 
@@ -225,32 +202,26 @@ def _split_trials(scenes: Scenes, fits: Fits, n_trials: int) -> Tensor:
     placements per configuration whose fit with re-fitted amplitudes has the lowest energy (placements beside
     w itself, or in a configuration of one source, are never chosen unless nothing else is left)."""
     b, T, S, _ = fits.p.shape
-    loo = _leave_one_out(scenes, fits, residuals=False)
+    loo = _leave_one_out(scenes, fits)
     weakest = loo.energy.argmin(-1)  # [b, T]: the slot whose removal raises E least
     offsets = torch.cat([torch.diag(scenes.steps), -torch.diag(scenes.steps)])  # [6, 3]
     O = offsets.shape[0]
     beside = scenes.clamp(fits.p[:, :, :, None] + offsets)  # [b, T, S(j), O, 3]
     n_slots = None if fits.n_slots is None else tuple(n * O for n in fits.n_slots)
-    new, _ = scenes.atoms(beside.reshape(b, T, S * O, 3), jacobian=False, n_slots=n_slots)  # [b, T, L, M, Q]
-    # the Gram matrix and Φᴴy of each placement q: those of the configuration, with row and column w (the
-    # weakest slot) and entry w of Φᴴy taken from the placement's atom
-    cross = (loo.atoms.mH @ new).transpose(-1, -2)  # [b, T, L, Q, S]: φ_sᴴ·new_q
-    power = torch.view_as_real(new).square().sum((-3, -1)).to(cross.dtype)  # [b, T, L, Q]: ‖new_q‖²
-    new_rhs = (new.mH @ scenes.y[:, None, :, :, None]).squeeze(-1)  # [b, T, L, Q]
-    is_w_slot = weakest[..., None] == torch.arange(S, device=weakest.device)  # [b, T, S]
-    w = is_w_slot[:, :, None, None]  # [b, T, 1, 1, S]
-    col = torch.where(w, power[..., None], cross)  # [b, T, L, Q, S]: column w of each placement's G
-    gram = torch.where(w[..., None, :], col[..., :, None], loo.gram[:, :, :, None])  # column w
-    gram = torch.where(w[..., :, None], col.conj()[..., None, :], gram)  # row w: [b, T, L, Q, S, S]
-    rhs = torch.where(w, new_rhs[..., None], loo.rhs[:, :, :, None])  # [b, T, L, Q, S]
-    coef = masked_solve(gram, rhs, fits.valid[:, :, None, None])
-    energy = fit_energy(energy_of(scenes.y)[:, None, None], gram.transpose(2, 3), rhs.transpose(2, 3),
-                        coef.transpose(2, 3)).reshape(b, T, S, O)
-    useless = ~fits.valid | is_w_slot  # [b, T, S]
+    phi_new, _ = scenes.atoms(beside.reshape(b, T, S * O, 3), jacobian=False, n_slots=n_slots)  # [b, T, L, M, S·O]
+    L, M = phi_new.shape[2:4]
+    # the configuration's atoms with column w replaced by each placement: [b, T, S·O, L, M, S]
+    base = loo.atoms[:, :, None].expand(b, T, S * O, L, M, S)
+    is_w = torch.nn.functional.one_hot(weakest, S).bool()[:, :, None, None, None, :]
+    phi = torch.where(is_w, phi_new.permute(0, 1, 4, 2, 3)[..., None], base)
+    _, residual, _ = least_squares(scenes.y[:, None], phi.reshape(b, T * S * O, L, M, S),
+                                   fits.valid[:, :, None].expand(b, T, S * O, S).reshape(b, T * S * O, S))
+    energy = energy_of(residual).reshape(b, T, S, O)
+    useless = ~fits.valid | (torch.arange(S, device=weakest.device) == weakest[..., None])  # [b, T, S]
     energy = energy.masked_fill(useless[..., None], torch.inf).reshape(b, T, S * O)
     R = min(n_trials, S * O)
     choice = energy.topk(R, -1, largest=False).indices  # [b, T, R]: j·O + o
     place = beside.reshape(b, T, S * O, 3).gather(2, choice[..., None].expand(b, T, R, 3))
     trials = fits.p[:, :, None].expand(b, T, R, S, 3)
-    onehot = is_w_slot[:, :, None, :, None]  # [b, T, 1, S, 1]
+    onehot = torch.nn.functional.one_hot(weakest, S).bool()[:, :, None, :, None]  # [b, T, 1, S, 1]
     return torch.where(onehot, place[:, :, :, None], trials)

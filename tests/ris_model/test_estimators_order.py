@@ -9,8 +9,6 @@ import pytest
 import torch
 
 from api_schemas import SystemConfig
-from ris_model.accel.cuda_graphs import CudaGraphed
-from ris_model.estimators.atoms import noise_var_from_snr
 from ris_model.estimators.grid import SearchGrid, SourceEstimate
 from ris_model.estimators.order import count_fits, order_scores, residual_energy, select_order
 from ris_model.scenes import SceneBatch, generate_scenes, make_generator
@@ -104,9 +102,7 @@ def test_count_fits_never_lose_energy_by_adding_a_source(scenes: SceneBatch) -> 
     fits = count_fits(scenes.y, scenes.H, scenes.codes, _slots(scenes, scenes.k), GRID, n_splits=0)
     assert fits.energy.shape == (len(scenes.k), SYSTEM.k_max)
     assert (fits.energy[:, 1:] <= fits.energy[:, :-1] * (1 + 1e-9)).float().mean() >= 0.95
-    # the fits' own energies (complex64 residuals) against a complex128 LS fit at their positions: far below σ²
-    exact = residual_energy(scenes.y, scenes.H, scenes.codes, fits.fits[2], GRID)
-    torch.testing.assert_close(fits.energy[:, 2], exact, rtol=1e-5, atol=0.0)
+    torch.testing.assert_close(fits.energy[:, 2], residual_energy(scenes.y, scenes.H, scenes.codes, fits.fits[2], GRID))
     assert all(bool((f.k == n + 1).all()) for n, f in enumerate(fits.fits))
 
 
@@ -128,38 +124,6 @@ def test_cuda_path_gives_the_cpu_counts(scenes: SceneBatch) -> None:
     start = _slots(scenes, scenes.k - 1, _log_prob_of(2, len(scenes.k), 0.5))
     cpu = select_order(scenes.y, scenes.H, scenes.codes, start, GRID, scenes.snr_db)
     gpu = select_order(scenes.y.to(cuda), scenes.H.to(cuda), scenes.codes.to(cuda), start.map(lambda t: t.to(cuda)),
-                       SearchGrid.uniform(SYSTEM, device=cuda), scenes.snr_db.to(cuda))
+                       GRID, scenes.snr_db.to(cuda))
     assert gpu.k.device.type == "cuda"
     assert (gpu.k.cpu() == cpu.k).float().mean() >= 0.95, (gpu.k, cpu.k)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA path needs a GPU (device machine)")
-def test_cuda_graph_replay_gives_the_eager_fits(scenes: SceneBatch) -> None:
-    """Chunks replayed from one CUDA graph (captured on the first chunk, replayed on the others, with other
-    scenes) give the eager fits: the same counts, and energies equal up to the few fits where a rounding
-    difference of the captured kernels tips one LM decision. A second call, whose closure is made anew while the
-    first call's tensors were freed and their memory overwritten, replays the same graph to the same bits."""
-    cuda = torch.device("cuda")
-    n = 2 * (len(scenes.k) // 2)
-    grid = SearchGrid.uniform(SYSTEM, device=cuda)
-    start = _slots(scenes, scenes.k - 1, _log_prob_of(2, len(scenes.k), 0.5)).map(lambda t: t[:n].to(cuda))
-    y, H, codes = (t[:n].to(cuda) for t in (scenes.y, scenes.H, scenes.codes))
-    graphs = CudaGraphed()
-    eager = count_fits(y, H, codes, start, grid, chunk_size=n // 2)
-    replayed = count_fits(y, H, codes, start, grid, chunk_size=n // 2, graphs=graphs)
-    assert graphs.captures == 1 and graphs.disabled_reason is None, graphs.disabled_reason
-    close = ((replayed.energy - eager.energy).abs() <= 1e-4 * eager.energy).double().mean()
-    assert float(close) >= 0.9, (replayed.energy, eager.energy)
-    snr = scenes.snr_db[:n].to(cuda).double()
-    var = noise_var_from_snr(y, snr)
-    k_eager = order_scores(eager.energy, var, snr, L, start.k_log_prob).argmax(1)
-    k_replayed = order_scores(replayed.energy, var, snr, L, start.k_log_prob).argmax(1)
-    assert float((k_eager == k_replayed).double().mean()) >= 0.95, (k_eager, k_replayed)
-    torch.cuda.empty_cache()
-    junk = [torch.full((1 << 20,), float(i), device=cuda) for i in range(64)]  # reuse the freed blocks
-    again = count_fits(y, H, codes, start, grid, chunk_size=n // 2, graphs=graphs)
-    del junk
-    assert graphs.captures == 1
-    assert torch.equal(again.energy, replayed.energy)
-    for a, b in zip(again.fits, replayed.fits, strict=True):
-        assert torch.equal(a.azimuth, b.azimuth) and torch.equal(a.range_m, b.range_m)

@@ -10,8 +10,7 @@ import torch
 from api_schemas import SystemConfig
 from ris_model.estimators.atoms import responses, solve_ls
 from ris_model.estimators.grid import SearchGrid, SourceEstimate
-from ris_model.estimators.polish import Schedule, _leave_one_out, _split_trials, polish, positions_of
-from ris_model.estimators.varpro import Fits, Scenes, energy_of, least_squares
+from ris_model.estimators.polish import Schedule, polish
 from ris_model.physics import steering
 from ris_model.scenes import SceneBatch, generate_scenes, make_generator
 
@@ -143,45 +142,3 @@ def test_split_move_separates_a_close_pair_fitted_by_one_estimate() -> None:
         hit = [(est - truth[i, :2].double()).abs().amax(-1).amin(-1) < math.radians(1.0) for i in range(3)]
         found[n_splits] = float(torch.stack(hit, -1).all(-1).double().mean())
     assert found[1] >= 0.9 and found[1] >= found[0], found
-
-
-def test_leave_one_out_and_split_screening_match_explicit_refits(scenes: SceneBatch) -> None:
-    """The Gram-level screens equal least-squares refits of the atoms themselves: each slot left out (energy and
-    residual), and the split trials are the placements of the weakest slot with the lowest refitted energy."""
-    grid = SearchGrid.uniform(SYSTEM)
-    b = scenes.index(torch.arange(8))
-    sc = Scenes(b.y, b.H, b.codes, grid)
-    fits = Fits(sc.clamp(positions_of(_perturbed(b, deg=0.5, range_frac=0.05)))[:, None], b.mask[:, None])
-    loo = _leave_one_out(sc, fits, residuals=True)
-    assert loo.residual is not None
-    phi = loo.atoms  # [b, 1, L, M, S]
-    S = phi.shape[-1]
-    for j in range(S):
-        others = fits.valid & (torch.arange(S) != j)
-        _, residual = least_squares(sc.y[:, None], phi, others)
-        want = energy_of(residual)[:, 0]
-        got = loo.energy[:, 0, j]
-        ok = fits.valid[:, 0, j]
-        torch.testing.assert_close(got[ok], want[ok], rtol=1e-4, atol=0.0)
-        torch.testing.assert_close(loo.residual[:, 0, j][ok], residual[:, 0][ok], rtol=0.0, atol=1e-4)
-    trials = _split_trials(sc, fits, 2)  # [b, 1, 2, S, 3]
-    weakest = loo.energy.argmin(-1)[:, 0]
-    for i in range(len(b.k)):
-        if int(b.k[i]) < 2:
-            continue
-        w = int(weakest[i])
-        placed = trials[i, 0, :, w]  # [2, 3]
-        cand = sc.clamp(fits.p[i, 0, :, None] + torch.cat([torch.diag(sc.steps), -torch.diag(sc.steps)]))
-        energies = []
-        for j in range(S):
-            for o in range(6):
-                if j == w or not bool(fits.valid[i, 0, j]):
-                    energies.append(math.inf)
-                    continue
-                p = fits.p[i:i + 1].clone()
-                p[0, 0, w] = cand[j, o]
-                phi_q, _ = Scenes(b.y[i:i + 1], b.H[i:i + 1], b.codes[i:i + 1], grid).atoms(p, jacobian=False)
-                _, res = least_squares(sc.y[i:i + 1, None], phi_q, fits.valid[i:i + 1])
-                energies.append(float(energy_of(res)))
-        best = torch.tensor(energies).argmin()
-        torch.testing.assert_close(placed[0], cand.reshape(-1, 3)[best])
