@@ -21,7 +21,7 @@ mkdir -p "$OUT"
 # the same values, and run the store on SQLite only (its SQL is the same on PostgreSQL).
 declare -A MODULES=(
   [losses]="ris_model/losses.py|tests/ris_model/test_loss_values.py;tests/ris_model/test_losses.py;-k;not rank_deficient and not dense_frobenius and not brute_force and not eigenvector_fault|"
-  [jobs]="server/store/jobs.py|tests/server/store/test_state_machine_design.py;tests/server/store/test_jobs.py;tests/server/store/test_event_messages.py;-m;not postgres|"
+  [jobs]="server/store/jobs.py|tests/server/store/test_state_machine_design.py;tests/server/store/test_jobs.py;tests/server/store/test_event_messages.py;tests/server/store/test_job_rows.py;tests/server/store/test_reaper_edges.py;-m;not postgres|"
   [sse]="server/routes/metrics.py|tests/server/routes/test_metrics.py;tests/server/routes/test_metrics_live.py;tests/server/routes/test_metrics_degraded.py;tests/server/routes/test_metrics_sql_reads.py|"
   [checkpoint]="ris_model/train/checkpoint.py|tests/ris_model/train/test_checkpoint.py|"
   [scenes]="ris_model/scenes.py|tests/ris_model/test_scenes.py;tests/ris_model/test_scene_contract.py|"
