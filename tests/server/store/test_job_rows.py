@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, event, update
 from sqlalchemy.orm import Session
 
 from api_schemas import FailureReason, JobKind, JobState
@@ -146,6 +147,28 @@ def test_requeue_clears_the_attempt_and_a_second_claim_keeps_the_first_start(ses
 # ---------------------------------------------------------------------------------------------- transitions
 
 
+def test_a_claim_through_transition_needs_and_sets_the_new_lease_and_keeps_the_first_start(
+    session: Session, other: Session
+) -> None:
+    job = make_job(session)
+    with pytest.raises(ValueError) as info:
+        transition(session, job.id, S.RUNNING, principal=WORKER)
+    assert str(info.value) == "a claim (to=RUNNING) needs the new lease_token"
+    lease = new_lease()
+    transition(session, job.id, S.RUNNING, principal=WORKER, lease_token=lease, message="gpu0@host")
+    row = _fresh(other, job.id)
+    started_at = row.started_at
+    assert (row.state, row.lease_token) == ("RUNNING", lease)
+    assert started_at is not None and row.heartbeat_at is not None
+    assert _events(other, job.id)[-1] == ("QUEUED", "RUNNING", 1, "gpu0@host", WORKER.id)
+    reap_expired(session, lease_timeout_s=60, cancel_grace_s=3600, now=utcnow() + timedelta(seconds=61))
+    second = new_lease()
+    transition(session, job.id, S.RUNNING, principal=WORKER, lease_token=second)
+    again = _fresh(other, job.id)
+    assert (again.attempt, again.lease_token, again.started_at) == (2, second, started_at)
+    assert again.heartbeat_at is not None
+
+
 def test_failure_without_a_message_stores_an_empty_one(session: Session, other: Session) -> None:
     job, lease = _running(session)
     transition(session, job.id, S.FAILED, principal=WORKER, lease_token=lease, failure_reason=FailureReason.OOM)
@@ -279,16 +302,51 @@ def test_cancel_children_cancels_the_sweep_s_unfinished_trials_of_the_caller(ses
     done_lease = new_lease()
     claim_job(session, done.id, worker="w", lease_token=done_lease)
     transition(session, done.id, S.SUCCEEDED, principal=WORKER, lease_token=done_lease)
+    already = create_job(session, kind=JobKind.TRAINING, name="c", config=tiny_config(), max_attempts=1,
+                         parent_id=sweep.id, principal=ALICE)
+    claim_job(session, already.id, worker="w", lease_token=new_lease())
+    request_cancel(session, already.id, principal=ALICE)  # its flag is set already
     stranger = make_job(session, principal=ALICE)  # no parent
     assert cancel_children(session, sweep.id, principal=BOB) == []  # not Bob's trials
     assert _fresh(other, queued.id).state == "QUEUED"
 
     cancelling = cancel_children(session, sweep.id, principal=ALICE)
     assert [j.id for j in cancelling] == [running.id]
-    states = {j: _fresh(other, j).state for j in (sweep.id, queued.id, running.id, done.id, stranger.id)}
+    states = {j: _fresh(other, j).state for j in (sweep.id, queued.id, running.id, done.id, already.id, stranger.id)}
     assert states == {sweep.id: "QUEUED", queued.id: "CANCELLED", running.id: "CANCELLING",
-                      done.id: "SUCCEEDED", stranger.id: "QUEUED"}
+                      done.id: "SUCCEEDED", already.id: "CANCELLING", stranger.id: "QUEUED"}
     assert _events(other, running.id)[-1] == ("RUNNING", "CANCELLING", 1, "cancel requested", ALICE.id)
+
+
+def test_a_trial_that_finishes_during_the_sweep_s_cancel_does_not_stop_the_others(
+    db_engine: Engine, session: Session, other: Session
+) -> None:
+    sweep = create_job(session, kind=JobKind.SWEEP, name="s", config={}, max_attempts=1, principal=ALICE)
+    leases: dict[str, str] = {}
+    for name in ("t0", "t1"):
+        trial = create_job(session, kind=JobKind.TRAINING, name=name, config=tiny_config(), max_attempts=1,
+                           parent_id=sweep.id, principal=ALICE)
+        leases[trial.id] = new_lease()
+        claim_job(session, trial.id, worker="w", lease_token=leases[trial.id])
+    finished: list[str] = []
+
+    def finish_first_trial_before_its_cancel(conn: Any, cursor: Any, statement: str, parameters: Any,
+                                             *args: Any) -> None:
+        # the sweep's trials have been listed; the cancel of the first one is about to run: its worker finishes
+        if statement.lstrip().upper().startswith("UPDATE JOBS") and not finished:
+            [trial_id] = [t for t in leases if t in str(parameters)]
+            finished.append(trial_id)
+            transition(other, trial_id, S.SUCCEEDED, principal=WORKER, lease_token=leases[trial_id])
+
+    event.listen(db_engine, "before_cursor_execute", finish_first_trial_before_its_cancel)
+    try:
+        cancelling = cancel_children(session, sweep.id, principal=ALICE)
+    finally:
+        event.remove(db_engine, "before_cursor_execute", finish_first_trial_before_its_cancel)
+    [first] = finished
+    [second] = [t for t in leases if t != first]
+    assert [j.id for j in cancelling] == [second]
+    assert (_fresh(other, first).state, _fresh(other, second).state) == ("SUCCEEDED", "CANCELLING")
 
 
 # ---------------------------------------------------------------------------------------------- reports
