@@ -250,20 +250,22 @@ def test_separation_fallback_redraws_rejected_scenes(monkeypatch: pytest.MonkeyP
     assert abs(float(first.mean())) < 0.05 and float(first.abs().max()) <= math.radians(s.azimuth_max_deg)
 
 
-@pytest.mark.parametrize("candidates", [8, 1])
+@pytest.mark.parametrize(("candidates", "symbols_constant"), [(8, False), (1, False), (1, True)])
 def test_deferred_placement_check_gives_the_in_line_checks_scenes(monkeypatch: pytest.MonkeyPatch,
-                                                                   candidates: int) -> None:
+                                                                   candidates: int, symbols_constant: bool) -> None:
     """generate_scenes reads the placement flag after queueing the batch and, where a scene failed, rewinds
     the generator and draws again with the check in line: the scenes are exactly the in-line check's (with one
-    candidate per slot at a strict separation, nearly every batch takes the rewind)."""
+    candidate per slot at a strict separation, nearly every batch takes the rewind), also with the seed's
+    constant symbols."""
     monkeypatch.setattr(scenes_module, "_CANDIDATES_PER_SLOT", candidates)
     s = SystemConfig(min_separation_deg=20.0, min_separation_m=5.0)
-    deferred = generate_scenes(s, 256, generator=make_generator(5, torch.device("cpu")), device="cpu")
+    deferred = generate_scenes(s, 256, generator=make_generator(5, torch.device("cpu")), device="cpu",
+                               symbols_constant=symbols_constant)
     in_line, placed = scenes_module._generate(s, 256, make_generator(5, torch.device("cpu")), torch.device("cpu"),
-                                              False, check_in_line=True)
+                                              symbols_constant, check_in_line=True)
     assert bool(placed.all())
     _, first_try = scenes_module._generate(s, 256, make_generator(5, torch.device("cpu")), torch.device("cpu"),
-                                           False, check_in_line=False)
+                                           symbols_constant, check_in_line=False)
     assert bool(first_try.all()) == (candidates == 8), "one candidate per slot must need the rewind"
     for f in fields(SceneBatch):
         assert torch.equal(getattr(deferred, f.name), getattr(in_line, f.name)), f.name
