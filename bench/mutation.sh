@@ -21,10 +21,10 @@ mkdir -p "$OUT"
 # the same values, and run the store on SQLite only (its SQL is the same on PostgreSQL).
 declare -A MODULES=(
   [losses]="ris_model/losses.py|tests/ris_model/test_loss_values.py;tests/ris_model/test_losses.py;-k;not rank_deficient and not dense_frobenius and not brute_force and not eigenvector_fault|"
-  [jobs]="server/store/jobs.py|tests/server/store/test_state_machine_design.py;tests/server/store/test_jobs.py;tests/server/store/test_event_messages.py;-m;not postgres|"
-  [sse]="server/routes/metrics.py|tests/server/routes/test_metrics.py;tests/server/routes/test_metrics_live.py;tests/server/routes/test_metrics_degraded.py|"
+  [jobs]="server/store/jobs.py|tests/server/store/test_state_machine_design.py;tests/server/store/test_jobs.py;tests/server/store/test_event_messages.py;tests/server/store/test_job_rows.py;tests/server/store/test_reaper_edges.py;-m;not postgres|"
+  [sse]="server/routes/metrics.py|tests/server/routes/test_metrics.py;tests/server/routes/test_metrics_live.py;tests/server/routes/test_metrics_degraded.py;tests/server/routes/test_metrics_sql_reads.py|"
   [checkpoint]="ris_model/train/checkpoint.py|tests/ris_model/train/test_checkpoint.py|"
-  [scenes]="ris_model/scenes.py|tests/ris_model/test_scenes.py;tests/ris_model/test_scene_contract.py|"
+  [scenes]="ris_model/scenes.py|tests/ris_model/test_scenes.py;tests/ris_model/test_scene_contract.py;tests/ris_model/train/test_distributed.py;tests/ris_model/test_scene_source.py|"
   [trainer]="ris_model/train/trainer.py|tests/ris_model/train/test_trainer.py;tests/ris_model/train/test_resume_exact.py|ris_model.train.trainer.xǁTrainerǁ_train_step__mutmut_* ris_model.train.trainer.xǁTrainerǁ_skip__mutmut_* ris_model.train.trainer.xǁTrainerǁ_load_resume__mutmut_* ris_model.train.trainer.xǁTrainerǁ_setup_phase__mutmut_*"
 )
 ORDER=(losses jobs sse checkpoint scenes trainer)

@@ -73,6 +73,26 @@ def test_generate_scenes_labels_lie_in_field_of_view() -> None:
     assert s.snr_min_db <= b.snr_db.min() and b.snr_db.max() <= s.snr_max_db
 
 
+def test_each_scene_and_slot_draws_its_own_power() -> None:
+    s = tiny_system()
+    b = _scenes(s, 256)
+    for slot in range(s.k_max):
+        present = b.power[b.mask[:, slot], slot]
+        assert present.unique().numel() == present.numel() > 1, slot
+        assert s.power_min <= float(present.min()) and float(present.max()) <= s.power_max
+
+
+def test_infeasible_separation_is_refused_naming_the_source_and_the_fix() -> None:
+    # a field of view 2° × 2° deep 0.4 m: a second source cannot be 3° or 0.5 m away from the first
+    s = SystemConfig(n_ris_h=4, n_ris_v=4, n_bs_antennas=4, n_snapshots=4, k_max=2, azimuth_max_deg=1.0,
+                     elevation_max_deg=1.0, range_min_m=1.0, range_max_m=1.4, min_separation_deg=3.0,
+                     min_separation_m=0.5)
+    with pytest.raises(ValueError) as info:
+        _scenes(s, 64)
+    assert str(info.value) == ("cannot place source 2 at min_separation_deg=3.0, min_separation_m=0.5 within the "
+                               "field of view; lower them or k_max")
+
+
 def test_channel_mean_energy_is_m_times_n() -> None:
     s = SystemConfig()
     b = _scenes(s, 2000)
@@ -85,7 +105,7 @@ def test_channel_mean_energy_is_m_times_n() -> None:
 def test_measured_snr_matches_drawn_snr() -> None:
     # Per scene, split each y_l into its component in span(H·diag(c_l)·A) (signal + k dims of noise) and the
     # orthogonal rest (noise only, M − k dims): σ̂² = Σ_l ‖P⊥·y_l‖² / (L·(M − k)), signal = mean_l ‖P·y_l‖² − k·σ̂².
-    s = SystemConfig()  # M = 16 > K_MAX = 5
+    s = SystemConfig(n_snapshots=8)  # M = 16 > K_MAX = 5; L = 8 ≠ M, so that a mean over the wrong axis shows
     b = _scenes(s, 1024)
     y, H, c, A = (t.to(torch.complex128) for t in (b.y, b.H, b.codes, b.A))
     G = (H.unsqueeze(1) @ (c.unsqueeze(-1) * A.unsqueeze(1))) * b.mask[:, None, None, :]  # [B, L, M, K]
@@ -250,20 +270,22 @@ def test_separation_fallback_redraws_rejected_scenes(monkeypatch: pytest.MonkeyP
     assert abs(float(first.mean())) < 0.05 and float(first.abs().max()) <= math.radians(s.azimuth_max_deg)
 
 
-@pytest.mark.parametrize("candidates", [8, 1])
+@pytest.mark.parametrize(("candidates", "symbols_constant"), [(8, False), (1, False), (1, True)])
 def test_deferred_placement_check_gives_the_in_line_checks_scenes(monkeypatch: pytest.MonkeyPatch,
-                                                                   candidates: int) -> None:
+                                                                   candidates: int, symbols_constant: bool) -> None:
     """generate_scenes reads the placement flag after queueing the batch and, where a scene failed, rewinds
     the generator and draws again with the check in line: the scenes are exactly the in-line check's (with one
-    candidate per slot at a strict separation, nearly every batch takes the rewind)."""
+    candidate per slot at a strict separation, nearly every batch takes the rewind), also with the seed's
+    constant symbols."""
     monkeypatch.setattr(scenes_module, "_CANDIDATES_PER_SLOT", candidates)
     s = SystemConfig(min_separation_deg=20.0, min_separation_m=5.0)
-    deferred = generate_scenes(s, 256, generator=make_generator(5, torch.device("cpu")), device="cpu")
+    deferred = generate_scenes(s, 256, generator=make_generator(5, torch.device("cpu")), device="cpu",
+                               symbols_constant=symbols_constant)
     in_line, placed = scenes_module._generate(s, 256, make_generator(5, torch.device("cpu")), torch.device("cpu"),
-                                              False, check_in_line=True)
+                                              symbols_constant, check_in_line=True)
     assert bool(placed.all())
     _, first_try = scenes_module._generate(s, 256, make_generator(5, torch.device("cpu")), torch.device("cpu"),
-                                           False, check_in_line=False)
+                                           symbols_constant, check_in_line=False)
     assert bool(first_try.all()) == (candidates == 8), "one candidate per slot must need the rewind"
     for f in fields(SceneBatch):
         assert torch.equal(getattr(deferred, f.name), getattr(in_line, f.name)), f.name

@@ -76,6 +76,12 @@ def test_save_checkpoint_reports_size_and_sha_of_file(tmp_path: Path) -> None:
     assert (size, sha) == (len(data), hashlib.sha256(data).hexdigest())
 
 
+def test_save_checkpoint_creates_the_missing_directories_of_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "job" / "checkpoints" / "x.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}})
+    assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.ones(3))
+
+
 # ---------------------------------------------------------------- exact resume
 
 
@@ -209,6 +215,36 @@ def test_malicious_pickle_raises_checkpoint_error_without_running_code(tmp_path:
     with pytest.raises(CheckpointError, match="cannot be loaded safely"):
         load_checkpoint(path)
     assert not payload.marker.exists(), "the pickled code must not run"
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_malicious_pickle_is_refused_also_when_the_environment_asks_torch_to_load_unsafely(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # torch lets this variable turn off weights_only where a caller leaves it to torch's default
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    payload = _Payload()
+    payload.marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({FORMAT_KEY: FORMAT, "model": payload, "config": {}, "config_sha256": "", "position": {}}, path)
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        load_checkpoint(path)
+    assert not payload.marker.exists(), "the pickled code must not run"
+
+
+@pytest.mark.parametrize(("content", "cause"), [
+    (b"", "EOFError: "),  # torch's error has no text
+    (b"not a checkpoint", "UnpicklingError: Weights only load failed"),  # its first sentence only
+])
+def test_unloadable_checkpoint_error_names_the_file_and_torch_s_error(
+    tmp_path: Path, content: bytes, cause: str
+) -> None:
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == ("checkpoint bad.pt cannot be loaded safely: it is truncated, corrupt, or holds objects "
+                               f"that weights_only loading refuses ({cause})")
 
 
 def test_malicious_payload_runs_under_plain_pickle(tmp_path: Path) -> None:

@@ -4,8 +4,11 @@ The streaming cases run on a real uvicorn server and read event by event (tests/
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import socket
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +25,7 @@ from api_schemas.metrics import TRAIN_LOSS
 from server.main import create_app
 from server.routes import metrics as metrics_route
 from server.store import append_points, transition
-from server.store.live import live_channel, publish_points
+from server.store.live import live_channel, parse_live_message, publish_points
 from server.store.principals import ADMIN
 from tests.factories import make_job
 from tests.server.conftest import REDIS_DOWN_URL, make_settings
@@ -60,9 +63,15 @@ def _state(event: dict[str, str] | None) -> dict[str, object]:
     return json.loads(event["data"])  # type: ignore[no-any-return]
 
 
-def _warnings(caplog: pytest.LogCaptureFixture, prefix: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records
+def _warnings(caplog: pytest.LogCaptureFixture, prefix: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records
             if r.levelno == logging.WARNING and r.name == metrics_route.__name__ and r.getMessage().startswith(prefix)]
+
+
+def _names_a_redis_error(record: logging.LogRecord, prefix: str) -> bool:
+    """The warning ends with the text of the Redis or socket error that caused it."""
+    error = record.args[-1] if isinstance(record.args, tuple) and record.args else None
+    return isinstance(error, redis.RedisError | OSError) and record.getMessage() == prefix + str(error)
 
 
 # ---------------------------------------------------------------------------------------------- finished jobs
@@ -129,8 +138,9 @@ def test_stream_with_redis_down_polls_sql_and_says_so(
             assert events.next()["id"] == "1"  # type: ignore[index]
             assert _state(events.next())["state"] == "SUCCEEDED"
             assert events.next() is None
-    channel = live_channel(job.id)
-    assert len(_warnings(caplog, f"live feed {channel} unavailable, polling only: ")) == 1
+    prefix = f"live feed {live_channel(job.id)} unavailable, polling only: "
+    [unavailable] = _warnings(caplog, prefix)
+    assert _names_a_redis_error(unavailable, prefix), unavailable.getMessage()
 
 
 def test_stream_that_loses_redis_goes_on_polling_and_says_so_once(
@@ -156,9 +166,10 @@ def test_stream_that_loses_redis_goes_on_polling_and_says_so_once(
                 assert events.next() is None
     finally:
         private.stop()
-    lost = _warnings(caplog, f"live feed {live_channel(job.id)} lost, polling only: ")
-    assert len(lost) == 1, lost
-    assert len(lost[0]) > len(f"live feed {live_channel(job.id)} lost, polling only: "), "the error is named"
+    prefix = f"live feed {live_channel(job.id)} lost, polling only: "
+    lost = _warnings(caplog, prefix)
+    assert len(lost) == 1, [r.getMessage() for r in lost]
+    assert _names_a_redis_error(lost[0], prefix), lost[0].getMessage()
 
 
 def test_malformed_live_message_is_logged_and_skipped(
@@ -177,6 +188,59 @@ def test_malformed_live_message_is_logged_and_skipped(
 
         publish_state(redis_client, job.id, JobState.SUCCEEDED)
         assert _state(events.next())["state"] == "SUCCEEDED"
+    with pytest.raises(ValueError) as parse_error:
+        parse_live_message("{not json")
     prefix = f"ignoring malformed live message on {live_channel(job.id)}: "
-    malformed = _warnings(caplog, prefix)
-    assert len(malformed) == 1 and len(malformed[0]) > len(prefix), malformed
+    assert [r.getMessage() for r in _warnings(caplog, prefix)] == [prefix + str(parse_error.value)]
+
+
+@contextmanager
+def _unanswering_redis() -> Iterator[str]:
+    """A Redis URL where a connect gets no answer, as behind a firewall that drops packets: a listening socket
+    whose accept queue (of one) is full, so that the kernel drops further connection requests."""
+    with socket.socket() as listener, socket.socket() as queued:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        queued.connect(listener.getsockname())
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/14"
+
+
+def test_stream_gives_up_on_a_redis_that_does_not_answer_and_polls_sql(
+    tmp_path: Path, job_queue: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the stream's connect timeout, not the kernel's (minutes), bounds the wait: the first event comes within
+    # READ_TIMEOUT_S
+    monkeypatch.setattr(metrics_route, "POLL_INTERVAL_S", SHORT_POLL_S)
+    caplog.set_level(logging.WARNING, logger=metrics_route.__name__)
+    with _unanswering_redis() as redis_url:
+        app = create_app(make_settings(tmp_path, job_queue, redis_url=redis_url))
+        with app.state.session_factory() as session:
+            job = make_job(session, JobState.RUNNING)
+            with serve(app) as base_url, _stream(base_url, job.id) as events:
+                assert _state(events.next())["state"] == "RUNNING"
+                transition(session, job.id, JobState.SUCCEEDED, principal=ADMIN, lease_token=job.lease_token)
+                assert _state(events.next())["state"] == "SUCCEEDED"
+                assert events.next() is None
+    prefix = f"live feed {live_channel(job.id)} unavailable, polling only: "
+    [unavailable] = _warnings(caplog, prefix)
+    assert _names_a_redis_error(unavailable, prefix), unavailable.getMessage()
+
+
+def test_client_that_leaves_mid_stream_leaves_no_subscriber_and_no_open_connection(
+    app: FastAPI, api_session: Session, redis_client: redis.Redis
+) -> None:
+    job = make_job(api_session, JobState.RUNNING)
+    channel = live_channel(job.id)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with serve(app) as base_url:
+            with _stream(base_url, job.id) as events:
+                assert _state(events.next())["state"] == "RUNNING"
+                assert redis_client.pubsub_numsub(channel) == [(channel.encode(), 1)]
+            # the client hung up while the stream waited for a message, which cancels the stream; the server's
+            # shutdown waits for the stream's cleanup
+        gc.collect()  # a Redis connection that the cleanup left open is closed, and reported, by its finalizer
+    assert redis_client.pubsub_numsub(channel) == [(channel.encode(), 0)]
+    unclosed = [str(w.message) for w in caught
+                if issubclass(w.category, ResourceWarning) and str(w.message).startswith("unclosed Connection")]
+    assert unclosed == []
