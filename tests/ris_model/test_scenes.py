@@ -289,3 +289,33 @@ def test_deferred_placement_check_gives_the_in_line_checks_scenes(monkeypatch: p
     assert bool(first_try.all()) == (candidates == 8), "one candidate per slot must need the rewind"
     for f in fields(SceneBatch):
         assert torch.equal(getattr(deferred, f.name), getattr(in_line, f.name)), f.name
+
+
+def test_channel_line_of_sight_angles_are_drawn_per_scene_over_their_ranges() -> None:
+    """With κ = 1000 the BS→RIS channel is its line-of-sight term up to 3 % per entry, H ≈ √(MN)·b(ψ)·a_far(φ_bs,
+    θ_bs)ᴴ, so its rank-one factors give back each scene's angles: the ULA's phase step π·sin ψ along b, and the
+    plane wave's steps π·sin φ·cos θ and π·sin θ along the RIS rows and columns of a_far (half-wavelength
+    spacing). Each angle is drawn per scene, uniformly over ψ, φ_bs ∈ [−60°, 60°] and θ_bs ∈ [−30°, 30°]."""
+    system = SystemConfig(rician_kappa_min=1000.0, rician_kappa_max=1000.0)
+    H = _scenes(system, 3000, seed=5).H.to(torch.complex128)  # [B, M, N]
+    u, _, vh = torch.linalg.svd(H)
+    b, a = u[:, :, 0], vh[:, 0, :].conj()  # b(ψ) and a_far, each up to one phase
+    H_N, V_N = system.n_ris_h, system.n_ris_v
+
+    def step(x: torch.Tensor) -> torch.Tensor:  # the mean phase step along the last axis, radians
+        return torch.angle((x[..., 1:] * x[..., :-1].conj()).sum(-1))
+
+    grid = a.reshape(-1, V_N, H_N)  # row n = i_v·N_H + i_h
+    sin_psi = step(b) / math.pi
+    sin_el = step(grid.transpose(1, 2)).sum(-1) / (H_N * math.pi)
+    sin_az_cos_el = step(grid).sum(-1) / (V_N * math.pi)
+    psi, el = torch.rad2deg(torch.asin(sin_psi)), torch.asin(sin_el)
+    az, el = torch.rad2deg(torch.asin(sin_az_cos_el / el.cos())), torch.rad2deg(el)
+    for name, angle, limit in (("psi", psi, 60.0), ("azimuth", az, 60.0), ("elevation", el, 30.0)):
+        assert float(angle.abs().max()) <= limit + 0.5, (name, float(angle.abs().max()))
+        assert float(angle.min()) < -limit + 1.0 and float(angle.max()) > limit - 1.0, (name, angle.min(), angle.max())
+        inner = float((angle.abs() < limit / 3).double().mean())  # uniform: a third of the draws
+        assert abs(inner - 1 / 3) < 0.04, (name, inner)
+    # three independent draws per scene: no two of them move together
+    corr = torch.corrcoef(torch.stack([psi, az, el]))
+    assert float((corr - torch.eye(3, dtype=corr.dtype)).abs().max()) < 0.1, corr
