@@ -21,6 +21,7 @@ from server.main import create_app
 from server.settings import Settings
 from server.store import ArtifactStore, create_schema, make_engine, make_session_factory
 from server.store.models import Base
+from tests.server.sse_client import serve
 from tests.services import PG_URL, reachable_pg_url, redis_problem, service_missing
 
 with warnings.catch_warnings():  # starlette asks for httpx2; the httpx-based client works the same here
@@ -124,6 +125,13 @@ def app(settings: Settings) -> FastAPI:
 def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app) as c:
         yield c
+
+
+@pytest.fixture
+def served(app: FastAPI) -> Iterator[str]:
+    """The app on a real uvicorn server (`tests.server.sse_client.serve`): its base URL, for streaming reads."""
+    with serve(app) as base_url:
+        yield base_url
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""A real HTTP server for streaming tests, and an SSE reader that takes one event at a time.
+"""A real HTTP server for streaming tests, an SSE reader that takes one event at a time, and a job's metric stream
+opened through both.
 
 Starlette's TestClient hands a streaming body over only once it is complete; a test that must react to an
 event before the stream ends runs the app on uvicorn (in a thread of the test process) and reads it with httpx.
@@ -55,3 +56,13 @@ class EventReader:
             name, _, value = line.partition(":")
             fields[name] = value.removeprefix(" ")
         return fields or None
+
+
+@contextmanager
+def metric_stream(base_url: str, job_id: str, read_timeout_s: float) -> Iterator[EventReader]:
+    """GET /v1/jobs/{job_id}/metrics/stream on a served app (200 asserted), read event by event; a read that gets
+    nothing for `read_timeout_s` raises."""
+    with httpx.Client(base_url=base_url, timeout=httpx.Timeout(read_timeout_s)) as client, \
+            client.stream("GET", f"/v1/jobs/{job_id}/metrics/stream") as response:
+        assert response.status_code == 200
+        yield EventReader(response)

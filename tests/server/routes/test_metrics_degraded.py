@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 from fastapi import FastAPI
@@ -29,7 +28,7 @@ from server.store.live import live_channel, parse_live_message, publish_points
 from server.store.principals import ADMIN
 from tests.factories import make_job
 from tests.server.conftest import REDIS_DOWN_URL, make_settings
-from tests.server.sse_client import EventReader, serve
+from tests.server.sse_client import EventReader, metric_stream, serve
 
 READ_TIMEOUT_S = 10.0
 #: a short SQL poll: these streams learn of the end from SQL alone
@@ -52,10 +51,8 @@ def _events(text: str) -> list[dict[str, str]]:
 
 @contextmanager
 def _stream(base_url: str, job_id: str) -> Iterator[EventReader]:
-    with httpx.Client(base_url=base_url, timeout=httpx.Timeout(READ_TIMEOUT_S)) as client, \
-            client.stream("GET", f"/v1/jobs/{job_id}/metrics/stream") as response:
-        assert response.status_code == 200
-        yield EventReader(response)
+    with metric_stream(base_url, job_id, READ_TIMEOUT_S) as events:
+        yield events
 
 
 def _state(event: dict[str, str] | None) -> dict[str, object]:

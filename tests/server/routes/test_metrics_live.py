@@ -6,7 +6,6 @@ read that gets nothing for READ_TIMEOUT_S fails the test."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -21,7 +20,7 @@ from server.store import append_points, transition, utcnow
 from server.store.live import live_channel, publish_points, publish_state
 from server.store.principals import ADMIN
 from tests.factories import make_job
-from tests.server.sse_client import EventReader, serve
+from tests.server.sse_client import EventReader
 
 #: a read that waits longer than this has missed a point that the live branch should have sent at once
 READ_TIMEOUT_S = 10.0
@@ -32,12 +31,6 @@ POLL_INTERVAL_S = 3600.0
 def _points(n: int, start: int = 0) -> list[MetricPoint]:
     return [MetricPoint(phase="k_only", epoch=1, step=start + i, key=TRAIN_LOSS, value=0.5 * (start + i))
             for i in range(n)]
-
-
-@pytest.fixture
-def served(app: FastAPI) -> Iterator[str]:
-    with serve(app) as base_url:
-        yield base_url
 
 
 def test_live_points_arrive_without_waiting_for_the_sql_poll(

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import httpx
 import pytest
 import redis
 from fastapi import FastAPI
@@ -27,7 +26,7 @@ from server.store.live import publish_points, publish_state
 from server.store.models import JobRow
 from server.store.principals import ADMIN
 from tests.factories import make_job
-from tests.server.sse_client import EventReader, serve
+from tests.server.sse_client import EventReader, metric_stream
 
 READ_TIMEOUT_S = 10.0
 #: the SQL poll of the stream during these tests: far longer than any read may wait
@@ -63,10 +62,8 @@ def _metric_reads(engine: Engine) -> Iterator[list[str]]:
 
 @contextmanager
 def _stream(base_url: str, job_id: str) -> Iterator[EventReader]:
-    with httpx.Client(base_url=base_url, timeout=httpx.Timeout(READ_TIMEOUT_S)) as client, \
-            client.stream("GET", f"/v1/jobs/{job_id}/metrics/stream") as response:
-        assert response.status_code == 200
-        yield EventReader(response)
+    with metric_stream(base_url, job_id, READ_TIMEOUT_S) as events:
+        yield events
 
 
 def _running(session: Session) -> tuple[JobRow, str]:
@@ -89,12 +86,6 @@ def _finish(
     final = events.next()
     assert final is not None and json.loads(final["data"])["state"] == "SUCCEEDED"
     assert events.next() is None
-
-
-@pytest.fixture
-def served(app: FastAPI) -> Iterator[str]:
-    with serve(app) as base_url:
-        yield base_url
 
 
 def test_live_points_and_their_duplicates_cost_no_sql_read(
