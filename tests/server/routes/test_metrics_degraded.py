@@ -71,6 +71,13 @@ def _names_a_redis_error(record: logging.LogRecord, prefix: str) -> bool:
     return isinstance(error, redis.RedisError | OSError) and record.getMessage() == prefix + str(error)
 
 
+def _assert_one_unavailable_warning(caplog: pytest.LogCaptureFixture, job_id: str) -> None:
+    """Exactly one "live feed … unavailable, polling only" warning for the job, ending with its Redis error."""
+    prefix = f"live feed {live_channel(job_id)} unavailable, polling only: "
+    [unavailable] = _warnings(caplog, prefix)
+    assert _names_a_redis_error(unavailable, prefix), unavailable.getMessage()
+
+
 # ---------------------------------------------------------------------------------------------- finished jobs
 
 
@@ -135,9 +142,7 @@ def test_stream_with_redis_down_polls_sql_and_says_so(
             assert events.next()["id"] == "1"  # type: ignore[index]
             assert _state(events.next())["state"] == "SUCCEEDED"
             assert events.next() is None
-    prefix = f"live feed {live_channel(job.id)} unavailable, polling only: "
-    [unavailable] = _warnings(caplog, prefix)
-    assert _names_a_redis_error(unavailable, prefix), unavailable.getMessage()
+    _assert_one_unavailable_warning(caplog, job.id)
 
 
 def test_stream_that_loses_redis_goes_on_polling_and_says_so_once(
@@ -218,9 +223,7 @@ def test_stream_gives_up_on_a_redis_that_does_not_answer_and_polls_sql(
                 transition(session, job.id, JobState.SUCCEEDED, principal=ADMIN, lease_token=job.lease_token)
                 assert _state(events.next())["state"] == "SUCCEEDED"
                 assert events.next() is None
-    prefix = f"live feed {live_channel(job.id)} unavailable, polling only: "
-    [unavailable] = _warnings(caplog, prefix)
-    assert _names_a_redis_error(unavailable, prefix), unavailable.getMessage()
+    _assert_one_unavailable_warning(caplog, job.id)
 
 
 def test_client_that_leaves_mid_stream_leaves_no_subscriber_and_no_open_connection(
